@@ -1,0 +1,221 @@
+"""The `curate` command line: parses options, calls library functions, draws progress, prints results.
+
+Heavy libraries (torch, fiftyone, diffusers, label_studio_sdk) are imported inside the commands,
+so `curate --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from curation.errors import CurateError
+
+WorkspaceOpt = Annotated[
+    Path,
+    typer.Option("--workspace", "-w", envvar="CURATE_WORKSPACE", help="The workspace folder (holds curate.toml)."),
+]
+
+app = typer.Typer(
+    help=(
+        "Build a curated multi-concept personalization dataset, MyCanvas style.\n\n"
+        "Steps: init -> concepts add -> plan -> generate -> index -> review serve/push/pull -> export.\n"
+        "`curate demo` runs them all on sample photos with offline defaults."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+concepts_app = typer.Typer(help="Add and list personal concepts (photos -> segmented references).", no_args_is_help=True)
+review_app = typer.Typer(help="Human review in Label Studio: serve, push tasks, pull decisions.", no_args_is_help=True)
+app.add_typer(concepts_app, name="concepts")
+app.add_typer(review_app, name="review")
+
+
+def _workspace(path: Path):
+    from curation.workspace import Workspace
+
+    return Workspace.open(path)
+
+
+@app.command()
+def init(path: Annotated[Path, typer.Argument(help="Folder to create.")]) -> None:
+    """Create a workspace folder with a default curate.toml (offline defaults, all settings listed)."""
+    from curation.workspace import Workspace
+
+    ws = Workspace.create(path)
+    typer.echo(f"workspace ready: {ws.root} (edit {ws.config_path.name} to change models and settings)")
+
+
+@concepts_app.command("add")
+def concepts_add(
+    concept_id: Annotated[str, typer.Argument(help="Short id, e.g. 'cat1' (lowercase, digits, - or _).")],
+    photos: Annotated[list[Path], typer.Argument(help="Image files or folders of images of this concept.")],
+    class_noun: Annotated[str, typer.Option("--class", "-c", help="Class noun, e.g. 'cat'.")],
+    name: Annotated[str, typer.Option(help="Display name; defaults to the id.")] = "",
+    workspace: WorkspaceOpt = Path("."),
+) -> None:
+    """Ingest a concept's photos: segment each foreground (soft mask), assign the token <c-ID>."""
+    from curation.concepts import add_concept
+    from curation.progress import progress_bar
+
+    ws = _workspace(workspace)
+    with progress_bar() as progress:
+        concept = add_concept(ws, concept_id, photos, class_noun=class_noun, name=name or None, progress=progress)
+    flagged = sum(1 for flags in concept.mask_flags if flags)
+    typer.echo(
+        f"{concept.concept_id}: {len(concept.refs)} photos, token {concept.token}, segmenter {concept.segmenter}"
+        + (f", {flagged} masks flagged" if flagged else "")
+    )
+
+
+@concepts_app.command("list")
+def concepts_list(workspace: WorkspaceOpt = Path(".")) -> None:
+    """List ingested concepts with their tokens and photo counts."""
+    for concept in _workspace(workspace).concepts().values():
+        typer.echo(f"{concept.concept_id}\t{concept.token}\t{concept.class_noun}\t{len(concept.refs)} photos")
+
+
+@app.command()
+def plan(
+    n: Annotated[int, typer.Option("--n", help="How many layout plans (compositions x backgrounds).")] = 24,
+    workspace: WorkspaceOpt = Path("."),
+) -> None:
+    """Plan layouts: background + one box per concept for compositions of 2-5 concepts."""
+    from generators.layout import plan_layouts
+
+    ws = _workspace(workspace)
+    plans = plan_layouts(ws, n)
+    typer.echo(f"{len(plans)} plans in {ws.plans_path}")
+
+
+@app.command()
+def generate(
+    workers: Annotated[int, typer.Option(help="Local worker processes; 0 means the config's value.")] = 0,
+    workspace: WorkspaceOpt = Path("."),
+) -> None:
+    """Generate one candidate per plan and seed, in resumable shards (finished shards are skipped)."""
+    from generators.run import generate as run_generate
+    from curation.progress import progress_bar
+
+    ws = _workspace(workspace)
+    with progress_bar() as progress:
+        report = run_generate(ws, workers=workers or None, progress=progress)
+    typer.echo(report.summary())
+
+
+@app.command()
+def index(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Index candidates in FiftyOne: CLIP embeddings, CLIP-T, artifact scores, saved views."""
+    from curation.index import index_workspace
+    from curation.progress import progress_bar
+
+    ws = _workspace(workspace)
+    with progress_bar() as progress:
+        report = index_workspace(ws, progress=progress)
+    typer.echo(report.summary())
+
+
+@app.command("app")
+def app_command(
+    address: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 5151,
+    workspace: WorkspaceOpt = Path("."),
+) -> None:
+    """Open the FiftyOne App on the workspace's dataset and wait (Ctrl-C to stop)."""
+    from curation.index import launch_app
+
+    url = launch_app(_workspace(workspace), address=address, port=port)
+    typer.echo(f"FiftyOne App: {url}  (Ctrl-C to stop)")
+    try:
+        import time
+
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
+@review_app.command("serve")
+def review_serve(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1; 0 means the config's value.")] = 0,
+    workspace: WorkspaceOpt = Path("."),
+) -> None:
+    """Start a local Label Studio serving the workspace's images; prints URL and login."""
+    from curation.review import serve
+
+    info = serve(_workspace(workspace), port=port or None)
+    typer.echo(f"Label Studio: {info.url}  login {info.email} / {info.password}  (credentials in {info.path})")
+
+
+@review_app.command("stop")
+def review_stop(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Stop the Label Studio server that `curate review serve` started."""
+    from curation.review import stop
+
+    typer.echo("stopped" if stop(_workspace(workspace)) else "no server was running")
+
+
+@review_app.command("push")
+def review_push(
+    view: Annotated[str, typer.Option(help="FiftyOne saved view to push.")] = "unreviewed",
+    url: Annotated[str, typer.Option(envvar="LABEL_STUDIO_URL", help="Existing server (else the served one).")] = "",
+    token: Annotated[str, typer.Option(envvar="LABEL_STUDIO_TOKEN", help="API token for --url.")] = "",
+    workspace: WorkspaceOpt = Path("."),
+) -> None:
+    """Create the review project if needed and push new candidates as tasks (re-pushing adds only new ones)."""
+    from curation.review import push
+
+    report = push(_workspace(workspace), view=view, url=url or None, token=token or None)
+    typer.echo(report.summary())
+
+
+@review_app.command("pull")
+def review_pull(
+    url: Annotated[str, typer.Option(envvar="LABEL_STUDIO_URL", help="Existing server (else the served one).")] = "",
+    token: Annotated[str, typer.Option(envvar="LABEL_STUDIO_TOKEN", help="API token for --url.")] = "",
+    workspace: WorkspaceOpt = Path("."),
+) -> None:
+    """Pull annotations into FiftyOne (review_decision, review_quality); keeps each raw export."""
+    from curation.review import pull
+
+    report = pull(_workspace(workspace), url=url or None, token=token or None)
+    typer.echo(report.summary())
+
+
+@app.command("export")
+def export_command(
+    name: Annotated[str, typer.Option(help="Folder name under exports/.")] = "mycanvas",
+    min_quality: Annotated[int, typer.Option(help="Lowest review quality (1-5) to include; 0 = config.")] = 0,
+    workspace: WorkspaceOpt = Path("."),
+) -> None:
+    """Write accepted candidates with quality >= threshold as a MyCanvas-style folder with metadata.jsonl."""
+    from exports.mycanvas import export_mycanvas
+
+    ws = _workspace(workspace)
+    report = export_mycanvas(ws, name=name, min_quality=min_quality or None)
+    typer.echo(report.summary())
+
+
+@app.command()
+def demo(
+    workspace: WorkspaceOpt = Path("runs/demo"),
+    plans: Annotated[int, typer.Option(help="Number of layout plans (one candidate each).")] = 24,
+    serve_review: Annotated[bool, typer.Option("--review/--no-review", help="Start Label Studio and push.")] = True,
+) -> None:
+    """Run the whole chain on scikit-image sample photos with offline defaults."""
+    from curation.demo import run_demo
+
+    run_demo(workspace, n_plans=plans, review=serve_review, echo=typer.echo)
+
+
+def main() -> None:
+    """Console entry point: user-fixable errors become one line on stderr and exit code 1."""
+    try:
+        app()
+    except CurateError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)

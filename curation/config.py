@@ -1,0 +1,95 @@
+"""`curate.toml`: one pydantic model per stage, validated on load, with offline defaults.
+
+Defaults are chosen so a fresh machine with no weights and no API key runs the whole chain;
+real model ids are one line of the file away. Unknown keys are rejected so a typo is an error,
+not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from curation.errors import CurateError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SegmentConfig(_Section):
+    backend: str = Field("classical", description="'classical' (offline) or a hub id / local folder of a model")
+    max_side: int = Field(1024, description="photos are downscaled to this longest side on ingest")
+
+
+class LayoutConfig(_Section):
+    planner: Literal["rules", "llm"] = "rules"
+    llm_model: str = "gpt-4o-mini"
+    width: int = 512
+    height: int = 512
+    min_concepts: int = 2
+    max_concepts: int = 5
+    max_overlap: float = Field(0.15, description="largest allowed IoU between two boxes")
+    min_area: float = Field(0.02, description="smallest box area as a fraction of the canvas")
+    seed: int = 0
+
+
+class GenerateConfig(_Section):
+    generator: Literal["gen4gen", "msp"] = "gen4gen"
+    repaint: str = Field("classical", description="'classical' (offline) or a diffusers inpainting pipeline id")
+    recaption: str = Field("template", description="'template' (offline) or a VLM id")
+    shard_size: int = 200
+    workers: int = 1
+    seeds_per_plan: int = 1
+
+
+class IndexConfig(_Section):
+    dataset_name: str = Field("", description="FiftyOne dataset name; empty means 'curate-<workspace folder>'")
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str = Field("openai", description="open_clip pretrained tag; random weights if unavailable")
+    batch_size: int = 16
+
+
+class ReviewConfig(_Section):
+    url: str = Field("", description="Label Studio URL; empty means the server `curate review serve` started")
+    port: int = 8080
+    label_config: str = "review.xml"
+    project_title: str = ""
+    batch_size: int = 500
+
+
+class ExportConfig(_Section):
+    min_quality: int = 3
+    format: str = "mycanvas"
+
+
+class CurateConfig(_Section):
+    segment: SegmentConfig = SegmentConfig()
+    layout: LayoutConfig = LayoutConfig()
+    generate: GenerateConfig = GenerateConfig()
+    index: IndexConfig = IndexConfig()
+    review: ReviewConfig = ReviewConfig()
+    export: ExportConfig = ExportConfig()
+
+
+def load_config(path: Path) -> CurateConfig:
+    """Read and validate `curate.toml`; a missing file means all defaults."""
+    if not path.exists():
+        return CurateConfig()
+    try:
+        return CurateConfig.model_validate(tomllib.loads(path.read_text()))
+    except tomllib.TOMLDecodeError as exc:
+        raise CurateError(f"{path}: not valid TOML: {exc}") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise CurateError(f"{path}: {where}: {first['msg']}") from exc
+
+
+def dump_config(config: CurateConfig) -> str:
+    """The config as TOML text, every setting spelled out so users see what they can change."""
+    return tomli_w.dumps(config.model_dump())

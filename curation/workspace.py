@@ -1,0 +1,169 @@
+"""The workspace folder: where every step reads and writes, and the guard that keeps paths inside it.
+
+Layout (see DESIGN.md): curate.toml, concepts/<id>/, plans/plans.jsonl,
+candidates/<shard>/<id>.{png,json} + _SUCCESS, review/, exports/<name>/.
+All writes go through `atomic_write_*`, so a killed run never leaves a half-written file
+that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from curation.config import CurateConfig, dump_config, load_config
+from curation.errors import CurateError
+from curation.records import Candidate, Concept, LayoutPlan
+
+CONFIG_FILE = "curate.toml"
+SUCCESS_MARKER = "_SUCCESS"
+_CONCEPT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder and rename, so readers see all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, payload: object) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+class Workspace:
+    """A dataset project folder. Construct with `Workspace.open` (existing) or `Workspace.create`."""
+
+    def __init__(self, root: Path):
+        self.root = root.resolve()
+
+    @classmethod
+    def create(cls, root: Path, config: CurateConfig | None = None) -> Workspace:
+        """Create the folder and its config file; an existing config is kept, never overwritten."""
+        ws = cls(root)
+        ws.root.mkdir(parents=True, exist_ok=True)
+        if not ws.config_path.exists():
+            atomic_write_text(ws.config_path, dump_config(config or CurateConfig()))
+        return ws
+
+    @classmethod
+    def open(cls, root: Path) -> Workspace:
+        ws = cls(root)
+        if not ws.config_path.exists():
+            raise CurateError(f"{ws.root} is not a curate workspace (no {CONFIG_FILE}); run `curate init {root}`")
+        return ws
+
+    # -- paths ---------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def concepts_dir(self) -> Path:
+        return self.root / "concepts"
+
+    @property
+    def plans_path(self) -> Path:
+        return self.root / "plans" / "plans.jsonl"
+
+    @property
+    def candidates_dir(self) -> Path:
+        return self.root / "candidates"
+
+    @property
+    def review_dir(self) -> Path:
+        return self.root / "review"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.root / "exports"
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    def resolve(self, relative: str | Path) -> Path:
+        """An absolute path for a workspace-relative one, refusing any that escapes the workspace."""
+        path = (self.root / relative).resolve()
+        if path != self.root and self.root not in path.parents:
+            raise CurateError(f"path {relative!s} escapes the workspace {self.root}")
+        return path
+
+    def relative(self, path: Path) -> str:
+        """The workspace-relative form stored in records (POSIX separators)."""
+        return path.resolve().relative_to(self.root).as_posix()
+
+    @property
+    def config(self) -> CurateConfig:
+        return load_config(self.config_path)
+
+    # -- concepts ------------------------------------------------------------------------------
+    @staticmethod
+    def check_concept_id(concept_id: str) -> str:
+        if not _CONCEPT_ID.match(concept_id):
+            raise CurateError(
+                f"invalid concept id {concept_id!r}: use 1-64 lowercase letters, digits, '-' or '_'"
+            )
+        return concept_id
+
+    def concept_dir(self, concept_id: str) -> Path:
+        return self.resolve(Path("concepts") / self.check_concept_id(concept_id))
+
+    def save_concept(self, concept: Concept) -> None:
+        atomic_write_json(self.concept_dir(concept.concept_id) / "concept.json", concept.model_dump())
+
+    def concepts(self) -> dict[str, Concept]:
+        """Every ingested concept by id (a folder without concept.json is an unfinished ingest)."""
+        found: dict[str, Concept] = {}
+        if self.concepts_dir.exists():
+            for path in sorted(self.concepts_dir.glob("*/concept.json")):
+                concept = Concept.model_validate_json(path.read_text())
+                found[concept.concept_id] = concept
+        return found
+
+    def concept(self, concept_id: str) -> Concept:
+        concepts = self.concepts()
+        if concept_id not in concepts:
+            known = ", ".join(sorted(concepts)) or "none yet"
+            raise CurateError(f"unknown concept {concept_id!r} (known: {known})")
+        return concepts[concept_id]
+
+    # -- plans ---------------------------------------------------------------------------------
+    def plans(self) -> list[LayoutPlan]:
+        if not self.plans_path.exists():
+            return []
+        return [LayoutPlan.model_validate_json(line) for line in self.plans_path.read_text().splitlines() if line]
+
+    def write_plans(self, plans: list[LayoutPlan]) -> None:
+        atomic_write_text(self.plans_path, "".join(p.model_dump_json() + "\n" for p in plans))
+
+    # -- candidates ----------------------------------------------------------------------------
+    def shard_dir(self, shard: str) -> Path:
+        return self.candidates_dir / shard
+
+    def shard_done(self, shard: str) -> bool:
+        return (self.shard_dir(shard) / SUCCESS_MARKER).exists()
+
+    def candidates(self, include_failed: bool = False) -> Iterator[Candidate]:
+        """Candidates of finished shards, in shard then id order."""
+        if not self.candidates_dir.exists():
+            return
+        for marker in sorted(self.candidates_dir.glob(f"*/{SUCCESS_MARKER}")):
+            for path in sorted(marker.parent.glob("*.json")):
+                candidate = Candidate.model_validate_json(path.read_text())
+                if include_failed or candidate.status == "ok":
+                    yield candidate

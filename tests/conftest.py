@@ -1,0 +1,20 @@
+"""Session-wide environment: every test run gets its own FiftyOne database folder and HOME-free state.
+
+The variables are set at import time, before any test module imports fiftyone, because FiftyOne
+reads its config once on import. Fixtures that start real services live in tests/fixtures/ and
+are loaded as plugins, one module per service.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="curate-tests-"))
+os.environ.setdefault("FIFTYONE_DATABASE_DIR", str(_SESSION_DIR / "fiftyone-db"))
+os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
+os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+pytest_plugins: list[str] = []
