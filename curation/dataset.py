@@ -1,0 +1,67 @@
+"""The FiftyOne dataset of a workspace: its name, how to open it, its field names and saved views.
+
+Indexing, review and export all meet here, so field names are constants in one place and a typo
+is an import error instead of a silently empty field.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from curation.errors import CurateError
+
+if TYPE_CHECKING:
+    import fiftyone as fo
+
+    from curation.workspace import Workspace
+
+# identity and provenance
+CANDIDATE_ID = "candidate_id"
+PLAN_ID = "plan_id"
+SHARD = "shard"
+CONCEPTS = "concepts"
+N_CONCEPTS = "n_concepts"
+GENERATOR = "generator"
+CAPTION = "caption"
+PROMPT = "prompt"
+SEED = "seed"
+BOXES = "boxes"
+IMAGE_HASH = "image_hash"
+
+# review (written by `curate review pull`)
+REVIEW_DECISION = "review_decision"  # "accept" | "reject" | None
+REVIEW_QUALITY = "review_quality"  # mean of annotators' 1-5 ranks, or None
+REVIEW_ANNOTATORS = "review_annotators"
+REVIEW_AGREEMENT = "review_agreement"
+REVIEW_REASONS = "review_reasons"
+CAPTION_FIXED = "caption_fixed"  # annotator-corrected caption; export prefers it to CAPTION
+
+ACCEPT = "accept"
+REJECT = "reject"
+
+
+def dataset_name(ws: Workspace) -> str:
+    """The configured name, else `curate-<workspace folder>`."""
+    return ws.config.index.dataset_name or f"curate-{ws.name}"
+
+
+def open_dataset(ws: Workspace) -> fo.Dataset:
+    """The workspace's dataset; a clear error if `curate index` has not run yet."""
+    import fiftyone as fo
+
+    name = dataset_name(ws)
+    if not fo.dataset_exists(name):
+        raise CurateError(f"no FiftyOne dataset {name!r} yet: run `curate index -w {ws.root}` first")
+    dataset = fo.load_dataset(name)
+    dataset.persistent = True
+    return dataset
+
+
+def accepted_view(dataset: fo.Dataset, min_quality: float | None = None) -> fo.DatasetView:
+    """Accepted candidates, optionally only those whose mean quality reaches `min_quality`."""
+    from fiftyone import ViewField as F
+
+    view = dataset.match(F(REVIEW_DECISION) == ACCEPT)
+    if min_quality is not None:
+        view = view.match(F(REVIEW_QUALITY) >= min_quality)
+    return view
