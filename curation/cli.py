@@ -190,13 +190,30 @@ def review_pull(
 def export_command(
     name: Annotated[str, typer.Option(help="Folder name under exports/.")] = "mycanvas",
     min_quality: Annotated[int, typer.Option(help="Lowest review quality (1-5) to include; 0 = config.")] = 0,
+    formats: Annotated[
+        str, typer.Option("--format", help="mycanvas (is also imagefolder + concepts_list), webdataset; comma list.")
+    ] = "",
+    view: Annotated[str, typer.Option(help="Saved FiftyOne view to select from (default: whole dataset).")] = "",
+    include_near_duplicates: Annotated[
+        bool, typer.Option("--include-near-duplicates", help="Keep candidates marked near_dup_of.")
+    ] = False,
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Write accepted candidates with quality >= threshold as a MyCanvas-style folder with metadata.jsonl."""
+    from curation.progress import progress_bar
     from exports.mycanvas import export_mycanvas
 
     ws = _workspace(workspace)
-    report = export_mycanvas(ws, name=name, min_quality=min_quality or None)
+    with progress_bar() as progress:
+        report = export_mycanvas(
+            ws,
+            name=name,
+            min_quality=min_quality or None,
+            progress=progress,
+            formats=formats or None,
+            view=view or None,
+            include_near_duplicates=include_near_duplicates,
+        )
     typer.echo(report.summary())
 
 

@@ -28,6 +28,23 @@ SEED = "seed"
 BOXES = "boxes"
 IMAGE_HASH = "image_hash"
 
+# scores (written by `curate index`; artifact score names live in curation.scores.artifacts)
+RECORD_HASH = "record_hash"  # hash of the candidate JSON: a caption or box change re-indexes too
+CLIP_EMBEDDING = "clip_embedding"
+CLIP_T = "clip_t"  # CLIPScore convention: 2.5 * max(cos, 0)
+CLIP_T_COS = "clip_t_cos"  # raw image-caption cosine
+UNIQUENESS = "uniqueness"
+NEAR_DUP_OF = "near_dup_of"  # candidate_id of the better-scored copy, on the lower-scored one
+
+# saved views
+VIEW_UNREVIEWED = "unreviewed"
+VIEW_ACCEPTED = "accepted"
+VIEW_REJECTED = "rejected"
+VIEW_ACCEPTED_Q3 = "accepted_quality>=3"
+VIEW_HIGH_ARTIFACTS = "high_artifacts"
+VIEW_NEAR_DUPLICATES = "near_duplicates"
+VIEW_TOP_CANDIDATES = "top_candidates"
+
 # review (written by `curate review pull`)
 REVIEW_DECISION = "review_decision"  # "accept" | "reject" | None
 REVIEW_QUALITY = "review_quality"  # mean of annotators' 1-5 ranks, or None

@@ -1,0 +1,94 @@
+"""`curate demo`: the whole chain on photos that ship with scikit-image, with offline defaults.
+
+The demo is the first thing a new user runs, so it uses exactly the library functions behind the
+other commands (no shortcuts) and tells where each result lives. With review on, a scripted
+annotator answers every task through the Label Studio API so that pull and export have something
+to show; its answers come from a machine score, are labelled `demo-annotator`, and a human can
+overwrite them in the browser and run `curate review pull` and `curate export` again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from curation.progress import ProgressFn, no_progress
+from curation.workspace import Workspace
+
+# concept id -> (class noun, scikit-image sample function)
+DEMO_CONCEPTS: dict[str, tuple[str, str]] = {
+    "cat": ("cat", "chelsea"),
+    "mug": ("mug", "coffee"),
+    "rocket": ("rocket", "rocket"),
+    "astronaut": ("person", "astronaut"),
+    "clock": ("clock", "clock"),
+}
+
+
+def _views_of(photo: np.ndarray) -> list[np.ndarray]:
+    """Three 'photos' of one concept: as shot, mirrored, and a closer crop (several refs per concept)."""
+    h, w = photo.shape[:2]
+    crop = photo[h // 12 : h - h // 12, w // 12 : w - w // 12]
+    return [photo, photo[:, ::-1], crop]
+
+
+def write_sample_photos(folder: Path) -> dict[str, list[Path]]:
+    """Write the demo concepts' photos as PNG files, as a user's own photos would arrive."""
+    import skimage.data
+
+    photos: dict[str, list[Path]] = {}
+    for concept_id, (_, sample) in DEMO_CONCEPTS.items():
+        image = np.asarray(getattr(skimage.data, sample)())
+        if image.ndim == 2:
+            image = np.stack([image] * 3, axis=-1)
+        target = folder / concept_id
+        target.mkdir(parents=True, exist_ok=True)
+        photos[concept_id] = []
+        for i, view in enumerate(_views_of(image[..., :3])):
+            path = target / f"{sample}_{i}.png"
+            if not path.exists():
+                Image.fromarray(np.ascontiguousarray(view)).save(path)
+            photos[concept_id].append(path)
+    return photos
+
+
+def run_demo(
+    root: Path,
+    n_plans: int,
+    review: bool,
+    echo: Callable[[str], None],
+    progress: ProgressFn = no_progress,
+) -> None:
+    """Build the workspace at `root` and run every step once; safe to re-run (each step upserts)."""
+    from curation.concepts import add_concept
+    from curation.index import index_workspace
+    from exports.mycanvas import export_mycanvas
+    from generators.layout import plan_layouts
+    from generators.run import generate
+
+    ws = Workspace.create(root)
+    echo(f"workspace: {ws.root}")
+    photos = write_sample_photos(ws.root / "photos")
+    for concept_id, paths in photos.items():
+        concept = add_concept(ws, concept_id, paths, class_noun=DEMO_CONCEPTS[concept_id][0], progress=progress)
+        echo(f"concept {concept.concept_id}: {len(concept.refs)} photos, token {concept.token}")
+    plans = plan_layouts(ws, n_plans)
+    echo(f"plans: {len(plans)} layouts in {ws.plans_path}")
+    echo(generate(ws, progress=progress).summary())
+    echo(index_workspace(ws, progress=progress).summary())
+    echo(f"browse: curate app -w {ws.root}   (FiftyOne App on http://127.0.0.1:5151)")
+    if review:
+        from curation.review import pull, push, serve
+
+        info = serve(ws)
+        echo(push(ws).summary())
+        echo(f"annotated by the scripted demo annotator: {annotate_for_demo(ws)} tasks")
+        echo(pull(ws).summary())
+        echo(f"review: {info.url}  login {info.email} / {info.password}  (stop with `curate review stop -w {ws.root}`)")
+        report = export_mycanvas(ws, progress=progress)
+        echo(report.summary())
+    else:
+        echo("review skipped (--no-review): nothing is accepted yet, so there is nothing to export")

@@ -1,0 +1,254 @@
+"""A local Label Studio server owned by a workspace: start it detached, find it again, stop it.
+
+The server outlives the `curate review serve` command (annotators keep working after it returns),
+so its URL, process id and credentials live in `review/server.json` (mode 0600). A generated admin
+password and legacy API token are fixed at first start and reused on every restart, because Label
+Studio keeps its users in the data dir and would otherwise refuse the new ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import requests
+
+from curation.errors import CurateError
+from curation.workspace import Workspace, atomic_write_text
+
+ADMIN_EMAIL = "curate@example.com"
+START_TIMEOUT_S = 180.0
+"""First start runs ~100 migrations: 40-60 s alone, several minutes on a busy 2-core machine."""
+
+
+@dataclass
+class ServerInfo:
+    """Where a Label Studio server is and how to log in.
+
+    `managed` servers were started by `serve` (pid set while running); others were recorded by
+    `use_server` and are never started or stopped by us.
+    """
+
+    url: str
+    email: str
+    password: str
+    token: str
+    path: Path
+    pid: int | None = None
+    document_root: str = ""
+    managed: bool = True
+
+    def to_json(self) -> str:
+        payload = asdict(self)
+        payload.pop("path")
+        return json.dumps(payload, indent=2, sort_keys=True) + "\n"
+
+
+def server_file(ws: Workspace) -> Path:
+    return ws.review_dir / "server.json"
+
+
+def read_server(ws: Workspace) -> ServerInfo | None:
+    """The recorded server (running or not), or None if this workspace never had one."""
+    path = server_file(ws)
+    if not path.exists():
+        return None
+    payload = json.loads(path.read_text())
+    return ServerInfo(path=path, **payload)
+
+
+def write_server(ws: Workspace, info: ServerInfo) -> ServerInfo:
+    """Record a server with owner-only permissions (it holds the admin password and token)."""
+    info.path = server_file(ws)
+    atomic_write_text(info.path, info.to_json())
+    os.chmod(info.path, 0o600)
+    return info
+
+
+def is_healthy(url: str, timeout: float = 3.0) -> bool:
+    try:
+        return requests.get(f"{url}/health", timeout=timeout).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child (started by this process, exited, not reaped) still answers kill(0)
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def port_free(port: int) -> bool:
+    """Whether the server could bind the port (it sets SO_REUSEADDR too, so TIME_WAIT does not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _log_tail(log: Path, lines: int = 15) -> str:
+    if not log.exists():
+        return "(no log)"
+    return " | ".join(line.strip() for line in log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def start_server(
+    data_dir: Path,
+    document_root: Path,
+    port: int,
+    log: Path,
+    email: str,
+    password: str,
+    token: str,
+    timeout: float = START_TIMEOUT_S,
+) -> int:
+    """Start `label-studio` detached and wait until /health answers; returns its process id.
+
+    Detached (own session, output to `log`) so it survives the command that started it and a
+    Ctrl-C in the user's terminal. Fails with the log's tail if the process dies or never answers.
+    """
+    executable = Path(sys.executable).parent / "label-studio"
+    if not executable.exists():
+        raise CurateError(f"label-studio is not installed next to {sys.executable}")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "LATEST_VERSION_CHECK": "false",
+        "LOCAL_FILES_SERVING_ENABLED": "true",
+        "LOCAL_FILES_DOCUMENT_ROOT": str(document_root),
+        "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
+    }
+    command = [
+        str(executable), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
+        f"--data-dir={data_dir}", f"--username={email}", f"--password={password}", f"--user-token={token}",
+        "--enable-legacy-api-token",
+    ]  # fmt: skip  (the `=` form: a generated password may start with "-")
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise CurateError(f"Label Studio exited with code {process.returncode} while starting: {_log_tail(log)}")
+        if is_healthy(url):
+            return process.pid
+        time.sleep(1.0)
+    terminate(process.pid)
+    raise CurateError(f"Label Studio did not answer on {url} within {timeout:.0f} s: {_log_tail(log)}")
+
+
+def terminate(pid: int, grace: float = 15.0) -> None:
+    """Stop the server's whole process group (label-studio forks workers), SIGKILL after `grace`."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:  # not our child: poll instead
+            if not _pid_alive(pid):
+                return
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def serve(ws: Workspace, port: int | None = None, timeout: float = START_TIMEOUT_S) -> ServerInfo:
+    """Start (or find) the workspace's Label Studio, serving the workspace's files to the labeling page.
+
+    Idempotent: a recorded server that is alive and healthy is returned as is. Credentials of an
+    earlier start are reused, since they are already stored in the data dir.
+
+    Args:
+        ws: the workspace; data dir under review/labelstudio-data, log in review/labelstudio.log.
+        port: port on 127.0.0.1; default from config.review.port, a free one if that is taken.
+        timeout: seconds to wait for /health.
+    """
+    known = read_server(ws)
+    if known and not known.managed:
+        if not is_healthy(known.url):
+            raise CurateError(f"Label Studio is not reachable at {known.url} (recorded in {known.path})")
+        return known
+    if known and known.pid and _pid_alive(known.pid) and is_healthy(known.url):
+        return known
+    wanted = port or ws.config.review.port
+    chosen = wanted if port_free(wanted) else free_port()
+    email = known.email if known else ADMIN_EMAIL
+    password = known.password if known else secrets.token_urlsafe(12)
+    token = known.token if known else secrets.token_hex(20)
+    pid = start_server(
+        ws.review_dir / "labelstudio-data", ws.root, chosen, ws.review_dir / "labelstudio.log",
+        email, password, token, timeout=timeout,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{chosen}"
+    info = ServerInfo(url=url, email=email, password=password, token=token, path=server_file(ws), pid=pid,
+                      document_root=str(ws.root))  # fmt: skip
+    return write_server(ws, info)
+
+
+def use_server(ws: Workspace, url: str, token: str, document_root: Path | None = None) -> ServerInfo:
+    """Record an existing server (a team's, or a test's) for this workspace, after checking it answers.
+
+    Args:
+        url: the server's base URL.
+        token: an API token (legacy token auth must be enabled on the server).
+        document_root: the server's LOCAL_FILES_DOCUMENT_ROOT; it must contain the workspace.
+            Default: the workspace root.
+    """
+    url = url.rstrip("/")
+    if not is_healthy(url):
+        raise CurateError(f"Label Studio is not reachable at {url}")
+    root = (document_root or ws.root).resolve()
+    if root != ws.root and root not in ws.root.parents:
+        raise CurateError(f"the workspace {ws.root} is not inside the server's document root {root}")
+    info = ServerInfo(url=url, email="", password="", token=token, path=server_file(ws), document_root=str(root),
+                      managed=False)  # fmt: skip
+    return write_server(ws, info)
+
+
+def stop(ws: Workspace) -> bool:
+    """Stop the server `serve` started; keeps the credentials for the next start. False if none ran."""
+    known = read_server(ws)
+    if not known or not known.managed or not known.pid:
+        return False
+    alive = _pid_alive(known.pid)
+    if alive:
+        terminate(known.pid)
+    known.pid = None
+    write_server(ws, known)
+    return alive

@@ -1,0 +1,519 @@
+"""Human review in Label Studio: push candidates as tasks, pull annotations back into FiftyOne.
+
+Every store joins on `candidate_id`: a task carries it in its data, so pushing again skips what the
+project already holds (also after a push that died mid-way) and pulling writes onto the samples
+with that id. Images are never copied or base64-encoded: tasks point at `/data/local-files/?d=...`
+through local-files storages on the candidates/ and concepts/ folders. Raw exports are kept under
+review/pulls/ so a decision can always be traced back to what Label Studio said at the time.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import random
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import requests
+
+from curation import dataset as ds
+from curation.errors import CurateError
+from curation.labelstudio_server import ServerInfo, read_server, serve, stop, use_server
+from curation.progress import ProgressFn, no_progress
+from curation.workspace import Workspace, atomic_write_bytes, atomic_write_json
+
+__all__ = ["ServerInfo", "serve", "stop", "use_server", "push", "pull", "status", "annotation_result", "connect"]
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "review_ui_config"
+# control names in review_ui_config/review.xml: the export's `from_name`s
+DECISION, QUALITY, REASONS, CAPTION_BOX, IMAGE = "decision", "quality", "reasons", "caption_fixed", "image"
+Order = Literal["uncertain", "score", "random", "view"]
+RETRIES = 3
+T = TypeVar("T")
+
+
+@dataclass
+class Connection:
+    """A reachable Label Studio: its URL, token, document root and an SDK client."""
+
+    url: str
+    token: str
+    document_root: Path
+    workspace_root: Path
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Token {self.token}"}
+
+    @cached_property
+    def client(self) -> Any:
+        from label_studio_sdk.client import LabelStudio
+
+        return LabelStudio(base_url=self.url, api_key=self.token, timeout=120)
+
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run one request, retrying a dropped connection, then fail naming the server and the step.
+
+        A server restarting mid-push answers again within seconds; beyond that the user re-runs the
+        command, which is safe because push and pull are idempotent.
+        """
+        import httpx
+
+        for attempt in range(RETRIES + 1):
+            try:
+                return fn()
+            except (requests.ConnectionError, requests.Timeout, httpx.TransportError) as exc:
+                if attempt == RETRIES:
+                    raise CurateError(
+                        f"Label Studio at {self.url} stopped answering during {what} ({type(exc).__name__}); "
+                        "check it with `curate review serve` and re-run (nothing is duplicated)"
+                    ) from exc
+                time.sleep(2.0 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def get_json(self, path: str, what: str, **params: Any) -> Any:
+        def fetch() -> Any:
+            response = requests.get(f"{self.url}{path}", params=params, headers=self.headers, timeout=300)
+            if response.status_code in (401, 403):
+                raise CurateError(f"Label Studio at {self.url} refused the API token ({response.status_code})")
+            response.raise_for_status()
+            return response.content
+
+        return json.loads(self.call(what, fetch))
+
+
+def connect(ws: Workspace, url: str | None = None, token: str | None = None) -> Connection:
+    """The explicit server if given, else the one recorded in review/server.json; checked to answer."""
+    known = read_server(ws)
+    if url:
+        if not token:
+            raise CurateError(f"a token is needed for {url}: pass --token or set LABEL_STUDIO_TOKEN")
+        root = Path(known.document_root) if known and known.url == url.rstrip("/") else ws.root
+        conn = Connection(url.rstrip("/"), token, root, ws.root)
+    elif known:
+        conn = Connection(known.url, token or known.token, Path(known.document_root or ws.root), ws.root)
+    else:
+        url = f"http://127.0.0.1:{ws.config.review.port}"
+        raise CurateError(f"Label Studio is not reachable at {url}: start it with `curate review serve -w {ws.root}`")
+    try:
+        requests.get(f"{conn.url}/health", timeout=5).raise_for_status()
+    except requests.RequestException:
+        raise CurateError(
+            f"Label Studio is not reachable at {conn.url}: start it with `curate review serve -w {ws.root}` "
+            "or pass --url/--token of a running server"
+        ) from None
+    return conn
+
+
+# -- project -----------------------------------------------------------------------------------
+def _project_file(ws: Workspace) -> Path:
+    return ws.review_dir / "project.json"
+
+
+def _local_url(conn: Connection, path: Path) -> str:
+    try:
+        relative = Path(path).resolve().relative_to(conn.document_root)
+    except ValueError:
+        raise CurateError(f"{path} is outside Label Studio's document root {conn.document_root}") from None
+    return f"/data/local-files/?d={relative.as_posix()}"
+
+
+def ensure_project(ws: Workspace, conn: Connection, overlap: int | None = None) -> int:
+    """The workspace's project on this server, created once (with its storages) and reused after."""
+    from label_studio_sdk.core.api_error import ApiError
+
+    path = _project_file(ws)
+    recorded = json.loads(path.read_text()) if path.exists() else {}
+    project_id = recorded.get("project_id") if recorded.get("url") == conn.url else None
+    if project_id is not None:
+        exists = conn.call("project lookup", lambda: requests.get(
+            f"{conn.url}/api/projects/{project_id}", headers=conn.headers, timeout=30).status_code == 200)  # fmt: skip
+        project_id = project_id if exists else None
+    config = ws.config.review
+    client = conn.client
+    if project_id is None:
+        xml_path = CONFIG_DIR / config.label_config
+        if not xml_path.exists():
+            raise CurateError(f"no labeling config {xml_path} (review.label_config in curate.toml)")
+        try:
+            project = conn.call("project creation", lambda: client.projects.create(
+                title=config.project_title or f"curate {ws.name}", label_config=xml_path.read_text(),
+                maximum_annotations=overlap or 1, show_collab_predictions=True))  # fmt: skip
+        except ApiError as exc:
+            raise CurateError(f"Label Studio rejected the project ({xml_path.name}): {exc.body}") from exc
+        project_id = project.id
+        atomic_write_json(path, {"url": conn.url, "project_id": project_id})
+    elif overlap:
+        conn.call("project update", lambda: client.projects.update(id=project_id, maximum_annotations=overlap))
+    storages = conn.call("storage listing", lambda: client.import_storage.local.list(project=project_id))
+    have = {Path(s.path) for s in storages}
+    for folder in (ws.candidates_dir, ws.concepts_dir):
+        if folder.exists() and folder.resolve() not in have:
+            conn.call("storage creation", lambda f=folder: client.import_storage.local.create(
+                project=project_id, path=str(f.resolve()), use_blob_urls=True, title=f.name))  # fmt: skip
+    return project_id
+
+
+def existing_candidates(conn: Connection, project_id: int, page_size: int = 5000) -> set[str]:
+    """candidate_ids of the project's tasks: the server is the truth, so an interrupted push is seen."""
+    found: set[str] = set()
+    page = 1
+    while True:
+        payload = conn.get_json("/api/tasks/", "task listing", project=project_id, fields="task_only",
+                                page_size=page_size, page=page)  # fmt: skip
+        found.update(t["data"].get(ds.CANDIDATE_ID) for t in payload["tasks"])
+        if page * page_size >= payload["total"]:
+            return found - {None}
+        page += 1
+
+
+# -- push --------------------------------------------------------------------------------------
+@dataclass
+class PushReport:
+    project_id: int
+    url: str
+    in_view: int
+    already: int
+    pushed: int
+
+    def summary(self) -> str:
+        return (f"review push: {self.pushed} new tasks ({self.already} already in project {self.project_id}, "
+                f"{self.in_view} in view) at {self.url}/projects/{self.project_id}")  # fmt: skip
+
+
+def _score_fields(view: Any) -> list[str]:
+    """Numeric machine scores to show and predict from (clip_t first); review fields excluded."""
+    import fiftyone as fo
+
+    review = {ds.REVIEW_QUALITY, ds.REVIEW_AGREEMENT, ds.REVIEW_ANNOTATORS, ds.SEED, ds.N_CONCEPTS}
+    schema = view.get_field_schema()
+    numeric = [n for n, f in schema.items() if isinstance(f, fo.FloatField) and n not in review]
+    return sorted(numeric, key=lambda n: (n != "clip_t", n))
+
+
+def _refs_html(refs: list[dict[str, str]]) -> str:
+    cells = "".join(
+        f'<figure style="margin:0;text-align:center"><img src="{html.escape(r["url"])}" '
+        f'style="height:96px;max-width:120px;object-fit:contain"/><figcaption>{html.escape(r["name"])}'
+        "</figcaption></figure>"
+        for r in refs
+    )
+    return f'<div style="display:flex;gap:8px;flex-wrap:wrap">{cells}</div>'
+
+
+def _order(rows: list[dict[str, Any]], order: Order, key: str | None) -> list[dict[str, Any]]:
+    """Most informative first: Label Studio hands out tasks in import order."""
+    if order == "random":
+        return random.Random(0).sample(rows, len(rows))
+    if order == "view" or key is None:
+        return rows
+    scored = [r for r in rows if r.get(key) is not None]
+    rest = [r for r in rows if r.get(key) is None]
+    if order == "score":
+        return sorted(scored, key=lambda r: -r[key]) + rest
+    middle = statistics.median(r[key] for r in scored) if scored else 0.0
+    return sorted(scored, key=lambda r: abs(r[key] - middle)) + rest
+
+
+def push(
+    ws: Workspace,
+    view: str = "unreviewed",
+    url: str | None = None,
+    token: str | None = None,
+    order: Order = "uncertain",
+    overlap: int | None = None,
+    progress: ProgressFn = no_progress,
+) -> PushReport:
+    """Push the candidates of a saved FiftyOne view as tasks; only those not yet in the project.
+
+    Args:
+        view: saved view name (the index step saves `unreviewed`).
+        url, token: an existing server; default the one `curate review serve` recorded.
+        order: task order: `uncertain` (machine score nearest the median first), `score` (best
+            first), `random` (seeded), `view` (as stored).
+        overlap: annotators per task (the project's maximum_annotations).
+    """
+    conn = connect(ws, url, token)
+    dataset = ds.open_dataset(ws)
+    if not dataset.has_saved_view(view):
+        raise CurateError(f"no saved view {view!r} in dataset {dataset.name} (have: {dataset.list_saved_views()})")
+    samples = dataset.load_saved_view(view)
+    project_id = ensure_project(ws, conn, overlap)
+    scores = _score_fields(samples)
+    fields = [ds.CANDIDATE_ID, "filepath", ds.CAPTION, ds.CONCEPTS, *scores]
+    columns = samples.values(fields)
+    rows = [dict(zip(fields, values, strict=True)) for values in zip(*columns, strict=True)]
+    already = existing_candidates(conn, project_id)
+    new = [r for r in rows if r[ds.CANDIDATE_ID] not in already]
+    concepts = ws.concepts()
+    key = scores[0] if scores else None
+    median = statistics.median(r[key] for r in new if r[key] is not None) if key and new else None
+    tasks = [_task(conn, r, concepts, scores, key, median) for r in _order(new, order, key)]
+    batch = ws.config.review.batch_size
+    for start in range(0, len(tasks), batch):
+        _import_batch(conn, project_id, tasks[start : start + batch])
+        progress("push tasks", min(start + batch, len(tasks)), len(tasks))
+    return PushReport(project_id, conn.url, len(rows), len(rows) - len(new), len(tasks))
+
+
+def _import_batch(conn: Connection, project_id: int, chunk: list[dict[str, Any]]) -> None:
+    """Import one batch; after a dropped connection, re-import only what the server does not hold.
+
+    The import may have been committed even though its answer was lost, so a blind retry could
+    duplicate tasks: the server's task list decides what is still missing.
+    """
+    import httpx
+
+    for attempt in range(RETRIES + 1):
+        try:
+            conn.client.projects.import_tasks(id=project_id, request=chunk)
+            return
+        except (httpx.TransportError, requests.ConnectionError) as exc:
+            if attempt == RETRIES:
+                raise CurateError(
+                    f"Label Studio at {conn.url} stopped answering during task import ({type(exc).__name__}); "
+                    "re-run `curate review push` to finish (nothing is duplicated)"
+                ) from exc
+            time.sleep(2.0 * 2**attempt)
+            present = existing_candidates(conn, project_id)
+            chunk = [t for t in chunk if t["data"][ds.CANDIDATE_ID] not in present]
+            if not chunk:
+                return
+
+
+def _task(
+    conn: Connection,
+    row: dict[str, Any],
+    concepts: dict[str, Any],
+    scores: list[str],
+    key: str | None,
+    median: float | None,
+) -> dict[str, Any]:
+    """One task: image and references as local-files URLs, caption, scores; a prediction if scored."""
+    refs = [
+        {"concept": cid, "name": concepts[cid].name, "url": _local_url(conn, conn.workspace_root / concepts[cid].refs[0])}
+        for cid in row[ds.CONCEPTS] or []
+        if cid in concepts and concepts[cid].refs
+    ]
+    shown = {name: round(row[name], 4) for name in scores if row[name] is not None}
+    task: dict[str, Any] = {
+        "data": {
+            ds.CANDIDATE_ID: row[ds.CANDIDATE_ID],
+            IMAGE: _local_url(conn, Path(row["filepath"])),
+            ds.CAPTION: row[ds.CAPTION] or "",
+            ds.CONCEPTS: list(row[ds.CONCEPTS] or []),
+            "refs": refs,
+            "refs_html": _refs_html(refs),
+            "scores": "  ".join(f"{k}={v}" for k, v in shown.items()) or "(no machine scores)",
+        }
+    }
+    if key and row.get(key) is not None and median is not None:
+        guess = ds.ACCEPT if row[key] >= median else ds.REJECT
+        task["predictions"] = [{
+            "model_version": f"{key}>=median",
+            "score": float(row[key]),
+            "result": [{"from_name": DECISION, "to_name": IMAGE, "type": "choices", "value": {"choices": [guess]}}],
+        }]  # fmt: skip
+    return task
+
+
+# -- pull --------------------------------------------------------------------------------------
+REVIEW_FIELDS = (ds.REVIEW_DECISION, ds.REVIEW_QUALITY, ds.REVIEW_ANNOTATORS, ds.REVIEW_AGREEMENT,
+                 ds.REVIEW_REASONS, ds.CAPTION_FIXED)  # fmt: skip
+
+
+def annotation_result(
+    decision: str, quality: int | None = None, reasons: tuple[str, ...] = (), caption: str | None = None
+) -> list[dict[str, Any]]:
+    """An annotation `result` for review.xml, as the labeling page submits it (tests and demo use it)."""
+    result: list[dict[str, Any]] = [
+        {"from_name": DECISION, "to_name": IMAGE, "type": "choices", "value": {"choices": [decision]}}
+    ]
+    if quality is not None:
+        result.append({"from_name": QUALITY, "to_name": IMAGE, "type": "rating", "value": {"rating": quality}})
+    if reasons:
+        result.append({"from_name": REASONS, "to_name": IMAGE, "type": "choices", "value": {"choices": list(reasons)}})
+    if caption:
+        result.append({"from_name": CAPTION_BOX, "to_name": IMAGE, "type": "textarea", "value": {"text": [caption]}})
+    return result
+
+
+def _values(annotation: dict[str, Any]) -> dict[str, Any]:
+    """One annotation's answers by control name."""
+    out: dict[str, Any] = {}
+    for item in annotation.get("result") or []:
+        value = item.get("value", {})
+        name = item.get("from_name")
+        if name in (DECISION, REASONS):
+            out[name] = value.get("choices") or []
+        elif name == QUALITY and value.get("rating"):
+            out[name] = float(value["rating"])
+        elif name == CAPTION_BOX:
+            text = " ".join(t.strip() for t in value.get("text") or [] if t and t.strip())
+            if text:
+                out[name] = text
+    return out
+
+
+def aggregate(annotations: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several annotators -> one review: majority decision, mean quality, agreement, reasons, caption.
+
+    Skipped (cancelled) annotations do not vote. A tie is a reject: export keeps only candidates a
+    clear majority accepted. Agreement is the fraction of votes for the winning decision. The most
+    recently updated non-empty corrected caption wins. No votes at all gives all-None fields, so
+    deleting annotations in Label Studio un-reviews the candidate on the next pull.
+    """
+    answers = [(a.get("updated_at") or "", _values(a)) for a in annotations if not a.get("was_cancelled")]
+    votes = [v[DECISION][0] for _, v in answers if v.get(DECISION)]
+    if not votes:
+        return dict.fromkeys(REVIEW_FIELDS)
+    counts = Counter(votes)
+    top = max(counts.values())
+    decision = ds.ACCEPT if counts[ds.ACCEPT] == top and counts[ds.REJECT] < top else ds.REJECT
+    ratings = [v[QUALITY] for _, v in answers if QUALITY in v]
+    captions = [v[CAPTION_BOX] for _, v in sorted(answers, key=lambda x: x[0]) if CAPTION_BOX in v]
+    return {
+        ds.REVIEW_DECISION: decision,
+        ds.REVIEW_QUALITY: round(statistics.fmean(ratings), 4) if ratings else None,
+        ds.REVIEW_ANNOTATORS: len(votes),
+        ds.REVIEW_AGREEMENT: round(counts[decision] / len(votes), 4),
+        ds.REVIEW_REASONS: sorted({r for _, v in answers for r in v.get(REASONS, [])}),
+        ds.CAPTION_FIXED: captions[-1] if captions else None,
+    }
+
+
+@dataclass
+class PullReport:
+    tasks: int
+    annotated: int
+    accepted: int
+    rejected: int
+    changed: int
+    export_path: Path
+
+    def summary(self) -> str:
+        return (f"review pull: {self.annotated}/{self.tasks} tasks annotated, {self.accepted} accepted, "
+                f"{self.rejected} rejected, {self.changed} samples updated (raw export {self.export_path})")  # fmt: skip
+
+
+def _ensure_review_fields(dataset: Any) -> None:
+    """Declare the review fields with their types, so an all-None pull still has a schema."""
+    import fiftyone as fo
+
+    kinds = {ds.REVIEW_DECISION: fo.StringField, ds.REVIEW_QUALITY: fo.FloatField, ds.REVIEW_ANNOTATORS: fo.IntField,
+             ds.REVIEW_AGREEMENT: fo.FloatField, ds.CAPTION_FIXED: fo.StringField}  # fmt: skip
+    for name, kind in kinds.items():
+        if not dataset.has_sample_field(name):
+            dataset.add_sample_field(name, kind)
+    if not dataset.has_sample_field(ds.REVIEW_REASONS):
+        dataset.add_sample_field(ds.REVIEW_REASONS, fo.ListField, subfield=fo.StringField)
+
+
+def _save_raw(ws: Workspace, raw: bytes) -> Path:
+    """Keep the export exactly as received, under a UTC timestamp name that is never reused."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    path = ws.review_dir / "pulls" / f"{stamp}.json"
+    n = 1
+    while path.exists():
+        path = path.with_name(f"{stamp}-{n}.json")
+        n += 1
+    atomic_write_bytes(path, raw)
+    return path
+
+
+def pull(ws: Workspace, url: str | None = None, token: str | None = None, progress: ProgressFn = no_progress) -> PullReport:
+    """Export every task with its annotations and write the aggregated reviews onto the samples.
+
+    Only samples whose review changed are written, so pulling twice changes nothing the second time.
+    """
+    conn = connect(ws, url, token)
+    path = _project_file(ws)
+    if not path.exists():
+        raise CurateError(f"nothing pushed yet from {ws.root}: run `curate review push` first")
+    project_id = json.loads(path.read_text())["project_id"]
+
+    def fetch() -> bytes:
+        response = requests.get(f"{conn.url}/api/projects/{project_id}/export", headers=conn.headers, timeout=600,
+                                params={"exportType": "JSON", "download_all_tasks": "true"})  # fmt: skip
+        if response.status_code == 404:
+            raise CurateError(f"project {project_id} no longer exists at {conn.url}; push again to recreate it")
+        response.raise_for_status()
+        return response.content
+
+    raw = conn.call("export", fetch)
+    export_path = _save_raw(ws, raw)
+    reviews = {t["data"][ds.CANDIDATE_ID]: aggregate(t.get("annotations") or [])
+               for t in json.loads(raw) if ds.CANDIDATE_ID in t.get("data", {})}  # fmt: skip
+    dataset = ds.open_dataset(ws)
+    _ensure_review_fields(dataset)
+    from fiftyone import ViewField as F
+
+    view = dataset.match(F(ds.CANDIDATE_ID).is_in(list(reviews)))
+    ids, *current = view.values([ds.CANDIDATE_ID, *REVIEW_FIELDS])
+    stored = {cid: dict(zip(REVIEW_FIELDS, vals, strict=True)) for cid, *vals in zip(ids, *current, strict=True)}
+    changed = {cid: reviews[cid] for cid, old in stored.items() if old != reviews[cid]}
+    if changed:
+        for name in REVIEW_FIELDS:
+            dataset.set_values(name, {cid: r[name] for cid, r in changed.items()}, key_field=ds.CANDIDATE_ID)
+    progress("pull reviews", len(reviews), len(reviews))
+    decisions = Counter(r[ds.REVIEW_DECISION] for r in reviews.values())
+    return PullReport(len(reviews), len(reviews) - decisions[None], decisions[ds.ACCEPT], decisions[ds.REJECT],
+                      len(changed), export_path)  # fmt: skip
+
+
+# -- status ------------------------------------------------------------------------------------
+@dataclass
+class StatusReport:
+    url: str
+    project_id: int
+    tasks: int
+    annotated: int
+    accepted: int
+    rejected: int
+    mean_agreement: float | None
+    per_concept: dict[str, tuple[int, int]]  # concept -> (accepted, reviewed), as of the last pull
+
+    def summary(self) -> str:
+        agreement = "n/a" if self.mean_agreement is None else f"{self.mean_agreement:.2f}"
+        lines = [
+            f"project {self.project_id} at {self.url}: {self.tasks} tasks, {self.annotated} annotated",
+            f"last pull: {self.accepted} accepted, {self.rejected} rejected, mean annotator agreement {agreement}",
+        ]
+        lines += [f"  {c}: {a}/{r} accepted" for c, (a, r) in sorted(self.per_concept.items())]
+        return "\n".join(lines)
+
+
+def status(ws: Workspace, url: str | None = None, token: str | None = None) -> StatusReport:
+    """Task counts from the server, decisions and agreement from FiftyOne (what the last pull wrote)."""
+    conn = connect(ws, url, token)
+    path = _project_file(ws)
+    if not path.exists():
+        raise CurateError(f"nothing pushed yet from {ws.root}: run `curate review push` first")
+    project_id = json.loads(path.read_text())["project_id"]
+    project = conn.get_json(f"/api/projects/{project_id}", "project lookup")
+    dataset = ds.open_dataset(ws)
+    _ensure_review_fields(dataset)
+    decisions, agreements, concepts = dataset.values([ds.REVIEW_DECISION, ds.REVIEW_AGREEMENT, ds.CONCEPTS])
+    per_concept: dict[str, list[int]] = {}
+    for decision, names in zip(decisions, concepts, strict=True):
+        if decision is None:
+            continue
+        for name in names or []:
+            counts = per_concept.setdefault(name, [0, 0])
+            counts[0] += decision == ds.ACCEPT
+            counts[1] += 1
+    given = [a for a in agreements if a is not None]
+    return StatusReport(
+        url=conn.url, project_id=project_id, tasks=project["task_number"],
+        annotated=project["num_tasks_with_annotations"], accepted=decisions.count(ds.ACCEPT),
+        rejected=decisions.count(ds.REJECT), mean_agreement=statistics.fmean(given) if given else None,
+        per_concept={k: (a, r) for k, (a, r) in per_concept.items()},
+    )  # fmt: skip

@@ -1,0 +1,292 @@
+"""`curate export`: the accepted compositions as a MyCanvas-style folder, written all at once or not at all.
+
+One folder serves every consumer: grouped images + `metadata.jsonl` (Hugging Face imagefolder),
+`concepts/` references and masks, `concepts_list*.json` (diffusers Custom Diffusion), the dataset card
+and a manifest; `webdataset/` shards when asked for. Everything is built in a hidden temp folder beside
+the destination and swapped in at the end, so a failure leaves the previous export as it was. The
+output is a pure function of (selection, reviews, concepts, config): no timestamps, sorted keys, fixed
+tar headers, so re-exporting the same selection yields byte-identical files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+from curation.errors import CurateError
+from curation.progress import ProgressFn, no_progress
+from curation.records import Concept, content_id
+from curation.workspace import Workspace, atomic_write_json, atomic_write_text
+from exports.card import render_card
+from exports.concepts_list import write_concepts_lists
+from exports.imagefolder import metadata_row, write_metadata
+from exports.select import ExportItem, Selection, select_candidates
+from exports.webdataset import write_shards
+
+CORE_FORMATS = ("mycanvas", "imagefolder", "concepts_list")
+"""Formats the core folder already is: the mycanvas layout doubles as imagefolder and concepts_list."""
+EXTRA_FORMATS = ("webdataset",)
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass
+class ExportReport:
+    """What an export wrote, for the CLI line and for tests."""
+
+    path: Path
+    formats: list[str]
+    n_images: int
+    per_concept: dict[str, int]
+    per_composition: dict[str, int]
+    min_quality: float | None
+    dropped_near_duplicates: int = 0
+    linked: int = 0
+    copied: int = 0
+    shards: list[Path] = field(default_factory=list)
+
+    def summary(self) -> str:
+        quality = f"quality >= {self.min_quality:g}" if self.min_quality is not None else "any quality"
+        parts = [
+            f"exported {self.n_images} accepted images ({quality}) of {len(self.per_concept)} concepts"
+            f" in {len(self.per_composition)} compositions to {self.path}",
+            f"formats: {', '.join(self.formats)}",
+            f"files: {self.linked} hard-linked, {self.copied} copied",
+        ]
+        if self.dropped_near_duplicates:
+            parts.append(f"{self.dropped_near_duplicates} near-duplicates left out")
+        if self.shards:
+            parts.append(f"{len(self.shards)} WebDataset shards")
+        return "; ".join(parts)
+
+
+def parse_formats(formats: str | Sequence[str]) -> list[str]:
+    """Comma-separated or listed format names -> sorted unique list; unknown names are an error."""
+    names = formats.split(",") if isinstance(formats, str) else [n for f in formats for n in f.split(",")]
+    chosen = sorted({n.strip().lower() for n in names if n.strip()} | {"mycanvas"})
+    unknown = [n for n in chosen if n not in CORE_FORMATS + EXTRA_FORMATS]
+    if unknown:
+        raise CurateError(
+            f"unknown export format {unknown[0]!r} (known: {', '.join(CORE_FORMATS + EXTRA_FORMATS)})"
+        )
+    return chosen
+
+
+def export_destination(ws: Workspace, name: str) -> Path:
+    """exports/<name>, refusing names that are empty, hidden, nested or escape the workspace."""
+    if not name or name != Path(name).name or name.startswith(".") or "\\" in name:
+        raise CurateError(f"invalid export name {name!r}: use a plain folder name such as 'mycanvas'")
+    destination = ws.resolve(Path("exports") / name)
+    if destination.parent != ws.exports_dir:
+        raise CurateError(f"export name {name!r} escapes {ws.exports_dir}")
+    return destination
+
+
+def _place(source: Path, target: Path) -> bool:
+    """Hard-link `source` at `target` (True), or copy it where links are impossible (False)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+        return True
+    except FileNotFoundError:
+        raise
+    except OSError:
+        shutil.copyfile(source, target)
+        return False
+
+
+def _recover(destination: Path) -> None:
+    """Undo what a killed export left: restore a displaced previous export, drop unfinished temp folders."""
+    for old in sorted(destination.parent.glob(f".{destination.name}.old-*")):
+        if destination.exists():
+            shutil.rmtree(old)
+        else:
+            old.rename(destination)
+    for tmp in destination.parent.glob(f".{destination.name}.tmp-*"):
+        shutil.rmtree(tmp)
+
+
+def _swap_into_place(tmp: Path, destination: Path) -> None:
+    """Replace the destination by the finished temp folder; the old one is removed only afterwards."""
+    old = tmp.with_name(tmp.name.replace(".tmp-", ".old-", 1))
+    if destination.exists():
+        destination.rename(old)
+    tmp.rename(destination)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _code_version() -> str:
+    """Package version, plus the git commit when the code runs from a checkout."""
+    version = importlib_metadata.version("curate")
+    source = Path(__file__).resolve().parent
+    commit = subprocess.run(
+        ["git", "-C", str(source), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return f"{version}+g{commit.stdout.strip()}" if commit.returncode == 0 and commit.stdout.strip() else version
+
+
+def _used_concepts(ws: Workspace, items: list[ExportItem]) -> dict[str, Concept]:
+    known = ws.concepts()
+    used = sorted({c for item in items for c in item.concepts})
+    missing = [c for c in used if c not in known]
+    if missing:
+        raise CurateError(f"exported candidates use concept {missing[0]!r}, which is not in {ws.concepts_dir}")
+    return {c: known[c] for c in used}
+
+
+class _Writer:
+    """Fills one temp folder; counts links vs copies and names the candidate or file that fails."""
+
+    def __init__(self, ws: Workspace, root: Path):
+        self.ws = ws
+        self.root = root
+        self.linked = 0
+        self.copied = 0
+
+    def place(self, source: Path, relative: str, owner: str) -> None:
+        try:
+            linked = _place(source, self.root / relative)
+        except FileNotFoundError as exc:
+            raise CurateError(f"{owner}: file {source} is missing; re-run the step that makes it") from exc
+        self.linked += linked
+        self.copied += not linked
+
+    def images(self, items: list[ExportItem], progress: ProgressFn) -> None:
+        for done, item in enumerate(items, start=1):
+            self.place(item.image, item.file_name, f"candidate {item.candidate_id}")
+            progress("export images", done, len(items))
+
+    def concepts(self, concepts: dict[str, Concept]) -> None:
+        """Copy refs and masks under concepts/<id>/ with concept.json pointing at the copies."""
+        for concept in concepts.values():
+            folder = f"concepts/{concept.concept_id}"
+            moved: dict[str, list[str]] = {}
+            for kind, paths in (("refs", concept.refs), ("masks", concept.masks)):
+                moved[kind] = [f"{folder}/{kind}/{Path(p).name}" for p in paths]
+                if len(set(moved[kind])) != len(paths):
+                    raise CurateError(f"concept {concept.concept_id}: two {kind} share a file name")
+                for source, target in zip(paths, moved[kind], strict=True):
+                    self.place(self.ws.resolve(source), target, f"concept {concept.concept_id}")
+            atomic_write_json(self.root / folder / "concept.json", concept.model_copy(update=moved).model_dump())
+
+
+def _selection_rule(selection: Selection, include_near_duplicates: bool) -> str:
+    rule = "accepted in review"
+    if selection.min_quality is not None:
+        rule += f", mean quality rank >= {selection.min_quality:g}"
+    if selection.view:
+        rule += f", from the saved FiftyOne view `{selection.view}`"
+    if not include_near_duplicates:
+        rule += f", near-duplicates left out ({len(selection.dropped_near_duplicates)})"
+    return rule
+
+
+def export_mycanvas(
+    ws: Workspace,
+    name: str = "mycanvas",
+    min_quality: int | None = None,
+    progress: ProgressFn = no_progress,
+    *,
+    formats: str | Sequence[str] | None = None,
+    view: str | None = None,
+    include_near_duplicates: bool = False,
+    shard_size: int = 1000,
+) -> ExportReport:
+    """Export the accepted candidates to `exports/<name>/`, replacing the previous export atomically.
+
+    Args:
+        ws: The workspace (its FiftyOne dataset holds the reviews).
+        name: Folder name under exports/.
+        min_quality: Lowest mean review rank (1-5); None means the config's `export.min_quality`.
+        progress: Called as images are placed.
+        formats: Names from CORE_FORMATS + EXTRA_FORMATS (comma-separated or a list); None means
+            the config's `export.format`. The core folder is always written.
+        view: A saved FiftyOne view to select from instead of the whole dataset.
+        include_near_duplicates: Keep candidates the index marked as near-duplicates.
+        shard_size: Samples per WebDataset shard.
+
+    Raises:
+        CurateError: bad name or format, no dataset, a missing candidate file or concept.
+    """
+    destination = export_destination(ws, name)
+    chosen_formats = parse_formats(formats if formats is not None else ws.config.export.format)
+    quality = min_quality if min_quality is not None else ws.config.export.min_quality
+    selection = select_candidates(ws, quality, view=view, include_near_duplicates=include_near_duplicates)
+    items = selection.items
+    concepts = _used_concepts(ws, items)
+    rows = [metadata_row(item, concepts) for item in items]
+    per_concept = dict(sorted(Counter(c for item in items for c in item.concepts).items()))
+    per_composition = dict(sorted(Counter(item.composition for item in items).items()))
+
+    ws.exports_dir.mkdir(parents=True, exist_ok=True)
+    _recover(destination)
+    tmp = Path(tempfile.mkdtemp(dir=ws.exports_dir, prefix=f".{name}.tmp-"))
+    try:
+        tmp.chmod(0o755)
+        writer = _Writer(ws, tmp)
+        writer.images(items, progress)
+        writer.concepts(concepts)
+        write_metadata(tmp, rows)
+        write_concepts_lists(tmp, items, concepts)
+        shards = write_shards(tmp, items, rows, shard_size) if "webdataset" in chosen_formats else []
+        atomic_write_text(
+            tmp / "README.md",
+            render_card(
+                name,
+                per_concept,
+                per_composition,
+                exported=[(len(i.concepts), i.quality) for i in items if i.quality is not None],
+                reviewed=selection.reviewed,
+                selection_rule=_selection_rule(selection, include_near_duplicates),
+                formats=chosen_formats,
+            ),
+        )
+        atomic_write_json(
+            tmp / MANIFEST_FILE,
+            {
+                "name": name,
+                "formats": chosen_formats,
+                "selection": {
+                    "min_quality": quality,
+                    "view": view,
+                    "accepted_only": True,
+                    "include_near_duplicates": include_near_duplicates,
+                },
+                "counts": {
+                    "images": len(items),
+                    "concepts": len(per_concept),
+                    "compositions": len(per_composition),
+                    "per_concept": per_concept,
+                    "per_composition": per_composition,
+                    "dropped_near_duplicates": len(selection.dropped_near_duplicates),
+                    "webdataset_shards": len(shards),
+                },
+                "config_hash": content_id(ws.config.model_dump()),
+                "code_version": _code_version(),
+                "candidate_ids": [item.candidate_id for item in items],
+                "dropped_near_duplicates": selection.dropped_near_duplicates,
+            },
+        )
+        _swap_into_place(tmp, destination)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportReport(
+        path=destination,
+        formats=chosen_formats,
+        n_images=len(items),
+        per_concept=per_concept,
+        per_composition=per_composition,
+        min_quality=quality,
+        dropped_near_duplicates=len(selection.dropped_near_duplicates),
+        linked=writer.linked,
+        copied=writer.copied,
+        shards=[destination / s.relative_to(tmp) for s in shards],
+    )

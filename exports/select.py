@@ -1,0 +1,155 @@
+"""Which candidates an export holds: the reviewed verdicts in FiftyOne joined to the records on disk.
+
+FiftyOne owns the human side (decision, quality, fixed caption, near-duplicate links); the candidate
+JSON owns the geometry. Pixel boxes are read from `candidates/<shard>/<id>.json` rather than from the
+FiftyOne detections because the detections are relative floats: converting back would round, and the
+export promises the exact boxes the generator drew. Every writer in `exports/` consumes the
+`ExportItem`s built here, so they all agree on order, captions and file names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from curation.dataset import (
+    CANDIDATE_ID,
+    CAPTION,
+    CAPTION_FIXED,
+    N_CONCEPTS,
+    REVIEW_QUALITY,
+    accepted_view,
+    open_dataset,
+)
+from curation.errors import CurateError
+from curation.records import Box, Candidate
+
+if TYPE_CHECKING:
+    import fiftyone as fo
+
+    from curation.workspace import Workspace
+
+NEAR_DUP_OF = "near_dup_of"
+"""Set by the index on a candidate that nearly duplicates another; absent or empty means unique.
+(Kept here until curation/dataset.py carries it beside the other field names.)"""
+
+
+@dataclass(frozen=True)
+class ExportItem:
+    """One exported composition: where its image comes from and everything its metadata row says."""
+
+    candidate_id: str
+    image: Path
+    concepts: tuple[str, ...]
+    boxes: tuple[Box, ...]
+    width: int
+    height: int
+    caption: str
+    quality: float | None
+    background: str
+    plan_id: str
+
+    @property
+    def composition(self) -> str:
+        """The concept set as a folder name: sorted ids joined by '+' (ids never contain '+')."""
+        return "+".join(sorted(self.concepts))
+
+    @property
+    def file_name(self) -> str:
+        """Path inside the export; under images/ so a composition can never clash with concepts/."""
+        return f"images/{self.composition}/{self.candidate_id}{self.image.suffix.lower()}"
+
+
+@dataclass
+class Selection:
+    """The items to export plus what the dataset card reports about everything reviewed."""
+
+    items: list[ExportItem]
+    min_quality: float | None
+    view: str | None
+    dropped_near_duplicates: list[str] = field(default_factory=list)
+    reviewed: list[tuple[int, float]] = field(default_factory=list)
+    """(n_concepts, quality) of every reviewed candidate in the base collection, kept or not."""
+
+
+def _values(collection: fo.DatasetView | fo.Dataset, name: str) -> list[Any]:
+    """A field's values, or Nones when no sample ever got the field (e.g. no dedup has run)."""
+    if collection.has_field(name):
+        return collection.values(name)
+    return [None] * len(collection)
+
+
+def _candidate(ws: Workspace, candidate_id: str, filepath: str) -> Candidate:
+    """Read the candidate record from its shard (the image's folder name), under this workspace."""
+    relative = Path("candidates") / Path(filepath).parent.name / f"{candidate_id}.json"
+    path = ws.resolve(relative)
+    if not path.exists():
+        raise CurateError(f"candidate {candidate_id}: record {relative.as_posix()} is missing from the workspace")
+    return Candidate.model_validate_json(path.read_text())
+
+
+def _base(ws: Workspace, view: str | None) -> fo.Dataset | fo.DatasetView:
+    dataset = open_dataset(ws)
+    if view is None:
+        return dataset
+    if not dataset.has_saved_view(view):
+        known = ", ".join(dataset.list_saved_views()) or "none"
+        raise CurateError(f"no saved view {view!r} in dataset {dataset.name} (saved views: {known})")
+    return dataset.load_saved_view(view)
+
+
+def select_candidates(
+    ws: Workspace,
+    min_quality: float | None,
+    view: str | None = None,
+    include_near_duplicates: bool = False,
+) -> Selection:
+    """Accepted candidates (quality >= min_quality) of the dataset or a saved view, by candidate id.
+
+    Args:
+        ws: The workspace whose FiftyOne dataset and candidate files are read.
+        min_quality: Lowest mean review rank kept; None keeps every accepted candidate.
+        view: Name of a saved FiftyOne view to start from instead of the whole dataset.
+        include_near_duplicates: Keep candidates whose `near_dup_of` is set (dropped by default,
+            so one image of each near-duplicate group trains the model, not several).
+    """
+    base = _base(ws, view)
+    chosen = accepted_view(base, min_quality).sort_by(CANDIDATE_ID)
+    ids = chosen.values(CANDIDATE_ID)
+    paths = chosen.values("filepath")
+    captions = _values(chosen, CAPTION)
+    fixed = _values(chosen, CAPTION_FIXED)
+    qualities = _values(chosen, REVIEW_QUALITY)
+    near_dups = _values(chosen, NEAR_DUP_OF)
+
+    items: list[ExportItem] = []
+    dropped: list[str] = []
+    for candidate_id, filepath, caption, caption_fixed, quality, near_dup in zip(
+        ids, paths, captions, fixed, qualities, near_dups, strict=True
+    ):
+        if near_dup and not include_near_duplicates:
+            dropped.append(candidate_id)
+            continue
+        record = _candidate(ws, candidate_id, filepath)
+        items.append(
+            ExportItem(
+                candidate_id=candidate_id,
+                image=ws.resolve(record.image),
+                concepts=tuple(record.concepts),
+                boxes=tuple(record.boxes),
+                width=record.width,
+                height=record.height,
+                caption=(caption_fixed or caption or record.caption).strip(),
+                quality=None if quality is None else float(quality),
+                background=record.background,
+                plan_id=record.plan_id,
+            )
+        )
+
+    reviewed = [
+        (int(n), float(q))
+        for n, q in zip(_values(base, N_CONCEPTS), _values(base, REVIEW_QUALITY), strict=True)
+        if q is not None and n is not None
+    ]
+    return Selection(items=items, min_quality=min_quality, view=view, dropped_near_duplicates=dropped, reviewed=reviewed)

@@ -1,0 +1,196 @@
+"""Paste concept cut-outs into their layout boxes with soft alpha, onto a background.
+
+Offline, the background is procedural: a lit wall and a textured floor whose colours are keyed
+from the words of the plan's background text ("wooden table" -> brown floor, "blue sky" -> blue
+wall), so the same text always gives the same picture. Objects are drawn back to front (higher
+box bottom = farther away), each with a soft contact shadow, and the result keeps every layer so
+a repaint backend can re-blend or inpaint around them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from curation.records import Box, Concept
+from curation.workspace import Workspace
+
+SURFACE_COLOURS: dict[str, tuple[int, int, int]] = {
+    "wooden": (150, 105, 65), "marble": (226, 224, 218), "concrete": (140, 140, 138), "lawn": (82, 140, 62),
+    "grass": (86, 146, 64), "sandy": (214, 194, 150), "brick": (160, 78, 58), "carpet": (200, 182, 152),
+    "stone": (150, 146, 136), "desk": (236, 236, 232), "snowy": (240, 244, 250), "tiled": (200, 210, 222),
+    "blanket": (182, 62, 62), "deck": (132, 96, 62), "gravel": (166, 152, 126), "shelf": (86, 60, 40),
+}
+SETTING_COLOURS: dict[str, tuple[int, int, int]] = {
+    "kitchen": (238, 228, 208), "loft": (172, 166, 160), "garden": (118, 168, 108), "sky": (140, 190, 236),
+    "wall": (190, 120, 96), "living": (222, 202, 172), "bedroom": (212, 202, 218), "park": (196, 150, 90),
+    "office": (232, 234, 236), "winter": (204, 218, 232), "library": (92, 72, 54), "bathroom": (122, 162, 204),
+    "sunset": (242, 164, 112), "desert": (232, 196, 146),
+}
+
+
+@dataclass
+class Layer:
+    """One pasted object: its scaled cut-out and where its top-left corner sits on the canvas."""
+
+    concept_id: str
+    x: int
+    y: int
+    rgb: np.ndarray
+    alpha: np.ndarray  # float32 0..1, same height/width as rgb
+
+    @property
+    def box(self) -> Box:
+        h, w = self.alpha.shape
+        return Box(concept_id=self.concept_id, x=self.x, y=self.y, w=w, h=h)
+
+
+class Composition:
+    """What a repaint backend needs: the background (with shadows) and every layer, back to front.
+
+    The pasted image is computed on first use only: the classical repaint re-pastes harmonized
+    layers itself, while a diffusion repaint starts from the pasted image.
+    """
+
+    def __init__(self, background: np.ndarray, layers: list[Layer]):
+        self.background = background
+        self.layers = layers
+
+    @cached_property
+    def image(self) -> np.ndarray:
+        return paste(self.background, self.layers)
+
+
+def _hash_rng(*parts: object) -> np.random.Generator:
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def _keyed_colour(words: list[str], table: dict[str, tuple[int, int, int]], rng: np.random.Generator) -> np.ndarray:
+    for word in words:
+        if word.strip(",.") in table:
+            return np.array(table[word.strip(",.")], np.float32)
+    return rng.uniform(90, 230, size=3).astype(np.float32)
+
+
+def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:
+    grid = rng.standard_normal((cells, cells)).astype(np.float32)
+    return cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+@lru_cache(maxsize=64)
+def procedural_background(text: str, width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A deterministic wall + floor picture for a background description (read-only, cached)."""
+    rng = _hash_rng(text, width, height, seed)
+    words = text.lower().split()
+    split = next((i for i, w in enumerate(words) if w in {"in", "under", "beside", "by"}), len(words))
+    floor = _keyed_colour(words[:split], SURFACE_COLOURS, rng)
+    wall = _keyed_colour(words[split:], SETTING_COLOURS, rng)
+    horizon = int(height * rng.uniform(0.5, 0.6))
+    ys = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
+    light = rng.uniform(0.85, 1.1)
+    image = np.empty((height, width, 3), np.float32)
+    image[:horizon] = wall * (light - 0.18 * ys[:horizon] / max(ys[horizon], 1e-6))
+    floor_depth = (ys[horizon:] - ys[horizon]) / max(1.0 - float(ys[horizon, 0, 0]), 1e-6)
+    image[horizon:] = floor * (0.8 + 0.25 * floor_depth)
+    texture = 14 * _smooth_noise(rng, height, width, 6) + 5 * _smooth_noise(rng, height, width, 48)
+    if "wooden" in words or "deck" in words or "shelf" in words:  # grain along the floor
+        grain = np.sin(np.linspace(0, rng.uniform(30, 60), height, dtype=np.float32))[:, None] * 6
+        texture[horizon:] += grain[horizon:]
+    image += texture[..., None]
+    xs = np.linspace(-1.0, 1.0, width, dtype=np.float32)[None, :, None]
+    image *= 1.0 - 0.12 * xs**2  # soft vignette, as a lens gives
+    image = cv2.GaussianBlur(image, (0, 0), 0.7)
+    out = np.clip(image, 0, 255).astype(np.uint8)
+    out.setflags(write=False)
+    return out
+
+
+@lru_cache(maxsize=256)
+def _cutout(root: str, ref: str, mask: str) -> tuple[np.ndarray, np.ndarray]:
+    """A reference photo and its alpha cropped to the mask's bounding box (cached per process)."""
+    ws = Workspace(Path(root))
+    rgb = np.asarray(Image.open(ws.resolve(ref)).convert("RGB"))
+    alpha = np.asarray(Image.open(ws.resolve(mask)).convert("L"))
+    ys, xs = np.nonzero(alpha >= 16)
+    if len(xs) == 0:
+        raise ValueError(f"mask {mask} is empty")
+    crop = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    return rgb[crop], alpha[crop]
+
+
+def pick_reference(concept: Concept, rng: np.random.Generator) -> int:
+    """Index of the reference photo to use: a random one among those whose mask has no flag."""
+    usable = [i for i, flags in enumerate(concept.mask_flags) if not flags] or list(range(len(concept.refs)))
+    if not usable:
+        raise ValueError(f"concept {concept.concept_id} has no reference photos")
+    return usable[int(rng.integers(len(usable)))]
+
+
+def fit_layer(concept_id: str, rgb: np.ndarray, alpha: np.ndarray, box: Box) -> Layer:
+    """Scale a cut-out to fit its box (aspect kept), standing on the box's bottom edge, centred."""
+    h, w = alpha.shape
+    scale = min(box.w / w, box.h / h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    rgb_s = cv2.resize(rgb, (nw, nh), interpolation=interp)
+    alpha_s = cv2.resize(alpha, (nw, nh), interpolation=interp).astype(np.float32) / 255.0
+    return Layer(concept_id, box.x + (box.w - nw) // 2, box.y + box.h - nh, rgb_s, alpha_s)
+
+
+def paste(background: np.ndarray, layers: list[Layer]) -> np.ndarray:
+    """Alpha-blend layers in order (first is farthest) onto a copy of the background."""
+    canvas = background.copy()
+    for layer in layers:
+        h, w = layer.alpha.shape
+        region = canvas[layer.y : layer.y + h, layer.x : layer.x + w]
+        a = layer.alpha[..., None]
+        blended = region.astype(np.float32) * (1 - a) + layer.rgb.astype(np.float32) * a
+        region[:] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    return canvas
+
+
+def _shadows(background: np.ndarray, layers: list[Layer]) -> np.ndarray:
+    """Darken the floor under each object with a blurred ellipse so it rests on the ground."""
+    height, width = background.shape[:2]
+    out = background.copy()
+    sigma = max(2.0, width / 120)
+    pad = int(3 * sigma)
+    for layer in layers:
+        h, w = layer.alpha.shape
+        rx, ry = max(1, int(w * 0.45)), max(1, int(h * 0.05))
+        cx, cy = layer.x + w // 2, min(height - 1, layer.y + h)
+        x0, y0 = max(0, cx - rx - pad), max(0, cy - ry - pad)
+        x1, y1 = min(width, cx + rx + pad + 1), min(height, cy + ry + pad + 1)
+        shade = np.zeros((y1 - y0, x1 - x0), np.float32)
+        cv2.ellipse(shade, (cx - x0, cy - y0), (rx, ry), 0, 0, 360, 1.0, -1)
+        shade = cv2.GaussianBlur(shade, (0, 0), sigma)
+        region = out[y0:y1, x0:x1]
+        region[:] = np.clip(region.astype(np.float32) * (1 - 0.4 * shade[..., None]) + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+def compose(
+    ws: Workspace, background: np.ndarray, picks: list[tuple[Concept, int, Box]]
+) -> Composition:
+    """Paste each (concept, reference index, box) onto the background, farthest box first.
+
+    Args:
+        ws: Workspace holding the concepts' refs and masks.
+        background: HxWx3 uint8 canvas (not modified).
+        picks: One entry per concept: which reference photo to use and the box it must fill.
+
+    Returns:
+        The shadowed background and the layers in drawing order (the composite on demand).
+    """
+    layers = []
+    for concept, index, box in sorted(picks, key=lambda p: (p[2].y + p[2].h, p[2].x)):
+        rgb, alpha = _cutout(str(ws.root), concept.refs[index], concept.masks[index])
+        layers.append(fit_layer(concept.concept_id, rgb, alpha, box))
+    return Composition(background=_shadows(background, layers), layers=layers)

@@ -1,0 +1,197 @@
+"""Layout plans: which concepts go together, on what background, in which boxes.
+
+The rule-based planner (offline default) follows the paper's recipe without an LLM: objects
+stand on a ground line, their heights follow per-class size priors (the paper's relative-size
+correction: a mug is not as tall as a person), boxes stay inside the canvas and overlap at most
+`max_overlap` IoU. Plan k is drawn from its own random stream seeded by (seed, k, the concepts),
+so asking for 60 plans after 40 keeps the first 40 byte-identical.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from PIL import Image
+
+from curation.config import LayoutConfig
+from curation.errors import CurateError
+from curation.records import Box, Concept, LayoutPlan, content_id
+from curation.workspace import Workspace
+
+PLANNER = "rules"
+
+SIZE_PRIORS: dict[str, float] = {
+    "person": 1.0, "man": 1.0, "woman": 1.0, "child": 0.7, "astronaut": 1.0,
+    "dog": 0.55, "cat": 0.45, "horse": 1.0, "bird": 0.25, "rabbit": 0.3,
+    "rocket": 0.9, "plant": 0.5, "flower": 0.35, "vase": 0.4, "lamp": 0.6, "chair": 0.75,
+    "backpack": 0.45, "bag": 0.4, "teddybear": 0.35, "toy": 0.3, "robot": 0.45, "shoe": 0.2,
+    "mug": 0.22, "cup": 0.22, "bottle": 0.3, "bowl": 0.2, "teapot": 0.28, "clock": 0.3, "book": 0.25,
+    "car": 0.6, "bicycle": 0.7, "ball": 0.2, "candle": 0.2, "sunglasses": 0.12, "hat": 0.2,
+}
+"""Relative real-world height by class noun; unknown nouns get DEFAULT_SIZE."""
+DEFAULT_SIZE = 0.4
+
+BACKGROUNDS: tuple[str, ...] = (
+    "on a wooden table in a sunlit kitchen",
+    "on a white marble counter in a bright modern kitchen",
+    "on a grey concrete floor in an industrial loft",
+    "on a green lawn in a sunny backyard garden",
+    "on a sandy beach under a clear blue sky",
+    "on a red brick patio beside a garden wall",
+    "on a wooden floor in a cozy living room",
+    "on a beige carpet in a quiet bedroom",
+    "on a stone path in an autumn park",
+    "on a white desk in a minimalist office",
+    "on a snowy field on a bright winter day",
+    "on a dark wooden shelf in a dim library",
+    "on a tiled floor in a blue bathroom",
+    "on a picnic blanket on green grass in a park",
+    "on a wooden deck by a calm lake at sunset",
+    "on a gravel road in a dry desert landscape",
+)
+"""Realistic scenes; each names a surface (the floor band objects rest on) and a setting."""
+
+_GROUND = (0.78, 0.95)
+"""The ground line (bottom of the front-most objects) lies in this band of the canvas height."""
+
+
+def size_prior(class_noun: str) -> float:
+    """Relative height for a class noun: exact match, then its last word, then the default."""
+    noun = class_noun.lower().strip()
+    return SIZE_PRIORS.get(noun, SIZE_PRIORS.get(noun.split(" ")[-1] if noun else "", DEFAULT_SIZE))
+
+
+def concept_aspect(ws: Workspace, concept: Concept) -> float:
+    """Median width/height of the concept's usable mask bounding boxes (1.0 when none)."""
+    aspects = []
+    for mask, flags in itertools.zip_longest(concept.masks, concept.mask_flags, fillvalue=[]):
+        if flags or not mask:
+            continue
+        alpha = np.asarray(Image.open(ws.resolve(mask))) >= 128
+        ys, xs = np.nonzero(alpha)
+        if len(xs):
+            aspects.append((xs.max() - xs.min() + 1) / (ys.max() - ys.min() + 1))
+    return float(np.clip(np.median(aspects), 0.25, 4.0)) if aspects else 1.0
+
+
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two pixel boxes."""
+    ix = max(0, min(a.x + a.w, b.x + b.w) - max(a.x, b.x))
+    iy = max(0, min(a.y + a.h, b.y + b.h) - max(a.y, b.y))
+    inter = ix * iy
+    union = a.w * a.h + b.w * b.h - inter
+    return inter / union if union else 0.0
+
+
+def check_layout(plan: LayoutPlan, config: LayoutConfig) -> str | None:
+    """Why a plan breaks the geometric rules, or None; shared by every planner (LLM replies too)."""
+    if sorted(plan.concepts) != sorted({b.concept_id for b in plan.boxes}) or len(plan.boxes) != len(plan.concepts):
+        return "every concept needs exactly one box"
+    min_area = config.min_area * plan.width * plan.height
+    for box in plan.boxes:
+        if box.x < 0 or box.y < 0 or box.x + box.w > plan.width or box.y + box.h > plan.height:
+            return f"box of {box.concept_id} leaves the canvas"
+        if box.w * box.h < min_area:
+            return f"box of {box.concept_id} is smaller than min_area"
+    for a, b in itertools.combinations(plan.boxes, 2):
+        if iou(a, b) > config.max_overlap:
+            return f"boxes of {a.concept_id} and {b.concept_id} overlap more than max_overlap"
+    return None
+
+
+def _place(
+    rng: np.random.Generator, sizes: list[float], aspects: list[float], config: LayoutConfig, shrink: float
+) -> list[tuple[int, int, int, int]]:
+    """One attempt: heights from priors, left-to-right order with random gaps, bottoms on the ground."""
+    width, height = config.width, config.height
+    tallest = height * rng.uniform(0.55, 0.8) * shrink
+    heights = [tallest * s / max(sizes) for s in sizes]
+    min_area = config.min_area * width * height
+    for i, a in enumerate(aspects):  # small objects grow to min_area rather than vanish (scale correction)
+        heights[i] = max(heights[i], float(np.sqrt(min_area / a)) * 1.05)
+    heights = [min(h, width * 0.9 / a, height * 0.9) for h, a in zip(heights, aspects)]
+    widths = [h * a for h, a in zip(heights, aspects)]
+    free = width - sum(widths)
+    if free < 0:
+        overlap = -free / max(1, len(widths) - 1)
+        gaps = [0.0] + [-overlap] * (len(widths) - 1) + [0.0]
+    else:
+        gaps = list(rng.dirichlet(np.ones(len(widths) + 1)) * free)
+    ground = height * rng.uniform(*_GROUND)
+    boxes, x = [], gaps[0]
+    for w, h, gap in zip(widths, heights, gaps[1:]):
+        bottom = min(height, ground - rng.uniform(0, 0.06) * height)
+        boxes.append((round(x), round(bottom - h), round(w), round(h)))
+        x += w + gap
+    return boxes
+
+
+def _fallback(n: int, aspects: list[float], config: LayoutConfig) -> list[tuple[int, int, int, int]]:
+    """Equal cells side by side on the ground: always valid when the canvas can hold n boxes."""
+    cell = config.width / n
+    boxes = []
+    for i, a in enumerate(aspects):
+        w = cell * 0.9
+        h = min(w / a, config.height * 0.8)
+        w = min(w, h * a)
+        h = max(h, config.min_area * config.width * config.height / w * 1.02)
+        bottom = config.height * _GROUND[0]
+        boxes.append((round(i * cell + (cell - w) / 2), round(max(0.0, bottom - h)), round(w), round(h)))
+    return boxes
+
+
+def plan_one(k: int, concepts: list[Concept], aspects: dict[str, float], config: LayoutConfig) -> LayoutPlan:
+    """Plan number k: depends only on (config, k, the concepts), never on other plans."""
+    ids = sorted(c.concept_id for c in concepts)
+    key = content_id({"seed": config.seed, "concepts": [(c.concept_id, c.class_noun) for c in concepts]})
+    rng = np.random.default_rng([config.seed, k, int(key, 16) % 2**32])
+    hi = min(config.max_concepts, len(ids))
+    counts = list(range(min(config.min_concepts, hi), hi + 1))
+    count = counts[k % len(counts)]  # balanced: the counts take turns
+    chosen = [ids[i] for i in rng.choice(len(ids), size=count, replace=False)]
+    by_id = {c.concept_id: c for c in concepts}
+    background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    sizes = [size_prior(by_id[c].class_noun) for c in chosen]
+    chosen_aspects = [aspects[c] for c in chosen]
+    base = {"concepts": chosen, "background": background, "width": config.width, "height": config.height}
+    plan = None
+    for attempt in range(40):
+        raw = _place(rng, sizes, chosen_aspects, config, shrink=0.93**attempt)
+        boxes = [Box(concept_id=c, x=x, y=y, w=w, h=h) for c, (x, y, w, h) in zip(chosen, raw)]
+        plan = LayoutPlan(**base, boxes=boxes, planner=PLANNER, seed=k)
+        if check_layout(plan, config) is None:
+            return plan.with_id()
+    raw = _fallback(count, chosen_aspects, config)
+    boxes = [Box(concept_id=c, x=x, y=y, w=w, h=h) for c, (x, y, w, h) in zip(chosen, raw)]
+    plan = LayoutPlan(**base, boxes=boxes, planner=PLANNER, seed=k)
+    problem = check_layout(plan, config)
+    if problem:
+        raise CurateError(f"layout config cannot fit {count} concepts on the canvas: {problem}")
+    return plan.with_id()
+
+
+def plan_layouts(ws: Workspace, n: int) -> list[LayoutPlan]:
+    """Write `n` layout plans to plans/plans.jsonl (replacing it atomically) and return them.
+
+    Args:
+        ws: The workspace; needs at least two ingested concepts.
+        n: How many plans; plan k is the same whatever n is.
+
+    Returns:
+        The plans, each with its content-derived plan_id.
+    """
+    config = ws.config.layout
+    if config.planner != PLANNER:
+        raise CurateError(f"layout planner {config.planner!r} is not available yet; set layout.planner = 'rules'")
+    if n < 1:
+        raise CurateError(f"--n must be at least 1 (got {n})")
+    if not 1 <= config.min_concepts <= config.max_concepts:
+        raise CurateError("layout.min_concepts must be >= 1 and <= layout.max_concepts")
+    concepts = list(ws.concepts().values())
+    if len(concepts) < 2:
+        raise CurateError(f"planning needs at least 2 concepts, the workspace has {len(concepts)}; add more")
+    aspects = {c.concept_id: concept_aspect(ws, c) for c in concepts}
+    plans = [plan_one(k, concepts, aspects, config) for k in range(n)]
+    ws.write_plans(plans)
+    return plans

@@ -1,0 +1,308 @@
+"""`curate generate`: one candidate per (plan, seed), in resumable shards, on local worker processes.
+
+Work is laid out deterministically: plans in file order, `seeds_per_plan` seeds each, cut into
+shards of `shard_size` named 00000, 00001, ...; a candidate's id is the content hash of
+(plan_id, seed, generator, generator config), so a re-run recomputes the same ids.
+
+Files are written atomically, PNG before JSON, and a shard's `_SUCCESS` marker last; the marker
+lists the shard's ids, so a shard is skipped only when it is complete for the current plans
+(growing plans.jsonl re-opens the last shard instead of silently skipping new work). Inside an
+unfinished shard, candidates whose PNG and JSON both exist are skipped, stale ones (from plans
+that no longer exist) and temp files left by a kill are removed, and failed ones are retried.
+A candidate that fails is written as a JSON record with status "failed" and counted by reason.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from curation.config import GenerateConfig
+from curation.errors import CurateError
+from curation.progress import ProgressFn, no_progress
+from curation.records import Candidate, Concept, LayoutPlan, content_id
+from curation.workspace import SUCCESS_MARKER, Workspace, atomic_write_bytes, atomic_write_json, atomic_write_text
+from generators.compose import compose, pick_reference, procedural_background
+from generators.recaption import Captioner, load_captioner, template_caption
+from generators.repaint import Repainter, load_repainter
+
+GENERATOR_VERSION = 1
+"""Bump when the offline pipeline's pixels change, so new images get new ids."""
+_CHUNK = 8
+"""Candidates per task sent to a worker: small enough to balance two workers inside one shard."""
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One candidate to make: where it goes and what defines it."""
+
+    shard: str
+    candidate_id: str
+    plan: LayoutPlan
+    seed: int
+
+
+@dataclass
+class GenerateReport:
+    """What a run did; failures are counted by reason, never dropped."""
+
+    total: int = 0
+    generated: int = 0
+    skipped_candidates: int = 0
+    skipped_shards: int = 0
+    removed_stale: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        failed = sum(self.failed.values())
+        text = (
+            f"{self.total} candidates: generated {self.generated}, skipped {self.skipped_candidates} already on disk "
+            f"({self.skipped_shards} finished shards), failed {failed}"
+        )
+        if failed:
+            text += " (" + ", ".join(f"{reason}: {n}" for reason, n in sorted(self.failed.items())) + ")"
+        if self.removed_stale:
+            text += f"; removed {self.removed_stale} stale files of plans no longer in plans.jsonl"
+        return text
+
+
+class CandidateFailure(Exception):
+    """A candidate-level problem with a short reason used for counting ('unknown_concept')."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def generator_config(config: GenerateConfig) -> dict[str, object]:
+    """Everything besides plan and seed that determines a candidate's pixels and caption."""
+    return {
+        "generator": config.generator,
+        "version": GENERATOR_VERSION,
+        "repaint": config.repaint,
+        "recaption": config.recaption,
+    }
+
+
+def plan_work(ws: Workspace) -> list[WorkItem]:
+    """Every candidate the current plans and config call for, in shard order."""
+    config = ws.config.generate
+    if config.shard_size < 1 or config.seeds_per_plan < 1:
+        raise CurateError("generate.shard_size and generate.seeds_per_plan must be at least 1")
+    gen_config = generator_config(config)
+    items = []
+    pairs = itertools.product(ws.plans(), range(config.seeds_per_plan))
+    for index, (plan, seed) in enumerate(pairs):
+        cid = content_id({"plan_id": plan.plan_id, "seed": seed, "generator": config.generator, "config": gen_config})
+        items.append(WorkItem(shard=f"{index // config.shard_size:05d}", candidate_id=cid, plan=plan, seed=seed))
+    return items
+
+
+# -- making one candidate (runs in workers) ----------------------------------------------------
+
+
+class _Generator:
+    """Per-process state: workspace, concepts and backends, loaded once."""
+
+    def __init__(self, root: Path):
+        self.ws = Workspace(root)
+        self.config = self.ws.config.generate
+        if self.config.generator != "gen4gen":
+            raise CurateError(f"generator {self.config.generator!r} is not available yet; use 'gen4gen'")
+        self.concepts: dict[str, Concept] = self.ws.concepts()
+        self.repainter: Repainter = load_repainter(self.config.repaint)
+        self.captioner: Captioner = load_captioner(self.config.recaption)
+        self.gen_config = generator_config(self.config)
+
+    def _paths(self, item: WorkItem) -> tuple[Path, Path]:
+        folder = self.ws.shard_dir(item.shard)
+        return folder / f"{item.candidate_id}.png", folder / f"{item.candidate_id}.json"
+
+    def run(self, item: WorkItem) -> str | None:
+        """Make and write one candidate; returns the failure reason, or None when it succeeded."""
+        png, meta = self._paths(item)
+        record = Candidate(
+            candidate_id=item.candidate_id,
+            plan_id=item.plan.plan_id,
+            shard=item.shard,
+            image=self.ws.relative(png),
+            concepts=item.plan.concepts,
+            boxes=item.plan.boxes,
+            width=item.plan.width,
+            height=item.plan.height,
+            background=item.plan.background,
+            seed=item.seed,
+            generator=self.config.generator,
+            generator_config=self.gen_config,
+        )
+        try:
+            record = self._make(item, record, png)
+        except Exception as exc:  # noqa: BLE001 - a failed candidate is data: recorded, counted, retried next run
+            reason = exc.reason if isinstance(exc, CandidateFailure) else type(exc).__name__
+            png.unlink(missing_ok=True)
+            record = record.model_copy(update={"status": "failed", "error": f"{reason}: {exc}"})
+            atomic_write_text(meta, record.model_dump_json(indent=2))
+            return reason
+        atomic_write_text(meta, record.model_dump_json(indent=2))
+        return None
+
+    def _make(self, item: WorkItem, record: Candidate, png: Path) -> Candidate:
+        plan = item.plan
+        rng = np.random.default_rng(int(item.candidate_id, 16))
+        missing = [c for c in plan.concepts if c not in self.concepts]
+        if missing:
+            raise CandidateFailure("unknown_concept", f"concepts not in the workspace: {', '.join(missing)}")
+        picks = []
+        for box in plan.boxes:
+            concept = self.concepts[box.concept_id]
+            picks.append((concept, pick_reference(concept, rng), box))
+        background = procedural_background(plan.background, plan.width, plan.height, item.seed)
+        composition = compose(self.ws, background, picks)
+        template = template_caption(plan, self.concepts)
+        image = self.repainter(composition, template)
+        caption = self.captioner(image, plan, self.concepts, template)
+        ok, encoded = cv2.imencode(".png", image[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY])
+        if not ok:
+            raise CandidateFailure("encode_failed", "PNG encoding failed")
+        atomic_write_bytes(png, encoded.tobytes())
+        placed = {layer.concept_id: layer.box for layer in composition.layers}
+        return record.model_copy(
+            update={
+                "boxes": [placed[c] for c in plan.concepts],
+                "caption": caption,
+                "template_caption": template,
+                "prompt": template,
+                "refs_used": {concept.concept_id: concept.refs[i] for concept, i, _ in picks},
+                "extra": {
+                    "plan_boxes": [b.model_dump() for b in plan.boxes],
+                    "masks_used": {concept.concept_id: concept.masks[i] for concept, i, _ in picks},
+                    "planner": plan.planner,
+                    "repaint": self.repainter.config(),
+                    "recaption": self.captioner.name,
+                },
+            }
+        )
+
+
+_WORKER: _Generator | None = None
+
+
+def _init_worker(root: Path) -> None:
+    global _WORKER
+    _WORKER = _Generator(root)
+
+
+def _run_chunk(items: list[WorkItem]) -> list[tuple[str, str | None]]:
+    assert _WORKER is not None, "worker used before _init_worker"
+    return [(item.shard, _WORKER.run(item)) for item in items]
+
+
+# -- shards and executors (main process) -------------------------------------------------------
+
+
+def _read_marker(path: Path) -> dict[str, object] | None:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _open_shard(ws: Workspace, shard: str, items: list[WorkItem], report: GenerateReport) -> list[WorkItem]:
+    """Decide what a shard still needs; clears its marker, temp files and stale candidates first."""
+    folder = ws.shard_dir(shard)
+    expected = {item.candidate_id for item in items}
+    marker = folder / SUCCESS_MARKER
+    done = _read_marker(marker) if marker.exists() else None
+    if done is not None and sorted(expected) == done.get("ids") and not done.get("failed"):
+        report.skipped_shards += 1
+        report.skipped_candidates += len(items)
+        return []
+    marker.unlink(missing_ok=True)
+    if folder.exists():
+        for leftover in folder.glob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
+        for path in folder.iterdir():
+            if path.suffix in {".png", ".json"} and path.stem not in expected:
+                path.unlink()
+                report.removed_stale += 1
+    todo = []
+    for item in items:
+        if (folder / f"{item.candidate_id}.png").exists() and (folder / f"{item.candidate_id}.json").exists():
+            report.skipped_candidates += 1
+        else:
+            todo.append(item)
+    return todo
+
+
+def _close_shard(ws: Workspace, shard: str, items: list[WorkItem], failed: int) -> None:
+    atomic_write_json(ws.shard_dir(shard) / SUCCESS_MARKER, {"ids": sorted(i.candidate_id for i in items), "failed": failed})
+
+
+def generate(ws: Workspace, workers: int | None = None, progress: ProgressFn = no_progress) -> GenerateReport:
+    """Generate every missing candidate of the current plans; safe to re-run after any kill.
+
+    Args:
+        ws: The workspace, with plans (run `curate plan` first).
+        workers: Local worker processes; None means `generate.workers` from curate.toml.
+        progress: Called as candidates finish (skipped ones count as done).
+
+    Returns:
+        Counts of generated, skipped and failed candidates (failures by reason).
+    """
+    config = ws.config.generate
+    workers = workers or config.workers
+    if workers < 1:
+        raise CurateError(f"workers must be at least 1 (got {workers})")
+    items = plan_work(ws)
+    if not items:
+        raise CurateError(f"no layout plans in {ws.plans_path}; run `curate plan` first")
+    local = _Generator(ws.root)  # validates the config here, with a clear error, before any worker starts
+    report = GenerateReport(total=len(items))
+    shards: dict[str, list[WorkItem]] = {}
+    for item in items:
+        shards.setdefault(item.shard, []).append(item)
+    todo = {shard: _open_shard(ws, shard, shard_items, report) for shard, shard_items in shards.items()}
+    pending = {shard: len(work) for shard, work in todo.items()}
+    failed_in: Counter[str] = Counter()
+    done = report.skipped_candidates
+    progress("generate", done, report.total)
+
+    def record(results: list[tuple[str, str | None]]) -> None:
+        nonlocal done
+        for shard, reason in results:
+            pending[shard] -= 1
+            if reason is None:
+                report.generated += 1
+            else:
+                report.failed[reason] += 1
+                failed_in[shard] += 1
+            if pending[shard] == 0:
+                _close_shard(ws, shard, shards[shard], failed_in[shard])
+        done += len(results)
+        progress("generate", done, report.total)
+
+    for shard, work in todo.items():
+        if not work and not ws.shard_done(shard):  # everything was on disk, only the marker was missing
+            _close_shard(ws, shard, shards[shard], 0)
+    chunks = [work[i : i + _CHUNK] for work in todo.values() for i in range(0, len(work), _CHUNK)]
+    if workers == 1 or len(chunks) <= 1:
+        for chunk in chunks:
+            record([(item.shard, local.run(item)) for item in chunk])
+        return report
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(ws.root,)) as pool:
+        futures: set[Future] = {pool.submit(_run_chunk, chunk) for chunk in chunks}
+        while futures:
+            finished, futures = wait(futures, return_when=FIRST_COMPLETED)
+            for future in finished:
+                record(future.result())
+    return report

@@ -1,0 +1,160 @@
+"""Read a MyCanvas-style export folder: the compositions, their captions, and each concept's references.
+
+The trainer and evaluator consume only the export (never the workspace), so a set exported on one
+machine trains on another. Layout read here:
+
+    metadata.jsonl                one JSON per composition image (file_name, caption, concepts, tokens, ...)
+    concepts/<id>/refs/*.png      the concept's reference photos (+ masks/*.png)
+    concepts_list.json            diffusers/Custom Diffusion list (instance_prompt, class_prompt, instance_data_dir)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from curation.errors import CurateError
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+
+
+@dataclass(frozen=True)
+class ExportConcept:
+    """One personal concept as the export describes it."""
+
+    concept_id: str
+    token: str
+    class_noun: str
+    refs: tuple[Path, ...]
+
+    @property
+    def phrase(self) -> str:
+        """How captions name it: "<c-cat> cat"."""
+        return f"{self.token} {self.class_noun}"
+
+
+@dataclass(frozen=True)
+class Composition:
+    """One accepted multi-concept image and its caption."""
+
+    image: Path
+    caption: str
+    concepts: tuple[str, ...]
+    background: str | None = None
+    quality: float | None = None
+    candidate_id: str = ""
+
+    @property
+    def n_concepts(self) -> int:
+        return len(self.concepts)
+
+
+@dataclass
+class Export:
+    """Everything the trainer and evaluator need from an export folder."""
+
+    root: Path
+    concepts: dict[str, ExportConcept]
+    compositions: list[Composition] = field(default_factory=list)
+
+    def concept_sets(self) -> list[tuple[str, ...]]:
+        """The distinct concept combinations, in first-seen order (held-out prompts reuse them)."""
+        return list(dict.fromkeys(c.concepts for c in self.compositions))
+
+
+def _images(folder: Path) -> tuple[Path, ...]:
+    if not folder.is_dir():
+        return ()
+    return tuple(sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES))
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise CurateError(f"{path}:{number} is not valid JSON ({exc.msg})") from exc
+    return rows
+
+
+def _class_nouns_from_concepts_list(root: Path) -> dict[str, str]:
+    """Map concept id -> class noun via concepts_list.json's instance_data_dir (…/concepts/<id>/refs)."""
+    path = root / "concepts_list.json"
+    if not path.exists():
+        return {}
+    nouns = {}
+    for entry in json.loads(path.read_text()):
+        data_dir = Path(entry.get("instance_data_dir", ""))
+        concept_id = data_dir.parent.name if data_dir.name == "refs" else data_dir.name
+        if concept_id and entry.get("class_prompt"):
+            nouns[concept_id] = entry["class_prompt"].strip()
+    return nouns
+
+
+def _noun_after_token(caption: str, token: str) -> str | None:
+    """The word right after the token in a caption ("<c-cat> cat sits" -> "cat")."""
+    _, found, rest = caption.partition(token)
+    words = rest.split()
+    return words[0].strip(",.;:") if found and words else None
+
+
+def read_export(export_dir: Path) -> Export:
+    """Parse an export folder, failing with one line naming the first problem.
+
+    Class nouns come from `concepts/<id>/concept.json` when the export carries one, else from
+    `concepts_list.json`'s `class_prompt`, else from the word after the token in a caption.
+    """
+    root = Path(export_dir)
+    meta_path = root / "metadata.jsonl"
+    if not meta_path.exists():
+        raise CurateError(f"{root} is not an export folder (no metadata.jsonl); run `curate export` first")
+    rows = _read_jsonl(meta_path)
+    if not rows:
+        raise CurateError(f"{meta_path} lists no images")
+    listed_nouns = _class_nouns_from_concepts_list(root)
+    tokens: dict[str, str] = {}
+    nouns: dict[str, str] = {}
+    compositions = []
+    for row in rows:
+        missing = [key for key in ("file_name", "caption", "concepts", "tokens") if key not in row]
+        if missing:
+            raise CurateError(f"{meta_path}: entry {row.get('file_name', '?')} lacks {', '.join(missing)}")
+        if len(row["concepts"]) != len(row["tokens"]):
+            raise CurateError(f"{meta_path}: {row['file_name']} has {len(row['concepts'])} concepts but {len(row['tokens'])} tokens")
+        image = root / row["file_name"]
+        if not image.exists():
+            raise CurateError(f"{meta_path} names {row['file_name']}, which is not in the export")
+        for concept_id, token in zip(row["concepts"], row["tokens"], strict=True):
+            if tokens.setdefault(concept_id, token) != token:
+                raise CurateError(f"concept {concept_id} has two tokens in {meta_path}: {tokens[concept_id]}, {token}")
+            if concept_id not in nouns:
+                noun = listed_nouns.get(concept_id) or _noun_after_token(row["caption"], token)
+                if noun:
+                    nouns[concept_id] = noun
+        compositions.append(
+            Composition(
+                image=image,
+                caption=row["caption"],
+                concepts=tuple(row["concepts"]),
+                background=row.get("background"),
+                quality=row.get("quality"),
+                candidate_id=str(row.get("candidate_id", "")),
+            )
+        )
+    concepts = {}
+    for concept_id, token in tokens.items():
+        folder = root / "concepts" / concept_id
+        card = folder / "concept.json"
+        noun = json.loads(card.read_text()).get("class_noun") if card.exists() else None
+        noun = noun or nouns.get(concept_id)
+        if not noun:
+            raise CurateError(f"no class noun for concept {concept_id} (not in concepts_list.json nor its captions)")
+        refs = _images(folder / "refs")
+        if not refs:
+            raise CurateError(f"concept {concept_id} has no reference images in {folder / 'refs'}")
+        concepts[concept_id] = ExportConcept(concept_id=concept_id, token=token, class_noun=noun, refs=refs)
+    return Export(root=root, concepts=concepts, compositions=compositions)

@@ -1,0 +1,402 @@
+"""Multi-concept personalization of a Stable Diffusion pipeline on an export: Custom Diffusion or LoRA.
+
+Custom Diffusion (Kumari et al.): every concept gets its own modifier token (the export's `<c-id>`),
+whose embedding starts from its class noun; only the cross-attention key/value projections
+(`attn2.to_k`, `attn2.to_v`) and the new token rows train. We train those projections in place
+instead of swapping in diffusers' `CustomDiffusionAttnProcessor` (which holds copies of the same
+weights), so the result is an ordinary UNet that any diffusers pipeline loads.
+LoRA: PEFT adapters on the UNet attention projections (to_q/k/v/out), plus the same token rows,
+fused into the UNet weights when saved.
+
+Output folder:
+    run.json                  the settings that define the run (a resume must match them)
+    checkpoints/step-NNNNNN/  trainable tensors + optimizer state; a folder appears only once complete
+    pipeline/                 the personalized pipeline, `save_pretrained` layout (see `load_personalized`)
+    train_report.json         numbers of the last call (steps, losses, speed)
+
+Not implemented (documented gaps): Custom Diffusion's prior preservation with generated class
+images, its random-crop/zoom augmentation with masked loss, and SDXL (refused with a clear error).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from curation.errors import CurateError
+from curation.progress import ProgressFn, no_progress
+from curation.workspace import atomic_write_json
+from personalization.data import Export, read_export
+from personalization.prompts import PromptStrategy, TrainExample, training_examples
+
+Method = Literal["custom_diffusion", "lora"]
+MixedPrecision = Literal["no", "fp16", "bf16"]
+
+_DEFAULT_LR = {"custom_diffusion": 1e-5, "lora": 1e-4}
+_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+_TRAINABLE_FILE = "trainable.pt"
+_OPTIMIZER_FILE = "optimizer.pt"
+
+
+@dataclass
+class TrainReport:
+    """What one `train` call did; also written to `train_report.json`."""
+
+    output_dir: str
+    pipeline_dir: str
+    method: str
+    steps: int
+    start_step: int
+    losses: list[float] = field(default_factory=list)
+    trainable_params: int = 0
+    tokens: dict[str, str] = field(default_factory=dict)
+    examples: int = 0
+    seconds: float = 0.0
+    steps_per_second: float = 0.0
+    device: str = ""
+    peak_memory_mb: float | None = None
+
+
+def _run_identity(
+    pretrained: str, method: Method, export: Export, strategy: PromptStrategy, resolution: int, lora_rank: int
+) -> dict[str, Any]:
+    """The settings a checkpoint is only valid for; `steps` is deliberately not one (runs can be extended)."""
+    return {
+        "pretrained": pretrained,
+        "method": method,
+        "strategy": strategy.as_dict(),
+        "resolution": resolution,
+        "lora_rank": lora_rank if method == "lora" else None,
+        "concepts": {
+            cid: {"token": c.token, "class_noun": c.class_noun, "refs": [str(p) for p in c.refs]}
+            for cid, c in sorted(export.concepts.items())
+        },
+        "export": str(export.root.resolve()),
+    }
+
+
+def _checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    folder = output_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        if path.name.startswith("step-") and (path / _TRAINABLE_FILE).exists():
+            found.append((int(path.name.removeprefix("step-")), path))
+    return sorted(found)
+
+
+def _load_base(pretrained: str):
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+
+    try:
+        pipe = DiffusionPipeline.from_pretrained(pretrained, safety_checker=None)
+    except (OSError, ValueError) as exc:
+        raise CurateError(f"cannot load pipeline {pretrained!r}: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(pipe, StableDiffusionPipeline):
+        raise CurateError(f"{pretrained!r} is a {type(pipe).__name__}; only Stable Diffusion 1.x/2.x pipelines train here")
+    return pipe
+
+
+def _add_tokens(tokenizer, text_encoder, export: Export) -> list[int]:
+    """Add each concept token and start its embedding at the mean of its class noun's embeddings."""
+    import torch
+
+    tokens = [c.token for c in export.concepts.values()]
+    clashes = [t for t in tokens if t in tokenizer.get_vocab()]
+    if clashes:
+        raise CurateError(f"tokens already in the base vocabulary: {', '.join(clashes)}; rename the concepts")
+    tokenizer.add_tokens(tokens)
+    text_encoder.resize_token_embeddings(len(tokenizer))
+    weight = text_encoder.get_input_embeddings().weight
+    new_ids = tokenizer.convert_tokens_to_ids(tokens)
+    with torch.no_grad():
+        for concept, token_id in zip(export.concepts.values(), new_ids, strict=True):
+            noun_ids = tokenizer(concept.class_noun, add_special_tokens=False).input_ids
+            if not noun_ids:
+                raise CurateError(f"class noun {concept.class_noun!r} of {concept.concept_id} tokenizes to nothing")
+            weight[token_id] = weight[noun_ids].mean(dim=0)
+    return list(new_ids)
+
+
+def _select_trainable(unet, text_encoder, method: Method, lora_rank: int) -> None:
+    """Freeze everything, then unfreeze what the method trains (the token rows are masked per step)."""
+    unet.requires_grad_(False)
+    text_encoder.requires_grad_(False)
+    if method == "custom_diffusion":
+        for name, param in unet.named_parameters():
+            if ".attn2.to_k." in name or ".attn2.to_v." in name:
+                param.requires_grad_(True)
+    elif method == "lora":
+        from peft import LoraConfig
+
+        unet.add_adapter(
+            LoraConfig(r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian", target_modules=_LORA_TARGETS)
+        )
+    else:
+        raise CurateError(f"unknown method {method!r}: use 'custom_diffusion' or 'lora'")
+    text_encoder.get_input_embeddings().weight.requires_grad_(True)
+
+
+def _load_image(path: Path, resolution: int):
+    """Resize the short side to `resolution`, centre-crop, scale to [-1, 1] CHW."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        scale = resolution / min(image.size)
+        image = image.resize((max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))))
+        left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
+        image = image.crop((left, top, left + resolution, top + resolution))
+        array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def _trainable_state(unet, text_encoder, new_ids: list[int]) -> dict[str, Any]:
+    unet_state = {name: p.detach().cpu().clone() for name, p in unet.named_parameters() if p.requires_grad}
+    rows = text_encoder.get_input_embeddings().weight.detach()[new_ids].cpu().clone()
+    return {"unet": unet_state, "token_rows": rows}
+
+
+def _restore_trainable(state: dict[str, Any], unet, text_encoder, new_ids: list[int]) -> None:
+    import torch
+
+    params = dict(unet.named_parameters())
+    unknown = sorted(set(state["unet"]) - set(params))
+    if unknown:
+        raise CurateError(f"checkpoint does not fit this model (unknown parameter {unknown[0]})")
+    with torch.no_grad():
+        for name, tensor in state["unet"].items():
+            params[name].copy_(tensor)
+        text_encoder.get_input_embeddings().weight[new_ids] = state["token_rows"].to(
+            text_encoder.get_input_embeddings().weight.dtype
+        )
+
+
+def _write_checkpoint(output_dir: Path, step: int, state: dict[str, Any], optimizer, keep: int) -> None:
+    """Write into a hidden folder, then rename: a checkpoint folder exists only when complete."""
+    import torch
+
+    folder = output_dir / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"step-{step:06d}"
+    tmp = folder / f".step-{step:06d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    torch.save(optimizer.state_dict(), tmp / _OPTIMIZER_FILE)
+    torch.save(state, tmp / _TRAINABLE_FILE)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for _, old in _checkpoints(output_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _save_pipeline(pipe, unet, text_encoder, method: Method, output_dir: Path) -> Path:
+    """Save the whole pipeline via a temp folder + rename, LoRA fused, everything in float32."""
+    import torch
+
+    if method == "lora":
+        unet.fuse_lora()
+        unet.unload_lora()
+    pipe.unet = unet.to("cpu", dtype=torch.float32)
+    pipe.text_encoder = text_encoder.to("cpu", dtype=torch.float32)
+    pipe.vae.to("cpu", dtype=torch.float32)
+    final = output_dir / "pipeline"
+    tmp = output_dir / ".pipeline.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp)
+    old = output_dir / ".pipeline.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_personalized(output_dir: Path, device: str | None = None, torch_dtype=None):
+    """The trained pipeline, ready to generate with the concept tokens in prompts.
+
+    Equivalent to `StableDiffusionPipeline.from_pretrained(output_dir / "pipeline")`: the folder is
+    a plain diffusers pipeline (tokenizer with the added tokens, text encoder, fused UNet).
+    """
+    from diffusers import StableDiffusionPipeline
+
+    folder = Path(output_dir) / "pipeline"
+    if not (folder / "model_index.json").exists():
+        raise CurateError(f"{output_dir} holds no trained pipeline; run `curate train` first")
+    kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, **kwargs)
+    if device:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def train(
+    export_dir: Path,
+    output_dir: Path,
+    pretrained: str,
+    method: Method = "custom_diffusion",
+    steps: int = 500,
+    *,
+    strategy: PromptStrategy | None = None,
+    learning_rate: float | None = None,
+    batch_size: int = 1,
+    resolution: int = 512,
+    checkpoint_every: int = 100,
+    keep_checkpoints: int = 2,
+    mixed_precision: MixedPrecision = "no",
+    lora_rank: int = 4,
+    seed: int = 0,
+    cpu: bool = False,
+    resume: bool = True,
+    progress: ProgressFn = no_progress,
+) -> TrainReport:
+    """Personalize `pretrained` on the concepts of an export and save the result under `output_dir`.
+
+    Every step draws its examples, noise and timesteps from a generator seeded by (seed, step), so a
+    run resumed from a checkpoint continues exactly as the uninterrupted run would have. Re-running
+    a finished run with the same `steps` only rewrites the report; a larger `steps` extends it.
+
+    Args:
+        export_dir: a `curate export` folder (metadata.jsonl, concepts/, concepts_list.json).
+        output_dir: where checkpoints, the pipeline and the report go.
+        pretrained: a diffusers Stable Diffusion id or local folder.
+        method: "custom_diffusion" (cross-attention K/V + tokens) or "lora" (PEFT UNet attention + tokens).
+        steps: total optimisation steps of the run (not of this call).
+        strategy: the Gen4Gen prompting options (see `personalization.prompts`); default plain captions.
+        learning_rate: default 1e-5 (Custom Diffusion) or 1e-4 (LoRA).
+        resolution: training square size in pixels (512 for SD 1.x, 768 for SD 2.x-v).
+        checkpoint_every: write a checkpoint every K steps (and always at the last step).
+        mixed_precision: accelerate's "no" | "fp16" | "bf16"; trainable weights stay float32.
+        cpu: force CPU even where an accelerator is present.
+        resume: continue from the newest checkpoint; False discards old checkpoints and starts over.
+    """
+    import torch
+    import torch.nn.functional as F
+    from accelerate import Accelerator
+
+    if steps < 1 or batch_size < 1 or checkpoint_every < 1:
+        raise CurateError("steps, batch size and checkpoint interval must be positive")
+    strategy = strategy or PromptStrategy()
+    output_dir = Path(output_dir)
+    export = read_export(Path(export_dir))
+    examples: list[TrainExample] = training_examples(export, strategy)
+    if not examples:
+        raise CurateError(f"no training images in {export_dir} for data source {strategy.source!r}")
+    identity = _run_identity(pretrained, method, export, strategy, resolution, lora_rank)
+    run_path = output_dir / "run.json"
+    if run_path.exists() and resume and json.loads(run_path.read_text()) != json.loads(json.dumps(identity)):
+        raise CurateError(f"{output_dir} holds a run with other settings; pick another folder or pass --no-resume")
+    if not resume:
+        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_path, identity)
+
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    pipe = _load_base(pretrained)
+    tokenizer, text_encoder, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
+    from diffusers import DDPMScheduler
+
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    new_ids = _add_tokens(tokenizer, text_encoder, export)
+    vae.requires_grad_(False)
+    _select_trainable(unet, text_encoder, method, lora_rank)
+    frozen_rows = torch.ones(text_encoder.get_input_embeddings().weight.shape[0], dtype=torch.bool)
+    frozen_rows[new_ids] = False
+
+    embed_weight = text_encoder.get_input_embeddings().weight
+    unet_params = [p for p in unet.parameters() if p.requires_grad]
+    lr = learning_rate if learning_rate is not None else _DEFAULT_LR[method]
+    # Token rows get no weight decay: AdamW would otherwise shrink the frozen rows despite zero gradients.
+    optimizer = torch.optim.AdamW(
+        [{"params": unet_params, "weight_decay": 1e-2}, {"params": [embed_weight], "weight_decay": 0.0}], lr=lr
+    )
+
+    start_step = 0
+    checkpoints = _checkpoints(output_dir) if resume else []
+    if checkpoints:
+        start_step, folder = checkpoints[-1]
+        if start_step > steps:
+            raise CurateError(f"{output_dir} already holds {start_step} steps; ask for at least that many or --no-resume")
+        _restore_trainable(torch.load(folder / _TRAINABLE_FILE, weights_only=True), unet, text_encoder, new_ids)
+        optimizer.load_state_dict(torch.load(folder / _OPTIMIZER_FILE, weights_only=True))
+
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    vae.to(accelerator.device, dtype=weight_dtype)
+    unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
+    unet.train()
+    text_encoder.train()
+
+    losses: list[float] = []
+    started = time.perf_counter()
+    if accelerator.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for step in range(start_step, steps):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        picks = torch.randint(len(examples), (batch_size,), generator=generator).tolist()
+        pixels = torch.stack([_load_image(examples[i].image, resolution) for i in picks])
+        prompts = [examples[i].prompt for i in picks]
+        with torch.no_grad():
+            latents = vae.encode(pixels.to(accelerator.device, dtype=weight_dtype)).latent_dist.sample(generator=generator)
+            latents = latents.float() * vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+        timesteps = torch.randint(noise_scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
+        timesteps = timesteps.to(latents.device)
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        ids = tokenizer(
+            prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids.to(accelerator.device)
+        with accelerator.autocast():
+            hidden = text_encoder(ids)[0]
+            prediction = unet(noisy, timesteps, hidden).sample
+        if noise_scheduler.config.prediction_type == "v_prediction":
+            target = noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        loss = F.mse_loss(prediction.float(), target.float())
+        accelerator.backward(loss)
+        grad = accelerator.unwrap_model(text_encoder).get_input_embeddings().weight.grad
+        if grad is not None:
+            grad[frozen_rows.to(grad.device)] = 0
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(loss.detach()))
+        done = step + 1
+        if done % checkpoint_every == 0 or done == steps:
+            state = _trainable_state(accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder), new_ids)
+            _write_checkpoint(output_dir, done, state, optimizer, keep_checkpoints)
+        progress("train", done, steps)
+    seconds = time.perf_counter() - started
+
+    peak = torch.cuda.max_memory_allocated() / 2**20 if accelerator.device.type == "cuda" else None
+    trainable = sum(p.numel() for p in unet_params) + len(new_ids) * embed_weight.shape[1]
+    pipeline_dir = output_dir / "pipeline"
+    if losses or not (pipeline_dir / "model_index.json").exists():
+        pipeline_dir = _save_pipeline(
+            pipe, accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder), method, output_dir
+        )
+    report = TrainReport(
+        output_dir=str(output_dir),
+        pipeline_dir=str(pipeline_dir),
+        method=method,
+        steps=steps,
+        start_step=start_step,
+        losses=losses,
+        trainable_params=trainable,
+        tokens={cid: c.token for cid, c in export.concepts.items()},
+        examples=len(examples),
+        seconds=round(seconds, 3),
+        steps_per_second=round(len(losses) / seconds, 3) if losses and seconds > 0 else 0.0,
+        device=str(accelerator.device),
+        peak_memory_mb=round(peak, 1) if peak is not None else None,
+    )
+    atomic_write_json(output_dir / "train_report.json", asdict(report))
+    return report

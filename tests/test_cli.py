@@ -1,0 +1,64 @@
+"""The CLI as a user meets it: the installed `curate` script, its help screens and its one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CURATE = str(Path(sys.executable).with_name("curate"))
+COMMANDS = [
+    [],
+    ["init"],
+    ["concepts", "add"],
+    ["concepts", "list"],
+    ["plan"],
+    ["generate"],
+    ["index"],
+    ["app"],
+    ["review", "serve"],
+    ["review", "push"],
+    ["review", "pull"],
+    ["export"],
+    ["demo"],
+]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CURATE, *args], capture_output=True, text=True, cwd=cwd, timeout=300,
+                          env={"COLUMNS": "100", "PATH": "/usr/bin:/bin"})
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "curate")
+def test_help_fits_one_screen(command: list[str]) -> None:
+    result = run(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage: curate" in result.stdout
+    assert len(result.stdout.splitlines()) <= 45
+
+
+def test_not_a_workspace_is_one_line_error(tmp_path: Path) -> None:
+    result = run("plan", "-w", str(tmp_path / "nowhere"))
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith("error: ") and "not a curate workspace" in result.stderr
+
+
+def test_config_typo_names_the_key(tmp_path: Path) -> None:
+    assert run("init", str(tmp_path / "ws")).returncode == 0
+    config = tmp_path / "ws" / "curate.toml"
+    config.write_text(config.read_text().replace("[layout]", "[layout]\nmax_concept = 9", 1))
+    result = run("plan", "-w", str(tmp_path / "ws"))
+    assert result.returncode == 1
+    assert "layout.max_concept" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_init_keeps_an_edited_config(tmp_path: Path) -> None:
+    run("init", str(tmp_path / "ws"))
+    config = tmp_path / "ws" / "curate.toml"
+    edited = config.read_text().replace("seed = 0", "seed = 7")
+    config.write_text(edited)
+    assert run("init", str(tmp_path / "ws")).returncode == 0
+    assert config.read_text() == edited

@@ -1,0 +1,118 @@
+"""`curate train` then `curate evaluate` on tiny random-init models: the table, the JSON, the plot, the numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from curation.errors import CurateError
+from personalization.cli_commands import evaluate_command, train_command
+from tests.fixtures.personalization_export import build_tiny_export
+from tests.fixtures.tiny_clip import register_tiny_clip
+from tests.fixtures.tiny_pipelines import build_tiny_dinov2, build_tiny_owlvit, build_tiny_sd
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("models")
+    return {
+        "sd": str(build_tiny_sd(folder)),
+        "owl": str(build_tiny_owlvit(folder)),
+        "dino": str(build_tiny_dinov2(folder)),
+        "clip": register_tiny_clip(),
+    }
+
+
+@pytest.fixture(scope="module")
+def cli() -> typer.Typer:
+    """The two commands registered the way the main CLI registers them."""
+    app = typer.Typer()
+    app.command("train")(train_command)
+    app.command("evaluate")(evaluate_command)
+    return app
+
+
+def _invoke(cli, args: list[str]):
+    result = CliRunner().invoke(cli, args)
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_train_then_evaluate_writes_the_gen4gen_table(cli, models, tmp_path):
+    export = build_tiny_export(tmp_path / "export")
+    common = ["--pretrained", models["sd"], "--steps", "2", "--resolution", "64", "--cpu"]
+    _invoke(cli, ["train", str(export), "-o", str(tmp_path / "src"), "--source", "sources", *common])
+    _invoke(cli, ["train", str(export), "-o", str(tmp_path / "ours"), "--gen4gen", *common])
+    out = tmp_path / "eval"
+    result = _invoke(
+        cli,
+        [
+            "evaluate", str(export), "-o", str(out),
+            "--run", f"CD + Source Images={tmp_path / 'src'}",
+            "--run", f"Ours + MyCanvas={tmp_path / 'ours'}",
+            "--run", f"SD={models['sd']}",
+            "--clip-model", models["clip"], "--clip-pretrained", "", "--detector", models["owl"],
+            "--dino", models["dino"], "--prompts-per-set", "1", "--images-per-prompt", "1", "--steps", "2",
+            "--resolution", "64", "--detection-threshold", "0.0", "--device", "cpu",
+        ],
+    )
+    assert "CP-CLIP" in result.output
+
+    table = (out / "table.md").read_text()
+    assert "weights: random" in table
+    assert "| Configuration | ≤3 CP-CLIP | ≤3 TI-CLIP | 4 CP-CLIP | 4 TI-CLIP | 5 CP-CLIP | 5 TI-CLIP |" in table
+    for label in ("CD + Source Images", "Ours + MyCanvas", "SD"):
+        assert table.count(f"| {label} |") == 2  # one row in each of the two tables
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["weights"]["clip"] == "random"
+    rows = results["rows"]
+    assert len(rows) == 9  # 3 configurations x 3 concept sets x 1 prompt x 1 image
+    ours = [r for r in rows if r["configuration"] == "Ours + MyCanvas"]
+    assert all("; background: " in r["prompt"] and r["prompt"].count("<c-cat> cat") == 2 for r in ours)
+    assert all("<c-" not in r["plain_text"] for r in rows)
+    for b in ("<=3", "4", "5"):
+        assert results["aggregates"]["SD"]["cp_clip"][b]["n"] == 1
+    for row in rows:
+        assert (out / row["image"]).exists()
+        assert 0.0 <= row["cp_clip"] <= 1.0 and 0.0 <= row["dnc"] <= 1.0
+        assert row["clip_t"] == pytest.approx(2.5 * max(row["ti_clip"], 0.0))  # same text, CLIPScore scale
+        assert all(d is None or d["score"] >= 0.0 for d in row["detected"])
+        assert (row["cp_clip"] == 0.0) == all(d is None for d in row["detected"])
+        assert row["dnc"] == 0.0 or row["n_detected"] == row["n_concepts"]
+    assert any(any(d is not None for d in r["detected"]) for r in rows), "no crop ever scored"
+
+    # TI-CLIP recomputed independently from the saved image and text with the same CLIP
+    from PIL import Image
+
+    from curation.scores.clip import load_clip
+
+    clip = load_clip(models["clip"], None, device="cpu")
+    row = rows[0]
+    image_emb = clip.embed_images([Image.open(out / row["image"]).convert("RGB")])[0]
+    text_emb = clip.embed_texts([row["plain_text"]])[0]
+    assert row["ti_clip"] == pytest.approx(float(np.dot(image_emb, text_emb)), abs=1e-5)
+    agg = results["aggregates"]["SD"]["ti_clip"]["<=3"]["mean"]
+    assert agg == pytest.approx(next(r["ti_clip"] for r in rows if r["configuration"] == "SD" and r["bucket"] == "<=3"))
+
+
+def test_bad_inputs_fail_with_one_line(cli, models, tmp_path):
+    export = build_tiny_export(tmp_path / "export")
+    with pytest.raises(CurateError, match="LABEL=PATH"):
+        _invoke(cli, ["evaluate", str(export), "-o", str(tmp_path / "e"), "--run", "no-equals-sign"])
+    with pytest.raises(CurateError, match="no metadata.jsonl"):
+        _invoke(cli, ["train", str(tmp_path), "-o", str(tmp_path / "t"), "--pretrained", models["sd"]])
+    with pytest.raises(CurateError, match="unknown method"):
+        _invoke(cli, ["train", str(export), "-o", str(tmp_path / "t"), "--method", "dreambooth"])
+    with pytest.raises(CurateError, match="cannot load pipeline"):
+        _invoke(cli, ["train", str(export), "-o", str(tmp_path / "t"), "--pretrained", str(tmp_path / "nope")])

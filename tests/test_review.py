@@ -1,0 +1,199 @@
+"""The review loop against a real Label Studio: push, annotate through the SDK, pull into FiftyOne."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from curation import dataset as ds
+from curation.errors import CurateError
+from curation.labelstudio_server import ServerInfo, free_port, serve, stop, use_server
+from curation.records import Concept
+from curation.review import aggregate, annotation_result, connect, existing_candidates, pull, push, status
+from curation.workspace import Workspace
+
+
+def build_candidates(ws: Workspace, n: int) -> list[str]:
+    """Concept refs, n candidate PNGs and a FiftyOne dataset with the `unreviewed` saved view."""
+    import fiftyone as fo
+    from fiftyone import ViewField as F
+
+    rng = np.random.default_rng(0)
+    for cid, colour in (("cat", (200, 80, 20)), ("mug", (20, 80, 200))):
+        ref = ws.concept_dir(cid) / "refs" / "0.png"
+        ref.parent.mkdir(parents=True)
+        Image.new("RGB", (48, 48), colour).save(ref)
+        ws.save_concept(Concept(concept_id=cid, name=cid.title(), class_noun=cid, token=f"<c-{cid}>",
+                                refs=[ws.relative(ref)]))  # fmt: skip
+    dataset = fo.Dataset(ds.dataset_name(ws))
+    samples, ids = [], []
+    for i in range(n):
+        cid = f"cand{i:03d}"
+        path = ws.candidates_dir / "s000" / f"{cid}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+        ids.append(cid)
+        samples.append(fo.Sample(filepath=str(path), **{
+            ds.CANDIDATE_ID: cid, ds.CAPTION: f"<c-cat> cat and <c-mug> mug, scene {i}",
+            ds.CONCEPTS: ["cat", "mug"], "clip_t": 0.2 + 0.01 * i}))  # fmt: skip
+    dataset.add_samples(samples)
+    dataset.persistent = True
+    dataset.save_view("unreviewed", dataset.match(F(ds.REVIEW_DECISION) == None))  # noqa: E711
+    return ids
+
+
+def tasks_by_candidate(ws: Workspace) -> dict[str, dict]:
+    conn = connect(ws)
+    project_id = json.loads((ws.review_dir / "project.json").read_text())["project_id"]
+    tasks = list(conn.client.tasks.list(project=project_id, fields="all"))
+    return {t.data[ds.CANDIDATE_ID]: t for t in tasks}
+
+
+def reviews(ws: Workspace) -> dict[str, dict]:
+    dataset = ds.open_dataset(ws)
+    fields = [ds.CANDIDATE_ID, ds.REVIEW_DECISION, ds.REVIEW_QUALITY, ds.REVIEW_ANNOTATORS, ds.REVIEW_AGREEMENT,
+              ds.REVIEW_REASONS, ds.CAPTION_FIXED]  # fmt: skip
+    ids, *columns = dataset.values(fields)
+    return {cid: dict(zip(fields[1:], vals, strict=True)) for cid, *vals in zip(ids, *columns, strict=True)}
+
+
+def test_push_serves_images_and_does_not_duplicate(labelstudio_workspace: Callable[..., Workspace],
+                                                   labelstudio: ServerInfo) -> None:  # fmt: skip
+    ws = labelstudio_workspace(batch_size=2)  # 5 tasks -> 3 bulk batches
+    ids = build_candidates(ws, 5)
+    report = push(ws)
+    assert report.pushed == 5 and report.already == 0
+    tasks = tasks_by_candidate(ws)
+    assert sorted(tasks) == ids
+    task = tasks["cand003"]
+    assert task.data["image"].startswith("/data/local-files/?d=") and "base64" not in json.dumps(task.data)
+    headers = {"Authorization": f"Token {labelstudio.token}"}
+    served = requests.get(labelstudio.url + task.data["image"], headers=headers, timeout=30)
+    assert served.status_code == 200
+    assert served.content == (ws.candidates_dir / "s000" / "cand003.png").read_bytes()
+    ref = requests.get(labelstudio.url + task.data["refs"][0]["url"], headers=headers, timeout=30)
+    assert ref.status_code == 200 and ref.content == (ws.concept_dir("cat") / "refs" / "0.png").read_bytes()
+    assert [r["name"] for r in task.data["refs"]] == ["Cat", "Mug"] and "<img" in task.data["refs_html"]
+    # machine score as a prediction: the highest clip_t is above the median -> accept pre-filled
+    prediction = tasks["cand004"].predictions[0]
+    assert prediction["result"][0]["value"]["choices"] == ["accept"] and prediction["score"] == pytest.approx(0.24)
+
+    again = push(ws)
+    assert (again.pushed, again.already) == (0, 5)
+    assert len(existing_candidates(connect(ws), report.project_id)) == 5
+    assert len(tasks_by_candidate(ws)) == 5
+
+
+def test_pull_writes_reviews_idempotently_and_follows_edits(labelstudio_workspace: Callable[..., Workspace]) -> None:
+    ws = labelstudio_workspace()
+    build_candidates(ws, 4)
+    push(ws)
+    tasks = tasks_by_candidate(ws)
+    client = connect(ws).client
+    client.annotations.create(id=tasks["cand000"].id, result=annotation_result("accept", 4))
+    client.annotations.create(id=tasks["cand001"].id, result=annotation_result(
+        "reject", 2, reasons=("artifacts", "bad layout"), caption="a cat beside a mug"))  # fmt: skip
+    edited = client.annotations.create(id=tasks["cand002"].id, result=annotation_result("accept", 5))
+
+    first = pull(ws)
+    assert (first.annotated, first.accepted, first.rejected, first.changed) == (3, 2, 1, 3)
+    got = reviews(ws)
+    assert got["cand000"][ds.REVIEW_DECISION] == "accept" and got["cand000"][ds.REVIEW_QUALITY] == 4.0
+    assert got["cand001"][ds.REVIEW_DECISION] == "reject"
+    assert got["cand001"][ds.REVIEW_REASONS] == ["artifacts", "bad layout"]
+    assert got["cand001"][ds.CAPTION_FIXED] == "a cat beside a mug"
+    assert got["cand003"][ds.REVIEW_DECISION] is None
+    assert len(ds.accepted_view(ds.open_dataset(ws), min_quality=4)) == 2
+
+    second = pull(ws)
+    assert second.changed == 0 and reviews(ws) == got
+    assert len(list((ws.review_dir / "pulls").glob("*.json"))) == 2  # one raw export per pull, none overwritten
+    raw = json.loads(first.export_path.read_text())
+    assert {t["data"]["candidate_id"] for t in raw} == {"cand000", "cand001", "cand002", "cand003"}
+
+    client.annotations.delete(id=_annotation_ids(client, tasks["cand000"].id)[0])
+    client.annotations.update(id=edited.id, result=annotation_result("reject", 1))
+    third = pull(ws)
+    assert third.changed == 2
+    got = reviews(ws)
+    assert got["cand000"][ds.REVIEW_DECISION] is None and got["cand000"][ds.REVIEW_QUALITY] is None
+    assert got["cand002"][ds.REVIEW_DECISION] == "reject" and got["cand002"][ds.REVIEW_QUALITY] == 1.0
+
+
+def _annotation_ids(client, task_id: int) -> list[int]:
+    return [a.id for a in client.annotations.list(id=task_id)]
+
+
+def test_several_annotators_with_disagreement(labelstudio_workspace: Callable[..., Workspace]) -> None:
+    ws = labelstudio_workspace()
+    build_candidates(ws, 2)
+    push(ws, overlap=3)
+    client = connect(ws).client
+    users = [client.users.create(username=f"ann{i}-{ws.name}", email=f"ann{i}-{ws.name}@example.com",
+                                 password="annotator-pass-1") for i in range(3)]  # fmt: skip
+    tasks = tasks_by_candidate(ws)
+    for user, (decision, quality) in zip(users, [("accept", 5), ("accept", 3), ("reject", 1)], strict=True):
+        client.annotations.create(id=tasks["cand000"].id, completed_by=user.id,
+                                  result=annotation_result(decision, quality))  # fmt: skip
+    for user, decision in zip(users[:2], ["accept", "reject"], strict=True):
+        client.annotations.create(id=tasks["cand001"].id, completed_by=user.id, result=annotation_result(decision, 3))
+    pull(ws)
+    got = reviews(ws)
+    assert got["cand000"][ds.REVIEW_DECISION] == "accept"
+    assert got["cand000"][ds.REVIEW_ANNOTATORS] == 3
+    assert got["cand000"][ds.REVIEW_AGREEMENT] == pytest.approx(2 / 3, abs=1e-3)
+    assert got["cand000"][ds.REVIEW_QUALITY] == pytest.approx(3.0)
+    assert got["cand001"][ds.REVIEW_DECISION] == "reject"  # a tie is not an accept
+    assert got["cand001"][ds.REVIEW_AGREEMENT] == 0.5
+    summary = status(ws)
+    assert (summary.tasks, summary.annotated, summary.accepted, summary.rejected) == (2, 2, 1, 1)
+
+
+def test_aggregate_ignores_skips_and_keeps_latest_caption() -> None:
+    def ann(decision: str, quality: int, when: str, caption: str | None = None, cancelled: bool = False) -> dict:
+        return {"result": annotation_result(decision, quality, caption=caption), "updated_at": when,
+                "was_cancelled": cancelled}  # fmt: skip
+
+    review = aggregate([ann("reject", 1, "3", cancelled=True), ann("accept", 4, "2", "new"), ann("accept", 2, "1", "old")])
+    assert review[ds.REVIEW_DECISION] == "accept" and review[ds.REVIEW_ANNOTATORS] == 2
+    assert review[ds.REVIEW_QUALITY] == 3.0 and review[ds.CAPTION_FIXED] == "new" and review[ds.REVIEW_AGREEMENT] == 1.0
+    assert aggregate([])[ds.REVIEW_DECISION] is None
+
+
+def test_server_not_running_names_the_url(labelstudio_workspace: Callable[..., Workspace],
+                                          tmp_path) -> None:  # fmt: skip
+    ws = labelstudio_workspace()
+    build_candidates(ws, 1)
+    dead = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(CurateError, match=f"not reachable at {dead}"):
+        push(ws, url=dead, token="x")
+    with pytest.raises(CurateError, match="not reachable at http://127.0.0.1:8080: start it with `curate review serve"):
+        push(Workspace.create(tmp_path / "fresh"))
+    with pytest.raises(CurateError, match=f"not reachable at {dead}"):
+        use_server(ws, dead, "x")
+
+
+def test_server_stopped_mid_push_then_rerun_finishes_without_duplicates(
+    labelstudio_workspace: Callable[..., Workspace], labelstudio_home: Workspace, labelstudio: ServerInfo
+) -> None:
+    ws = labelstudio_workspace(batch_size=2)
+    build_candidates(ws, 6)
+
+    def stop_after_first_batch(stage: str, done: int, total: int) -> None:
+        if done == 2:
+            assert stop(labelstudio_home)
+
+    try:
+        with pytest.raises(CurateError, match=f"{labelstudio.url} stopped answering during task"):
+            push(ws, progress=stop_after_first_batch)
+    finally:
+        restarted = serve(labelstudio_home, port=int(labelstudio.url.rsplit(":", 1)[1]))
+    assert restarted.url == labelstudio.url
+    report = push(ws)
+    assert (report.already, report.pushed) == (2, 4)
+    assert sorted(tasks_by_candidate(ws)) == [f"cand{i:03d}" for i in range(6)]
