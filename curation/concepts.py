@@ -34,7 +34,9 @@ def _collect(photos: list[Path]) -> list[Path]:
         if not path.exists():
             raise CurateError(f"photo path does not exist: {path}")
         if path.is_dir():
-            found.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+            found.extend(
+                sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            )
         else:
             found.append(path)
     if not found:
@@ -54,7 +56,9 @@ def _read_photo(path: Path, max_side: int) -> np.ndarray:
             return np.asarray(image)
     except CurateError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise CurateError(f"{path}: over the pixel limit, refused as a possible decompression bomb") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         raise CurateError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
 
 

@@ -3,8 +3,8 @@
 The demo is the first thing a new user runs, so it uses exactly the library functions behind the
 other commands (no shortcuts) and tells where each result lives. With review on, a scripted
 annotator answers every task through the Label Studio API so that pull and export have something
-to show; its answers come from a machine score, are labelled `demo-annotator`, and a human can
-overwrite them in the browser and run `curate review pull` and `curate export` again.
+to show; its answers come from a machine score (not a judgement of quality), and a human can
+edit them in the browser and run `curate review pull` and `curate export` again.
 """
 
 from __future__ import annotations
@@ -92,3 +92,38 @@ def run_demo(
         echo(report.summary())
     else:
         echo("review skipped (--no-review): nothing is accepted yet, so there is nothing to export")
+
+
+def annotate_for_demo(ws: Workspace) -> int:
+    """Answer every unanswered task from the mean artifact score, through the API; returns how many.
+
+    The cleanest third is accepted with quality 5, the next third accepted with 3, the rest
+    rejected with 2: enough spread to show the quality threshold at work in the export.
+    """
+    from curation import dataset as ds
+    from curation.review import annotation_result, connect, ensure_project
+    from curation.scores.artifacts import ARTIFACT_SCORES
+
+    dataset = ds.open_dataset(ws)
+    fields = [name for name in ARTIFACT_SCORES if dataset.has_field(name)]
+    ids = dataset.values(ds.CANDIDATE_ID)
+    columns = [dataset.values(name) for name in fields]
+    badness = {cid: float(np.mean([c[i] or 0.0 for c in columns])) if columns else 0.0 for i, cid in enumerate(ids)}
+    ranked = sorted(badness, key=lambda cid: (badness[cid], cid))
+    third = max(1, len(ranked) // 3)
+    answers = {cid: ("accept", 5) if i < third else ("accept", 3) if i < 2 * third else ("reject", 2)
+               for i, cid in enumerate(ranked)}  # fmt: skip
+
+    conn = connect(ws)
+    project_id = ensure_project(ws, conn)
+    answered = 0
+    for task in conn.client.tasks.list(project=project_id, fields="task_only"):
+        candidate_id = task.data.get(ds.CANDIDATE_ID)
+        if task.total_annotations or candidate_id not in answers:
+            continue
+        decision, quality = answers[candidate_id]
+        conn.call("demo annotation", lambda t=task.id, d=decision, q=quality: conn.client.annotations.create(
+            id=t, result=annotation_result(d, q)))  # fmt: skip
+        answered += 1
+    return answered
+

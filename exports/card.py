@@ -13,6 +13,19 @@ from collections import Counter
 from collections.abc import Iterable
 
 RANKS = (1, 2, 3, 4, 5)
+_LAYOUT = (
+    "- `images/<concept ids joined by +>/<candidate id>.png`: the compositions, grouped by concept set.",
+    (
+        "- `metadata.jsonl`: file_name, caption, concepts, tokens, boxes ({concept_id, x, y, w, h}, pixels),"
+        ' quality, candidate_id. Loads with `datasets.load_dataset("imagefolder", data_dir=<this folder>)`.'
+    ),
+    "- `concepts/<id>/`: concept.json, reference photos `refs/` and soft masks `masks/`.",
+    (
+        "- `concepts_list.json` (per concept) and `concepts_list_compositions.json` (per composition)"
+        " for diffusers' Custom Diffusion script; paths are relative to this folder."
+    ),
+)
+_WEBDATASET_LINE = "- `webdataset/*.tar`: the same images and rows as WebDataset shards (png, txt, json)."
 
 
 def rank_of(quality: float) -> int:
@@ -87,24 +100,17 @@ def render_card(
             "---",
             f"# {name}",
             "",
-            f"A MyCanvas-style multi-concept personalization set written by `curate export`: {total} images,"
-            f" {len(per_concept)} concepts, {len(per_composition)} compositions.",
+            (
+                f"A MyCanvas-style multi-concept personalization set written by `curate export`:"
+                f" {total} images, {len(per_concept)} concepts, {len(per_composition)} compositions."
+            ),
             "",
             f"Selection: {selection_rule}.",
             "",
             "## Layout",
             "",
-            "- `images/<concept ids joined by +>/<candidate id>.png`: the compositions, grouped by concept set.",
-            "- `metadata.jsonl`: file_name, caption, concepts, tokens, boxes (pixels [x, y, w, h] per concept),"
-            " quality, candidate_id. Loads with `datasets.load_dataset(\"imagefolder\", data_dir=<this folder>)`.",
-            "- `concepts/<id>/`: concept.json, reference photos `refs/` and soft masks `masks/`.",
-            "- `concepts_list.json` (per concept) and `concepts_list_compositions.json` (per composition) for"
-            " diffusers' Custom Diffusion script; paths are relative to this folder.",
-            *(
-                ["- `webdataset/*.tar`: the same images and rows as WebDataset shards (png, txt, json)."]
-                if "webdataset" in formats
-                else []
-            ),
+            *_LAYOUT,
+            *([_WEBDATASET_LINE] if "webdataset" in formats else []),
             "- `manifest.json`: counts, config hash, code version and every candidate id.",
             "",
             "## Images per concept",

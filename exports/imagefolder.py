@@ -1,8 +1,8 @@
 """`metadata.jsonl`: one row per image, the file Hugging Face's `imagefolder` loader joins to the images.
 
-Rows hold only what `datasets` can type consistently across rows (quality is always a float,
-boxes always a list of {concept, bbox}), so `load_dataset("imagefolder", data_dir=export)` works on
-the export folder as is; images not named in it (concept references) are ignored by that loader.
+Rows hold only what `datasets` can type consistently across rows (quality is always a float, boxes
+always a list of {concept_id, x, y, w, h}), so `load_dataset("imagefolder", data_dir=export)` works
+on the export folder as is; images not named in it (concept references) are ignored by that loader.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ METADATA_FILE = "metadata.jsonl"
 
 
 def metadata_row(item: ExportItem, concepts: dict[str, Concept]) -> dict[str, Any]:
-    """The row for one image; boxes are pixels [x, y, w, h], top-left origin, one per concept.
+    """The row for one image; boxes as in the candidate record: {concept_id, x, y, w, h} in pixels,
+    top-left origin, one per concept.
 
     Args:
         item: The exported candidate.
@@ -30,7 +31,7 @@ def metadata_row(item: ExportItem, concepts: dict[str, Concept]) -> dict[str, An
         "caption": item.caption,
         "concepts": list(item.concepts),
         "tokens": [concepts[c].token for c in item.concepts],
-        "boxes": [{"concept": b.concept_id, "bbox": [b.x, b.y, b.w, b.h]} for b in item.boxes],
+        "boxes": [box.model_dump() for box in item.boxes],
         "width": item.width,
         "height": item.height,
         "quality": item.quality,

@@ -54,8 +54,10 @@ class ExportReport:
     def summary(self) -> str:
         quality = f"quality >= {self.min_quality:g}" if self.min_quality is not None else "any quality"
         parts = [
-            f"exported {self.n_images} accepted images ({quality}) of {len(self.per_concept)} concepts"
-            f" in {len(self.per_composition)} compositions to {self.path}",
+            (
+                f"exported {self.n_images} accepted images ({quality}) of {len(self.per_concept)} concepts"
+                f" in {len(self.per_composition)} compositions to {self.path}"
+            ),
             f"formats: {', '.join(self.formats)}",
             f"files: {self.linked} hard-linked, {self.copied} copied",
         ]
@@ -127,9 +129,14 @@ def _code_version() -> str:
     version = importlib_metadata.version("curate")
     source = Path(__file__).resolve().parent
     commit = subprocess.run(
-        ["git", "-C", str(source), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=False
+        ["git", "-C", str(source), "rev-parse", "--short=12", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    return f"{version}+g{commit.stdout.strip()}" if commit.returncode == 0 and commit.stdout.strip() else version
+    return (
+        f"{version}+g{commit.stdout.strip()}" if commit.returncode == 0 and commit.stdout.strip() else version
+    )
 
 
 def _used_concepts(ws: Workspace, items: list[ExportItem]) -> dict[str, Concept]:
@@ -137,7 +144,9 @@ def _used_concepts(ws: Workspace, items: list[ExportItem]) -> dict[str, Concept]
     used = sorted({c for item in items for c in item.concepts})
     missing = [c for c in used if c not in known]
     if missing:
-        raise CurateError(f"exported candidates use concept {missing[0]!r}, which is not in {ws.concepts_dir}")
+        raise CurateError(
+            f"exported candidates use concept {missing[0]!r}, which is not in {ws.concepts_dir}"
+        )
     return {c: known[c] for c in used}
 
 
@@ -174,7 +183,9 @@ class _Writer:
                     raise CurateError(f"concept {concept.concept_id}: two {kind} share a file name")
                 for source, target in zip(paths, moved[kind], strict=True):
                     self.place(self.ws.resolve(source), target, f"concept {concept.concept_id}")
-            atomic_write_json(self.root / folder / "concept.json", concept.model_copy(update=moved).model_dump())
+            atomic_write_json(
+                self.root / folder / "concept.json", concept.model_copy(update=moved).model_dump()
+            )
 
 
 def _selection_rule(selection: Selection, include_near_duplicates: bool) -> str:

@@ -18,6 +18,7 @@ from curation.dataset import (
     CAPTION,
     CAPTION_FIXED,
     N_CONCEPTS,
+    NEAR_DUP_OF,
     REVIEW_QUALITY,
     accepted_view,
     open_dataset,
@@ -29,10 +30,6 @@ if TYPE_CHECKING:
     import fiftyone as fo
 
     from curation.workspace import Workspace
-
-NEAR_DUP_OF = "near_dup_of"
-"""Set by the index on a candidate that nearly duplicates another; absent or empty means unique.
-(Kept here until curation/dataset.py carries it beside the other field names.)"""
 
 
 @dataclass(frozen=True)
@@ -85,7 +82,9 @@ def _candidate(ws: Workspace, candidate_id: str, filepath: str) -> Candidate:
     relative = Path("candidates") / Path(filepath).parent.name / f"{candidate_id}.json"
     path = ws.resolve(relative)
     if not path.exists():
-        raise CurateError(f"candidate {candidate_id}: record {relative.as_posix()} is missing from the workspace")
+        raise CurateError(
+            f"candidate {candidate_id}: record {relative.as_posix()} is missing from the workspace"
+        )
     return Candidate.model_validate_json(path.read_text())
 
 
@@ -111,8 +110,9 @@ def select_candidates(
         ws: The workspace whose FiftyOne dataset and candidate files are read.
         min_quality: Lowest mean review rank kept; None keeps every accepted candidate.
         view: Name of a saved FiftyOne view to start from instead of the whole dataset.
-        include_near_duplicates: Keep candidates whose `near_dup_of` is set (dropped by default,
-            so one image of each near-duplicate group trains the model, not several).
+        include_near_duplicates: Keep candidates whose `near_dup_of` names another selected
+            candidate. By default they are dropped, so one image of each near-duplicate group trains
+            the model, not several; a copy whose better-scored original was rejected is kept.
     """
     base = _base(ws, view)
     chosen = accepted_view(base, min_quality).sort_by(CANDIDATE_ID)
@@ -123,12 +123,13 @@ def select_candidates(
     qualities = _values(chosen, REVIEW_QUALITY)
     near_dups = _values(chosen, NEAR_DUP_OF)
 
+    selected = set(ids)
     items: list[ExportItem] = []
     dropped: list[str] = []
     for candidate_id, filepath, caption, caption_fixed, quality, near_dup in zip(
         ids, paths, captions, fixed, qualities, near_dups, strict=True
     ):
-        if near_dup and not include_near_duplicates:
+        if near_dup in selected and not include_near_duplicates:
             dropped.append(candidate_id)
             continue
         record = _candidate(ws, candidate_id, filepath)
@@ -152,4 +153,6 @@ def select_candidates(
         for n, q in zip(_values(base, N_CONCEPTS), _values(base, REVIEW_QUALITY), strict=True)
         if q is not None and n is not None
     ]
-    return Selection(items=items, min_quality=min_quality, view=view, dropped_near_duplicates=dropped, reviewed=reviewed)
+    return Selection(
+        items=items, min_quality=min_quality, view=view, dropped_near_duplicates=dropped, reviewed=reviewed
+    )

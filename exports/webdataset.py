@@ -16,7 +16,9 @@ from exports.select import ExportItem
 WEBDATASET_DIR = "webdataset"
 
 
-def write_shards(folder: Path, items: list[ExportItem], rows: list[dict[str, Any]], shard_size: int) -> list[Path]:
+def write_shards(
+    folder: Path, items: list[ExportItem], rows: list[dict[str, Any]], shard_size: int
+) -> list[Path]:
     """Write `webdataset/shard-NNNNNN.tar` shards of at most `shard_size` samples.
 
     Args:
@@ -31,7 +33,9 @@ def write_shards(folder: Path, items: list[ExportItem], rows: list[dict[str, Any
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     pattern = str(out / "shard-%06d.tar")
-    with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0, mtime=0.0, post=lambda f: written.append(Path(f))) as sink:
+    with wds.ShardWriter(
+        pattern, maxcount=shard_size, verbose=0, mtime=0.0, post=lambda f: written.append(Path(f))
+    ) as sink:
         for item, row in zip(items, rows, strict=True):
             sink.write(
                 {

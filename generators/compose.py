@@ -22,16 +22,38 @@ from curation.records import Box, Concept
 from curation.workspace import Workspace
 
 SURFACE_COLOURS: dict[str, tuple[int, int, int]] = {
-    "wooden": (150, 105, 65), "marble": (226, 224, 218), "concrete": (140, 140, 138), "lawn": (82, 140, 62),
-    "grass": (86, 146, 64), "sandy": (214, 194, 150), "brick": (160, 78, 58), "carpet": (200, 182, 152),
-    "stone": (150, 146, 136), "desk": (236, 236, 232), "snowy": (240, 244, 250), "tiled": (200, 210, 222),
-    "blanket": (182, 62, 62), "deck": (132, 96, 62), "gravel": (166, 152, 126), "shelf": (86, 60, 40),
+    "wooden": (150, 105, 65),
+    "marble": (226, 224, 218),
+    "concrete": (140, 140, 138),
+    "lawn": (82, 140, 62),
+    "grass": (86, 146, 64),
+    "sandy": (214, 194, 150),
+    "brick": (160, 78, 58),
+    "carpet": (200, 182, 152),
+    "stone": (150, 146, 136),
+    "desk": (236, 236, 232),
+    "snowy": (240, 244, 250),
+    "tiled": (200, 210, 222),
+    "blanket": (182, 62, 62),
+    "deck": (132, 96, 62),
+    "gravel": (166, 152, 126),
+    "shelf": (86, 60, 40),
 }
 SETTING_COLOURS: dict[str, tuple[int, int, int]] = {
-    "kitchen": (238, 228, 208), "loft": (172, 166, 160), "garden": (118, 168, 108), "sky": (140, 190, 236),
-    "wall": (190, 120, 96), "living": (222, 202, 172), "bedroom": (212, 202, 218), "park": (196, 150, 90),
-    "office": (232, 234, 236), "winter": (204, 218, 232), "library": (92, 72, 54), "bathroom": (122, 162, 204),
-    "sunset": (242, 164, 112), "desert": (232, 196, 146),
+    "kitchen": (238, 228, 208),
+    "loft": (172, 166, 160),
+    "garden": (118, 168, 108),
+    "sky": (140, 190, 236),
+    "wall": (190, 120, 96),
+    "living": (222, 202, 172),
+    "bedroom": (212, 202, 218),
+    "park": (196, 150, 90),
+    "office": (232, 234, 236),
+    "winter": (204, 218, 232),
+    "library": (92, 72, 54),
+    "bathroom": (122, 162, 204),
+    "sunset": (242, 164, 112),
+    "desert": (232, 196, 146),
 }
 
 
@@ -72,7 +94,9 @@ def _hash_rng(*parts: object) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def _keyed_colour(words: list[str], table: dict[str, tuple[int, int, int]], rng: np.random.Generator) -> np.ndarray:
+def _keyed_colour(
+    words: list[str], table: dict[str, tuple[int, int, int]], rng: np.random.Generator
+) -> np.ndarray:
     for word in words:
         if word.strip(",.") in table:
             return np.array(table[word.strip(",.")], np.float32)
@@ -172,13 +196,13 @@ def _shadows(background: np.ndarray, layers: list[Layer]) -> np.ndarray:
         cv2.ellipse(shade, (cx - x0, cy - y0), (rx, ry), 0, 0, 360, 1.0, -1)
         shade = cv2.GaussianBlur(shade, (0, 0), sigma)
         region = out[y0:y1, x0:x1]
-        region[:] = np.clip(region.astype(np.float32) * (1 - 0.4 * shade[..., None]) + 0.5, 0, 255).astype(np.uint8)
+        region[:] = np.clip(region.astype(np.float32) * (1 - 0.4 * shade[..., None]) + 0.5, 0, 255).astype(
+            np.uint8
+        )
     return out
 
 
-def compose(
-    ws: Workspace, background: np.ndarray, picks: list[tuple[Concept, int, Box]]
-) -> Composition:
+def compose(ws: Workspace, background: np.ndarray, picks: list[tuple[Concept, int, Box]]) -> Composition:
     """Paste each (concept, reference index, box) onto the background, farthest box first.
 
     Args:

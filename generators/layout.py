@@ -22,12 +22,41 @@ from curation.workspace import Workspace
 PLANNER = "rules"
 
 SIZE_PRIORS: dict[str, float] = {
-    "person": 1.0, "man": 1.0, "woman": 1.0, "child": 0.7, "astronaut": 1.0,
-    "dog": 0.55, "cat": 0.45, "horse": 1.0, "bird": 0.25, "rabbit": 0.3,
-    "rocket": 0.9, "plant": 0.5, "flower": 0.35, "vase": 0.4, "lamp": 0.6, "chair": 0.75,
-    "backpack": 0.45, "bag": 0.4, "teddybear": 0.35, "toy": 0.3, "robot": 0.45, "shoe": 0.2,
-    "mug": 0.22, "cup": 0.22, "bottle": 0.3, "bowl": 0.2, "teapot": 0.28, "clock": 0.3, "book": 0.25,
-    "car": 0.6, "bicycle": 0.7, "ball": 0.2, "candle": 0.2, "sunglasses": 0.12, "hat": 0.2,
+    "person": 1.0,
+    "man": 1.0,
+    "woman": 1.0,
+    "child": 0.7,
+    "astronaut": 1.0,
+    "dog": 0.55,
+    "cat": 0.45,
+    "horse": 1.0,
+    "bird": 0.25,
+    "rabbit": 0.3,
+    "rocket": 0.9,
+    "plant": 0.5,
+    "flower": 0.35,
+    "vase": 0.4,
+    "lamp": 0.6,
+    "chair": 0.75,
+    "backpack": 0.45,
+    "bag": 0.4,
+    "teddybear": 0.35,
+    "toy": 0.3,
+    "robot": 0.45,
+    "shoe": 0.2,
+    "mug": 0.22,
+    "cup": 0.22,
+    "bottle": 0.3,
+    "bowl": 0.2,
+    "teapot": 0.28,
+    "clock": 0.3,
+    "book": 0.25,
+    "car": 0.6,
+    "bicycle": 0.7,
+    "ball": 0.2,
+    "candle": 0.2,
+    "sunglasses": 0.12,
+    "hat": 0.2,
 }
 """Relative real-world height by class noun; unknown nouns get DEFAULT_SIZE."""
 DEFAULT_SIZE = 0.4
@@ -86,7 +115,9 @@ def iou(a: Box, b: Box) -> float:
 
 def check_layout(plan: LayoutPlan, config: LayoutConfig) -> str | None:
     """Why a plan breaks the geometric rules, or None; shared by every planner (LLM replies too)."""
-    if sorted(plan.concepts) != sorted({b.concept_id for b in plan.boxes}) or len(plan.boxes) != len(plan.concepts):
+    if sorted(plan.concepts) != sorted({b.concept_id for b in plan.boxes}) or len(plan.boxes) != len(
+        plan.concepts
+    ):
         return "every concept needs exactly one box"
     min_area = config.min_area * plan.width * plan.height
     for box in plan.boxes:
@@ -183,7 +214,9 @@ def plan_layouts(ws: Workspace, n: int) -> list[LayoutPlan]:
     """
     config = ws.config.layout
     if config.planner != PLANNER:
-        raise CurateError(f"layout planner {config.planner!r} is not available yet; set layout.planner = 'rules'")
+        raise CurateError(
+            f"layout planner {config.planner!r} is not available yet; set layout.planner = 'rules'"
+        )
     if n < 1:
         raise CurateError(f"--n must be at least 1 (got {n})")
     if not 1 <= config.min_concepts <= config.max_concepts:

@@ -25,7 +25,9 @@ TEMPLATE = "template"
 class Captioner(Protocol):
     name: str
 
-    def __call__(self, image: np.ndarray, plan: LayoutPlan, concepts: dict[str, Concept], template: str) -> str: ...
+    def __call__(
+        self, image: np.ndarray, plan: LayoutPlan, concepts: dict[str, Concept], template: str
+    ) -> str: ...
 
 
 def join_phrases(phrases: list[str]) -> str:
@@ -47,7 +49,9 @@ class TemplateCaptioner:
 
     name: str = TEMPLATE
 
-    def __call__(self, image: np.ndarray, plan: LayoutPlan, concepts: dict[str, Concept], template: str) -> str:
+    def __call__(
+        self, image: np.ndarray, plan: LayoutPlan, concepts: dict[str, Concept], template: str
+    ) -> str:
         return template
 
 

@@ -71,7 +71,12 @@ def _border_key(lab: np.ndarray) -> np.ndarray:
     h, w = lab.shape[:2]
     b = max(2, min(h, w) // 20)
     border = np.concatenate(
-        [lab[:b].reshape(-1, 3), lab[-b:].reshape(-1, 3), lab[:, :b].reshape(-1, 3), lab[:, -b:].reshape(-1, 3)]
+        [
+            lab[:b].reshape(-1, 3),
+            lab[-b:].reshape(-1, 3),
+            lab[:, :b].reshape(-1, 3),
+            lab[:, -b:].reshape(-1, 3),
+        ]
     ).astype(np.float32)
     k = 4
     criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 1.0)
@@ -137,7 +142,9 @@ class ClassicalSegmenter:
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         h, w = rgb.shape[:2]
         scale = min(1.0, _WORK_SIDE / max(h, w))
-        small = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        small = cv2.resize(
+            rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+        )
         hard_small = self._grabcut(small)
         hard = cv2.resize(hard_small.astype(np.uint8) * 255, (w, h), interpolation=cv2.INTER_LINEAR) >= 128
         return _soft_alpha(rgb, hard)
@@ -145,7 +152,9 @@ class ClassicalSegmenter:
     def _grabcut(self, rgb: np.ndarray) -> np.ndarray:
         h, w = rgb.shape[:2]
         key = _border_key(cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB))
-        threshold, _ = cv2.threshold((key * 255).astype(np.uint8), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        threshold, _ = cv2.threshold(
+            (key * 255).astype(np.uint8), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU
+        )
         likely_fg = key * 255 > threshold
         seeds = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
         seeds[likely_fg] = cv2.GC_PR_FGD
@@ -199,7 +208,7 @@ def _load_hub_segmenter(model_id: str) -> HubSegmenter:
 
     @torch.inference_mode()
     def predict(rgb: np.ndarray) -> np.ndarray:
-        logits = model(**processor(images=rgb, return_tensors="pt")).logits[0]
+        logits = model(**processor(images=np.array(rgb), return_tensors="pt")).logits[0]
         if logits.shape[0] == 1:
             return torch.sigmoid(logits[0]).numpy()
         return torch.softmax(logits, dim=0)[-1].numpy()

@@ -21,9 +21,15 @@ DEFAULT_SD = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 def train_command(
     export: Annotated[Path, typer.Argument(help="A `curate export` folder (metadata.jsonl, concepts/).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder: checkpoints, pipeline/, report.")],
-    pretrained: Annotated[str, typer.Option(help="Stable Diffusion 1.x/2.x hub id or local pipeline folder.")] = DEFAULT_SD,
-    method: Annotated[str, typer.Option(help="custom_diffusion (K/V + tokens) or lora (PEFT).")] = "custom_diffusion",
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Run folder: checkpoints, pipeline/, report.")
+    ],
+    pretrained: Annotated[
+        str, typer.Option(help="Stable Diffusion 1.x/2.x hub id or local pipeline folder.")
+    ] = DEFAULT_SD,
+    method: Annotated[
+        str, typer.Option(help="custom_diffusion (K/V + tokens) or lora (PEFT).")
+    ] = "custom_diffusion",
     steps: Annotated[int, typer.Option(help="Total optimisation steps of the run.")] = 500,
     learning_rate: Annotated[float, typer.Option(help="0 = method default (1e-5 CD, 1e-4 LoRA).")] = 0.0,
     batch_size: Annotated[int, typer.Option()] = 1,
@@ -31,10 +37,16 @@ def train_command(
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every K steps.")] = 100,
     mixed_precision: Annotated[str, typer.Option(help="no | fp16 | bf16")] = "no",
     lora_rank: Annotated[int, typer.Option()] = 4,
-    source: Annotated[str, typer.Option(help="compositions (the export's images) or sources (reference photos only).")] = "compositions",
+    source: Annotated[
+        str, typer.Option(help="compositions (the export's images) or sources (reference photos only).")
+    ] = "compositions",
     repeat: Annotated[int, typer.Option(help="Write each concept phrase this many times.")] = 1,
-    separate_background: Annotated[bool, typer.Option(help="Identity part and background as separate clauses.")] = False,
-    gen4gen: Annotated[bool, typer.Option(help="Gen4Gen prompting preset: --repeat 2 --separate-background.")] = False,
+    separate_background: Annotated[
+        bool, typer.Option(help="Identity part and background as separate clauses.")
+    ] = False,
+    gen4gen: Annotated[
+        bool, typer.Option(help="Gen4Gen prompting preset: --repeat 2 --separate-background.")
+    ] = False,
     seed: Annotated[int, typer.Option()] = 0,
     cpu: Annotated[bool, typer.Option(help="Train on CPU even when a GPU is present.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint.")] = True,
@@ -55,9 +67,21 @@ def train_command(
     )
     with progress_bar() as progress:
         report = train(
-            export, output, pretrained, method, steps, strategy=strategy, learning_rate=learning_rate or None,
-            batch_size=batch_size, resolution=resolution, checkpoint_every=checkpoint_every,
-            mixed_precision=mixed_precision, lora_rank=lora_rank, seed=seed, cpu=cpu, resume=resume,
+            export,
+            output,
+            pretrained,
+            method,
+            steps,
+            strategy=strategy,
+            learning_rate=learning_rate or None,
+            batch_size=batch_size,
+            resolution=resolution,
+            checkpoint_every=checkpoint_every,
+            mixed_precision=mixed_precision,
+            lora_rank=lora_rank,
+            seed=seed,
+            cpu=cpu,
+            resume=resume,
             progress=progress,
         )
     last = f", last loss {report.losses[-1]:.4f}" if report.losses else ""
@@ -81,11 +105,19 @@ def _configurations(runs: list[str]) -> dict[str, str]:
 
 def evaluate_command(
     export: Annotated[Path, typer.Argument(help="The export the runs were trained on.")],
-    run: Annotated[list[str], typer.Option(help="LABEL=PATH of a `curate train` folder or pipeline id; repeat per row.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for images, table.md, results.json, plot.png.")],
+    run: Annotated[
+        list[str], typer.Option(help="LABEL=PATH of a `curate train` folder or pipeline id; repeat per row.")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for images, table.md, results.json, plot.png.")
+    ],
     clip_model: Annotated[str, typer.Option(help="open_clip architecture.")] = "ViT-L-14",
-    clip_pretrained: Annotated[str, typer.Option(help="open_clip tag or checkpoint file ('' = random weights).")] = "openai",
-    detector: Annotated[str, typer.Option(help="OWL-ViT / OWLv2 id or folder.")] = "google/owlv2-base-patch16-ensemble",
+    clip_pretrained: Annotated[
+        str, typer.Option(help="open_clip tag or checkpoint file ('' = random weights).")
+    ] = "openai",
+    detector: Annotated[
+        str, typer.Option(help="OWL-ViT / OWLv2 id or folder.")
+    ] = "google/owlv2-base-patch16-ensemble",
     dino: Annotated[str, typer.Option(help="DINOv2 id or folder.")] = "facebook/dinov2-base",
     prompts_per_set: Annotated[int, typer.Option(help="New-background prompts per concept set.")] = 2,
     images_per_prompt: Annotated[int, typer.Option()] = 2,
@@ -95,7 +127,9 @@ def evaluate_command(
     seed: Annotated[int, typer.Option()] = 0,
     detection_threshold: Annotated[float, typer.Option()] = 0.1,
     ref_reduce: Annotated[str, typer.Option(help="mean | max cosine over a concept's references.")] = "mean",
-    clip_t: Annotated[str, typer.Option(help="CLIP-T convention: clipscore (2.5*max(cos,0)) | cosine.")] = "clipscore",
+    clip_t: Annotated[
+        str, typer.Option(help="CLIP-T convention: clipscore (2.5*max(cos,0)) | cosine.")
+    ] = "clipscore",
     device: Annotated[str, typer.Option(help="cuda / cpu; empty = GPU when present.")] = "",
 ) -> None:
     """Generate held-out compositions per configuration and score CP-CLIP, TI-CLIP, CLIP-I/T, DINO, D&C."""
@@ -105,12 +139,25 @@ def evaluate_command(
     if ref_reduce not in ("mean", "max") or clip_t not in ("clipscore", "cosine"):
         raise CurateError("--ref-reduce takes mean|max and --clip-t takes clipscore|cosine")
     settings = EvalSettings(
-        clip_model=clip_model, clip_pretrained=clip_pretrained, detector=detector, dino=dino,
-        prompts_per_set=prompts_per_set, images_per_prompt=images_per_prompt, steps=steps, guidance=guidance,
-        resolution=resolution or None, seed=seed, detection_threshold=detection_threshold,
-        ref_reduce=ref_reduce, clip_t_convention=clip_t,  # type: ignore[arg-type]
+        clip_model=clip_model,
+        clip_pretrained=clip_pretrained,
+        detector=detector,
+        dino=dino,
+        prompts_per_set=prompts_per_set,
+        images_per_prompt=images_per_prompt,
+        steps=steps,
+        guidance=guidance,
+        resolution=resolution or None,
+        seed=seed,
+        detection_threshold=detection_threshold,
+        ref_reduce=ref_reduce,
+        clip_t_convention=clip_t,  # type: ignore[arg-type]
     )
     with progress_bar() as progress:
-        report = evaluate(_configurations(run), export, output, settings, device=device or None, progress=progress)
+        report = evaluate(
+            _configurations(run), export, output, settings, device=device or None, progress=progress
+        )
     typer.echo(Path(report.table_path).read_text())
-    typer.echo(f"{report.images} images; table {report.table_path}; numbers {report.json_path}; plot {report.plot_path}")
+    typer.echo(
+        f"{report.images} images; table {report.table_path}; numbers {report.json_path}; plot {report.plot_path}"
+    )

@@ -124,13 +124,17 @@ def read_export(export_dir: Path) -> Export:
         if missing:
             raise CurateError(f"{meta_path}: entry {row.get('file_name', '?')} lacks {', '.join(missing)}")
         if len(row["concepts"]) != len(row["tokens"]):
-            raise CurateError(f"{meta_path}: {row['file_name']} has {len(row['concepts'])} concepts but {len(row['tokens'])} tokens")
+            raise CurateError(
+                f"{meta_path}: {row['file_name']} has {len(row['concepts'])} concepts but {len(row['tokens'])} tokens"
+            )
         image = root / row["file_name"]
         if not image.exists():
             raise CurateError(f"{meta_path} names {row['file_name']}, which is not in the export")
         for concept_id, token in zip(row["concepts"], row["tokens"], strict=True):
             if tokens.setdefault(concept_id, token) != token:
-                raise CurateError(f"concept {concept_id} has two tokens in {meta_path}: {tokens[concept_id]}, {token}")
+                raise CurateError(
+                    f"concept {concept_id} has two tokens in {meta_path}: {tokens[concept_id]}, {token}"
+                )
             if concept_id not in nouns:
                 noun = listed_nouns.get(concept_id) or _noun_after_token(row["caption"], token)
                 if noun:
@@ -152,7 +156,9 @@ def read_export(export_dir: Path) -> Export:
         noun = json.loads(card.read_text()).get("class_noun") if card.exists() else None
         noun = noun or nouns.get(concept_id)
         if not noun:
-            raise CurateError(f"no class noun for concept {concept_id} (not in concepts_list.json nor its captions)")
+            raise CurateError(
+                f"no class noun for concept {concept_id} (not in concepts_list.json nor its captions)"
+            )
         refs = _images(folder / "refs")
         if not refs:
             raise CurateError(f"concept {concept_id} has no reference images in {folder / 'refs'}")

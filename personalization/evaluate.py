@@ -97,7 +97,9 @@ def _load_pipeline(source: str | Path, device: str | None):
     if (path / "pipeline" / "model_index.json").exists():
         path = path / "pipeline"
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(path if path.exists() else str(source), safety_checker=None)
+        pipe = StableDiffusionPipeline.from_pretrained(
+            path if path.exists() else str(source), safety_checker=None
+        )
     except (OSError, ValueError) as exc:
         raise CurateError(f"cannot load pipeline {source!s}: {str(exc).splitlines()[0]}") from exc
     pipe.set_progress_bar_config(disable=True)
@@ -115,14 +117,21 @@ def _cuda() -> bool:
 
 
 def _generate(
-    label: str, source: str | Path, export: Export, settings: EvalSettings, out_dir: Path, device: str | None,
+    label: str,
+    source: str | Path,
+    export: Export,
+    settings: EvalSettings,
+    out_dir: Path,
+    device: str | None,
     progress: ProgressFn,
 ) -> list[dict]:
     """Generate and save every held-out image of one configuration; rows without scores yet."""
     import torch
 
     pipe, strategy = _load_pipeline(source, device)
-    prompts: list[EvalPrompt] = heldout_prompts(export, strategy, settings.backgrounds, settings.prompts_per_set)
+    prompts: list[EvalPrompt] = heldout_prompts(
+        export, strategy, settings.backgrounds, settings.prompts_per_set
+    )
     size = {"height": settings.resolution, "width": settings.resolution} if settings.resolution else {}
     rows = []
     total = len(prompts) * settings.images_per_prompt
@@ -130,8 +139,11 @@ def _generate(
         for k in range(settings.images_per_prompt):
             generator = torch.Generator().manual_seed(settings.seed + 1000 * p_index + k)
             image = pipe(
-                prompt.prompt, num_inference_steps=settings.steps, guidance_scale=settings.guidance,
-                generator=generator, **size,
+                prompt.prompt,
+                num_inference_steps=settings.steps,
+                guidance_scale=settings.guidance,
+                generator=generator,
+                **size,
             ).images[0]
             path = out_dir / "images" / label / f"{p_index:04d}_{k}.png"
             _save_png(image, path)
@@ -164,15 +176,21 @@ def _save_png(image, path: Path) -> None:
 def _crop(image, det: M.Detection, min_px: int):
     """The detection's crop, clipped to the image; None when what is left is too thin to mean anything."""
     x0, y0, x1, y1 = det.box
-    x0, y0 = max(0, int(round(x0))), max(0, int(round(y0)))
-    x1, y1 = min(image.width, int(round(x1))), min(image.height, int(round(y1)))
+    x0, y0 = max(0, round(x0)), max(0, round(y0))
+    x1, y1 = min(image.width, round(x1)), min(image.height, round(y1))
     if x1 - x0 < min_px or y1 - y0 < min_px:
         return None
     return image.crop((x0, y0, x1, y1))
 
 
-def _score(rows: list[dict], export: Export, settings: EvalSettings, out_dir: Path, device: str | None,
-           progress: ProgressFn) -> dict[str, str]:
+def _score(
+    rows: list[dict],
+    export: Export,
+    settings: EvalSettings,
+    out_dir: Path,
+    device: str | None,
+    progress: ProgressFn,
+) -> dict[str, str]:
     """Fill every row's metrics in place; return which weights the scores came from."""
     from PIL import Image
 
@@ -202,7 +220,8 @@ def _score(rows: list[dict], export: Export, settings: EvalSettings, out_dir: Pa
         image_emb = clip.embed_images([image])[0]
         text_emb = clip.embed_texts([row["plain_text"]])[0]
         detections = [
-            d for d in detector.detect(image, list(dict.fromkeys(nouns)), settings.detection_threshold)
+            d
+            for d in detector.detect(image, list(dict.fromkeys(nouns)), settings.detection_threshold)
             if _crop(image, d, settings.min_box_px) is not None
         ]
         best = M.best_per_label(detections, nouns)
@@ -242,7 +261,11 @@ def render_table(aggregates: dict[str, dict], weights: dict[str, str], settings:
     convention = "2.5·max(cos,0)" if settings.clip_t_convention == "clipscore" else "raw cosine"
 
     def table(title: str, names: list[str]) -> list[str]:
-        head = ["Configuration"] + [f"{BUCKET_TITLES[b]} {LABELS[m]}" for b in buckets for m in names] + ["n (≤3/4/5)", "weights"]
+        head = (
+            ["Configuration"]
+            + [f"{BUCKET_TITLES[b]} {LABELS[m]}" for b in buckets for m in names]
+            + ["n (≤3/4/5)", "weights"]
+        )
         lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for config, agg in aggregates.items():
             cells = [_cell(agg[m][b]["mean"]) for b in buckets for m in names]
@@ -252,13 +275,21 @@ def render_table(aggregates: dict[str, dict], weights: dict[str, str], settings:
 
     lines = ["# Personalization evaluation", ""]
     if weights["clip"] != "pretrained":
-        lines += [f"> **weights: {weights['clip']}** — CLIP ran with {weights['clip']} weights; these numbers only show that the pipeline runs.", ""]
+        lines += [
+            f"> **weights: {weights['clip']}** — CLIP ran with {weights['clip']} weights; these numbers only show that the pipeline runs.",
+            "",
+        ]
     lines += table("Personalization alignment (Gen4Gen: CP-CLIP / TI-CLIP)", ["cp_clip", "ti_clip"])
-    lines += table("Subject fidelity and text alignment (CLIP-I, CLIP-T, DINO, Detect-and-Compare)", ["clip_i", "clip_t", "dino", "dnc"])
+    lines += table(
+        "Subject fidelity and text alignment (CLIP-I, CLIP-T, DINO, Detect-and-Compare)",
+        ["clip_i", "clip_t", "dino", "dnc"],
+    )
     lines += [
         f"CLIP: {weights['clip_model']} ({weights['clip']}); detector: {weights['detector']}; DINO: {weights['dino']}.",
-        f"CLIP-T is {convention}; TI-CLIP is raw cosine with tokens replaced by class nouns; "
-        f"detection threshold {settings.detection_threshold}; references reduced by {settings.ref_reduce}.",
+        (
+            f"CLIP-T is {convention}; TI-CLIP is raw cosine with tokens replaced by class nouns; "
+            f"detection threshold {settings.detection_threshold}; references reduced by {settings.ref_reduce}."
+        ),
         "",
     ]
     return "\n".join(lines)
@@ -280,7 +311,9 @@ def render_plot(aggregates: dict[str, dict], path: Path) -> None:
         for i, (config, agg) in enumerate(aggregates.items()):
             values = [agg[metric][b]["mean"] or 0.0 for b in buckets]
             ax.bar(np.arange(len(buckets)) + i * width, values, width, label=config)
-        ax.set_xticks(np.arange(len(buckets)) + width * (len(aggregates) - 1) / 2, [BUCKET_TITLES[b] for b in buckets])
+        ax.set_xticks(
+            np.arange(len(buckets)) + width * (len(aggregates) - 1) / 2, [BUCKET_TITLES[b] for b in buckets]
+        )
         ax.set_title(LABELS[metric])
         ax.set_xlabel("concepts")
     axes.flat[0].legend(fontsize=8)
@@ -322,17 +355,28 @@ def evaluate(
         rows += _generate(label, source, export, settings, out_dir, device, progress)
     weights = _score(rows, export, settings, out_dir, device, progress)
     aggregates = {
-        label: M.aggregate([r for r in rows if r["configuration"] == label], METRICS) for label in configurations
+        label: M.aggregate([r for r in rows if r["configuration"] == label], METRICS)
+        for label in configurations
     }
     json_path, table_path, plot_path = out_dir / "results.json", out_dir / "table.md", out_dir / "plot.png"
     atomic_write_json(
         json_path,
-        {"settings": asdict(settings), "weights": weights, "configurations": {k: str(v) for k, v in configurations.items()},
-         "aggregates": aggregates, "rows": rows},
+        {
+            "settings": asdict(settings),
+            "weights": weights,
+            "configurations": {k: str(v) for k, v in configurations.items()},
+            "aggregates": aggregates,
+            "rows": rows,
+        },
     )
     atomic_write_text(table_path, render_table(aggregates, weights, settings))
     render_plot(aggregates, plot_path)
     return EvalReport(
-        out_dir=str(out_dir), table_path=str(table_path), json_path=str(json_path), plot_path=str(plot_path),
-        weights=weights, aggregates=aggregates, images=len(rows),
+        out_dir=str(out_dir),
+        table_path=str(table_path),
+        json_path=str(json_path),
+        plot_path=str(plot_path),
+        weights=weights,
+        aggregates=aggregates,
+        images=len(rows),
     )

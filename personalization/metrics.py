@@ -76,15 +76,22 @@ def ti_clip(image: np.ndarray, plain_text: np.ndarray) -> float:
     return float(cosine_matrix(image, plain_text)[0, 0])
 
 
-def cp_clip(crops: Sequence[np.ndarray | None], concept_refs: Sequence[np.ndarray], reduce: RefReduce = "mean") -> float:
+def cp_clip(
+    crops: Sequence[np.ndarray | None], concept_refs: Sequence[np.ndarray], reduce: RefReduce = "mean"
+) -> float:
     """CP-CLIP for one image: `crops[i]` is concept i's best-detection crop embedding, None when not found."""
     if len(crops) != len(concept_refs) or not crops:
         raise ValueError("need one crop slot per concept")
-    scores = [0.0 if crop is None else reference_similarity(crop, refs, reduce) for crop, refs in zip(crops, concept_refs)]
+    scores = [
+        0.0 if crop is None else reference_similarity(crop, refs, reduce)
+        for crop, refs in zip(crops, concept_refs)
+    ]
     return float(np.mean(scores))
 
 
-def detect_and_compare(crops: np.ndarray, concept_refs: Sequence[np.ndarray], reduce: RefReduce = "mean") -> float:
+def detect_and_compare(
+    crops: np.ndarray, concept_refs: Sequence[np.ndarray], reduce: RefReduce = "mean"
+) -> float:
     """MuDI's Detect-and-Compare, our reading (see module docstring); `crops` has one row per detection."""
     from scipy.optimize import linear_sum_assignment
 
@@ -131,12 +138,16 @@ def bucket(n_concepts: int) -> str:
     return "<=3" if n_concepts <= 3 else ("4" if n_concepts == 4 else "5")
 
 
-def aggregate(rows: Sequence[dict], metrics: Sequence[str]) -> dict[str, dict[str, dict[str, float | int | None]]]:
+def aggregate(
+    rows: Sequence[dict], metrics: Sequence[str]
+) -> dict[str, dict[str, dict[str, float | int | None]]]:
     """Mean of each metric by concept-count bucket and overall: {metric: {bucket|"all": {mean, n}}}."""
     out: dict[str, dict[str, dict[str, float | int | None]]] = {}
     for metric in metrics:
         out[metric] = {}
         for key in (*BUCKETS, "all"):
-            values = [r[metric] for r in rows if r.get(metric) is not None and (key == "all" or r["bucket"] == key)]
+            values = [
+                r[metric] for r in rows if r.get(metric) is not None and (key == "all" or r["bucket"] == key)
+            ]
             out[metric][key] = {"mean": float(np.mean(values)) if values else None, "n": len(values)}
     return out

@@ -98,7 +98,9 @@ def _load_base(pretrained: str):
     except (OSError, ValueError) as exc:
         raise CurateError(f"cannot load pipeline {pretrained!r}: {str(exc).splitlines()[0]}") from exc
     if not isinstance(pipe, StableDiffusionPipeline):
-        raise CurateError(f"{pretrained!r} is a {type(pipe).__name__}; only Stable Diffusion 1.x/2.x pipelines train here")
+        raise CurateError(
+            f"{pretrained!r} is a {type(pipe).__name__}; only Stable Diffusion 1.x/2.x pipelines train here"
+        )
     return pipe
 
 
@@ -118,7 +120,9 @@ def _add_tokens(tokenizer, text_encoder, export: Export) -> list[int]:
         for concept, token_id in zip(export.concepts.values(), new_ids, strict=True):
             noun_ids = tokenizer(concept.class_noun, add_special_tokens=False).input_ids
             if not noun_ids:
-                raise CurateError(f"class noun {concept.class_noun!r} of {concept.concept_id} tokenizes to nothing")
+                raise CurateError(
+                    f"class noun {concept.class_noun!r} of {concept.concept_id} tokenizes to nothing"
+                )
             weight[token_id] = weight[noun_ids].mean(dim=0)
     return list(new_ids)
 
@@ -135,7 +139,9 @@ def _select_trainable(unet, text_encoder, method: Method, lora_rank: int) -> Non
         from peft import LoraConfig
 
         unet.add_adapter(
-            LoraConfig(r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian", target_modules=_LORA_TARGETS)
+            LoraConfig(
+                r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian", target_modules=_LORA_TARGETS
+            )
         )
     else:
         raise CurateError(f"unknown method {method!r}: use 'custom_diffusion' or 'lora'")
@@ -151,7 +157,9 @@ def _load_image(path: Path, resolution: int):
     with Image.open(path) as image:
         image = image.convert("RGB")
         scale = resolution / min(image.size)
-        image = image.resize((max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))))
+        image = image.resize(
+            (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
+        )
         left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
         image = image.crop((left, top, left + resolution, top + resolution))
         array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
@@ -294,13 +302,18 @@ def train(
     identity = _run_identity(pretrained, method, export, strategy, resolution, lora_rank)
     run_path = output_dir / "run.json"
     if run_path.exists() and resume and json.loads(run_path.read_text()) != json.loads(json.dumps(identity)):
-        raise CurateError(f"{output_dir} holds a run with other settings; pick another folder or pass --no-resume")
+        raise CurateError(
+            f"{output_dir} holds a run with other settings; pick another folder or pass --no-resume"
+        )
     if not resume:
         shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_path, identity)
 
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    try:
+        accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    except ValueError as exc:  # e.g. fp16 asked for on a machine without a GPU
+        raise CurateError(f"mixed precision {mixed_precision!r} unavailable here: {exc}") from exc
     pipe = _load_base(pretrained)
     tokenizer, text_encoder, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
     from diffusers import DDPMScheduler
@@ -317,7 +330,8 @@ def train(
     lr = learning_rate if learning_rate is not None else _DEFAULT_LR[method]
     # Token rows get no weight decay: AdamW would otherwise shrink the frozen rows despite zero gradients.
     optimizer = torch.optim.AdamW(
-        [{"params": unet_params, "weight_decay": 1e-2}, {"params": [embed_weight], "weight_decay": 0.0}], lr=lr
+        [{"params": unet_params, "weight_decay": 1e-2}, {"params": [embed_weight], "weight_decay": 0.0}],
+        lr=lr,
     )
 
     start_step = 0
@@ -325,11 +339,17 @@ def train(
     if checkpoints:
         start_step, folder = checkpoints[-1]
         if start_step > steps:
-            raise CurateError(f"{output_dir} already holds {start_step} steps; ask for at least that many or --no-resume")
-        _restore_trainable(torch.load(folder / _TRAINABLE_FILE, weights_only=True), unet, text_encoder, new_ids)
+            raise CurateError(
+                f"{output_dir} already holds {start_step} steps; ask for at least that many or --no-resume"
+            )
+        _restore_trainable(
+            torch.load(folder / _TRAINABLE_FILE, weights_only=True), unet, text_encoder, new_ids
+        )
         optimizer.load_state_dict(torch.load(folder / _OPTIMIZER_FILE, weights_only=True))
 
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+        accelerator.mixed_precision, torch.float32
+    )
     vae.to(accelerator.device, dtype=weight_dtype)
     unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
     unet.train()
@@ -345,14 +365,22 @@ def train(
         pixels = torch.stack([_load_image(examples[i].image, resolution) for i in picks])
         prompts = [examples[i].prompt for i in picks]
         with torch.no_grad():
-            latents = vae.encode(pixels.to(accelerator.device, dtype=weight_dtype)).latent_dist.sample(generator=generator)
+            latents = vae.encode(pixels.to(accelerator.device, dtype=weight_dtype)).latent_dist.sample(
+                generator=generator
+            )
             latents = latents.float() * vae.config.scaling_factor
         noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-        timesteps = torch.randint(noise_scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
+        timesteps = torch.randint(
+            noise_scheduler.config.num_train_timesteps, (batch_size,), generator=generator
+        )
         timesteps = timesteps.to(latents.device)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         ids = tokenizer(
-            prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+            prompts,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
         ).input_ids.to(accelerator.device)
         with accelerator.autocast():
             hidden = text_encoder(ids)[0]
@@ -371,7 +399,9 @@ def train(
         losses.append(float(loss.detach()))
         done = step + 1
         if done % checkpoint_every == 0 or done == steps:
-            state = _trainable_state(accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder), new_ids)
+            state = _trainable_state(
+                accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder), new_ids
+            )
             _write_checkpoint(output_dir, done, state, optimizer, keep_checkpoints)
         progress("train", done, steps)
     seconds = time.perf_counter() - started

@@ -52,7 +52,9 @@ class OwlDetector:
         )[0]
         return [
             Detection(box=tuple(float(v) for v in box), score=float(score), label=label)
-            for box, score, label in zip(result["boxes"].tolist(), result["scores"].tolist(), result["text_labels"])
+            for box, score, label in zip(
+                result["boxes"].tolist(), result["scores"].tolist(), result["text_labels"]
+            )
         ]
 
 
@@ -78,7 +80,9 @@ class DinoEmbedder:
 
         chunks = []
         for start in range(0, len(images), batch_size):
-            inputs = self.processor(images=images[start : start + batch_size], return_tensors="pt").to(self.device)
+            inputs = self.processor(images=images[start : start + batch_size], return_tensors="pt").to(
+                self.device
+            )
             with torch.no_grad():
                 chunks.append(self.model(**inputs).pooler_output.float().cpu().numpy())
         return np.concatenate(chunks) if chunks else np.zeros((0, self.model.config.hidden_size))

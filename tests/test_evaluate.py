@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,20 +55,45 @@ def test_train_then_evaluate_writes_the_gen4gen_table(cli, models, tmp_path):
     result = _invoke(
         cli,
         [
-            "evaluate", str(export), "-o", str(out),
-            "--run", f"CD + Source Images={tmp_path / 'src'}",
-            "--run", f"Ours + MyCanvas={tmp_path / 'ours'}",
-            "--run", f"SD={models['sd']}",
-            "--clip-model", models["clip"], "--clip-pretrained", "", "--detector", models["owl"],
-            "--dino", models["dino"], "--prompts-per-set", "1", "--images-per-prompt", "1", "--steps", "2",
-            "--resolution", "64", "--detection-threshold", "0.0", "--device", "cpu",
+            "evaluate",
+            str(export),
+            "-o",
+            str(out),
+            "--run",
+            f"CD + Source Images={tmp_path / 'src'}",
+            "--run",
+            f"Ours + MyCanvas={tmp_path / 'ours'}",
+            "--run",
+            f"SD={models['sd']}",
+            "--clip-model",
+            models["clip"],
+            "--clip-pretrained",
+            "",
+            "--detector",
+            models["owl"],
+            "--dino",
+            models["dino"],
+            "--prompts-per-set",
+            "1",
+            "--images-per-prompt",
+            "1",
+            "--steps",
+            "2",
+            "--resolution",
+            "64",
+            "--detection-threshold",
+            "0.0",
+            "--device",
+            "cpu",
         ],
     )
     assert "CP-CLIP" in result.output
 
     table = (out / "table.md").read_text()
     assert "weights: random" in table
-    assert "| Configuration | ≤3 CP-CLIP | ≤3 TI-CLIP | 4 CP-CLIP | 4 TI-CLIP | 5 CP-CLIP | 5 TI-CLIP |" in table
+    assert (
+        "| Configuration | ≤3 CP-CLIP | ≤3 TI-CLIP | 4 CP-CLIP | 4 TI-CLIP | 5 CP-CLIP | 5 TI-CLIP |" in table
+    )
     for label in ("CD + Source Images", "Ours + MyCanvas", "SD"):
         assert table.count(f"| {label} |") == 2  # one row in each of the two tables
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -103,7 +127,9 @@ def test_train_then_evaluate_writes_the_gen4gen_table(cli, models, tmp_path):
     text_emb = clip.embed_texts([row["plain_text"]])[0]
     assert row["ti_clip"] == pytest.approx(float(np.dot(image_emb, text_emb)), abs=1e-5)
     agg = results["aggregates"]["SD"]["ti_clip"]["<=3"]["mean"]
-    assert agg == pytest.approx(next(r["ti_clip"] for r in rows if r["configuration"] == "SD" and r["bucket"] == "<=3"))
+    assert agg == pytest.approx(
+        next(r["ti_clip"] for r in rows if r["configuration"] == "SD" and r["bucket"] == "<=3")
+    )
 
 
 def test_bad_inputs_fail_with_one_line(cli, models, tmp_path):
@@ -115,4 +141,6 @@ def test_bad_inputs_fail_with_one_line(cli, models, tmp_path):
     with pytest.raises(CurateError, match="unknown method"):
         _invoke(cli, ["train", str(export), "-o", str(tmp_path / "t"), "--method", "dreambooth"])
     with pytest.raises(CurateError, match="cannot load pipeline"):
-        _invoke(cli, ["train", str(export), "-o", str(tmp_path / "t"), "--pretrained", str(tmp_path / "nope")])
+        _invoke(
+            cli, ["train", str(export), "-o", str(tmp_path / "t"), "--pretrained", str(tmp_path / "nope")]
+        )

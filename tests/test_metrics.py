@@ -27,7 +27,9 @@ DIAG = np.array([1.0, 1.0, 0.0]) / math.sqrt(2)  # cos 0.7071 with E1 and with E
 
 
 def test_cosine_normalises_raw_features():
-    assert cosine_matrix(np.array([[3.0, 0, 0]]), np.array([[2.0, 2.0, 0]]))[0, 0] == pytest.approx(1 / math.sqrt(2))
+    assert cosine_matrix(np.array([[3.0, 0, 0]]), np.array([[2.0, 2.0, 0]]))[0, 0] == pytest.approx(
+        1 / math.sqrt(2)
+    )
 
 
 def test_clip_i_means_over_references_then_concepts():

@@ -40,7 +40,9 @@ def test_prompt_strategy_writes_the_gen4gen_variants(export_dir):
     plain = training_examples(export, PromptStrategy())
     assert plain[0].prompt == "<c-cat> cat and <c-dog> dog on a wooden porch"
     ours = training_examples(export, GEN4GEN_STRATEGY)
-    assert ours[0].prompt == "<c-cat> cat, <c-cat> cat, <c-dog> dog, <c-dog> dog; background: on a wooden porch"
+    assert (
+        ours[0].prompt == "<c-cat> cat, <c-cat> cat, <c-dog> dog, <c-dog> dog; background: on a wooden porch"
+    )
     sources = training_examples(export, PromptStrategy(source="sources"))
     assert len(sources) == 10 and sources[0].prompt == "a photo of <c-cat> cat"
     held = heldout_prompts(export, GEN4GEN_STRATEGY, per_set=1)
@@ -56,7 +58,15 @@ def test_custom_diffusion_trains_kv_and_tokens_only_then_loads_and_generates(tin
     from personalization.train import load_personalized, train
 
     _, base_unet, base_embed = _params(tiny_sd)
-    report = train(export_dir, tmp_path / "cd", str(tiny_sd), steps=3, resolution=64, learning_rate=1e-3, checkpoint_every=2)
+    report = train(
+        export_dir,
+        tmp_path / "cd",
+        str(tiny_sd),
+        steps=3,
+        resolution=64,
+        learning_rate=1e-3,
+        checkpoint_every=2,
+    )
     assert report.start_step == 0 and len(report.losses) == 3
     pipe = load_personalized(tmp_path / "cd")
     unet = pipe.unet.state_dict()
@@ -74,7 +84,10 @@ def test_custom_diffusion_trains_kv_and_tokens_only_then_loads_and_generates(tin
     assert not embed[new_ids[0]].equal(base_embed[cat_noun].mean(0)), "token embedding did not train"
     image = pipe("<c-cat> cat and <c-dog> dog", num_inference_steps=2, height=64, width=64).images[0]
     assert image.size == (64, 64)
-    assert sorted(p.name for p in (tmp_path / "cd" / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
+    assert sorted(p.name for p in (tmp_path / "cd" / "checkpoints").iterdir()) == [
+        "step-000002",
+        "step-000003",
+    ]
     assert json.loads((tmp_path / "cd" / "train_report.json").read_text())["steps"] == 3
 
 
@@ -83,25 +96,65 @@ def test_lora_changes_only_adapters_and_fuses_into_a_plain_unet(tiny_sd, export_
 
     _, base_unet, _ = _params(tiny_sd)
     report = train(
-        export_dir, tmp_path / "lora", str(tiny_sd), method="lora", steps=2, resolution=64, learning_rate=1e-2,
+        export_dir,
+        tmp_path / "lora",
+        str(tiny_sd),
+        method="lora",
+        steps=2,
+        resolution=64,
+        learning_rate=1e-2,
         strategy=PromptStrategy(source="sources"),
     )
     assert report.examples == 10
     _, unet, _ = _params(tmp_path / "lora" / "pipeline")
     assert set(unet) == set(base_unet), "saved UNet is not a plain UNet"
     changed = {k for k in base_unet if not base_unet[k].equal(unet[k])}
-    assert changed and all(k.split(".")[-2] in {"to_q", "to_k", "to_v", "0"} and ".attn" in k for k in changed)
+    assert changed and all(
+        k.split(".")[-2] in {"to_q", "to_k", "to_v", "0"} and ".attn" in k for k in changed
+    )
 
 
 def test_resume_continues_exactly_where_the_checkpoint_left_off(tiny_sd, export_dir, tmp_path):
     from personalization.train import train
 
-    whole = train(export_dir, tmp_path / "whole", str(tiny_sd), steps=4, resolution=64, learning_rate=1e-3, checkpoint_every=2)
-    first = train(export_dir, tmp_path / "split", str(tiny_sd), steps=2, resolution=64, learning_rate=1e-3, checkpoint_every=2)
-    rest = train(export_dir, tmp_path / "split", str(tiny_sd), steps=4, resolution=64, learning_rate=1e-3, checkpoint_every=2)
+    whole = train(
+        export_dir,
+        tmp_path / "whole",
+        str(tiny_sd),
+        steps=4,
+        resolution=64,
+        learning_rate=1e-3,
+        checkpoint_every=2,
+    )
+    first = train(
+        export_dir,
+        tmp_path / "split",
+        str(tiny_sd),
+        steps=2,
+        resolution=64,
+        learning_rate=1e-3,
+        checkpoint_every=2,
+    )
+    rest = train(
+        export_dir,
+        tmp_path / "split",
+        str(tiny_sd),
+        steps=4,
+        resolution=64,
+        learning_rate=1e-3,
+        checkpoint_every=2,
+    )
     assert rest.start_step == 2 and len(rest.losses) == 2
     assert first.losses + rest.losses == pytest.approx(whole.losses, rel=1e-5)
-    again = train(export_dir, tmp_path / "split", str(tiny_sd), steps=4, resolution=64, learning_rate=1e-3, checkpoint_every=2)
+    again = train(
+        export_dir,
+        tmp_path / "split",
+        str(tiny_sd),
+        steps=4,
+        resolution=64,
+        learning_rate=1e-3,
+        checkpoint_every=2,
+    )
     assert again.start_step == 4 and again.losses == []
     with pytest.raises(CurateError, match="other settings"):
         train(export_dir, tmp_path / "split", str(tiny_sd), method="lora", steps=4, resolution=64)

@@ -1,0 +1,338 @@
+"""`curate index`: candidates -> the workspace's FiftyOne dataset, with CLIP and artifact scores.
+
+One sample per candidate, keyed by `candidate_id` and upserted, so re-running never duplicates.
+A candidate is processed only when it is new, its image bytes changed, its JSON record changed,
+or the configured CLIP model changed; an unchanged workspace costs one hash per file and no model
+is loaded at all. Images are streamed in batches (`index.batch_size`): a loader thread decodes
+and scores the next batch while the model embeds the current one, and samples are written in bulk
+every `_WRITE_CHUNK` candidates. Review fields written by `curate review pull` are never touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from curation import dataset as ds
+from curation.errors import CurateError
+from curation.progress import ProgressFn, no_progress
+from curation.records import Candidate, content_id
+from curation.scores.artifacts import ARTIFACT_SCORES, artifact_scores
+
+if TYPE_CHECKING:
+    import fiftyone as fo
+
+    from curation.scores.clip import ClipScorer
+    from curation.workspace import Workspace
+
+_WRITE_CHUNK = 256
+_TOKEN = re.compile(r"<[^<>\s]+>\s*")
+"""Personal tokens such as `<c-cat>` mean nothing to CLIP; CLIP-T scores the caption without them."""
+
+
+@dataclass
+class IndexReport:
+    """What one `index_workspace` run did.
+
+    Attributes:
+        dataset: the FiftyOne dataset name.
+        added: candidates new to the dataset.
+        updated: candidates re-indexed because their image, record or the CLIP model changed.
+        unchanged: candidates skipped.
+        moved: unchanged candidates whose file path changed (only the path was rewritten).
+        orphaned: samples whose candidate is no longer in the workspace (kept: they may carry reviews).
+        failed: (candidate_id, reason) for images that could not be read.
+        clip_loaded: whether a CLIP model was loaded (False on a run with nothing to do).
+        clip_weights: "pretrained" | "random" when loaded.
+    """
+
+    dataset: str
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    moved: int = 0
+    orphaned: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    clip_loaded: bool = False
+    clip_weights: str | None = None
+
+    def summary(self) -> str:
+        """One line for the CLI."""
+        parts = [f"{self.added} added", f"{self.updated} updated", f"{self.unchanged} unchanged"]
+        if self.moved:
+            parts.append(f"{self.moved} moved")
+        if self.orphaned:
+            parts.append(f"{self.orphaned} no longer in the workspace")
+        if self.failed:
+            parts.append(f"{len(self.failed)} failed (first: {self.failed[0][0]}: {self.failed[0][1]})")
+        text = f"dataset {self.dataset}: " + ", ".join(parts)
+        if self.clip_weights == "random":
+            text += "; CLIP weights are RANDOM: clip_t and embeddings are not meaningful"
+        return text
+
+
+@dataclass
+class _Todo:
+    candidate: Candidate
+    path: Path
+    image_hash: str
+    record_hash: str
+    is_new: bool
+
+
+@dataclass
+class _Loaded:
+    todo: _Todo
+    tensor: Any
+    scores: dict[str, float]
+
+
+def image_hash(path: Path) -> str:
+    """sha256 of the file bytes (first 16 hex digits): what change detection compares."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def clip_text(candidate: Candidate) -> str:
+    """The caption CLIP-T compares with the image: personal tokens removed, class nouns kept."""
+    caption = candidate.caption or candidate.template_caption or candidate.prompt
+    return _TOKEN.sub("", caption).strip()
+
+
+def index_workspace(
+    ws: Workspace, progress: ProgressFn = no_progress, scorer: ClipScorer | None = None
+) -> IndexReport:
+    """Create or update the workspace's FiftyOne dataset from its finished candidates.
+
+    Args:
+        ws: the workspace.
+        progress: called as progress(stage, done, total).
+        scorer: an already loaded CLIP model to use (benchmarks, long-lived processes); by default
+            the configured one is loaded, and only if some candidate needs it.
+
+    Returns:
+        Counts of added / updated / unchanged candidates and whether a model was loaded.
+    """
+    import fiftyone as fo
+
+    config = ws.config.index
+    name = ds.dataset_name(ws)
+    dataset = fo.load_dataset(name) if fo.dataset_exists(name) else fo.Dataset(name, persistent=True)
+    dataset.persistent = True
+    report = IndexReport(dataset=name)
+
+    wanted = (config.clip_model, config.clip_pretrained or "")
+    model_changed = len(dataset) > 0 and (dataset.info.get("clip_model"), dataset.info.get("clip_pretrained")) != wanted
+    todo, moved = _plan(ws, dataset, model_changed, report, progress)
+    if moved:
+        dataset.set_values("filepath", moved, key_field=ds.CANDIDATE_ID)
+
+    if todo:
+        if scorer is None:
+            from curation.scores.clip import load_clip
+
+            scorer = load_clip(config.clip_model, config.clip_pretrained or None, batch_size=config.batch_size)
+        report.clip_loaded = True
+        report.clip_weights = scorer.weights
+        _index(dataset, todo, scorer, config.batch_size, report, progress)
+        dataset.info.update(
+            clip_model=scorer.model_name, clip_pretrained=scorer.pretrained or "", clip_weights=scorer.weights
+        )
+        dataset.save()
+    save_views(dataset)
+    return report
+
+
+def _plan(
+    ws: Workspace, dataset: fo.Dataset, model_changed: bool, report: IndexReport, progress: ProgressFn
+) -> tuple[list[_Todo], dict[str, str]]:
+    """Decide what to (re)index by comparing hashes with what the dataset holds."""
+    existing: dict[str, tuple[str, str, str]] = {}
+    if len(dataset):
+        ids, paths, image_hashes, record_hashes = dataset.values(
+            [ds.CANDIDATE_ID, "filepath", ds.IMAGE_HASH, ds.RECORD_HASH]
+        )
+        existing = {c: (p, i, r) for c, p, i, r in zip(ids, paths, image_hashes, record_hashes)}
+    candidates = list(ws.candidates())
+    todo: list[_Todo] = []
+    moved: dict[str, str] = {}
+    for done, candidate in enumerate(candidates, start=1):
+        path = ws.resolve(candidate.image)
+        try:
+            digest = image_hash(path)
+        except OSError as exc:
+            report.failed.append((candidate.candidate_id, f"cannot read {candidate.image}: {exc.strerror}"))
+            continue
+        record = content_id(candidate.model_dump())
+        old = existing.get(candidate.candidate_id)
+        if old is None or old[1] != digest or old[2] != record or model_changed:
+            todo.append(_Todo(candidate, path, digest, record, is_new=old is None))
+        else:
+            report.unchanged += 1
+            if old[0] != str(path):
+                moved[candidate.candidate_id] = str(path)
+        progress("checking candidates", done, len(candidates))
+    seen = {c.candidate_id for c in candidates}
+    report.orphaned = sum(1 for c in existing if c not in seen)
+    report.moved = len(moved)
+    return todo, moved
+
+
+def _load(todo: _Todo, scorer: ClipScorer) -> _Loaded | str:
+    """Decode one image, preprocess it for CLIP and compute its artifact scores (loader thread)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(todo.path) as image:
+            rgb = image.convert("RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        return f"cannot decode {todo.candidate.image}: {exc}"
+    c = todo.candidate
+    scores = artifact_scores(np.asarray(rgb), c.boxes, c.width, c.height)
+    return _Loaded(todo, scorer.image_tensor(rgb), scores)
+
+
+def _batches(todo: list[_Todo], scorer: ClipScorer, batch_size: int) -> Iterator[list[_Loaded | str]]:
+    """Yield decoded batches, decoding the next one in a thread while the caller embeds this one."""
+    chunks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(lambda chunk: [_load(t, scorer) for t in chunk], chunks[0]) if chunks else None
+        for index in range(len(chunks)):
+            batch = pending.result()
+            if index + 1 < len(chunks):
+                pending = pool.submit(lambda chunk: [_load(t, scorer) for t in chunk], chunks[index + 1])
+            yield batch
+
+
+def _index(
+    dataset: fo.Dataset,
+    todo: list[_Todo],
+    scorer: ClipScorer,
+    batch_size: int,
+    report: IndexReport,
+    progress: ProgressFn,
+) -> None:
+    import torch
+
+    from curation.scores.clip import clip_t
+
+    pending: list[dict[str, Any]] = []
+    done = 0
+    for batch in _batches(todo, scorer, batch_size):
+        sources = todo[done : done + len(batch)]
+        report.failed.extend((t.candidate.candidate_id, item) for t, item in zip(sources, batch) if isinstance(item, str))
+        loaded = [item for item in batch if isinstance(item, _Loaded)]
+        if loaded:
+            images = scorer.embed_tensors(torch.stack([item.tensor for item in loaded]))
+            texts = scorer.embed_texts([clip_text(item.todo.candidate) for item in loaded])
+            cosine, score = clip_t(images, texts)
+            for k, item in enumerate(loaded):
+                pending.append(_fields(item, images[k], float(score[k]), float(cosine[k])))
+        done += len(batch)
+        if len(pending) >= _WRITE_CHUNK:
+            _write(dataset, pending, report)
+            pending = []
+        progress("indexing (CLIP + artifact scores)", done, len(todo))
+    _write(dataset, pending, report)
+
+
+def _fields(item: _Loaded, embedding: np.ndarray, score: float, cosine: float) -> dict[str, Any]:
+    """Every field `curate index` owns for one candidate (review fields are not among them)."""
+    import fiftyone as fo
+
+    c = item.todo.candidate
+    return {
+        "filepath": str(item.todo.path),
+        "metadata": fo.ImageMetadata(width=c.width, height=c.height, num_channels=3),
+        ds.CANDIDATE_ID: c.candidate_id,
+        ds.PLAN_ID: c.plan_id,
+        ds.SHARD: c.shard,
+        ds.CONCEPTS: list(c.concepts),
+        ds.N_CONCEPTS: c.n_concepts,
+        ds.GENERATOR: c.generator,
+        ds.CAPTION: c.caption,
+        ds.PROMPT: c.prompt,
+        ds.SEED: c.seed,
+        ds.BOXES: fo.Detections(
+            detections=[
+                fo.Detection(label=box.concept_id, bounding_box=box.relative(c.width, c.height)) for box in c.boxes
+            ]
+        ),
+        ds.IMAGE_HASH: item.todo.image_hash,
+        ds.RECORD_HASH: item.todo.record_hash,
+        ds.CLIP_EMBEDDING: embedding,
+        ds.CLIP_T: score,
+        ds.CLIP_T_COS: cosine,
+        **item.scores,
+        "_is_new": item.todo.is_new,
+    }
+
+
+def _write(dataset: fo.Dataset, rows: list[dict[str, Any]], report: IndexReport) -> None:
+    """Bulk-write: add_samples for new candidates, set_values keyed by candidate_id for changed ones."""
+    import fiftyone as fo
+
+    new, changed = [], []
+    for row in rows:
+        (new if row.pop("_is_new") else changed).append(row)
+    if new:
+        dataset.add_samples([fo.Sample(**row) for row in new], progress=False)
+        report.added += len(new)
+    if changed:
+        for key in changed[0]:
+            if key != ds.CANDIDATE_ID:
+                values = {row[ds.CANDIDATE_ID]: row[key] for row in changed}
+                dataset.set_values(key, values, key_field=ds.CANDIDATE_ID)
+        report.updated += len(changed)
+
+
+def save_views(dataset: fo.Dataset) -> list[str]:
+    """(Re)save the browsing views; they are queries, so they stay current as fields change.
+
+    Returns:
+        The names of the saved views.
+    """
+    from fiftyone import ViewField as F
+
+    high = None
+    for spec in ARTIFACT_SCORES.values():
+        term = F(spec.name) > spec.threshold if spec.higher_is_worse else F(spec.name) < spec.threshold
+        high = term if high is None else high | term
+    views = {
+        ds.VIEW_UNREVIEWED: dataset.match(F(ds.REVIEW_DECISION) == None),  # noqa: E711 (a Mongo query)
+        ds.VIEW_ACCEPTED: ds.accepted_view(dataset),
+        ds.VIEW_REJECTED: dataset.match(F(ds.REVIEW_DECISION) == ds.REJECT),
+        ds.VIEW_ACCEPTED_Q3: ds.accepted_view(dataset, min_quality=3),
+        ds.VIEW_HIGH_ARTIFACTS: dataset.match(high),
+        ds.VIEW_TOP_CANDIDATES: dataset.match(~high).sort_by(ds.CLIP_T, reverse=True),
+    }
+    for name, view in views.items():
+        dataset.save_view(name, view, overwrite=True)
+    return list(views)
+
+
+def launch_app(ws: Workspace, address: str = "127.0.0.1", port: int = 5151) -> str:
+    """Serve the FiftyOne App on the workspace's dataset and return its URL.
+
+    The session stays open in this process (FiftyOne keeps it); `fiftyone.close_app()` ends it.
+
+    Raises:
+        CurateError: when `curate index` has not run yet.
+    """
+    import fiftyone as fo
+
+    dataset = ds.open_dataset(ws)
+    if not len(dataset):
+        raise CurateError(f"dataset {dataset.name!r} is empty: run `curate generate` and `curate index` first")
+    fo.launch_app(dataset, remote=True, address=address, port=port)
+    return f"http://{address}:{port}/datasets/{dataset.name}"
