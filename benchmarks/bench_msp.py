@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curation.records import Box, Concept, LayoutPlan  # noqa: E402
-from generators.msp import MSPGenerator, MSPSettings  # noqa: E402
+from curation.records import Box, Concept, LayoutPlan
+from generators.msp import MSPGenerator, MSPSettings
 
 
 def build_sd15(folder: Path) -> Path:
@@ -51,12 +51,25 @@ def build_sd15(folder: Path) -> Path:
             sample_size=512,
         ),
         text_encoder=CLIPTextModel(
-            CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                           num_attention_heads=12, max_position_embeddings=77, projection_dim=768)
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=768,
+                intermediate_size=3072,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                max_position_embeddings=77,
+                projection_dim=768,
+            )
         ),
         tokenizer=tokenizer,
-        scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+        scheduler=DDIMScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+        ),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -69,8 +82,14 @@ def make_plan(n_concepts: int, size: int) -> LayoutPlan:
     """Side-by-side boxes, one per concept, on a size x size canvas."""
     step = size // n_concepts
     boxes = [Box(concept_id=f"c{i}", x=i * step, y=size // 4, w=step, h=size // 2) for i in range(n_concepts)]
-    return LayoutPlan(concepts=[b.concept_id for b in boxes], background="a quiet park", boxes=boxes,
-                      width=size, height=size, planner="bench").with_id()
+    return LayoutPlan(
+        concepts=[b.concept_id for b in boxes],
+        background="a quiet park",
+        boxes=boxes,
+        width=size,
+        height=size,
+        planner="bench",
+    ).with_id()
 
 
 def timed(fn, repeats: int) -> float:
@@ -92,6 +111,9 @@ def main() -> None:
     parser.add_argument("--concepts", type=int, default=3)
     parser.add_argument("--kappas", default="0.1,0.5,1.0")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU threads; 1 keeps timings stable on a shared machine"
+    )
     args = parser.parse_args()
 
     import torch
@@ -106,25 +128,35 @@ def main() -> None:
 
         model = build_tiny_sd(tmp)
     size = args.size or (512 if args.arch == "sd15" else 128)
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    torch.set_num_threads(args.threads)
     gen = MSPGenerator.from_pretrained(model)
     pipe = gen.pipe
-    concepts = {f"c{i}": Concept(concept_id=f"c{i}", name=f"c{i}", class_noun="dog", token=f"<c{i}>")
-                for i in range(args.concepts)}
+    concepts = {
+        f"c{i}": Concept(concept_id=f"c{i}", name=f"c{i}", class_noun="dog", token=f"<c{i}>")
+        for i in range(args.concepts)
+    }
     plan = make_plan(args.concepts, size)
     segments = args.concepts + 1
     rows = [0]
     pipe.unet.register_forward_pre_hook(lambda m, a: rows.__setitem__(0, rows[0] + a[0].shape[0]))
 
     def plain() -> None:
-        pipe("a photo of dogs in a quiet park", height=size, width=size, num_inference_steps=args.steps,
-             guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(0))
+        pipe(
+            "a photo of dogs in a quiet park",
+            height=size,
+            width=size,
+            num_inference_steps=args.steps,
+            guidance_scale=7.5,
+            generator=torch.Generator("cpu").manual_seed(0),
+        )
 
     rows[0] = 0
     base = timed(plain, args.repeats)
     base_rows = rows[0] // (args.repeats + 1)
-    print(f"device={pipe.device} arch={args.model or args.arch} canvas={size}px steps={args.steps} "
-          f"segments S={segments} (concepts {args.concepts} + background)")
+    print(
+        f"device={pipe.device} arch={args.model or args.arch} canvas={size}px steps={args.steps} "
+        f"segments S={segments} (concepts {args.concepts} + background)"
+    )
     print(f"plain text-to-image: {base:.3f} s/image, {base_rows} UNet rows")
     print("kappa  n_comp  s/image  measured  expected(rows)  rows counted  naive (kT*S+(1-k)T)/T")
     for kappa in (float(k) for k in args.kappas.split(",")):
@@ -135,8 +167,10 @@ def main() -> None:
         counted = rows[0] // (args.repeats + 1)
         expected = (n_comp * (segments + 1) + (args.steps - n_comp) * 2) / (2 * args.steps)
         naive = (n_comp * segments + (args.steps - n_comp)) / args.steps
-        print(f"{kappa:5.2f}  {n_comp:6d}  {cost:7.3f}  {cost / base:8.2f}  {expected:14.2f}  "
-              f"{counted / base_rows:12.2f}  {naive:8.2f}")
+        print(
+            f"{kappa:5.2f}  {n_comp:6d}  {cost:7.3f}  {cost / base:8.2f}  {expected:14.2f}  "
+            f"{counted / base_rows:12.2f}  {naive:8.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -94,7 +94,8 @@ def plan(
 
 @app.command()
 def generate(
-    workers: Annotated[int, typer.Option(help="Local worker processes; 0 means the config's value.")] = 0,
+    workers: Annotated[int, typer.Option(help="Worker processes (or Ray actors); 0 means the config's value.")] = 0,
+    executor: Annotated[str, typer.Option(help="'local' processes, or 'ray' (RAY_ADDRESS picks a cluster).")] = "local",
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Generate one candidate per plan and seed, in resumable shards (finished shards are skipped)."""
@@ -103,7 +104,7 @@ def generate(
 
     ws = _workspace(workspace)
     with progress_bar() as progress:
-        report = run_generate(ws, workers=workers or None, progress=progress)
+        report = run_generate(ws, workers=workers or None, progress=progress, executor=executor)
     typer.echo(report.summary())
 
 
@@ -142,12 +143,22 @@ def app_command(
 @review_app.command("serve")
 def review_serve(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1; 0 means the config's value.")] = 0,
+    url: Annotated[str, typer.Option(envvar="LABEL_STUDIO_URL", help="Use this running server instead.")] = "",
+    token: Annotated[str, typer.Option(envvar="LABEL_STUDIO_TOKEN", help="API token for --url.")] = "",
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
-    """Start a local Label Studio serving the workspace's images; prints URL and login."""
-    from curation.review import serve
+    """Start a local Label Studio serving the workspace's images (or record --url); prints URL and login."""
+    from curation.review import serve, use_server
 
-    info = serve(_workspace(workspace), port=port or None)
+    ws = _workspace(workspace)
+    if url:
+        if not token:
+            raise CurateError(f"a token is needed for {url}: pass --token or set LABEL_STUDIO_TOKEN")
+        info = use_server(ws, url, token)
+        typer.echo(f"Label Studio: {info.url} recorded in {info.path}")
+        return
+    typer.echo("starting Label Studio (the first start migrates its database: about a minute)...", err=True)
+    info = serve(ws, port=port or None)
     typer.echo(f"Label Studio: {info.url}  login {info.email} / {info.password}  (credentials in {info.path})")
 
 
@@ -162,14 +173,21 @@ def review_stop(workspace: WorkspaceOpt = Path(".")) -> None:
 @review_app.command("push")
 def review_push(
     view: Annotated[str, typer.Option(help="FiftyOne saved view to push.")] = "unreviewed",
+    order: Annotated[str, typer.Option(help="Task order: uncertain | score | random | view.")] = "uncertain",
+    overlap: Annotated[int, typer.Option(help="Annotators per task; 0 keeps the project's setting.")] = 0,
     url: Annotated[str, typer.Option(envvar="LABEL_STUDIO_URL", help="Existing server (else the served one).")] = "",
     token: Annotated[str, typer.Option(envvar="LABEL_STUDIO_TOKEN", help="API token for --url.")] = "",
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Create the review project if needed and push new candidates as tasks (re-pushing adds only new ones)."""
-    from curation.review import push
+    from curation.progress import progress_bar
+    from curation.review import ORDERS, push
 
-    report = push(_workspace(workspace), view=view, url=url or None, token=token or None)
+    if order not in ORDERS:
+        raise CurateError(f"unknown --order {order!r}: use one of {', '.join(ORDERS)}")
+    with progress_bar() as progress:
+        report = push(_workspace(workspace), view=view, url=url or None, token=token or None, order=order,
+                      overlap=overlap or None, progress=progress)  # fmt: skip
     typer.echo(report.summary())
 
 
@@ -179,11 +197,23 @@ def review_pull(
     token: Annotated[str, typer.Option(envvar="LABEL_STUDIO_TOKEN", help="API token for --url.")] = "",
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
-    """Pull annotations into FiftyOne (review_decision, review_quality); keeps each raw export."""
+    """Pull annotations into FiftyOne (review_decision, review_quality, agreement...); keeps each raw export."""
     from curation.review import pull
 
     report = pull(_workspace(workspace), url=url or None, token=token or None)
     typer.echo(report.summary())
+
+
+@review_app.command("status")
+def review_status(
+    url: Annotated[str, typer.Option(envvar="LABEL_STUDIO_URL", help="Existing server (else the served one).")] = "",
+    token: Annotated[str, typer.Option(envvar="LABEL_STUDIO_TOKEN", help="API token for --url.")] = "",
+    workspace: WorkspaceOpt = Path("."),
+) -> None:
+    """Counts of tasks, annotated, accepted, rejected, per concept, and annotator agreement."""
+    from curation.review import status
+
+    typer.echo(status(_workspace(workspace), url=url or None, token=token or None).summary())
 
 
 @app.command("export")

@@ -72,7 +72,7 @@ def _replace_dir(staged: Path, final: Path) -> None:
     """Swap the staged folder in; the old concept is removed only after the new one is in place."""
     old = None
     if final.exists():
-        old = Path(tempfile.mkdtemp(dir=staged.parent, prefix=f"old-{final.name}-"))
+        old = Path(tempfile.mkdtemp(dir=staged.parent, prefix=f"old.{final.name}."))
         os.replace(final, old / final.name)
     os.replace(staged, final)
     if old is not None:
@@ -117,7 +117,10 @@ def add_concept(
     final = ws.concept_dir(concept_id)
     staging_root = ws.concepts_dir / ".staging"
     staging_root.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(dir=staging_root, prefix=f"{concept_id}-"))
+    # folders left by a killed ingest of this concept ('.' cannot occur in an id, so no other concept's match)
+    for leftover in [*staging_root.glob(f"{concept_id}.*"), *staging_root.glob(f"old.{concept_id}.*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+    staged = Path(tempfile.mkdtemp(dir=staging_root, prefix=f"{concept_id}."))
     try:
         (staged / "refs").mkdir()
         (staged / "masks").mkdir()

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from curation.workspace import Workspace
 
 _WRITE_CHUNK = 256
+NEAR_DUP_THRESHOLD = 0.05
+"""Cosine distance under which two candidates count as near-duplicates (FiftyOne Brain's metric)."""
 _TOKEN = re.compile(r"<[^<>\s]+>\s*")
 """Personal tokens such as `<c-cat>` mean nothing to CLIP; CLIP-T scores the caption without them."""
 
@@ -51,6 +53,7 @@ class IndexReport:
         failed: (candidate_id, reason) for images that could not be read.
         clip_loaded: whether a CLIP model was loaded (False on a run with nothing to do).
         clip_weights: "pretrained" | "random" when loaded.
+        near_duplicates: samples marked `near_dup_of` (None when not computed).
     """
 
     dataset: str
@@ -62,6 +65,7 @@ class IndexReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     clip_loaded: bool = False
     clip_weights: str | None = None
+    near_duplicates: int | None = None
 
     def summary(self) -> str:
         """One line for the CLI."""
@@ -70,6 +74,8 @@ class IndexReport:
             parts.append(f"{self.moved} moved")
         if self.orphaned:
             parts.append(f"{self.orphaned} no longer in the workspace")
+        if self.near_duplicates:
+            parts.append(f"{self.near_duplicates} near-duplicates")
         if self.failed:
             parts.append(f"{len(self.failed)} failed (first: {self.failed[0][0]}: {self.failed[0][1]})")
         text = f"dataset {self.dataset}: " + ", ".join(parts)
@@ -149,8 +155,52 @@ def index_workspace(
             clip_model=scorer.model_name, clip_pretrained=scorer.pretrained or "", clip_weights=scorer.weights
         )
         dataset.save()
+    if report.added or report.updated:
+        _diversity(dataset, report)
     save_views(dataset)
     return report
+
+
+def _diversity(dataset: fo.Dataset, report: IndexReport) -> None:
+    """Near-duplicates and uniqueness over the whole dataset from the stored CLIP embeddings.
+
+    Skipped with random weights: their distances say nothing about what images show, and every
+    candidate would end up someone's duplicate.
+    """
+    if dataset.info.get("clip_weights") != "pretrained":
+        dataset.info["near_duplicates"] = "skipped: random CLIP weights"
+        dataset.save()
+        return
+    report.near_duplicates = mark_near_duplicates(dataset)
+    dataset.info["near_duplicates"] = f"cosine distance <= {NEAR_DUP_THRESHOLD}"
+    dataset.save()
+
+
+def mark_near_duplicates(dataset: fo.Dataset, threshold: float = NEAR_DUP_THRESHOLD) -> int:
+    """Set `near_dup_of` on every lower-CLIP-T copy of a near-duplicate group, and `uniqueness`.
+
+    Groups come from FiftyOne Brain on the `clip_embedding` field; in each, the copy with the best
+    CLIP-T (ties: smallest candidate_id) is kept and the others point at its candidate_id.
+
+    Returns:
+        How many samples were marked.
+    """
+    import fiftyone.brain as fob
+
+    ids, candidate_ids, scores = dataset.values(["id", ds.CANDIDATE_ID, ds.CLIP_T])
+    by_id = {i: (c, s if s is not None else float("-inf")) for i, c, s in zip(ids, candidate_ids, scores)}
+    index = fob.compute_near_duplicates(dataset, embeddings=ds.CLIP_EMBEDDING, threshold=threshold, progress=False)
+    marks: dict[str, str | None] = dict.fromkeys(ids)
+    for anchor, neighbours in index.neighbors_map.items():
+        group = [anchor, *(dup for dup, _ in neighbours)]
+        keeper = min(group, key=lambda i: (-by_id[i][1], by_id[i][0]))
+        for member in group:
+            if member != keeper:
+                marks[member] = by_id[keeper][0]
+    dataset.set_values(ds.NEAR_DUP_OF, [marks[i] for i in ids])
+    if len(ids) > 1:
+        fob.compute_uniqueness(dataset, uniqueness_field=ds.UNIQUENESS, embeddings=ds.CLIP_EMBEDDING, progress=False)
+    return sum(1 for m in marks.values() if m is not None)
 
 
 def _plan(
@@ -314,7 +364,10 @@ def save_views(dataset: fo.Dataset) -> list[str]:
         ds.VIEW_REJECTED: dataset.match(F(ds.REVIEW_DECISION) == ds.REJECT),
         ds.VIEW_ACCEPTED_Q3: ds.accepted_view(dataset, min_quality=3),
         ds.VIEW_HIGH_ARTIFACTS: dataset.match(high),
-        ds.VIEW_TOP_CANDIDATES: dataset.match(~high).sort_by(ds.CLIP_T, reverse=True),
+        ds.VIEW_NEAR_DUPLICATES: dataset.match(F(ds.NEAR_DUP_OF) != None),  # noqa: E711
+        ds.VIEW_TOP_CANDIDATES: dataset.match(~high & (F(ds.NEAR_DUP_OF) == None)).sort_by(  # noqa: E711
+            ds.CLIP_T, reverse=True
+        ),
     }
     for name, view in views.items():
         dataset.save_view(name, view, overwrite=True)
@@ -325,14 +378,21 @@ def launch_app(ws: Workspace, address: str = "127.0.0.1", port: int = 5151) -> s
     """Serve the FiftyOne App on the workspace's dataset and return its URL.
 
     The session stays open in this process (FiftyOne keeps it); `fiftyone.close_app()` ends it.
+    FiftyOne gives its server 60 s to bind; a heavily loaded 2-core machine can miss that on a
+    cold start, which becomes a CurateError (retrying in-process is not safe: FiftyOne's cleanup of
+    the failed session can take the database connection down with it).
 
     Raises:
-        CurateError: when `curate index` has not run yet.
+        CurateError: when `curate index` has not run yet, or the server does not start.
     """
     import fiftyone as fo
+    from fiftyone.core.service import ServiceListenTimeout
 
     dataset = ds.open_dataset(ws)
     if not len(dataset):
         raise CurateError(f"dataset {dataset.name!r} is empty: run `curate generate` and `curate index` first")
-    fo.launch_app(dataset, remote=True, address=address, port=port)
+    try:
+        fo.launch_app(dataset, remote=True, address=address, port=port)
+    except ServiceListenTimeout as exc:
+        raise CurateError(f"the FiftyOne App did not start on {address}:{port} within 60 s; run it again") from exc
     return f"http://{address}:{port}/datasets/{dataset.name}"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import requests
 
@@ -36,6 +36,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "review_ui_config"
 # control names in review_ui_config/review.xml: the export's `from_name`s
 DECISION, QUALITY, REASONS, CAPTION_BOX, IMAGE = "decision", "quality", "reasons", "caption_fixed", "image"
 Order = Literal["uncertain", "score", "random", "view"]
+ORDERS: tuple[str, ...] = get_args(Order)
 RETRIES = 3
 T = TypeVar("T")
 

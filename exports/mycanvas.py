@@ -6,6 +6,10 @@ and a manifest; `webdataset/` shards when asked for. Everything is built in a hi
 the destination and swapped in at the end, so a failure leaves the previous export as it was. The
 output is a pure function of (selection, reviews, concepts, config): no timestamps, sorted keys, fixed
 tar headers, so re-exporting the same selection yields byte-identical files.
+
+Images and references are hard links to the workspace files where the filesystem allows (no extra
+disk for a 10K set). The workspace only ever replaces files (atomic rename), so a later step cannot
+change an export through a shared link; editing exported files in place would change the workspace's.
 """
 
 from __future__ import annotations

@@ -137,8 +137,12 @@ def procedural_background(text: str, width: int, height: int, seed: int = 0) -> 
 
 
 @lru_cache(maxsize=256)
-def _cutout(root: str, ref: str, mask: str) -> tuple[np.ndarray, np.ndarray]:
-    """A reference photo and its alpha cropped to the mask's bounding box (cached per process)."""
+def _cutout(root: str, ref: str, mask: str, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """A reference photo and its alpha cropped to the mask's bounding box (cached per process).
+
+    Cut-outs are kept at most `max_side` (the canvas side; no box is larger), which bounds the
+    cache at ~1 MB per entry at 512 px even for 1024 px references.
+    """
     ws = Workspace(Path(root))
     rgb = np.asarray(Image.open(ws.resolve(ref)).convert("RGB"))
     alpha = np.asarray(Image.open(ws.resolve(mask)).convert("L"))
@@ -146,7 +150,13 @@ def _cutout(root: str, ref: str, mask: str) -> tuple[np.ndarray, np.ndarray]:
     if len(xs) == 0:
         raise ValueError(f"mask {mask} is empty")
     crop = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
-    return rgb[crop], alpha[crop]
+    rgb, alpha = rgb[crop], alpha[crop]
+    scale = max_side / max(alpha.shape)
+    if scale < 1:
+        size = (max(1, round(alpha.shape[1] * scale)), max(1, round(alpha.shape[0] * scale)))
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        alpha = cv2.resize(alpha, size, interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(rgb), np.ascontiguousarray(alpha)
 
 
 def pick_reference(concept: Concept, rng: np.random.Generator) -> int:
@@ -215,6 +225,7 @@ def compose(ws: Workspace, background: np.ndarray, picks: list[tuple[Concept, in
     """
     layers = []
     for concept, index, box in sorted(picks, key=lambda p: (p[2].y + p[2].h, p[2].x)):
-        rgb, alpha = _cutout(str(ws.root), concept.refs[index], concept.masks[index])
+        side = max(background.shape[:2])
+        rgb, alpha = _cutout(str(ws.root), concept.refs[index], concept.masks[index], side)
         layers.append(fit_layer(concept.concept_id, rgb, alpha, box))
     return Composition(background=_shadows(background, layers), layers=layers)

@@ -186,7 +186,6 @@ def plan_one(k: int, concepts: list[Concept], aspects: dict[str, float], config:
     sizes = [size_prior(by_id[c].class_noun) for c in chosen]
     chosen_aspects = [aspects[c] for c in chosen]
     base = {"concepts": chosen, "background": background, "width": config.width, "height": config.height}
-    plan = None
     for attempt in range(40):
         raw = _place(rng, sizes, chosen_aspects, config, shrink=0.93**attempt)
         boxes = [Box(concept_id=c, x=x, y=y, w=w, h=h) for c, (x, y, w, h) in zip(chosen, raw)]

@@ -69,11 +69,21 @@ class MSPSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    model: str = Field(
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        description="SD 1.x/2.x pipeline id or folder (e.g. `curate train` output)",
+    )
+    controlnet: str = Field("", description="ControlNet id or folder; empty means none")
+    scaffold: bool = Field(True, description="runner: start from the paste composition of the plan")
     kappa: float = Field(0.1, ge=0.0, le=1.0, description="fraction of the steps run that are composition")
-    composition_steps: int | None = Field(None, ge=0, description="exact composition step count; overrides kappa")
+    composition_steps: int | None = Field(
+        None, ge=0, description="exact composition step count; overrides kappa"
+    )
     steps: int = Field(50, ge=1, description="denoising steps of the full schedule")
     guidance_scale: float = Field(7.5, ge=0.0, description="classifier-free guidance; <= 1 turns it off")
-    scaffold_strength: float = Field(0.9, gt=0.0, le=1.0, description="img2img strength when a scaffold is given")
+    scaffold_strength: float = Field(
+        0.9, gt=0.0, le=1.0, description="img2img strength when a scaffold is given"
+    )
     negative_prompt: str = ""
     controlnet_scale: float = Field(1.0, ge=0.0)
     max_unet_batch: int = Field(0, ge=0, description="rows per UNet forward; 0 means all at once")
@@ -82,7 +92,7 @@ class MSPSettings(BaseModel):
         """How many of the steps that run are composition steps (half rounds up, capped at steps_run)."""
         if self.composition_steps is not None:
             return min(self.composition_steps, steps_run)
-        return min(int(math.floor(self.kappa * steps_run + 0.5)), steps_run)
+        return min(math.floor(self.kappa * steps_run + 0.5), steps_run)
 
 
 @dataclass
@@ -130,33 +140,55 @@ def render_segment_map(
     """Rasterize a plan into a one-hot segment map at latent resolution.
 
     Boxes are scaled from the plan's canvas to the latent grid with floor/ceil so even a small box
-    keeps at least one latent pixel; a concept with a pasted alpha mask (full-canvas, 0..1 float or
-    0..255 uint8) uses the mask instead of its box, area-averaged down and thresholded at 0.5.
-    Later boxes are drawn on top, the order the paste composition uses.
+    keeps at least one latent pixel; later boxes lie on top. A concept with a pasted alpha mask
+    (full-canvas, 0..1 float or 0..255 uint8) uses the mask instead of its box, area-averaged down
+    and thresholded at 0.5, so its segment is the object's silhouette and the rest of its box goes
+    to the background prompt. Masked concepts are drawn after the boxes, in the dict's order (back
+    to front), which is the paste composition's drawing order when the dict comes from
+    `masks_from_layers`; the segment names keep the plan's box order either way.
 
     Args:
         plan: the layout plan (canvas size plan.width x plan.height).
         latent_hw: (h, w) of the latent grid.
-        masks: optional concept_id -> alpha mask at canvas (or any) resolution.
+        masks: optional concept_id -> alpha mask at canvas (or any) resolution, back to front.
 
     Returns:
         (one-hot float32 array [S, h, w] with S = len(plan.boxes) + 1, segment names ending in BACKGROUND).
     """
     h, w = latent_hw
     masks = masks or {}
+    names = [box.concept_id for box in plan.boxes] + [BACKGROUND]
+    unknown = [concept_id for concept_id in masks if concept_id not in names[:-1]]
+    if unknown:
+        raise CurateError(f"plan {plan.plan_id or '?'}: masks for concepts it has no box for: {unknown}")
     owner = np.full((h, w), len(plan.boxes), dtype=np.int64)
     for index, box in enumerate(plan.boxes):
-        if box.concept_id in masks:
-            region = _mask_at(masks[box.concept_id], (h, w))
-        else:
-            region = np.zeros((h, w), dtype=bool)
+        if box.concept_id not in masks:
             x0, x1 = math.floor(box.x * w / plan.width), math.ceil((box.x + box.w) * w / plan.width)
             y0, y1 = math.floor(box.y * h / plan.height), math.ceil((box.y + box.h) * h / plan.height)
-            region[max(y0, 0) : min(y1, h), max(x0, 0) : min(x1, w)] = True
-        owner[region] = index
-    names = [box.concept_id for box in plan.boxes] + [BACKGROUND]
+            owner[max(y0, 0) : min(y1, h), max(x0, 0) : min(x1, w)] = index
+    for concept_id, mask in masks.items():
+        owner[_mask_at(mask, (h, w))] = names.index(concept_id)
     one_hot = (owner[None] == np.arange(len(names))[:, None, None]).astype(np.float32)
     return one_hot, names
+
+
+def masks_from_layers(layers: Sequence[Any], width: int, height: int) -> dict[str, np.ndarray]:
+    """Full-canvas alpha masks from pasted layers (`generators.compose.Layer`), back to front.
+
+    Each layer has `concept_id`, `x`, `y` (its top-left corner on the canvas, may lie outside)
+    and `alpha` (float 0..1, the layer's own size); the dict keeps the layers' drawing order.
+    """
+    masks: dict[str, np.ndarray] = {}
+    for layer in layers:
+        canvas = np.zeros((height, width), dtype=np.float32)
+        lh, lw = layer.alpha.shape
+        x0, y0 = max(layer.x, 0), max(layer.y, 0)
+        x1, y1 = min(layer.x + lw, width), min(layer.y + lh, height)
+        if x1 > x0 and y1 > y0:
+            canvas[y0:y1, x0:x1] = layer.alpha[y0 - layer.y : y1 - layer.y, x0 - layer.x : x1 - layer.x]
+        masks[layer.concept_id] = canvas
+    return masks
 
 
 def _mask_at(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -198,7 +230,9 @@ class MSPGenerator:
         controlnet_id: what provenance records as the ControlNet.
     """
 
-    def __init__(self, pipe: Any, model_id: str = "", controlnet: Any = None, controlnet_id: str = "") -> None:
+    def __init__(
+        self, pipe: Any, model_id: str = "", controlnet: Any = None, controlnet_id: str = ""
+    ) -> None:
         self.pipe = pipe
         self.model_id = model_id or str(getattr(pipe, "name_or_path", "") or "")
         self.controlnet = controlnet
@@ -228,6 +262,11 @@ class MSPGenerator:
         if net is not None:
             net.to(device)
         return cls(pipe, model_id=str(model), controlnet=net, controlnet_id=str(controlnet or ""))
+
+    @classmethod
+    def from_settings(cls, settings: MSPSettings, device: str | None = None) -> MSPGenerator:
+        """Load the model and ControlNet that the settings name (what a runner worker does once)."""
+        return cls.from_pretrained(settings.model, controlnet=settings.controlnet or None, device=device)
 
     def __call__(
         self,
@@ -299,7 +338,11 @@ class MSPGenerator:
             out = self._predict(rows, t, embeds, control[owner] if control is not None else None, settings)
             noise = self._combine(out, owner, maps if phase == "composition" else None, cfg, settings)
             if guidance is not None:
-                alpha = float(pipe.scheduler.alphas_cumprod[int(t)]) if hasattr(pipe.scheduler, "alphas_cumprod") else 1.0
+                alpha = (
+                    float(pipe.scheduler.alphas_cumprod[int(t)])
+                    if hasattr(pipe.scheduler, "alphas_cumprod")
+                    else 1.0
+                )
                 noise = guidance(StepState(i, t, phase, latents, noise, maps, names, alpha))
             latents = pipe.scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
             progress("msp steps", i + 1, len(timesteps))
@@ -323,6 +366,7 @@ class MSPGenerator:
                     "scaffold": scaffolds is not None,
                     "scaffold_strength": settings.scaffold_strength if scaffolds is not None else None,
                     "segments": names[index],
+                    "segment_source": "masks" if masks and masks[index] else "boxes",
                     "segment_prompts": locals_[index],
                     "global_prompt": globals_[index],
                     "segment_pixels": [int(v) for v in maps[index].sum(dim=(1, 2)).tolist()],
@@ -335,7 +379,12 @@ class MSPGenerator:
         """Reject inconsistent batches before any compute, with a message naming the problem."""
         if not plans:
             raise CurateError("MSP: no plans to generate")
-        for label, values in (("seeds", seeds), ("scaffolds", scaffolds), ("masks", masks), ("control images", control_images)):
+        for label, values in (
+            ("seeds", seeds),
+            ("scaffolds", scaffolds),
+            ("masks", masks),
+            ("control images", control_images),
+        ):
             if values is not None and len(values) != len(plans):
                 raise CurateError(f"MSP: {len(values)} {label} for {len(plans)} plans")
         sizes = {(plan.width, plan.height) for plan in plans}
@@ -357,7 +406,9 @@ class MSPGenerator:
             return scheduler.timesteps, settings.steps
         steps_run = min(int(settings.steps * settings.scaffold_strength), settings.steps)
         if steps_run < 1:
-            raise CurateError(f"MSP: scaffold_strength {settings.scaffold_strength} leaves no step of {settings.steps}")
+            raise CurateError(
+                f"MSP: scaffold_strength {settings.scaffold_strength} leaves no step of {settings.steps}"
+            )
         start = settings.steps - steps_run
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(start * order)
@@ -372,7 +423,9 @@ class MSPGenerator:
 
         pipe = self.pipe
         shape = (pipe.unet.config.in_channels, *latent_hw)
-        noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(pipe.device, pipe.unet.dtype)
+        noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(
+            pipe.device, pipe.unet.dtype
+        )
         if scaffolds is None:
             return noise * pipe.scheduler.init_noise_sigma
         pixels = pipe.image_processor.preprocess(list(scaffolds), height=height, width=width)
@@ -430,7 +483,11 @@ class MSPGenerator:
                         return_dict=False,
                     )
                     extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-                outputs.append(self.pipe.unet(rows[part], t, encoder_hidden_states=embeds[part], return_dict=False, **extra)[0])
+                outputs.append(
+                    self.pipe.unet(
+                        rows[part], t, encoder_hidden_states=embeds[part], return_dict=False, **extra
+                    )[0]
+                )
         return torch.cat(outputs)
 
     @staticmethod

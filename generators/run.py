@@ -7,8 +7,10 @@ shards of `shard_size` named 00000, 00001, ...; a candidate's id is the content 
 Files are written atomically, PNG before JSON, and a shard's `_SUCCESS` marker last; the marker
 lists the shard's ids, so a shard is skipped only when it is complete for the current plans
 (growing plans.jsonl re-opens the last shard instead of silently skipping new work). Inside an
-unfinished shard, candidates whose PNG and JSON both exist are skipped, stale ones (from plans
-that no longer exist) and temp files left by a kill are removed, and failed ones are retried.
+unfinished shard, candidates whose PNG and JSON both exist are skipped, temp files left by a kill
+are removed, and failed ones are retried. Stale candidates (of plans no longer in plans.jsonl, or
+made under another generator config) are moved to candidates/_stale/, never deleted: with a
+diffusion repaint they cost GPU hours.
 A candidate that fails is written as a JSON record with status "failed" and counted by reason.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import os
 import shutil
 from collections import Counter
 from collections.abc import Iterator
@@ -43,6 +46,7 @@ from generators.repaint import Repainter, load_repainter
 
 GENERATOR_VERSION = 1
 """Bump when the offline pipeline's pixels change, so new images get new ids."""
+STALE_DIR = "_stale"
 _CHUNK = 8
 """Candidates per task sent to a worker: small enough to balance two workers inside one shard."""
 _PNG_PARAMS = [
@@ -73,7 +77,7 @@ class GenerateReport:
     generated: int = 0
     skipped_candidates: int = 0
     skipped_shards: int = 0
-    removed_stale: int = 0
+    set_aside: int = 0
     failed: Counter[str] = field(default_factory=Counter)
 
     def summary(self) -> str:
@@ -84,8 +88,10 @@ class GenerateReport:
         )
         if failed:
             text += " (" + ", ".join(f"{reason}: {n}" for reason, n in sorted(self.failed.items())) + ")"
-        if self.removed_stale:
-            text += f"; removed {self.removed_stale} stale files of plans no longer in plans.jsonl"
+        if self.set_aside:
+            text += (
+                f"; moved {self.set_aside} stale files (plans or config changed) to candidates/{STALE_DIR}/"
+            )
         return text
 
 
@@ -253,8 +259,7 @@ def _open_shard(ws: Workspace, shard: str, items: list[WorkItem], report: Genera
             leftover.unlink(missing_ok=True)
         for path in folder.iterdir():
             if path.suffix in {".png", ".json"} and path.stem not in expected:
-                path.unlink()
-                report.removed_stale += 1
+                _set_aside(ws, path, report)
     todo = []
     for item in items:
         if (folder / f"{item.candidate_id}.png").exists() and (folder / f"{item.candidate_id}.json").exists():
@@ -264,14 +269,23 @@ def _open_shard(ws: Workspace, shard: str, items: list[WorkItem], report: Genera
     return todo
 
 
+def _set_aside(ws: Workspace, path: Path, report: GenerateReport) -> None:
+    target = ws.candidates_dir / STALE_DIR / path.parent.name / path.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, target)
+    report.set_aside += 1
+
+
 def _drop_stale_shards(ws: Workspace, keep: set[str], report: GenerateReport) -> None:
-    """Remove shard folders the current plans no longer reach (plans.jsonl shrank)."""
+    """Empty the shard folders the current plans no longer reach (plans.jsonl shrank)."""
     if not ws.candidates_dir.exists():
         return
     for folder in ws.candidates_dir.iterdir():
-        if folder.is_dir() and folder.name not in keep:
+        if folder.is_dir() and folder.name.isdigit() and folder.name not in keep:
             (folder / SUCCESS_MARKER).unlink(missing_ok=True)  # first, so a kill here leaves it unfinished
-            report.removed_stale += sum(p.suffix in {".png", ".json"} for p in folder.iterdir())
+            for path in folder.iterdir():
+                if path.suffix in {".png", ".json"}:
+                    _set_aside(ws, path, report)
             shutil.rmtree(folder)
 
 

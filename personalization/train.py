@@ -228,6 +228,24 @@ def _save_pipeline(pipe, unet, text_encoder, method: Method, output_dir: Path) -
     return final
 
 
+def _finished_report(output_dir: Path, steps: int) -> TrainReport | None:
+    """The report of a run already trained to `steps` and saved; None when anything is missing.
+
+    The report is written after the pipeline, so its presence with the same step count and a matching
+    last checkpoint proves the saved pipeline holds exactly those weights.
+    """
+    report_path = output_dir / "train_report.json"
+    checkpoints = _checkpoints(output_dir)
+    if not (report_path.exists() and checkpoints and checkpoints[-1][0] == steps):
+        return None
+    saved = json.loads(report_path.read_text())
+    if saved.get("steps") != steps or not (output_dir / "pipeline" / "model_index.json").exists():
+        return None
+    return TrainReport(
+        **{**saved, "start_step": steps, "losses": [], "seconds": 0.0, "steps_per_second": 0.0}
+    )
+
+
 def load_personalized(output_dir: Path, device: str | None = None, torch_dtype=None):
     """The trained pipeline, ready to generate with the concept tokens in prompts.
 
@@ -271,7 +289,8 @@ def train(
 
     Every step draws its examples, noise and timesteps from a generator seeded by (seed, step), so a
     run resumed from a checkpoint continues exactly as the uninterrupted run would have. Re-running
-    a finished run with the same `steps` only rewrites the report; a larger `steps` extends it.
+    a finished run with the same `steps` returns its saved report without loading a model; a larger
+    `steps` extends it.
 
     Args:
         export_dir: a `curate export` folder (metadata.jsonl, concepts/, concepts_list.json).
@@ -309,6 +328,10 @@ def train(
         shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_path, identity)
+
+    finished = _finished_report(output_dir, steps) if resume else None
+    if finished is not None:
+        return finished
 
     try:
         accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(300)
 def models(tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("models")
     return {
-        "sd": str(build_tiny_sd(folder)),
+        "sd": str(build_tiny_sd(folder, vae_downsample=8)),
         "owl": str(build_tiny_owlvit(folder)),
         "dino": str(build_tiny_dinov2(folder)),
         "clip": register_tiny_clip(),

@@ -12,9 +12,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from curation.config import dump_config
+from curation.errors import CurateError
 from curation.workspace import Workspace, atomic_write_text
 from generators.layout import plan_layouts
 from generators.run import generate, plan_work
@@ -125,7 +127,8 @@ def test_growing_plans_reopens_the_last_shard(concept_ws: Workspace) -> None:
 
     plan_layouts(concept_ws, 3)  # fewer plans: candidates of dropped plans go, none is duplicated
     report = generate(concept_ws)
-    assert report.removed_stale > 0
+    assert report.set_aside > 0 and "stale files" in report.summary()
+    assert len(list((concept_ws.candidates_dir / "_stale").glob("*/*.png"))) == 7, "set aside, not deleted"
     assert sorted(c.candidate_id for c in concept_ws.candidates()) == sorted(
         i.candidate_id for i in plan_work(concept_ws)
     )
@@ -173,3 +176,30 @@ def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(concept_ws: Wor
     for candidate in concept_ws.candidates():
         with Image.open(concept_ws.resolve(candidate.image)) as image:
             image.load()
+
+
+def test_ray_executor_makes_the_same_candidates(concept_ws: Workspace, tmp_path: Path) -> None:
+    import ray
+
+    plan_layouts(concept_ws, 10)
+    other = Workspace.open(Path(shutil.copytree(concept_ws.root, tmp_path / "other")))
+    generate(concept_ws, workers=1)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        report = generate(other, workers=2, executor="ray")
+    finally:
+        ray.shutdown()
+    assert report.generated == 10 and not report.failed
+    ours = {k.split("/", 1)[1]: v for k, v in _files(concept_ws).items()}
+    theirs = {k.split("/", 1)[1]: v for k, v in _files(other).items()}
+    assert ours == theirs
+
+
+def test_unknown_backends_and_executors_are_clear_errors(concept_ws: Workspace) -> None:
+    plan_layouts(concept_ws, 2)
+    with pytest.raises(CurateError, match="unknown executor 'spark'"):
+        generate(concept_ws, executor="spark")
+    _set_generate(concept_ws, repaint="diffusers/stable-diffusion-xl-1.0-inpainting-0.1")
+    with pytest.raises(CurateError, match="needs the diffusion repaint"):
+        generate(concept_ws)
+    assert not concept_ws.candidates_dir.exists()

@@ -164,3 +164,29 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_near_duplicates_mark_the_lower_clip_t_copy(tmp_path, tiny_clip_name):
+    import torch
+
+    from curation.scores.clip import load_clip
+    from tests.fixtures.candidate_workspace import index_test_workspace
+
+    checkpoint = tmp_path / "tiny.pt"  # a saved checkpoint counts as real weights, so Brain runs
+    torch.save(load_clip(tiny_clip_name, None).model.state_dict(), checkpoint)
+    ws = index_test_workspace(tmp_path / "dups", tiny_clip_name)
+    ws.config_path.write_text(ws.config_path.read_text().replace('clip_pretrained = ""', f'clip_pretrained = "{checkpoint}"'))
+    candidates = write_candidates(ws, 6)
+    a, b = candidates[0], candidates[3]
+    ws.resolve(b.image).write_bytes(ws.resolve(a.image).read_bytes())
+
+    report = index_workspace(ws)
+    dataset = ds.open_dataset(ws)
+    assert dataset.info["clip_weights"] == "pretrained"
+    score_a, score_b = (_field(dataset, c.candidate_id, ds.CLIP_T)[0] for c in (a, b))
+    worse, better = (a, b) if score_a < score_b else (b, a)
+    assert _field(dataset, worse.candidate_id, ds.NEAR_DUP_OF)[0] == better.candidate_id
+    assert _field(dataset, better.candidate_id, ds.NEAR_DUP_OF)[0] is None
+    assert report.near_duplicates == len(dataset.load_saved_view(ds.VIEW_NEAR_DUPLICATES)) >= 1
+    assert worse.candidate_id not in dataset.load_saved_view(ds.VIEW_TOP_CANDIDATES).values(ds.CANDIDATE_ID)
+    assert all(0 <= u <= 1 for u in dataset.values(ds.UNIQUENESS))

@@ -8,9 +8,10 @@ from collections import Counter
 
 import pytest
 
+from curation.config import dump_config
 from curation.errors import CurateError
 from curation.records import Box, LayoutPlan
-from curation.workspace import Workspace
+from curation.workspace import Workspace, atomic_write_text
 from generators.layout import BACKGROUNDS, check_layout, iou, plan_layouts, size_prior
 
 
@@ -71,6 +72,14 @@ def test_too_few_concepts_or_plans_is_an_error(concept_ws: Workspace) -> None:
     with pytest.raises(CurateError, match="at least 2 concepts"):
         plan_layouts(concept_ws, 5)
     assert not concept_ws.plans_path.exists()
+
+
+def test_impossible_geometry_is_an_error_not_a_bad_plan(concept_ws: Workspace) -> None:
+    config = concept_ws.config
+    config.layout = config.layout.model_copy(update={"min_area": 0.3})
+    atomic_write_text(concept_ws.config_path, dump_config(config))
+    with pytest.raises(CurateError, match=r"cannot fit \d concepts on the canvas"):
+        plan_layouts(concept_ws, 4)
 
 
 def test_check_layout_names_each_violation(concept_ws: Workspace) -> None:

@@ -17,7 +17,15 @@ from PIL import Image
 
 from curation.errors import CurateError
 from curation.records import Box, Concept, LayoutPlan
-from generators.msp import BACKGROUND, MSPGenerator, MSPSettings, StepState, render_segment_map, segment_prompts
+from generators.msp import (
+    BACKGROUND,
+    MSPGenerator,
+    MSPSettings,
+    StepState,
+    masks_from_layers,
+    render_segment_map,
+    segment_prompts,
+)
 from tests.fixtures.tiny_pipelines import build_tiny_sd
 
 CANVAS = 32  # pixels; the tiny VAE halves it, so latents are 16x16
@@ -106,6 +114,28 @@ def test_pasted_mask_replaces_box_and_soft_alpha_is_thresholded():
     assert one_hot[1, :, 4:].all()
 
 
+def test_pasted_layers_give_silhouette_segments_in_drawing_order():
+    """The paste composition's layers (back to front) decide who owns an overlap, not the plan order."""
+    from generators.compose import Layer
+
+    plan = _plan([("cat", 0, 0, 40, 40), ("mug", 24, 24, 40, 40)], size=64)
+    square = np.ones((40, 40), dtype=np.float32)
+    corner = square.copy()
+    corner[:16, :16] = 0.0  # the cat photo's top-left corner is not cat
+    layers = [
+        Layer("mug", 24, 24, np.zeros((40, 40, 3), np.uint8), square),
+        Layer("cat", 0, 0, np.zeros((40, 40, 3), np.uint8), corner),
+    ]
+    masks = masks_from_layers(layers, 64, 64)
+    assert list(masks) == ["mug", "cat"] and masks["mug"].shape == (64, 64)
+    owner = render_segment_map(plan, (8, 8), masks=masks)[0].argmax(axis=0)
+    assert (owner[3:5, 3:5] == 0).all()  # overlap: the cat layer was pasted last
+    assert (owner[5:8, 5:8] == 1).all()
+    assert (owner[:2, :2] == 2).all()  # inside the cat's box but outside its silhouette
+    with pytest.raises(CurateError, match="no box for"):
+        render_segment_map(plan, (8, 8), masks={"clock": square})
+
+
 def test_segment_prompts_name_token_and_class(plan, concepts):
     local, global_prompt = segment_prompts(plan, concepts)
     assert local == ["a photo of <c-cat> cat", "a photo of <c-mug> mug", "a photo of a sunny beach"]
@@ -152,7 +182,13 @@ def _phase_of_call(gen, rows: torch.Tensor, global_prompt: str) -> str:
 
 @pytest.mark.parametrize(
     ("kappa", "steps", "strength", "expected_comp", "expected_run"),
-    [(0.4, 5, None, 2, 5), (0.1, 20, None, 2, 20), (0.0, 3, None, 0, 3), (1.0, 3, None, 3, 3), (0.5, 8, 0.5, 2, 4)],
+    [
+        (0.4, 5, None, 2, 5),
+        (0.1, 20, None, 2, 20),
+        (0.0, 3, None, 0, 3),
+        (1.0, 3, None, 3, 3),
+        (0.5, 8, 0.5, 2, 4),
+    ],
 )
 def test_kappa_switches_from_composition_to_harmonization(
     gen, plan, concepts, kappa, steps, strength, expected_comp, expected_run
@@ -252,7 +288,11 @@ def controlnet_folder(sd_folder, tmp_path_factory) -> Path:
     net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16))
     torch.manual_seed(1)
     with torch.no_grad():
-        for block in [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]:
+        for block in [
+            *net.controlnet_down_blocks,
+            net.controlnet_mid_block,
+            net.controlnet_cond_embedding.conv_out,
+        ]:
             block.weight.normal_(0, 2.0)
     folder = tmp_path_factory.mktemp("controlnet")
     net.save_pretrained(folder)

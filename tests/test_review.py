@@ -81,7 +81,7 @@ def test_push_serves_images_and_does_not_duplicate(labelstudio_workspace: Callab
     assert [r["name"] for r in task.data["refs"]] == ["Cat", "Mug"] and "<img" in task.data["refs_html"]
     # machine score as a prediction: the highest clip_t is above the median -> accept pre-filled
     prediction = tasks["cand004"].predictions[0]
-    assert prediction["result"][0]["value"]["choices"] == ["accept"] and prediction["score"] == pytest.approx(0.24)
+    assert prediction.result[0]["value"]["choices"] == ["accept"] and prediction.score == pytest.approx(0.24)
 
     again = push(ws)
     assert (again.pushed, again.already) == (0, 5)

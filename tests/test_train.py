@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 
 from curation.errors import CurateError
-from personalization.data import read_export
-from personalization.prompts import GEN4GEN_STRATEGY, PromptStrategy, heldout_prompts, training_examples
+from personalization.data import Composition, read_export
+from personalization.prompts import (
+    GEN4GEN_STRATEGY,
+    PromptStrategy,
+    background_of,
+    heldout_prompts,
+    training_examples,
+)
 from tests.fixtures.personalization_export import build_tiny_export
 from tests.fixtures.tiny_pipelines import build_tiny_sd
 
@@ -18,7 +24,7 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory) -> Path:
-    return build_tiny_sd(tmp_path_factory.mktemp("sd"))
+    return build_tiny_sd(tmp_path_factory.mktemp("sd"), vae_downsample=8)
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +49,10 @@ def test_prompt_strategy_writes_the_gen4gen_variants(export_dir):
     assert (
         ours[0].prompt == "<c-cat> cat, <c-cat> cat, <c-dog> dog, <c-dog> dog; background: on a wooden porch"
     )
+    bare = Composition(
+        image=export_dir, caption="<c-cat> cat and <c-dog> dog on a wooden porch", concepts=("cat", "dog")
+    )
+    assert background_of(bare, [export.concepts["cat"], export.concepts["dog"]]) == "on a wooden porch"
     sources = training_examples(export, PromptStrategy(source="sources"))
     assert len(sources) == 10 and sources[0].prompt == "a photo of <c-cat> cat"
     held = heldout_prompts(export, GEN4GEN_STRATEGY, per_set=1)

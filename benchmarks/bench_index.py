@@ -1,0 +1,95 @@
+"""Benchmark `curate index`: CLIP throughput of the pipeline vs a bare batched forward, artifact scores/s.
+
+Writes N synthetic candidates (PNG + Candidate JSON + _SUCCESS) into a temporary workspace, loads the
+CLIP model once, then times in one run:
+  * bare:  (timed before and after the index run, averaged) encode_image + encode_text of the same model on already preprocessed batches (the model
+           work indexing needs per candidate: one image, one caption), nothing else;
+  * index: `index_workspace` end to end on a fresh dataset (hashing, decoding, preprocessing,
+           artifact scores, MongoDB writes, saved views) with the same loaded model;
+  * artifact scores alone on decoded images.
+Random weights are used (same cost as real ones). FiftyOne uses a throw-away database folder.
+
+    .venv/bin/python benchmarks/bench_index.py --n 64 --size 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=64, help="candidates")
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels")
+    parser.add_argument("--model", default="ViT-B-32", help="open_clip architecture")
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-index-"))
+    os.environ.setdefault("FIFTYONE_DATABASE_DIR", str(tmp / "fiftyone-db"))
+    os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
+    os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from curation.index import clip_text, index_workspace
+    from curation.scores.artifacts import artifact_scores
+    from curation.scores.clip import load_clip
+    from tests.fixtures.candidate_workspace import index_test_workspace, write_candidates
+
+    ws = index_test_workspace(tmp / "ws", args.model, batch_size=args.batch_size)
+    candidates = write_candidates(ws, args.n, size=args.size, shard_size=200)
+    scorer = load_clip(args.model, None, batch_size=args.batch_size)
+    images = [Image.open(ws.resolve(c.image)).convert("RGB") for c in candidates]
+    tensors = [scorer.image_tensor(im) for im in images]
+    texts = [clip_text(c) for c in candidates]
+    scorer.embed_tensors(torch.stack(tensors[:2]))  # warm-up
+    import fiftyone as fo
+
+    fo.list_datasets()  # start the embedded MongoDB outside the timings
+
+    def bare_forward() -> float:
+        start = time.perf_counter()
+        for i in range(0, args.n, args.batch_size):
+            scorer.embed_tensors(torch.stack(tensors[i : i + args.batch_size]))
+            scorer.embed_texts(texts[i : i + args.batch_size])
+        return time.perf_counter() - start
+
+    # bare before and after the indexing run, averaged: the machine's load drifts between them
+    bare_before = bare_forward()
+    start = time.perf_counter()
+    report = index_workspace(ws, scorer=scorer)
+    indexed = time.perf_counter() - start
+    bare = (bare_before + bare_forward()) / 2
+    assert report.added == args.n, report.summary()
+
+    arrays = [np.asarray(im) for im in images]
+    start = time.perf_counter()
+    for array, c in zip(arrays, candidates):
+        artifact_scores(array, c.boxes, c.width, c.height)
+    artifacts = time.perf_counter() - start
+
+    fo.delete_dataset(report.dataset)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"model {args.model} ({scorer.weights} weights) on {scorer.device}, torch threads {torch.get_num_threads()}")
+    print(f"N={args.n} images {args.size}x{args.size}, batch {args.batch_size}")
+    print(f"{'bare forward (image+text)':32s} {args.n / bare:8.2f} candidates/s  ({bare:.2f} s)")
+    print(f"{'index_workspace end to end':32s} {args.n / indexed:8.2f} candidates/s  ({indexed:.2f} s)")
+    print(f"{'pipeline overhead':32s} {100 * (indexed / bare - 1):+7.1f} %  (goal <= 15 %)")
+    print(f"{'artifact scores alone':32s} {args.n / artifacts:8.1f} images/s")
+    print(f"{'peak RSS of this process':32s} {peak_mib:8.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

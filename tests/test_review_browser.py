@@ -1,0 +1,64 @@
+"""The real labeling page in headless Chromium: keyboard-only review, then `pull` sees it."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+
+import pytest
+
+from curation import dataset as ds
+from curation.labelstudio_server import ServerInfo
+from curation.review import pull, push
+from curation.workspace import Workspace
+from tests.test_review import build_candidates
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+@pytest.mark.timeout(300)
+def test_keyboard_review_in_the_browser_reaches_fiftyone(
+    labelstudio_workspace: Callable[..., Workspace], labelstudio: ServerInfo
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    ws = labelstudio_workspace()
+    build_candidates(ws, 1)
+    project_id = push(ws).project_id
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(f"{labelstudio.url}/user/login/")
+        page.fill("input[name=email]", labelstudio.email)
+        page.fill("input[name=password]", labelstudio.password)
+        page.keyboard.press("Enter")
+        page.wait_for_url(lambda url: "/user/login" not in url, timeout=60_000)
+        page.goto(f"{labelstudio.url}/projects/{project_id}/data?labeling=1")
+        print("browser test artifacts:", ws.review_dir)
+        submit = page.get_by_role("button", name="Submit")
+        expect(submit).to_be_visible(timeout=90_000)
+        image = page.locator("img[src*='local-files']").first
+        expect(image).to_be_visible(timeout=60_000)
+        # the decision controls fit in the 900 px window without scrolling
+        reject = page.get_by_text("reject", exact=True).first
+        box = reject.bounding_box()
+        assert box is not None and box["y"] + box["height"] <= 900
+        assert page.evaluate("(img) => img.naturalWidth", image.element_handle()) == 64  # the bytes loaded
+        page.locator("body").click(position={"x": 5, "y": 5})  # focus the page, not a text box
+        page.keyboard.press("a")
+        for _ in range(4):
+            page.keyboard.press("q")
+        page.screenshot(path=str(ws.review_dir / "labeling-page.png"))
+        try:
+            submit.click()
+            page.wait_for_timeout(2000)
+        finally:
+            page.screenshot(path=str(ws.review_dir / "labeling-page-after.png"))
+            browser.close()
+    report = pull(ws)
+    assert report.annotated == 1
+    sample = ds.open_dataset(ws).first()
+    assert sample[ds.REVIEW_DECISION] == "accept"
+    assert sample[ds.REVIEW_QUALITY] == 4.0
