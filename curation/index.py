@@ -150,11 +150,12 @@ def index_workspace(
             scorer = load_clip(config.clip_model, config.clip_pretrained or None, batch_size=config.batch_size)
         report.clip_loaded = True
         report.clip_weights = scorer.weights
-        _index(dataset, todo, scorer, config.batch_size, report, progress)
+        # recorded first, so samples written by a run killed half-way are known to match this model
         dataset.info.update(
             clip_model=scorer.model_name, clip_pretrained=scorer.pretrained or "", clip_weights=scorer.weights
         )
         dataset.save()
+        _index(dataset, todo, scorer, config.batch_size, report, progress)
     if report.added or report.updated:
         _diversity(dataset, report)
     save_views(dataset)

@@ -6,8 +6,9 @@ Backends are chosen by the `generate.repaint` config string and share one contra
 - ``classical`` (offline default): per-object colour-statistics transfer in Lab toward the
   background around the object (the Reinhard recipe, applied partially so identity survives),
   then a re-blend with a slightly feathered alpha to hide cut-out seams. Poisson blending
-  (cv2.seamlessClone) was not used: it bleeds background colour into small objects and costs
-  several times more per object.
+  (cv2.seamlessClone) was not used: it drags a whole object's colours toward its surroundings
+  (identity drift), and one call per object took 150 ms against 45 ms for this whole repaint
+  (512 px canvas, one 200x160 object, busy 2-core machine).
 - anything else is a diffusers inpainting pipeline id (issue 4): not wired yet, so it is refused
   with a clear message instead of silently falling back.
 """

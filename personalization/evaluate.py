@@ -162,6 +162,8 @@ def _generate(
             progress(f"generate {label}", len(rows), total)
     del pipe
     gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return rows
 
 

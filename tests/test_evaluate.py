@@ -78,7 +78,7 @@ def test_train_then_evaluate_writes_the_gen4gen_table(cli, models, tmp_path):
             "--images-per-prompt",
             "1",
             "--steps",
-            "2",
+            "1",
             "--resolution",
             "64",
             "--detection-threshold",

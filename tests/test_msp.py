@@ -184,7 +184,7 @@ def _phase_of_call(gen, rows: torch.Tensor, global_prompt: str) -> str:
     ("kappa", "steps", "strength", "expected_comp", "expected_run"),
     [
         (0.4, 5, None, 2, 5),
-        (0.1, 20, None, 2, 20),
+        (0.2, 10, None, 2, 10),
         (0.0, 3, None, 0, 3),
         (1.0, 3, None, 3, 3),
         (0.5, 8, 0.5, 2, 4),

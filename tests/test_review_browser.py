@@ -37,12 +37,13 @@ def test_keyboard_review_in_the_browser_reaches_fiftyone(
         page.wait_for_url(lambda url: "/user/login" not in url, timeout=60_000)
         page.goto(f"{labelstudio.url}/projects/{project_id}/data?labeling=1")
         print("browser test artifacts:", ws.review_dir)
-        submit = page.get_by_role("button", name="Submit")
+        submit = page.get_by_test_id("bottombar-submit-button")
         expect(submit).to_be_visible(timeout=90_000)
         image = page.locator("img[src*='local-files']").first
         expect(image).to_be_visible(timeout=60_000)
+        page.screenshot(path=str(ws.review_dir / "labeling-page.png"))
         # the decision controls fit in the 900 px window without scrolling
-        reject = page.get_by_text("reject", exact=True).first
+        reject = page.locator("label", has_text="reject").first
         box = reject.bounding_box()
         assert box is not None and box["y"] + box["height"] <= 900
         assert page.evaluate("(img) => img.naturalWidth", image.element_handle()) == 64  # the bytes loaded
@@ -50,7 +51,6 @@ def test_keyboard_review_in_the_browser_reaches_fiftyone(
         page.keyboard.press("a")
         for _ in range(4):
             page.keyboard.press("q")
-        page.screenshot(path=str(ws.review_dir / "labeling-page.png"))
         try:
             submit.click()
             page.wait_for_timeout(2000)
