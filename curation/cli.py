@@ -259,6 +259,18 @@ def demo(
     run_demo(workspace, n_plans=plans, review=serve_review, echo=typer.echo)
 
 
+
+def _register_personalization() -> None:
+    """`curate train` / `curate evaluate` live with the trainer; their modules import torch lazily."""
+    from personalization.cli_commands import evaluate_command, train_command
+
+    app.command("train")(train_command)
+    app.command("evaluate")(evaluate_command)
+
+
+_register_personalization()
+
+
 def main() -> None:
     """Console entry point: user-fixable errors become one line on stderr and exit code 1."""
     try:
