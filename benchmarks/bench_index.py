@@ -2,8 +2,9 @@
 
 Writes N synthetic candidates (PNG + Candidate JSON + _SUCCESS) into a temporary workspace, loads the
 CLIP model once, then times in one run:
-  * bare:  (timed before and after the index run, averaged) encode_image + encode_text of the same model on already preprocessed batches (the model
-           work indexing needs per candidate: one image, one caption), nothing else;
+  * bare:  encode_image + encode_text of the same model on already preprocessed batches (the model
+           work indexing needs per candidate: one image, one caption), nothing else; timed before
+           and after the index run and averaged, since a shared machine's load drifts;
   * index: `index_workspace` end to end on a fresh dataset (hashing, decoding, preprocessing,
            artifact scores, MongoDB writes, saved views) with the same loaded model;
   * artifact scores alone on decoded images.
@@ -27,7 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=64, help="candidates")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels")
     parser.add_argument("--model", default="ViT-B-32", help="open_clip architecture")
@@ -86,16 +89,27 @@ def main() -> None:
 
     fo.delete_dataset(report.dataset)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"model {args.model} ({scorer.weights} weights) on {scorer.device}, torch threads {torch.get_num_threads()}")
-    print(f"N={args.n} images {args.size}x{args.size}, batch {args.batch_size}, "
-          f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(
+        f"model {args.model} ({scorer.weights} weights) on {scorer.device}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"N={args.n} images {args.size}x{args.size}, batch {args.batch_size}, "
+        f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
     print(f"{'':32s} {'wall':>20s} {'process CPU':>22s}")
-    print(f"{'bare forward (image+text)':32s} {args.n / bare:8.2f} cand/s ({bare:6.1f} s)"
-          f" {args.n / bare_cpu:8.2f} cand/cpu-s ({bare_cpu:6.1f} s)")
-    print(f"{'index_workspace end to end':32s} {args.n / indexed:8.2f} cand/s ({indexed:6.1f} s)"
-          f" {args.n / indexed_cpu:8.2f} cand/cpu-s ({indexed_cpu:6.1f} s)")
-    print(f"{'pipeline overhead (goal <= 15%)':32s} {100 * (indexed / bare - 1):+14.1f} %"
-          f" {100 * (indexed_cpu / bare_cpu - 1):+20.1f} %")
+    print(
+        f"{'bare forward (image+text)':32s} {args.n / bare:8.2f} cand/s ({bare:6.1f} s)"
+        f" {args.n / bare_cpu:8.2f} cand/cpu-s ({bare_cpu:6.1f} s)"
+    )
+    print(
+        f"{'index_workspace end to end':32s} {args.n / indexed:8.2f} cand/s ({indexed:6.1f} s)"
+        f" {args.n / indexed_cpu:8.2f} cand/cpu-s ({indexed_cpu:6.1f} s)"
+    )
+    print(
+        f"{'pipeline overhead (goal <= 15%)':32s} {100 * (indexed / bare - 1):+14.1f} %"
+        f" {100 * (indexed_cpu / bare_cpu - 1):+20.1f} %"
+    )
     print(f"{'artifact scores alone':32s} {args.n / artifacts:8.1f} images/s")
     print(f"{'peak RSS of this process':32s} {peak_mib:8.0f} MiB")
 

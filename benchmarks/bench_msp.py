@@ -6,13 +6,14 @@ runs 2 rows every step. So, counting UNet rows, the expected cost ratio is
 
     (n_comp * (S + 1) + (T - n_comp) * 2) / (2 * T),   n_comp = round(kappa * T).
 
-Wall-clock ratios on a tiny model sit below that, because fixed costs (text encoding, VAE decode,
-Python overhead per step) do not grow with S. The UNet rows actually run are counted with a forward
-hook and printed beside the formula.
+Measured ratios sit a little below that, because fixed costs (text encoding, VAE decode, Python
+overhead per step) do not grow with S. The UNet rows actually run are counted with a forward hook
+and printed beside the formula. On CPU the clock is the process's CPU time with one thread, so
+other work on a shared machine does not distort the ratio; on a GPU pass --wall.
 
 Usage:
     .venv/bin/python benchmarks/bench_msp.py                 # tiny random-init SD on CPU
-    .venv/bin/python benchmarks/bench_msp.py --arch sd15     # full SD 1.5 architecture, random weights (GPU)
+    .venv/bin/python benchmarks/bench_msp.py --arch sd15 --steps 50 --wall   # full SD 1.5, random weights, GPU
 """
 
 from __future__ import annotations
@@ -92,13 +93,18 @@ def make_plan(n_concepts: int, size: int) -> LayoutPlan:
     ).with_id()
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
+def timed(fn, repeats: int, clock) -> float:
+    """Median CPU seconds of the process per call (after a warm-up).
+
+    CPU time rather than wall time: on a shared machine other processes stretch wall time at random,
+    while the work one image needs does not change. On a GPU, pass --wall.
+    """
+    fn()
     samples = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        samples.append(time.perf_counter() - start)
+        samples.append(clock() - start)
     return statistics.median(samples)
 
 
@@ -106,11 +112,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=["tiny", "sd15"], default="tiny")
     parser.add_argument("--model", default="", help="a pipeline id or folder instead of a built architecture")
-    parser.add_argument("--size", type=int, default=0, help="canvas pixels (default 128 tiny, 512 sd15)")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--size", type=int, default=0, help="canvas pixels (default 64 tiny, 512 sd15)")
+    parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--concepts", type=int, default=3)
     parser.add_argument("--kappas", default="0.1,0.5,1.0")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--wall", action="store_true", help="time wall clock (GPU) instead of CPU time")
     parser.add_argument(
         "--threads", type=int, default=1, help="CPU threads; 1 keeps timings stable on a shared machine"
     )
@@ -127,8 +134,9 @@ def main() -> None:
         from tests.fixtures.tiny_pipelines import build_tiny_sd
 
         model = build_tiny_sd(tmp)
-    size = args.size or (512 if args.arch == "sd15" else 128)
+    size = args.size or (512 if args.arch == "sd15" else 64)
     torch.set_num_threads(args.threads)
+    clock = time.perf_counter if args.wall else time.process_time
     gen = MSPGenerator.from_pretrained(model)
     pipe = gen.pipe
     concepts = {
@@ -151,10 +159,11 @@ def main() -> None:
         )
 
     rows[0] = 0
-    base = timed(plain, args.repeats)
+    base = timed(plain, args.repeats, clock)
     base_rows = rows[0] // (args.repeats + 1)
     print(
-        f"device={pipe.device} arch={args.model or args.arch} canvas={size}px steps={args.steps} "
+        f"clock={'wall' if args.wall else 'process CPU'} threads={args.threads} device={pipe.device} "
+        f"arch={args.model or args.arch} canvas={size}px steps={args.steps} "
         f"segments S={segments} (concepts {args.concepts} + background)"
     )
     print(f"plain text-to-image: {base:.3f} s/image, {base_rows} UNet rows")
@@ -163,7 +172,7 @@ def main() -> None:
         settings = MSPSettings(kappa=kappa, steps=args.steps, guidance_scale=7.5)
         n_comp = settings.n_composition(args.steps)
         rows[0] = 0
-        cost = timed(lambda settings=settings: gen([plan], concepts, [0], settings), args.repeats)
+        cost = timed(lambda settings=settings: gen([plan], concepts, [0], settings), args.repeats, clock)
         counted = rows[0] // (args.repeats + 1)
         expected = (n_comp * (segments + 1) + (args.steps - n_comp) * 2) / (2 * args.steps)
         naive = (n_comp * segments + (args.steps - n_comp)) / args.steps

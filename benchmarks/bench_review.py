@@ -39,17 +39,29 @@ def build(ws, n: int) -> None:
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
         paths.append(str(path))
     dataset = fo.Dataset(ds.dataset_name(ws), overwrite=True)
-    dataset.add_samples([
-        fo.Sample(filepath=paths[i % 16], **{ds.CANDIDATE_ID: f"bench{i:06d}", ds.CAPTION: f"caption {i}",
-                                            ds.CONCEPTS: [], "clip_t": float(rng.random())})
-        for i in range(n)
-    ], progress=False)  # fmt: skip
+    dataset.add_samples(
+        [
+            fo.Sample(
+                filepath=paths[i % 16],
+                **{
+                    ds.CANDIDATE_ID: f"bench{i:06d}",
+                    ds.CAPTION: f"caption {i}",
+                    ds.CONCEPTS: [],
+                    "clip_t": float(rng.random()),
+                },
+            )
+            for i in range(n)
+        ],
+        progress=False,
+    )
     dataset.persistent = True
-    dataset.save_view("unreviewed", dataset.match(F(ds.REVIEW_DECISION) == None))  # noqa: E711
+    dataset.save_view("unreviewed", dataset.match(F(ds.REVIEW_DECISION) == None))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=2000, help="tasks to push and pull in bulk")
     parser.add_argument("--sample", type=int, default=50, help="tasks timed one request at a time")
     parser.add_argument("--url", default="", help="an existing Label Studio (else one is started)")
@@ -82,23 +94,37 @@ def main() -> None:
         client = conn.client
         t0 = time.perf_counter()
         for i in range(args.sample):
-            client.tasks.create(project=report.project_id, data={"candidate_id": f"single{i}", "image": "x"})
+            data = {
+                "candidate_id": f"single{i}",
+                "image": "/data/local-files/?d=x.png",
+                "caption": "c",
+                "refs_html": "",
+                "scores": "",
+            }  # every key review.xml reads
+            client.tasks.create(project=report.project_id, data=data)
         single_push = (time.perf_counter() - t0) / args.sample * args.n
 
         t0 = time.perf_counter()
         pulled = pull(ws)
         bulk_pull = time.perf_counter() - t0
-        listed = conn.get_json("/api/tasks/", "listing", project=report.project_id, fields="task_only",
-                               page_size=args.sample)  # fmt: skip
+        listed = conn.get_json(
+            "/api/tasks/", "listing", project=report.project_id, fields="task_only", page_size=args.sample
+        )
         ids = [t["id"] for t in listed["tasks"]]
         t0 = time.perf_counter()
         for task_id in ids:  # what a per-task pull does: fetch each task with its annotations
-            requests.get(f"{conn.url}/api/tasks/{task_id}", headers=conn.headers, timeout=60).raise_for_status()
+            requests.get(
+                f"{conn.url}/api/tasks/{task_id}", headers=conn.headers, timeout=60
+            ).raise_for_status()
         single_pull = (time.perf_counter() - t0) / args.sample * args.n
 
         print(f"N={args.n} tasks (per-task paths timed on {args.sample} and extrapolated)")
-        print(f"push: bulk {bulk_push:7.1f} s   per-task ~{single_push:8.1f} s   ratio {single_push / bulk_push:5.1f}x")
-        print(f"pull: bulk {bulk_pull:7.1f} s   per-task ~{single_pull:8.1f} s   ratio {single_pull / bulk_pull:5.1f}x")
+        print(
+            f"push: bulk {bulk_push:7.1f} s   per-task ~{single_push:8.1f} s   ratio {single_push / bulk_push:5.1f}x"
+        )
+        print(
+            f"pull: bulk {bulk_pull:7.1f} s   per-task ~{single_pull:8.1f} s   ratio {single_pull / bulk_pull:5.1f}x"
+        )
         print(f"push rate {args.n / bulk_push:.0f} tasks/s; {pulled.tasks} tasks pulled")
     finally:
         import fiftyone as fo

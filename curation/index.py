@@ -138,7 +138,9 @@ def index_workspace(
     report = IndexReport(dataset=name)
 
     wanted = (config.clip_model, config.clip_pretrained or "")
-    model_changed = len(dataset) > 0 and (dataset.info.get("clip_model"), dataset.info.get("clip_pretrained")) != wanted
+    model_changed = (
+        len(dataset) > 0 and (dataset.info.get("clip_model"), dataset.info.get("clip_pretrained")) != wanted
+    )
     todo, moved = _plan(ws, dataset, model_changed, report, progress)
     if moved:
         dataset.set_values("filepath", moved, key_field=ds.CANDIDATE_ID)
@@ -147,7 +149,9 @@ def index_workspace(
         if scorer is None:
             from curation.scores.clip import load_clip
 
-            scorer = load_clip(config.clip_model, config.clip_pretrained or None, batch_size=config.batch_size)
+            scorer = load_clip(
+                config.clip_model, config.clip_pretrained or None, batch_size=config.batch_size
+            )
         report.clip_loaded = True
         report.clip_weights = scorer.weights
         # recorded first, so samples written by a run killed half-way are known to match this model
@@ -190,7 +194,9 @@ def mark_near_duplicates(dataset: fo.Dataset, threshold: float = NEAR_DUP_THRESH
 
     ids, candidate_ids, scores = dataset.values(["id", ds.CANDIDATE_ID, ds.CLIP_T])
     by_id = {i: (c, s if s is not None else float("-inf")) for i, c, s in zip(ids, candidate_ids, scores)}
-    index = fob.compute_near_duplicates(dataset, embeddings=ds.CLIP_EMBEDDING, threshold=threshold, progress=False)
+    index = fob.compute_near_duplicates(
+        dataset, embeddings=ds.CLIP_EMBEDDING, threshold=threshold, progress=False
+    )
     marks: dict[str, str | None] = dict.fromkeys(ids)
     for anchor, neighbours in index.neighbors_map.items():
         group = [anchor, *(dup for dup, _ in neighbours)]
@@ -200,7 +206,9 @@ def mark_near_duplicates(dataset: fo.Dataset, threshold: float = NEAR_DUP_THRESH
                 marks[member] = by_id[keeper][0]
     dataset.set_values(ds.NEAR_DUP_OF, [marks[i] for i in ids])
     if len(ids) > 1:
-        fob.compute_uniqueness(dataset, uniqueness_field=ds.UNIQUENESS, embeddings=ds.CLIP_EMBEDDING, progress=False)
+        fob.compute_uniqueness(
+            dataset, uniqueness_field=ds.UNIQUENESS, embeddings=ds.CLIP_EMBEDDING, progress=False
+        )
     return sum(1 for m in marks.values() if m is not None)
 
 
@@ -281,7 +289,9 @@ def _index(
     done = 0
     for batch in _batches(todo, scorer, batch_size):
         sources = todo[done : done + len(batch)]
-        report.failed.extend((t.candidate.candidate_id, item) for t, item in zip(sources, batch) if isinstance(item, str))
+        report.failed.extend(
+            (t.candidate.candidate_id, item) for t, item in zip(sources, batch) if isinstance(item, str)
+        )
         loaded = [item for item in batch if isinstance(item, _Loaded)]
         if loaded:
             images = scorer.embed_tensors(torch.stack([item.tensor for item in loaded]))
@@ -316,7 +326,8 @@ def _fields(item: _Loaded, embedding: np.ndarray, score: float, cosine: float) -
         ds.SEED: c.seed,
         ds.BOXES: fo.Detections(
             detections=[
-                fo.Detection(label=box.concept_id, bounding_box=box.relative(c.width, c.height)) for box in c.boxes
+                fo.Detection(label=box.concept_id, bounding_box=box.relative(c.width, c.height))
+                for box in c.boxes
             ]
         ),
         ds.IMAGE_HASH: item.todo.image_hash,
@@ -360,13 +371,15 @@ def save_views(dataset: fo.Dataset) -> list[str]:
         term = F(spec.name) > spec.threshold if spec.higher_is_worse else F(spec.name) < spec.threshold
         high = term if high is None else high | term
     views = {
-        ds.VIEW_UNREVIEWED: dataset.match(F(ds.REVIEW_DECISION) == None),  # noqa: E711 (a Mongo query)
+        ds.VIEW_UNREVIEWED: dataset.match(
+            F(ds.REVIEW_DECISION) == None
+        ),  # Mongo query: `is None` would not work
         ds.VIEW_ACCEPTED: ds.accepted_view(dataset),
         ds.VIEW_REJECTED: dataset.match(F(ds.REVIEW_DECISION) == ds.REJECT),
         ds.VIEW_ACCEPTED_Q3: ds.accepted_view(dataset, min_quality=3),
         ds.VIEW_HIGH_ARTIFACTS: dataset.match(high),
-        ds.VIEW_NEAR_DUPLICATES: dataset.match(F(ds.NEAR_DUP_OF) != None),  # noqa: E711
-        ds.VIEW_TOP_CANDIDATES: dataset.match(~high & (F(ds.NEAR_DUP_OF) == None)).sort_by(  # noqa: E711
+        ds.VIEW_NEAR_DUPLICATES: dataset.match(F(ds.NEAR_DUP_OF) != None),
+        ds.VIEW_TOP_CANDIDATES: dataset.match(~high & (F(ds.NEAR_DUP_OF) == None)).sort_by(
             ds.CLIP_T, reverse=True
         ),
     }
@@ -391,9 +404,13 @@ def launch_app(ws: Workspace, address: str = "127.0.0.1", port: int = 5151) -> s
 
     dataset = ds.open_dataset(ws)
     if not len(dataset):
-        raise CurateError(f"dataset {dataset.name!r} is empty: run `curate generate` and `curate index` first")
+        raise CurateError(
+            f"dataset {dataset.name!r} is empty: run `curate generate` and `curate index` first"
+        )
     try:
         fo.launch_app(dataset, remote=True, address=address, port=port)
     except ServiceListenTimeout as exc:
-        raise CurateError(f"the FiftyOne App did not start on {address}:{port} within 60 s; run it again") from exc
+        raise CurateError(
+            f"the FiftyOne App did not start on {address}:{port} within 60 s; run it again"
+        ) from exc
     return f"http://{address}:{port}/datasets/{dataset.name}"

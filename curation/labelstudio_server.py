@@ -147,19 +147,35 @@ def start_server(
         "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
     }
     command = [
-        str(executable), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
-        f"--data-dir={data_dir}", f"--username={email}", f"--password={password}", f"--user-token={token}",
+        str(executable),
+        "start",
+        "--no-browser",
+        "--internal-host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        f"--data-dir={data_dir}",
+        f"--username={email}",
+        f"--password={password}",
+        f"--user-token={token}",
         "--enable-legacy-api-token",
-    ]  # fmt: skip  (the `=` form: a generated password may start with "-")
+    ]  # the `=` form: a generated password may start with "-"
     with log.open("ab") as out:
         process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise CurateError(f"Label Studio exited with code {process.returncode} while starting: {_log_tail(log)}")
+            raise CurateError(
+                f"Label Studio exited with code {process.returncode} while starting: {_log_tail(log)}"
+            )
         if is_healthy(url):
             return process.pid
         time.sleep(1.0)
@@ -212,12 +228,25 @@ def serve(ws: Workspace, port: int | None = None, timeout: float = START_TIMEOUT
     password = known.password if known else secrets.token_urlsafe(12)
     token = known.token if known else secrets.token_hex(20)
     pid = start_server(
-        ws.review_dir / "labelstudio-data", ws.root, chosen, ws.review_dir / "labelstudio.log",
-        email, password, token, timeout=timeout,
-    )  # fmt: skip
+        ws.review_dir / "labelstudio-data",
+        ws.root,
+        chosen,
+        ws.review_dir / "labelstudio.log",
+        email,
+        password,
+        token,
+        timeout=timeout,
+    )
     url = f"http://127.0.0.1:{chosen}"
-    info = ServerInfo(url=url, email=email, password=password, token=token, path=server_file(ws), pid=pid,
-                      document_root=str(ws.root))  # fmt: skip
+    info = ServerInfo(
+        url=url,
+        email=email,
+        password=password,
+        token=token,
+        path=server_file(ws),
+        pid=pid,
+        document_root=str(ws.root),
+    )
     return write_server(ws, info)
 
 
@@ -236,8 +265,15 @@ def use_server(ws: Workspace, url: str, token: str, document_root: Path | None =
     root = (document_root or ws.root).resolve()
     if root != ws.root and root not in ws.root.parents:
         raise CurateError(f"the workspace {ws.root} is not inside the server's document root {root}")
-    info = ServerInfo(url=url, email="", password="", token=token, path=server_file(ws), document_root=str(root),
-                      managed=False)  # fmt: skip
+    info = ServerInfo(
+        url=url,
+        email="",
+        password="",
+        token=token,
+        path=server_file(ws),
+        document_root=str(root),
+        managed=False,
+    )
     return write_server(ws, info)
 
 

@@ -17,8 +17,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
@@ -30,7 +30,17 @@ from curation.labelstudio_server import ServerInfo, read_server, serve, stop, us
 from curation.progress import ProgressFn, no_progress
 from curation.workspace import Workspace, atomic_write_bytes, atomic_write_json
 
-__all__ = ["ServerInfo", "serve", "stop", "use_server", "push", "pull", "status", "annotation_result", "connect"]
+__all__ = [
+    "ServerInfo",
+    "annotation_result",
+    "connect",
+    "pull",
+    "push",
+    "serve",
+    "status",
+    "stop",
+    "use_server",
+]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "review_ui_config"
 # control names in review_ui_config/review.xml: the export's `from_name`s
@@ -84,7 +94,9 @@ class Connection:
         def fetch() -> Any:
             response = requests.get(f"{self.url}{path}", params=params, headers=self.headers, timeout=300)
             if response.status_code in (401, 403):
-                raise CurateError(f"Label Studio at {self.url} refused the API token ({response.status_code})")
+                raise CurateError(
+                    f"Label Studio at {self.url} refused the API token ({response.status_code})"
+                )
             response.raise_for_status()
             return response.content
 
@@ -92,9 +104,13 @@ class Connection:
 
 
 def connect(ws: Workspace, url: str | None = None, token: str | None = None) -> Connection:
-    """The explicit server if given, else the one recorded in review/server.json; checked to answer."""
+    """The explicit server if given (argument, else review.url in curate.toml), else the one recorded
+    in review/server.json; checked to answer."""
     known = read_server(ws)
+    url = url or ws.config.review.url or None
     if url:
+        if not token and known and known.url == url.rstrip("/"):
+            token = known.token
         if not token:
             raise CurateError(f"a token is needed for {url}: pass --token or set LABEL_STUDIO_TOKEN")
         root = Path(known.document_root) if known and known.url == url.rstrip("/") else ws.root
@@ -103,7 +119,9 @@ def connect(ws: Workspace, url: str | None = None, token: str | None = None) -> 
         conn = Connection(known.url, token or known.token, Path(known.document_root or ws.root), ws.root)
     else:
         url = f"http://127.0.0.1:{ws.config.review.port}"
-        raise CurateError(f"Label Studio is not reachable at {url}: start it with `curate review serve -w {ws.root}`")
+        raise CurateError(
+            f"Label Studio is not reachable at {url}: start it with `curate review serve -w {ws.root}`"
+        )
     try:
         requests.get(f"{conn.url}/health", timeout=5).raise_for_status()
     except requests.RequestException:
@@ -135,9 +153,17 @@ def ensure_project(ws: Workspace, conn: Connection, overlap: int | None = None) 
     recorded = json.loads(path.read_text()) if path.exists() else {}
     project_id = recorded.get("project_id") if recorded.get("url") == conn.url else None
     if project_id is not None:
-        exists = conn.call("project lookup", lambda: requests.get(
-            f"{conn.url}/api/projects/{project_id}", headers=conn.headers, timeout=30).status_code == 200)  # fmt: skip
-        project_id = project_id if exists else None
+        code = conn.call(
+            "project lookup",
+            lambda: (
+                requests.get(
+                    f"{conn.url}/api/projects/{project_id}", headers=conn.headers, timeout=30
+                ).status_code
+            ),
+        )
+        if code in (401, 403):
+            raise CurateError(f"Label Studio at {conn.url} refused the API token ({code})")
+        project_id = project_id if code == 200 else None  # deleted on the server: create it again
     config = ws.config.review
     client = conn.client
     if project_id is None:
@@ -145,21 +171,33 @@ def ensure_project(ws: Workspace, conn: Connection, overlap: int | None = None) 
         if not xml_path.exists():
             raise CurateError(f"no labeling config {xml_path} (review.label_config in curate.toml)")
         try:
-            project = conn.call("project creation", lambda: client.projects.create(
-                title=config.project_title or f"curate {ws.name}", label_config=xml_path.read_text(),
-                maximum_annotations=overlap or 1, show_collab_predictions=True))  # fmt: skip
+            project = conn.call(
+                "project creation",
+                lambda: client.projects.create(
+                    title=config.project_title or f"curate {ws.name}",
+                    label_config=xml_path.read_text(),
+                    maximum_annotations=overlap or 1,
+                    show_collab_predictions=True,
+                ),
+            )
         except ApiError as exc:
             raise CurateError(f"Label Studio rejected the project ({xml_path.name}): {exc.body}") from exc
         project_id = project.id
         atomic_write_json(path, {"url": conn.url, "project_id": project_id})
     elif overlap:
-        conn.call("project update", lambda: client.projects.update(id=project_id, maximum_annotations=overlap))
+        conn.call(
+            "project update", lambda: client.projects.update(id=project_id, maximum_annotations=overlap)
+        )
     storages = conn.call("storage listing", lambda: client.import_storage.local.list(project=project_id))
     have = {Path(s.path) for s in storages}
     for folder in (ws.candidates_dir, ws.concepts_dir):
         if folder.exists() and folder.resolve() not in have:
-            conn.call("storage creation", lambda f=folder: client.import_storage.local.create(
-                project=project_id, path=str(f.resolve()), use_blob_urls=True, title=f.name))  # fmt: skip
+            conn.call(
+                "storage creation",
+                lambda f=folder: client.import_storage.local.create(
+                    project=project_id, path=str(f.resolve()), use_blob_urls=True, title=f.name
+                ),
+            )
     return project_id
 
 
@@ -168,8 +206,14 @@ def existing_candidates(conn: Connection, project_id: int, page_size: int = 5000
     found: set[str] = set()
     page = 1
     while True:
-        payload = conn.get_json("/api/tasks/", "task listing", project=project_id, fields="task_only",
-                                page_size=page_size, page=page)  # fmt: skip
+        payload = conn.get_json(
+            "/api/tasks/",
+            "task listing",
+            project=project_id,
+            fields="task_only",
+            page_size=page_size,
+            page=page,
+        )
         found.update(t["data"].get(ds.CANDIDATE_ID) for t in payload["tasks"])
         if page * page_size >= payload["total"]:
             return found - {None}
@@ -186,8 +230,10 @@ class PushReport:
     pushed: int
 
     def summary(self) -> str:
-        return (f"review push: {self.pushed} new tasks ({self.already} already in project {self.project_id}, "
-                f"{self.in_view} in view) at {self.url}/projects/{self.project_id}")  # fmt: skip
+        return (
+            f"review push: {self.pushed} new tasks ({self.already} already in project {self.project_id}, "
+            f"{self.in_view} in view) at {self.url}/projects/{self.project_id}"
+        )
 
 
 def _score_fields(view: Any) -> list[str]:
@@ -245,7 +291,9 @@ def push(
     conn = connect(ws, url, token)
     dataset = ds.open_dataset(ws)
     if not dataset.has_saved_view(view):
-        raise CurateError(f"no saved view {view!r} in dataset {dataset.name} (have: {dataset.list_saved_views()})")
+        raise CurateError(
+            f"no saved view {view!r} in dataset {dataset.name} (have: {dataset.list_saved_views()})"
+        )
     samples = dataset.load_saved_view(view)
     project_id = ensure_project(ws, conn, overlap)
     scores = _score_fields(samples)
@@ -256,7 +304,8 @@ def push(
     new = [r for r in rows if r[ds.CANDIDATE_ID] not in already]
     concepts = ws.concepts()
     key = scores[0] if scores else None
-    median = statistics.median(r[key] for r in new if r[key] is not None) if key and new else None
+    known_scores = [r[key] for r in new if r[key] is not None] if key else []
+    median = statistics.median(known_scores) if known_scores else None
     tasks = [_task(conn, r, concepts, scores, key, median) for r in _order(new, order, key)]
     batch = ws.config.review.batch_size
     for start in range(0, len(tasks), batch):
@@ -300,7 +349,11 @@ def _task(
 ) -> dict[str, Any]:
     """One task: image and references as local-files URLs, caption, scores; a prediction if scored."""
     refs = [
-        {"concept": cid, "name": concepts[cid].name, "url": _local_url(conn, conn.workspace_root / concepts[cid].refs[0])}
+        {
+            "concept": cid,
+            "name": concepts[cid].name,
+            "url": _local_url(conn, conn.workspace_root / concepts[cid].refs[0]),
+        }
         for cid in row[ds.CONCEPTS] or []
         if cid in concepts and concepts[cid].refs
     ]
@@ -318,17 +371,32 @@ def _task(
     }
     if key and row.get(key) is not None and median is not None:
         guess = ds.ACCEPT if row[key] >= median else ds.REJECT
-        task["predictions"] = [{
-            "model_version": f"{key}>=median",
-            "score": float(row[key]),
-            "result": [{"from_name": DECISION, "to_name": IMAGE, "type": "choices", "value": {"choices": [guess]}}],
-        }]  # fmt: skip
+        task["predictions"] = [
+            {
+                "model_version": f"{key}>=median",
+                "score": float(row[key]),
+                "result": [
+                    {
+                        "from_name": DECISION,
+                        "to_name": IMAGE,
+                        "type": "choices",
+                        "value": {"choices": [guess]},
+                    }
+                ],
+            }
+        ]
     return task
 
 
 # -- pull --------------------------------------------------------------------------------------
-REVIEW_FIELDS = (ds.REVIEW_DECISION, ds.REVIEW_QUALITY, ds.REVIEW_ANNOTATORS, ds.REVIEW_AGREEMENT,
-                 ds.REVIEW_REASONS, ds.CAPTION_FIXED)  # fmt: skip
+REVIEW_FIELDS = (
+    ds.REVIEW_DECISION,
+    ds.REVIEW_QUALITY,
+    ds.REVIEW_ANNOTATORS,
+    ds.REVIEW_AGREEMENT,
+    ds.REVIEW_REASONS,
+    ds.CAPTION_FIXED,
+)
 
 
 def annotation_result(
@@ -339,11 +407,17 @@ def annotation_result(
         {"from_name": DECISION, "to_name": IMAGE, "type": "choices", "value": {"choices": [decision]}}
     ]
     if quality is not None:
-        result.append({"from_name": QUALITY, "to_name": IMAGE, "type": "rating", "value": {"rating": quality}})
+        result.append(
+            {"from_name": QUALITY, "to_name": IMAGE, "type": "rating", "value": {"rating": quality}}
+        )
     if reasons:
-        result.append({"from_name": REASONS, "to_name": IMAGE, "type": "choices", "value": {"choices": list(reasons)}})
+        result.append(
+            {"from_name": REASONS, "to_name": IMAGE, "type": "choices", "value": {"choices": list(reasons)}}
+        )
     if caption:
-        result.append({"from_name": CAPTION_BOX, "to_name": IMAGE, "type": "textarea", "value": {"text": [caption]}})
+        result.append(
+            {"from_name": CAPTION_BOX, "to_name": IMAGE, "type": "textarea", "value": {"text": [caption]}}
+        )
     return result
 
 
@@ -401,16 +475,23 @@ class PullReport:
     export_path: Path
 
     def summary(self) -> str:
-        return (f"review pull: {self.annotated}/{self.tasks} tasks annotated, {self.accepted} accepted, "
-                f"{self.rejected} rejected, {self.changed} samples updated (raw export {self.export_path})")  # fmt: skip
+        return (
+            f"review pull: {self.annotated}/{self.tasks} tasks annotated, {self.accepted} accepted, "
+            f"{self.rejected} rejected, {self.changed} samples updated (raw export {self.export_path})"
+        )
 
 
 def _ensure_review_fields(dataset: Any) -> None:
     """Declare the review fields with their types, so an all-None pull still has a schema."""
     import fiftyone as fo
 
-    kinds = {ds.REVIEW_DECISION: fo.StringField, ds.REVIEW_QUALITY: fo.FloatField, ds.REVIEW_ANNOTATORS: fo.IntField,
-             ds.REVIEW_AGREEMENT: fo.FloatField, ds.CAPTION_FIXED: fo.StringField}  # fmt: skip
+    kinds = {
+        ds.REVIEW_DECISION: fo.StringField,
+        ds.REVIEW_QUALITY: fo.FloatField,
+        ds.REVIEW_ANNOTATORS: fo.IntField,
+        ds.REVIEW_AGREEMENT: fo.FloatField,
+        ds.CAPTION_FIXED: fo.StringField,
+    }
     for name, kind in kinds.items():
         if not dataset.has_sample_field(name):
             dataset.add_sample_field(name, kind)
@@ -430,7 +511,9 @@ def _save_raw(ws: Workspace, raw: bytes) -> Path:
     return path
 
 
-def pull(ws: Workspace, url: str | None = None, token: str | None = None, progress: ProgressFn = no_progress) -> PullReport:
+def pull(
+    ws: Workspace, url: str | None = None, token: str | None = None, progress: ProgressFn = no_progress
+) -> PullReport:
     """Export every task with its annotations and write the aggregated reviews onto the samples.
 
     Only samples whose review changed are written, so pulling twice changes nothing the second time.
@@ -442,32 +525,49 @@ def pull(ws: Workspace, url: str | None = None, token: str | None = None, progre
     project_id = json.loads(path.read_text())["project_id"]
 
     def fetch() -> bytes:
-        response = requests.get(f"{conn.url}/api/projects/{project_id}/export", headers=conn.headers, timeout=600,
-                                params={"exportType": "JSON", "download_all_tasks": "true"})  # fmt: skip
+        response = requests.get(
+            f"{conn.url}/api/projects/{project_id}/export",
+            headers=conn.headers,
+            timeout=600,
+            params={"exportType": "JSON", "download_all_tasks": "true"},
+        )
         if response.status_code == 404:
-            raise CurateError(f"project {project_id} no longer exists at {conn.url}; push again to recreate it")
+            raise CurateError(
+                f"project {project_id} no longer exists at {conn.url}; push again to recreate it"
+            )
         response.raise_for_status()
         return response.content
 
     raw = conn.call("export", fetch)
     export_path = _save_raw(ws, raw)
-    reviews = {t["data"][ds.CANDIDATE_ID]: aggregate(t.get("annotations") or [])
-               for t in json.loads(raw) if ds.CANDIDATE_ID in t.get("data", {})}  # fmt: skip
+    reviews = {
+        t["data"][ds.CANDIDATE_ID]: aggregate(t.get("annotations") or [])
+        for t in json.loads(raw)
+        if ds.CANDIDATE_ID in t.get("data", {})
+    }
     dataset = ds.open_dataset(ws)
     _ensure_review_fields(dataset)
     from fiftyone import ViewField as F
 
     view = dataset.match(F(ds.CANDIDATE_ID).is_in(list(reviews)))
     ids, *current = view.values([ds.CANDIDATE_ID, *REVIEW_FIELDS])
-    stored = {cid: dict(zip(REVIEW_FIELDS, vals, strict=True)) for cid, *vals in zip(ids, *current, strict=True)}
+    stored = {
+        cid: dict(zip(REVIEW_FIELDS, vals, strict=True)) for cid, *vals in zip(ids, *current, strict=True)
+    }
     changed = {cid: reviews[cid] for cid, old in stored.items() if old != reviews[cid]}
     if changed:
         for name in REVIEW_FIELDS:
             dataset.set_values(name, {cid: r[name] for cid, r in changed.items()}, key_field=ds.CANDIDATE_ID)
     progress("pull reviews", len(reviews), len(reviews))
     decisions = Counter(r[ds.REVIEW_DECISION] for r in reviews.values())
-    return PullReport(len(reviews), len(reviews) - decisions[None], decisions[ds.ACCEPT], decisions[ds.REJECT],
-                      len(changed), export_path)  # fmt: skip
+    return PullReport(
+        len(reviews),
+        len(reviews) - decisions[None],
+        decisions[ds.ACCEPT],
+        decisions[ds.REJECT],
+        len(changed),
+        export_path,
+    )
 
 
 # -- status ------------------------------------------------------------------------------------
@@ -513,8 +613,12 @@ def status(ws: Workspace, url: str | None = None, token: str | None = None) -> S
             counts[1] += 1
     given = [a for a in agreements if a is not None]
     return StatusReport(
-        url=conn.url, project_id=project_id, tasks=project["task_number"],
-        annotated=project["num_tasks_with_annotations"], accepted=decisions.count(ds.ACCEPT),
-        rejected=decisions.count(ds.REJECT), mean_agreement=statistics.fmean(given) if given else None,
+        url=conn.url,
+        project_id=project_id,
+        tasks=project["task_number"],
+        annotated=project["num_tasks_with_annotations"],
+        accepted=decisions.count(ds.ACCEPT),
+        rejected=decisions.count(ds.REJECT),
+        mean_agreement=statistics.fmean(given) if given else None,
         per_concept={k: (a, r) for k, (a, r) in per_concept.items()},
-    )  # fmt: skip
+    )

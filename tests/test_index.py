@@ -175,7 +175,9 @@ def test_near_duplicates_mark_the_lower_clip_t_copy(tmp_path, tiny_clip_name):
     checkpoint = tmp_path / "tiny.pt"  # a saved checkpoint counts as real weights, so Brain runs
     torch.save(load_clip(tiny_clip_name, None).model.state_dict(), checkpoint)
     ws = index_test_workspace(tmp_path / "dups", tiny_clip_name)
-    ws.config_path.write_text(ws.config_path.read_text().replace('clip_pretrained = ""', f'clip_pretrained = "{checkpoint}"'))
+    ws.config_path.write_text(
+        ws.config_path.read_text().replace('clip_pretrained = ""', f'clip_pretrained = "{checkpoint}"')
+    )
     candidates = write_candidates(ws, 6)
     a, b = candidates[0], candidates[3]
     ws.resolve(b.image).write_bytes(ws.resolve(a.image).read_bytes())

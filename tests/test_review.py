@@ -28,8 +28,11 @@ def build_candidates(ws: Workspace, n: int) -> list[str]:
         ref = ws.concept_dir(cid) / "refs" / "0.png"
         ref.parent.mkdir(parents=True)
         Image.new("RGB", (48, 48), colour).save(ref)
-        ws.save_concept(Concept(concept_id=cid, name=cid.title(), class_noun=cid, token=f"<c-{cid}>",
-                                refs=[ws.relative(ref)]))  # fmt: skip
+        ws.save_concept(
+            Concept(
+                concept_id=cid, name=cid.title(), class_noun=cid, token=f"<c-{cid}>", refs=[ws.relative(ref)]
+            )
+        )
     dataset = fo.Dataset(ds.dataset_name(ws))
     samples, ids = [], []
     for i in range(n):
@@ -38,12 +41,20 @@ def build_candidates(ws: Workspace, n: int) -> list[str]:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
         ids.append(cid)
-        samples.append(fo.Sample(filepath=str(path), **{
-            ds.CANDIDATE_ID: cid, ds.CAPTION: f"<c-cat> cat and <c-mug> mug, scene {i}",
-            ds.CONCEPTS: ["cat", "mug"], "clip_t": 0.2 + 0.01 * i}))  # fmt: skip
+        samples.append(
+            fo.Sample(
+                filepath=str(path),
+                **{
+                    ds.CANDIDATE_ID: cid,
+                    ds.CAPTION: f"<c-cat> cat and <c-mug> mug, scene {i}",
+                    ds.CONCEPTS: ["cat", "mug"],
+                    "clip_t": 0.2 + 0.01 * i,
+                },
+            )
+        )
     dataset.add_samples(samples)
     dataset.persistent = True
-    dataset.save_view("unreviewed", dataset.match(F(ds.REVIEW_DECISION) == None))  # noqa: E711
+    dataset.save_view("unreviewed", dataset.match(F(ds.REVIEW_DECISION) == None))
     return ids
 
 
@@ -56,20 +67,52 @@ def tasks_by_candidate(ws: Workspace) -> dict[str, dict]:
 
 def reviews(ws: Workspace) -> dict[str, dict]:
     dataset = ds.open_dataset(ws)
-    fields = [ds.CANDIDATE_ID, ds.REVIEW_DECISION, ds.REVIEW_QUALITY, ds.REVIEW_ANNOTATORS, ds.REVIEW_AGREEMENT,
-              ds.REVIEW_REASONS, ds.CAPTION_FIXED]  # fmt: skip
+    fields = [
+        ds.CANDIDATE_ID,
+        ds.REVIEW_DECISION,
+        ds.REVIEW_QUALITY,
+        ds.REVIEW_ANNOTATORS,
+        ds.REVIEW_AGREEMENT,
+        ds.REVIEW_REASONS,
+        ds.CAPTION_FIXED,
+    ]
     ids, *columns = dataset.values(fields)
     return {cid: dict(zip(fields[1:], vals, strict=True)) for cid, *vals in zip(ids, *columns, strict=True)}
 
 
-def test_push_serves_images_and_does_not_duplicate(labelstudio_workspace: Callable[..., Workspace],
-                                                   labelstudio: ServerInfo) -> None:  # fmt: skip
+def test_serve_is_idempotent_and_keeps_credentials_private(
+    labelstudio_home: Workspace, labelstudio: ServerInfo
+) -> None:
+    again = serve(labelstudio_home)
+    assert (again.url, again.pid, again.token) == (labelstudio.url, labelstudio.pid, labelstudio.token)
+    assert oct(labelstudio.path.stat().st_mode & 0o777) == "0o600"
+    login = requests.Session()
+    page = login.get(f"{labelstudio.url}/user/login/", timeout=30)
+    assert page.status_code == 200
+    answer = login.post(
+        f"{labelstudio.url}/user/login/",
+        data={
+            "email": labelstudio.email,
+            "password": labelstudio.password,
+            "csrfmiddlewaretoken": login.cookies["csrftoken"],
+        },
+        headers={"Referer": f"{labelstudio.url}/user/login/"},
+        timeout=30,
+    )
+    assert answer.ok and "/user/login" not in answer.url  # the recorded admin password works
+
+
+def test_push_serves_images_and_does_not_duplicate(
+    labelstudio_workspace: Callable[..., Workspace], labelstudio: ServerInfo
+) -> None:
     ws = labelstudio_workspace(batch_size=2)  # 5 tasks -> 3 bulk batches
     ids = build_candidates(ws, 5)
-    report = push(ws)
+    report = push(ws, order="score")
     assert report.pushed == 5 and report.already == 0
     tasks = tasks_by_candidate(ws)
     assert sorted(tasks) == ids
+    # best machine score first: annotators get tasks in import order
+    assert sorted(tasks, key=lambda cid: tasks[cid].id) == ids[::-1]
     task = tasks["cand003"]
     assert task.data["image"].startswith("/data/local-files/?d=") and "base64" not in json.dumps(task.data)
     headers = {"Authorization": f"Token {labelstudio.token}"}
@@ -89,15 +132,21 @@ def test_push_serves_images_and_does_not_duplicate(labelstudio_workspace: Callab
     assert len(tasks_by_candidate(ws)) == 5
 
 
-def test_pull_writes_reviews_idempotently_and_follows_edits(labelstudio_workspace: Callable[..., Workspace]) -> None:
+def test_pull_writes_reviews_idempotently_and_follows_edits(
+    labelstudio_workspace: Callable[..., Workspace],
+) -> None:
     ws = labelstudio_workspace()
     build_candidates(ws, 4)
     push(ws)
     tasks = tasks_by_candidate(ws)
     client = connect(ws).client
     client.annotations.create(id=tasks["cand000"].id, result=annotation_result("accept", 4))
-    client.annotations.create(id=tasks["cand001"].id, result=annotation_result(
-        "reject", 2, reasons=("artifacts", "bad layout"), caption="a cat beside a mug"))  # fmt: skip
+    client.annotations.create(
+        id=tasks["cand001"].id,
+        result=annotation_result(
+            "reject", 2, reasons=("artifacts", "bad layout"), caption="a cat beside a mug"
+        ),
+    )
     edited = client.annotations.create(id=tasks["cand002"].id, result=annotation_result("accept", 5))
 
     first = pull(ws)
@@ -112,7 +161,9 @@ def test_pull_writes_reviews_idempotently_and_follows_edits(labelstudio_workspac
 
     second = pull(ws)
     assert second.changed == 0 and reviews(ws) == got
-    assert len(list((ws.review_dir / "pulls").glob("*.json"))) == 2  # one raw export per pull, none overwritten
+    assert (
+        len(list((ws.review_dir / "pulls").glob("*.json"))) == 2
+    )  # one raw export per pull, none overwritten
     raw = json.loads(first.export_path.read_text())
     assert {t["data"]["candidate_id"] for t in raw} == {"cand000", "cand001", "cand002", "cand003"}
 
@@ -134,14 +185,21 @@ def test_several_annotators_with_disagreement(labelstudio_workspace: Callable[..
     build_candidates(ws, 2)
     push(ws, overlap=3)
     client = connect(ws).client
-    users = [client.users.create(username=f"ann{i}-{ws.name}", email=f"ann{i}-{ws.name}@example.com",
-                                 password="annotator-pass-1") for i in range(3)]  # fmt: skip
+    users = [
+        client.users.create(
+            username=f"ann{i}-{ws.name}", email=f"ann{i}-{ws.name}@example.com", password="annotator-pass-1"
+        )
+        for i in range(3)
+    ]
     tasks = tasks_by_candidate(ws)
     for user, (decision, quality) in zip(users, [("accept", 5), ("accept", 3), ("reject", 1)], strict=True):
-        client.annotations.create(id=tasks["cand000"].id, completed_by=user.id,
-                                  result=annotation_result(decision, quality))  # fmt: skip
+        client.annotations.create(
+            id=tasks["cand000"].id, completed_by=user.id, result=annotation_result(decision, quality)
+        )
     for user, decision in zip(users[:2], ["accept", "reject"], strict=True):
-        client.annotations.create(id=tasks["cand001"].id, completed_by=user.id, result=annotation_result(decision, 3))
+        client.annotations.create(
+            id=tasks["cand001"].id, completed_by=user.id, result=annotation_result(decision, 3)
+        )
     pull(ws)
     got = reviews(ws)
     assert got["cand000"][ds.REVIEW_DECISION] == "accept"
@@ -152,27 +210,42 @@ def test_several_annotators_with_disagreement(labelstudio_workspace: Callable[..
     assert got["cand001"][ds.REVIEW_AGREEMENT] == 0.5
     summary = status(ws)
     assert (summary.tasks, summary.annotated, summary.accepted, summary.rejected) == (2, 2, 1, 1)
+    assert summary.per_concept == {"cat": (1, 2), "mug": (1, 2)}
+    project = connect(ws).get_json(f"/api/projects/{summary.project_id}", "test")
+    assert project["maximum_annotations"] == 3  # --overlap
 
 
 def test_aggregate_ignores_skips_and_keeps_latest_caption() -> None:
-    def ann(decision: str, quality: int, when: str, caption: str | None = None, cancelled: bool = False) -> dict:
-        return {"result": annotation_result(decision, quality, caption=caption), "updated_at": when,
-                "was_cancelled": cancelled}  # fmt: skip
+    def ann(
+        decision: str, quality: int, when: str, caption: str | None = None, cancelled: bool = False
+    ) -> dict:
+        return {
+            "result": annotation_result(decision, quality, caption=caption),
+            "updated_at": when,
+            "was_cancelled": cancelled,
+        }
 
-    review = aggregate([ann("reject", 1, "3", cancelled=True), ann("accept", 4, "2", "new"), ann("accept", 2, "1", "old")])
+    review = aggregate(
+        [ann("reject", 1, "3", cancelled=True), ann("accept", 4, "2", "new"), ann("accept", 2, "1", "old")]
+    )
     assert review[ds.REVIEW_DECISION] == "accept" and review[ds.REVIEW_ANNOTATORS] == 2
-    assert review[ds.REVIEW_QUALITY] == 3.0 and review[ds.CAPTION_FIXED] == "new" and review[ds.REVIEW_AGREEMENT] == 1.0
+    assert (
+        review[ds.REVIEW_QUALITY] == 3.0
+        and review[ds.CAPTION_FIXED] == "new"
+        and review[ds.REVIEW_AGREEMENT] == 1.0
+    )
     assert aggregate([])[ds.REVIEW_DECISION] is None
 
 
-def test_server_not_running_names_the_url(labelstudio_workspace: Callable[..., Workspace],
-                                          tmp_path) -> None:  # fmt: skip
+def test_server_not_running_names_the_url(labelstudio_workspace: Callable[..., Workspace], tmp_path) -> None:
     ws = labelstudio_workspace()
     build_candidates(ws, 1)
     dead = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(CurateError, match=f"not reachable at {dead}"):
         push(ws, url=dead, token="x")
-    with pytest.raises(CurateError, match="not reachable at http://127.0.0.1:8080: start it with `curate review serve"):
+    with pytest.raises(
+        CurateError, match="not reachable at http://127.0.0.1:8080: start it with `curate review serve"
+    ):
         push(Workspace.create(tmp_path / "fresh"))
     with pytest.raises(CurateError, match=f"not reachable at {dead}"):
         use_server(ws, dead, "x")

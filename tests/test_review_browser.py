@@ -14,8 +14,16 @@ from curation.workspace import Workspace
 from tests.test_review import build_candidates
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.mark.timeout(300)
@@ -25,8 +33,8 @@ def test_keyboard_review_in_the_browser_reaches_fiftyone(
     from playwright.sync_api import expect, sync_playwright
 
     ws = labelstudio_workspace()
-    build_candidates(ws, 1)
-    project_id = push(ws).project_id
+    build_candidates(ws, 2)  # cand000's clip_t is below the median: "reject" is pre-filled, so "a" must win
+    project_id = push(ws, order="view").project_id
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -36,12 +44,14 @@ def test_keyboard_review_in_the_browser_reaches_fiftyone(
         page.keyboard.press("Enter")
         page.wait_for_url(lambda url: "/user/login" not in url, timeout=60_000)
         page.goto(f"{labelstudio.url}/projects/{project_id}/data?labeling=1")
-        print("browser test artifacts:", ws.review_dir)
         submit = page.get_by_test_id("bottombar-submit-button")
         expect(submit).to_be_visible(timeout=90_000)
         # the candidate (64 px) and the reference strip (48 px) load through local-files storage
-        page.wait_for_function("() => [64, 48].every(w => Array.from(document.images).some("
-                               "i => i.complete && i.naturalWidth === w))", timeout=60_000)  # fmt: skip
+        page.wait_for_function(
+            "() => [64, 48].every(w => Array.from(document.images).some("
+            "i => i.complete && i.naturalWidth === w))",
+            timeout=60_000,
+        )
         page.screenshot(path=str(ws.review_dir / "labeling-page.png"))
         # the decision controls fit in the 900 px window without scrolling
         reject = page.locator("label", has_text="reject").first
@@ -58,7 +68,7 @@ def test_keyboard_review_in_the_browser_reaches_fiftyone(
             page.screenshot(path=str(ws.review_dir / "labeling-page-after.png"))
             browser.close()
     report = pull(ws)
-    assert report.annotated == 1
-    sample = ds.open_dataset(ws).first()
+    assert (report.annotated, report.accepted) == (1, 1)
+    sample = ds.open_dataset(ws).match({ds.CANDIDATE_ID: "cand000"}).first()
     assert sample[ds.REVIEW_DECISION] == "accept"
     assert sample[ds.REVIEW_QUALITY] == 4.0

@@ -57,7 +57,9 @@ def to_gray_small(image: np.ndarray, side: int = WORK_SIDE) -> np.ndarray:
     height, width = image.shape
     scale = side / max(height, width)
     if scale < 1:
-        image = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
+        image = cv2.resize(
+            image, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA
+        )
     return image.astype(np.float32)
 
 
@@ -72,7 +74,7 @@ def blur(gray: np.ndarray) -> float:
 
 
 def exposure(gray: np.ndarray) -> float:
-    """Badness of exposure: the larger of the clipped-pixel fraction and the mean brightness's distance from mid-gray.
+    """Badness of exposure: the larger of the clipped-pixel fraction and the mean's distance from mid-gray.
 
     0 for a well exposed image, 1 for an all-white or all-black one. Dark backdrops score somewhat
     high by design: a reviewer should look at them.
@@ -87,8 +89,8 @@ def boxes_mask(boxes: Sequence[Box], width: int, height: int, shape: tuple[int, 
     mask = np.zeros(shape, dtype=np.uint8)
     sy, sx = shape[0] / height, shape[1] / width
     for box in boxes:
-        x0, y0 = int(round(box.x * sx)), int(round(box.y * sy))
-        x1, y1 = int(round((box.x + box.w) * sx)), int(round((box.y + box.h) * sy))
+        x0, y0 = round(box.x * sx), round(box.y * sy)
+        x1, y1 = round((box.x + box.w) * sx), round((box.y + box.h) * sy)
         mask[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)] = 1
     return mask
 
@@ -106,7 +108,9 @@ def seam(gray: np.ndarray, region: np.ndarray) -> float:
         region: mask of the pasted objects (binary or soft, any size; resized to `gray`).
     """
     if region.shape != gray.shape:
-        region = cv2.resize(region.astype(np.float32), (gray.shape[1], gray.shape[0]), interpolation=cv2.INTER_AREA)
+        region = cv2.resize(
+            region.astype(np.float32), (gray.shape[1], gray.shape[0]), interpolation=cv2.INTER_AREA
+        )
     binary = (region > 0.5).astype(np.uint8)
     if binary.min() == binary.max():
         return 0.0
@@ -142,13 +146,16 @@ def box_overlap(boxes: Sequence[Box]) -> float:
     return worst
 
 
-SEAM = ScoreSpec("seam", 0.0, 1.0, True, 0.7, "edge strength on the pasted-box border vs the rest (0.5 = same)")
+SEAM = ScoreSpec(
+    "seam", 0.0, 1.0, True, 0.7, "edge strength on the pasted-box border vs the rest (0.5 = same)"
+)
 BLUR = ScoreSpec("blur", 0.0, 1.0, True, 0.5, "100 / (100 + variance of Laplacian) on a 256 px gray copy")
 EXPOSURE = ScoreSpec("exposure", 0.0, 1.0, True, 0.5, "max(clipped-pixel fraction, |mean - mid-gray| * 2)")
 LOW_INFORMATION = ScoreSpec("low_information", 0.0, 1.0, True, 0.6, "1 - gray-histogram entropy / 8 bits")
 OVERLAP = ScoreSpec("overlap", 0.0, 1.0, True, 0.3, "largest IoU between two planned concept boxes")
 
 ARTIFACT_SCORES: dict[str, ScoreSpec] = {s.name: s for s in (SEAM, BLUR, EXPOSURE, LOW_INFORMATION, OVERLAP)}
+
 
 def artifact_scores(image: np.ndarray, boxes: Sequence[Box], width: int, height: int) -> dict[str, float]:
     """All artifact scores of one RGB image, keyed by field name.

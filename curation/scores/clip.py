@@ -123,7 +123,11 @@ def default_device() -> str:
 
 
 def _looks_like_path(pretrained: str) -> bool:
-    return "/" in pretrained or "\\" in pretrained or Path(pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors"}
+    return (
+        "/" in pretrained
+        or "\\" in pretrained
+        or Path(pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors"}
+    )
 
 
 @contextmanager
@@ -179,12 +183,16 @@ def load_clip(
     if pretrained:
         try:
             with _offline_unless_hub_reachable():
-                model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    model_name, pretrained=pretrained
+                )
             weights = "pretrained"
         except Exception as exc:  # any download/cache failure means: no real weights on this machine
             if Path(pretrained).is_file():
                 raise CurateError(f"CLIP checkpoint {pretrained} does not fit {model_name}: {exc}") from exc
-            _log.warning("CLIP weights %s/%s unavailable (%s); using random weights", model_name, pretrained, exc)
+            _log.warning(
+                "CLIP weights %s/%s unavailable (%s); using random weights", model_name, pretrained, exc
+            )
     if model is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_RANDOM_SEED)
