@@ -36,6 +36,15 @@ class LayoutConfig(_Section):
     max_overlap: float = Field(0.15, description="largest allowed IoU between two boxes")
     min_area: float = Field(0.02, description="smallest box area as a fraction of the canvas")
     seed: int = 0
+    compositions_file: str = Field(
+        "", description="allowed concept sets (txt: one set per line; or a JSON list of lists); empty = any"
+    )
+    backgrounds_per_composition: int = Field(1, description="consecutive plans sharing one concept set")
+    llm_max_retries: int = Field(3, description="re-asks per plan, the validation error fed back each time")
+    llm_http_retries: int = Field(2, description="client retries with backoff on HTTP 429/5xx and timeouts")
+    llm_timeout: float = Field(60.0, description="seconds per LLM request")
+    llm_temperature: float = 0.7
+    llm_concurrency: int = Field(4, description="plans asked of the LLM in parallel")
 
 
 class GenerateConfig(_Section):

@@ -16,8 +16,12 @@ from PIL import Image
 
 from curation.config import LayoutConfig
 from curation.errors import CurateError
-from curation.records import Box, Concept, LayoutPlan, content_id
+from curation.progress import ProgressFn, no_progress
+from curation.records import Box, Concept, LayoutPlan
 from curation.workspace import Workspace
+from generators.compositions import BACKGROUNDS, Composition, compose, load_allowed_sets
+
+__all__ = ["BACKGROUNDS", "check_layout", "iou", "plan_layouts", "plan_one", "size_prior"]
 
 PLANNER = "rules"
 
@@ -60,26 +64,6 @@ SIZE_PRIORS: dict[str, float] = {
 }
 """Relative real-world height by class noun; unknown nouns get DEFAULT_SIZE."""
 DEFAULT_SIZE = 0.4
-
-BACKGROUNDS: tuple[str, ...] = (
-    "on a wooden table in a sunlit kitchen",
-    "on a white marble counter in a bright modern kitchen",
-    "on a grey concrete floor in an industrial loft",
-    "on a green lawn in a sunny backyard garden",
-    "on a sandy beach under a clear blue sky",
-    "on a red brick patio beside a garden wall",
-    "on a wooden floor in a cozy living room",
-    "on a beige carpet in a quiet bedroom",
-    "on a stone path in an autumn park",
-    "on a white desk in a minimalist office",
-    "on a snowy field on a bright winter day",
-    "on a dark wooden shelf in a dim library",
-    "on a tiled floor in a blue bathroom",
-    "on a picnic blanket on green grass in a park",
-    "on a wooden deck by a calm lake at sunset",
-    "on a gravel road in a dry desert landscape",
-)
-"""Realistic scenes; each names a surface (the floor band objects rest on) and a setting."""
 
 _GROUND = (0.78, 0.95)
 """The ground line (bottom of the front-most objects) lies in this band of the canvas height."""
@@ -172,58 +156,79 @@ def _fallback(n: int, aspects: list[float], config: LayoutConfig) -> list[tuple[
     return boxes
 
 
-def plan_one(k: int, concepts: list[Concept], aspects: dict[str, float], config: LayoutConfig) -> LayoutPlan:
-    """Plan number k: depends only on (config, k, the concepts), never on other plans."""
-    ids = sorted(c.concept_id for c in concepts)
-    key = content_id({"seed": config.seed, "concepts": [(c.concept_id, c.class_noun) for c in concepts]})
-    rng = np.random.default_rng([config.seed, k, int(key, 16) % 2**32])
-    hi = min(config.max_concepts, len(ids))
-    counts = list(range(min(config.min_concepts, hi), hi + 1))
-    count = counts[k % len(counts)]  # balanced: the counts take turns
-    chosen = [ids[i] for i in rng.choice(len(ids), size=count, replace=False)]
-    by_id = {c.concept_id: c for c in concepts}
-    background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
-    sizes = [size_prior(by_id[c].class_noun) for c in chosen]
+def plan_one(
+    k: int,
+    composition: Composition,
+    concepts: dict[str, Concept],
+    aspects: dict[str, float],
+    config: LayoutConfig,
+    planner: str = PLANNER,
+) -> LayoutPlan:
+    """Boxes for plan k's composition; depends only on (config, k, the composition), never on other plans.
+
+    Args:
+        planner: Recorded in the plan; the LLM planner passes "rules-fallback" when it falls back.
+    """
+    rng = np.random.default_rng([config.seed, k, int(composition.key, 16) % 2**32, 1])
+    chosen = list(composition.concepts)
+    sizes = [size_prior(concepts[c].class_noun) for c in chosen]
     chosen_aspects = [aspects[c] for c in chosen]
-    base = {"concepts": chosen, "background": background, "width": config.width, "height": config.height}
+    base = {
+        "concepts": chosen,
+        "background": composition.background,
+        "width": config.width,
+        "height": config.height,
+        "planner": planner,
+        "seed": k,
+    }
     for attempt in range(40):
         raw = _place(rng, sizes, chosen_aspects, config, shrink=0.93**attempt)
         boxes = [Box(concept_id=c, x=x, y=y, w=w, h=h) for c, (x, y, w, h) in zip(chosen, raw)]
-        plan = LayoutPlan(**base, boxes=boxes, planner=PLANNER, seed=k)
+        plan = LayoutPlan(**base, boxes=boxes)
         if check_layout(plan, config) is None:
             return plan.with_id()
-    raw = _fallback(count, chosen_aspects, config)
+    raw = _fallback(len(chosen), chosen_aspects, config)
     boxes = [Box(concept_id=c, x=x, y=y, w=w, h=h) for c, (x, y, w, h) in zip(chosen, raw)]
-    plan = LayoutPlan(**base, boxes=boxes, planner=PLANNER, seed=k)
+    plan = LayoutPlan(**base, boxes=boxes)
     problem = check_layout(plan, config)
     if problem:
-        raise CurateError(f"layout config cannot fit {count} concepts on the canvas: {problem}")
+        raise CurateError(f"layout config cannot fit {len(chosen)} concepts on the canvas: {problem}")
     return plan.with_id()
 
 
-def plan_layouts(ws: Workspace, n: int) -> list[LayoutPlan]:
+def plan_layouts(ws: Workspace, n: int, progress: ProgressFn = no_progress) -> list[LayoutPlan]:
     """Write `n` layout plans to plans/plans.jsonl (replacing it atomically) and return them.
+
+    Compositions come from `generators.compositions`; boxes from the planner that
+    `layout.planner` names ("rules", or "llm" with the rules as per-plan fallback).
 
     Args:
         ws: The workspace; needs at least two ingested concepts.
         n: How many plans; plan k is the same whatever n is.
+        progress: Called as progress("plan", done, n).
 
     Returns:
         The plans, each with its content-derived plan_id.
     """
     config = ws.config.layout
-    if config.planner != PLANNER:
-        raise CurateError(
-            f"layout planner {config.planner!r} is not available yet; set layout.planner = 'rules'"
-        )
     if n < 1:
         raise CurateError(f"--n must be at least 1 (got {n})")
     if not 1 <= config.min_concepts <= config.max_concepts:
         raise CurateError("layout.min_concepts must be >= 1 and <= layout.max_concepts")
-    concepts = list(ws.concepts().values())
+    concepts = ws.concepts()
     if len(concepts) < 2:
         raise CurateError(f"planning needs at least 2 concepts, the workspace has {len(concepts)}; add more")
-    aspects = {c.concept_id: concept_aspect(ws, c) for c in concepts}
-    plans = [plan_one(k, concepts, aspects, config) for k in range(n)]
+    aspects = {c.concept_id: concept_aspect(ws, c) for c in concepts.values()}
+    allowed = load_allowed_sets(ws, config, set(concepts))
+    compositions = [compose(k, list(concepts.values()), config, allowed) for k in range(n)]
+    if config.planner == "llm":
+        from generators.llm_layout import plan_with_llm
+
+        plans = plan_with_llm(ws, compositions, concepts, aspects, progress)
+    else:
+        plans = []
+        for k, composition in enumerate(compositions):
+            plans.append(plan_one(k, composition, concepts, aspects, config))
+            progress("plan", k + 1, n)
     ws.write_plans(plans)
     return plans

@@ -175,16 +175,6 @@ def _save_png(image, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _crop(image, det: M.Detection, min_px: int):
-    """The detection's crop, clipped to the image; None when what is left is too thin to mean anything."""
-    x0, y0, x1, y1 = det.box
-    x0, y0 = max(0, round(x0)), max(0, round(y0))
-    x1, y1 = min(image.width, round(x1)), min(image.height, round(y1))
-    if x1 - x0 < min_px or y1 - y0 < min_px:
-        return None
-    return image.crop((x0, y0, x1, y1))
-
-
 def _score(
     rows: list[dict],
     export: Export,
@@ -197,7 +187,8 @@ def _score(
     from PIL import Image
 
     from curation.scores.clip import load_clip
-    from personalization.vision import load_detector, load_dino
+    from curation.scores.presence import best_per_label, crop, load_detector
+    from personalization.vision import load_dino
 
     clip = load_clip(settings.clip_model, settings.clip_pretrained, device=device)
     detector = load_detector(settings.detector, device)
@@ -224,15 +215,15 @@ def _score(
         detections = [
             d
             for d in detector.detect(image, list(dict.fromkeys(nouns)), settings.detection_threshold)
-            if _crop(image, d, settings.min_box_px) is not None
+            if crop(image, d, settings.min_box_px) is not None
         ]
-        best = M.best_per_label(detections, nouns)
-        crops = [None if d is None else _crop(image, d, settings.min_box_px) for d in best]
+        best = best_per_label(detections, nouns)
+        crops = [None if d is None else crop(image, d, settings.min_box_px) for d in best]
         found = [c for c in crops if c is not None]
         found_embs = iter(clip.embed_images(found)) if found else iter(())
         crop_embs = [None if c is None else next(found_embs) for c in crops]
         kept = M.nms(detections)
-        kept_crops = [_crop(image, d, settings.min_box_px) for d in kept]
+        kept_crops = [crop(image, d, settings.min_box_px) for d in kept]
         dnc_embs = dino.embed(kept_crops) if kept_crops else np.zeros((0, 1))
         row.update(
             cp_clip=M.cp_clip(crop_embs, crefs, settings.ref_reduce),

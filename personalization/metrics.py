@@ -22,25 +22,16 @@ functions safe on raw features such as DINO's CLS). Definitions, as we read the 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from curation.scores.clip import CLIPSCORE_W
+from curation.scores.presence import Detection, best_per_label  # noqa: F401 - part of the metric set
 
 RefReduce = Literal["mean", "max"]
 ClipTConvention = Literal["cosine", "clipscore"]
 BUCKETS = ("<=3", "4", "5")
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One detector box in pixels (x0, y0, x1, y1), its score and the query (class noun) it answers."""
-
-    box: tuple[float, float, float, float]
-    score: float
-    label: str
 
 
 def normalise(rows: np.ndarray) -> np.ndarray:
@@ -122,15 +113,6 @@ def nms(detections: Iterable[Detection], iou_threshold: float = 0.5) -> list[Det
         if all(iou(det.box, k.box) < iou_threshold for k in kept):
             kept.append(det)
     return kept
-
-
-def best_per_label(detections: Iterable[Detection], labels: Sequence[str]) -> list[Detection | None]:
-    """The highest-scoring detection for each label, None where the label has none."""
-    best: dict[str, Detection] = {}
-    for det in detections:
-        if det.label not in best or det.score > best[det.label].score:
-            best[det.label] = det
-    return [best.get(label) for label in labels]
 
 
 def bucket(n_concepts: int) -> str:

@@ -10,12 +10,15 @@ from curation.scores.artifacts import (
     ARTIFACT_SCORES,
     BLUR,
     EXPOSURE,
+    IDENTITY_DRIFT,
     artifact_scores,
     blur,
     box_overlap,
     boxes_mask,
     exposure,
+    identity_drift,
     low_information,
+    paste_thumbnails,
     seam,
     to_gray_small,
 )
@@ -89,8 +92,39 @@ def test_every_score_stays_in_its_declared_range():
     images = [_photo(), np.zeros((100, 60, 3), np.uint8), rng.integers(0, 256, (80, 120, 3), dtype=np.uint8)]
     for image in images:
         h, w = image.shape[:2]
-        scores = artifact_scores(image, [Box(concept_id="a", x=5, y=5, w=w // 2, h=h // 2)], w, h)
+        box = Box(concept_id="a", x=5, y=5, w=w // 2, h=h // 2)
+        pasted = paste_thumbnails(255 - image, [box], w, h)
+        scores = artifact_scores(image, [box], w, h, pasted)
         assert set(scores) == set(ARTIFACT_SCORES)
         for name, value in scores.items():
             spec = ARTIFACT_SCORES[name]
             assert spec.low <= value <= spec.high, (name, value)
+
+
+def test_identity_drift_sees_a_repainted_away_concept_and_not_an_untouched_one():
+    photo = _photo()
+    other = Box(concept_id="other", x=0, y=192, w=64, h=64)
+    pasted = paste_thumbnails(photo, [BOX, other], 256, 256)
+    assert identity_drift(photo, [BOX, other], 256, 256, pasted) == pytest.approx(0.0, abs=1e-6)
+    # a harmonisation-like global tint moves the regions a little
+    tinted = (photo.astype(np.int16) + 6).clip(0, 255).astype(np.uint8)
+    slight = identity_drift(tinted, [BOX, other], 256, 256, pasted)
+    assert 0.0 < slight < IDENTITY_DRIFT.threshold
+    # the repaint replaced BOX's concept by flat background: that concept drifted, the score is its drift
+    repainted = photo.copy()
+    repainted[BOX.y : BOX.y + BOX.h, BOX.x : BOX.x + BOX.w] = 128
+    drift = identity_drift(repainted, [BOX, other], 256, 256, pasted)
+    before = np.frombuffer(bytes.fromhex(pasted["obj"]), np.uint8).astype(np.float64)
+    expected = np.abs(before - 128).mean() / 255
+    assert drift == pytest.approx(expected, abs=1e-6)
+    assert IDENTITY_DRIFT.is_issue(drift)
+
+
+def test_identity_drift_follows_the_boxes_at_another_resolution_and_is_none_without_a_paste():
+    photo = _photo()
+    pasted = paste_thumbnails(photo, [BOX], 256, 256)
+    half = cv2.resize(photo, (128, 128), interpolation=cv2.INTER_AREA)
+    assert identity_drift(half, [BOX], 256, 256, pasted) < 0.02
+    assert identity_drift(photo, [BOX], 256, 256, {}) is None
+    assert artifact_scores(photo, [BOX], 256, 256)["identity_drift"] is None
+    assert not IDENTITY_DRIFT.is_issue(None)

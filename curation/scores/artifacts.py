@@ -20,6 +20,10 @@ from curation.records import Box
 WORK_SIDE = 256
 _BLUR_REF = 100.0
 """Variance of the Laplacian (0-255 gray) at which blur = 0.5; the usual "is it blurry" cut-off."""
+THUMB = 8
+"""Side of the per-concept region thumbnails identity drift compares (8x8 RGB = 192 bytes)."""
+PASTE_THUMBS = "paste_thumbs"
+"""Key in `Candidate.extra` under which the generator keeps the paste's region thumbnails."""
 _SEAM_BAND = 0.015
 """Half-width of the border band, as a fraction of the longest side (about 4 px at 256 px)."""
 
@@ -146,6 +150,51 @@ def box_overlap(boxes: Sequence[Box]) -> float:
     return worst
 
 
+def region_thumbnail(image: np.ndarray, box: Box, width: int, height: int) -> np.ndarray:
+    """A THUMB x THUMB RGB uint8 summary of one concept's box: cheap to store, enough to see it change.
+
+    Args:
+        image: HxWx3 uint8 RGB, any size (the box is scaled from the `width` x `height` canvas).
+    """
+    sy, sx = image.shape[0] / height, image.shape[1] / width
+    x0, y0 = max(0, round(box.x * sx)), max(0, round(box.y * sy))
+    x1 = min(image.shape[1], max(x0 + 1, round((box.x + box.w) * sx)))
+    y1 = min(image.shape[0], max(y0 + 1, round((box.y + box.h) * sy)))
+    region = np.ascontiguousarray(image[y0:y1, x0:x1, :3])
+    return cv2.resize(region, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
+
+
+def paste_thumbnails(image: np.ndarray, boxes: Sequence[Box], width: int, height: int) -> dict[str, str]:
+    """Each concept's region thumbnail as hex, what the generator keeps of the paste in `extra`.
+
+    Identity drift compares these with the final image; storing 192 bytes per concept instead of
+    a second PNG per candidate keeps candidate folders and shard bookkeeping as they are.
+    """
+    return {b.concept_id: region_thumbnail(image, b, width, height).tobytes().hex() for b in boxes}
+
+
+def identity_drift(
+    image: np.ndarray, boxes: Sequence[Box], width: int, height: int, pasted: dict[str, str]
+) -> float | None:
+    """How much the concepts' regions changed between paste and repaint: the worst concept's change.
+
+    Per concept, the mean absolute difference of its region thumbnail (`THUMB` px, RGB) between the
+    paste and the final image, in 0..1 of the 0-255 range; the candidate's score is the maximum
+    over its concepts, so one repainted-away concept is enough to flag it. None when the
+    candidate carries no paste thumbnails (made before they were recorded, or by another tool).
+    """
+    drifts = []
+    for box in boxes:
+        if box.concept_id not in pasted:
+            continue
+        before = np.frombuffer(bytes.fromhex(pasted[box.concept_id]), dtype=np.uint8)
+        after = region_thumbnail(image, box, width, height).ravel()
+        if before.shape != after.shape:
+            continue
+        drifts.append(float(np.abs(before.astype(np.float32) - after).mean()) / 255.0)
+    return max(drifts) if drifts else None
+
+
 SEAM = ScoreSpec(
     "seam", 0.0, 1.0, True, 0.7, "edge strength on the pasted-box border vs the rest (0.5 = same)"
 )
@@ -153,17 +202,34 @@ BLUR = ScoreSpec("blur", 0.0, 1.0, True, 0.5, "100 / (100 + variance of Laplacia
 EXPOSURE = ScoreSpec("exposure", 0.0, 1.0, True, 0.5, "max(clipped-pixel fraction, |mean - mid-gray| * 2)")
 LOW_INFORMATION = ScoreSpec("low_information", 0.0, 1.0, True, 0.6, "1 - gray-histogram entropy / 8 bits")
 OVERLAP = ScoreSpec("overlap", 0.0, 1.0, True, 0.3, "largest IoU between two planned concept boxes")
+IDENTITY_DRIFT = ScoreSpec(
+    "identity_drift",
+    0.0,
+    1.0,
+    True,
+    0.2,
+    "worst concept's mean |paste - final| on an 8x8 RGB thumbnail of its box (None: no paste kept)",
+)
 
-ARTIFACT_SCORES: dict[str, ScoreSpec] = {s.name: s for s in (SEAM, BLUR, EXPOSURE, LOW_INFORMATION, OVERLAP)}
+ARTIFACT_SCORES: dict[str, ScoreSpec] = {
+    s.name: s for s in (SEAM, BLUR, EXPOSURE, LOW_INFORMATION, OVERLAP, IDENTITY_DRIFT)
+}
 
 
-def artifact_scores(image: np.ndarray, boxes: Sequence[Box], width: int, height: int) -> dict[str, float]:
+def artifact_scores(
+    image: np.ndarray,
+    boxes: Sequence[Box],
+    width: int,
+    height: int,
+    pasted: dict[str, str] | None = None,
+) -> dict[str, float | None]:
     """All artifact scores of one RGB image, keyed by field name.
 
     Args:
         image: HxWx3 uint8 RGB.
         boxes: the planned boxes, in canvas pixels.
         width, height: the canvas size the boxes refer to.
+        pasted: the generator's `paste_thumbnails` of the composition before repaint, if kept.
     """
     gray = to_gray_small(image)
     region = boxes_mask(boxes, width, height, gray.shape)
@@ -173,4 +239,5 @@ def artifact_scores(image: np.ndarray, boxes: Sequence[Box], width: int, height:
         EXPOSURE.name: exposure(gray),
         LOW_INFORMATION.name: low_information(gray),
         OVERLAP.name: box_overlap(boxes),
+        IDENTITY_DRIFT.name: identity_drift(image, boxes, width, height, pasted or {}),
     }
