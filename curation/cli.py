@@ -120,6 +120,17 @@ def index(workspace: WorkspaceOpt = Path(".")) -> None:
     typer.echo(report.summary())
 
 
+@app.command()
+def report(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Write score histograms by concept count and a Markdown summary to <workspace>/reports/."""
+    from curation.progress import progress_bar
+    from curation.report import write_report
+
+    with progress_bar() as progress:
+        result = write_report(_workspace(workspace), progress=progress)
+    typer.echo(f"{result.candidates} candidates: {result.summary} and {len(result.figures)} histograms")
+
+
 @app.command("app")
 def app_command(
     address: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",

@@ -40,11 +40,22 @@ class LayoutConfig(_Section):
         "", description="allowed concept sets (txt: one set per line; or a JSON list of lists); empty = any"
     )
     backgrounds_per_composition: int = Field(1, description="consecutive plans sharing one concept set")
+    llm_compositions: int = Field(
+        0, description="with planner 'llm' and no compositions_file: ask the LLM for this many plausible sets"
+    )
     llm_max_retries: int = Field(3, description="re-asks per plan, the validation error fed back each time")
     llm_http_retries: int = Field(2, description="client retries with backoff on HTTP 429/5xx and timeouts")
     llm_timeout: float = Field(60.0, description="seconds per LLM request")
     llm_temperature: float = 0.7
     llm_concurrency: int = Field(4, description="plans asked of the LLM in parallel")
+
+
+GEN4GEN_NEGATIVE_PROMPT = (
+    "semi-realistic, cgi, 3d, render, sketch, cartoon, drawing, anime, text, close up, cropped, out of frame, "
+    "worst quality, low quality, jpeg artifacts, ugly, duplicate, morbid, mutilated, deformed, blurry, "
+    "bad anatomy, bad proportions, disfigured, gross proportions, mixture"
+)
+"""Gen4Gen's repaint negative prompt without its hand/limb terms (our concepts are rarely people)."""
 
 
 class GenerateConfig(_Section):
@@ -54,6 +65,20 @@ class GenerateConfig(_Section):
     shard_size: int = 200
     workers: int = 1
     seeds_per_plan: int = 1
+    # diffusion repaint (used when `repaint` names a pipeline); defaults are Gen4Gen's s3 script's
+    guidance_scale: float = 6.0
+    steps: int = 60
+    strength: float = Field(0.9, gt=0, le=1)
+    mask_blur: int = Field(5, ge=0, description="box-blur radius (px) of the object mask before inverting")
+    negative_prompt: str = GEN4GEN_NEGATIVE_PROMPT
+    refiner: str = Field("", description="optional refiner id, e.g. stabilityai/stable-diffusion-xl-refiner-1.0")
+    refiner_start: float = Field(0.75, gt=0, lt=1, description="fraction of denoising done before the refiner")
+    batch_size: int = Field(4, ge=1, description="candidates per pipeline call")
+    device: str = Field("auto", description="'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field("auto", description="auto: fp16 on GPU")
+    # VLM recaption (used when `recaption` names a model)
+    recaption_prompt: str = "Describe this photo in one sentence, naming every object and the setting."
+    recaption_max_tokens: int = Field(60, ge=1)
 
 
 class IndexConfig(_Section):
@@ -61,6 +86,10 @@ class IndexConfig(_Section):
     clip_model: str = "ViT-B-32"
     clip_pretrained: str = Field("openai", description="open_clip pretrained tag; random weights if unavailable")
     batch_size: int = 16
+    detector: str = Field(
+        "", description="OWL-ViT/OWLv2 hub id or folder for concept presence; empty means the planned boxes"
+    )
+    detection_threshold: float = Field(0.1, ge=0.0, le=1.0, description="minimum detector score")
 
 
 class ReviewConfig(_Section):

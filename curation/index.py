@@ -1,9 +1,9 @@
-"""`curate index`: candidates -> the workspace's FiftyOne dataset, with CLIP and artifact scores.
+"""`curate index`: candidates -> the workspace's FiftyOne dataset, with CLIP, presence and artifact scores.
 
 One sample per candidate, keyed by `candidate_id` and upserted, so re-running never duplicates.
 A candidate is processed only when it is new, its image bytes changed, its JSON record changed,
-or the configured CLIP model changed; an unchanged workspace costs one hash per file and no model
-is loaded at all. Images are streamed in batches (`index.batch_size`): a loader thread decodes
+or the configured CLIP model or presence detector changed; an unchanged workspace costs one hash
+per file and no model is loaded at all. Images are streamed in batches (`index.batch_size`): a loader thread decodes
 and scores the next batch while the model embeds the current one, and samples are written in bulk
 every `_WRITE_CHUNK` candidates. Review fields written by `curate review pull` are never touched.
 """
@@ -24,10 +24,12 @@ from curation import dataset as ds
 from curation.errors import CurateError
 from curation.progress import ProgressFn, no_progress
 from curation.records import Candidate, content_id
-from curation.scores.artifacts import ARTIFACT_SCORES, artifact_scores
+from curation.scores import presence as P
+from curation.scores.artifacts import ARTIFACT_SCORES, PASTE_THUMBS, artifact_scores
 
 if TYPE_CHECKING:
     import fiftyone as fo
+    from PIL import Image
 
     from curation.scores.clip import ClipScorer
     from curation.workspace import Workspace
@@ -46,7 +48,7 @@ class IndexReport:
     Attributes:
         dataset: the FiftyOne dataset name.
         added: candidates new to the dataset.
-        updated: candidates re-indexed because their image, record or the CLIP model changed.
+        updated: candidates re-indexed because their image, record, CLIP model or detector changed.
         unchanged: candidates skipped.
         moved: unchanged candidates whose file path changed (only the path was rewritten).
         orphaned: samples whose candidate is no longer in the workspace (kept: they may carry reviews).
@@ -96,8 +98,9 @@ class _Todo:
 @dataclass
 class _Loaded:
     todo: _Todo
+    image: Image.Image
     tensor: Any
-    scores: dict[str, float]
+    scores: dict[str, float | None]
 
 
 def image_hash(path: Path) -> str:
@@ -137,10 +140,13 @@ def index_workspace(
     dataset.persistent = True
     report = IndexReport(dataset=name)
 
-    wanted = (config.clip_model, config.clip_pretrained or "")
-    model_changed = (
-        len(dataset) > 0 and (dataset.info.get("clip_model"), dataset.info.get("clip_pretrained")) != wanted
-    )
+    wanted = {
+        "clip_model": config.clip_model,
+        "clip_pretrained": config.clip_pretrained or "",
+        "presence_detector": config.detector,
+        "detection_threshold": config.detection_threshold,
+    }
+    model_changed = len(dataset) > 0 and any(dataset.info.get(k) != v for k, v in wanted.items())
     todo, moved = _plan(ws, dataset, model_changed, report, progress)
     if moved:
         dataset.set_values("filepath", moved, key_field=ds.CANDIDATE_ID)
@@ -154,12 +160,28 @@ def index_workspace(
             )
         report.clip_loaded = True
         report.clip_weights = scorer.weights
-        # recorded first, so samples written by a run killed half-way are known to match this model
+        presence = P.load_presence(
+            ws,
+            (c for t in todo for c in t.candidate.concepts),
+            scorer.embed_images,
+            config.detector,
+            config.detection_threshold,
+            scorer.device,
+        )
+        # recorded first, so samples written by a run killed half-way are known to match these models
         dataset.info.update(
-            clip_model=scorer.model_name, clip_pretrained=scorer.pretrained or "", clip_weights=scorer.weights
+            wanted,
+            clip_model=scorer.model_name,
+            clip_pretrained=scorer.pretrained or "",
+            clip_weights=scorer.weights,
+            presence_source=presence.source,
         )
         dataset.save()
-        _index(dataset, todo, scorer, config.batch_size, report, progress)
+        P.declare_fields(dataset)
+        for spec in ARTIFACT_SCORES.values():  # identity_drift may be None everywhere
+            if not dataset.has_field(spec.name):
+                dataset.add_sample_field(spec.name, fo.FloatField)
+        _index(dataset, todo, scorer, presence, config.batch_size, report, progress)
     if report.added or report.updated:
         _diversity(dataset, report)
     save_views(dataset)
@@ -257,8 +279,8 @@ def _load(todo: _Todo, scorer: ClipScorer) -> _Loaded | str:
     except (OSError, UnidentifiedImageError) as exc:
         return f"cannot decode {todo.candidate.image}: {exc}"
     c = todo.candidate
-    scores = artifact_scores(np.asarray(rgb), c.boxes, c.width, c.height)
-    return _Loaded(todo, scorer.image_tensor(rgb), scores)
+    scores = artifact_scores(np.asarray(rgb), c.boxes, c.width, c.height, c.extra.get(PASTE_THUMBS))
+    return _Loaded(todo, rgb, scorer.image_tensor(rgb), scores)
 
 
 def _batches(todo: list[_Todo], scorer: ClipScorer, batch_size: int) -> Iterator[list[_Loaded | str]]:
@@ -277,6 +299,7 @@ def _index(
     dataset: fo.Dataset,
     todo: list[_Todo],
     scorer: ClipScorer,
+    presence: P.PresenceScorer,
     batch_size: int,
     report: IndexReport,
     progress: ProgressFn,
@@ -297,13 +320,15 @@ def _index(
             images = scorer.embed_tensors(torch.stack([item.tensor for item in loaded]))
             texts = scorer.embed_texts([clip_text(item.todo.candidate) for item in loaded])
             cosine, score = clip_t(images, texts)
+            found = presence.score([(item.image, item.todo.candidate) for item in loaded])
             for k, item in enumerate(loaded):
-                pending.append(_fields(item, images[k], float(score[k]), float(cosine[k])))
+                row = _fields(item, images[k], float(score[k]), float(cosine[k]))
+                pending.append(row | P.presence_fields(found[k], item.image.size))
         done += len(batch)
         if len(pending) >= _WRITE_CHUNK:
             _write(dataset, pending, report)
             pending = []
-        progress("indexing (CLIP + artifact scores)", done, len(todo))
+        progress("indexing (CLIP, presence, artifact scores)", done, len(todo))
     _write(dataset, pending, report)
 
 
@@ -379,6 +404,7 @@ def save_views(dataset: fo.Dataset) -> list[str]:
         ds.VIEW_ACCEPTED_Q3: ds.accepted_view(dataset, min_quality=3),
         ds.VIEW_HIGH_ARTIFACTS: dataset.match(high),
         ds.VIEW_NEAR_DUPLICATES: dataset.match(F(ds.NEAR_DUP_OF) != None),
+        P.VIEW_MISSING_CONCEPT: dataset.match(F(P.MISSING_CONCEPTS).length() > 0),
         ds.VIEW_TOP_CANDIDATES: dataset.match(~high & (F(ds.NEAR_DUP_OF) == None)).sort_by(
             ds.CLIP_T, reverse=True
         ),

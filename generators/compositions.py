@@ -73,6 +73,17 @@ def _parse_sets(text: str, name: str) -> list[tuple[int, list[str]]]:
     return sets
 
 
+def check_set(ids: list[str], known: set[str], config: LayoutConfig) -> str | None:
+    """Why a concept set cannot be a composition, or None; shared by user files and LLM suggestions."""
+    if unknown := sorted(set(ids) - known):
+        return f"unknown concept(s) {', '.join(unknown)}"
+    if len(set(ids)) != len(ids):
+        return "a concept is listed twice"
+    if not config.min_concepts <= len(ids) <= config.max_concepts:
+        return f"{len(ids)} concepts, layout allows {config.min_concepts}..{config.max_concepts}"
+    return None
+
+
 def load_allowed_sets(ws: Workspace, config: LayoutConfig, known: set[str]) -> list[tuple[str, ...]] | None:
     """The user's allowed concept sets (sorted ids, file order), or None when any set is allowed.
 
@@ -87,15 +98,8 @@ def load_allowed_sets(ws: Workspace, config: LayoutConfig, known: set[str]) -> l
         raise CurateError(f"layout.compositions_file {config.compositions_file!r} does not exist")
     allowed: list[tuple[str, ...]] = []
     for number, ids in _parse_sets(path.read_text(), path.name):
-        where = f"{path.name} set {number}"
-        if unknown := sorted(set(ids) - known):
-            raise CurateError(f"{where}: unknown concept(s) {', '.join(unknown)}")
-        if len(set(ids)) != len(ids):
-            raise CurateError(f"{where}: a concept is listed twice")
-        if not config.min_concepts <= len(ids) <= config.max_concepts:
-            raise CurateError(
-                f"{where}: {len(ids)} concepts, layout allows {config.min_concepts}..{config.max_concepts}"
-            )
+        if problem := check_set(ids, known, config):
+            raise CurateError(f"{path.name} set {number}: {problem}")
         if tuple(sorted(ids)) not in allowed:
             allowed.append(tuple(sorted(ids)))
     if not allowed:

@@ -4,7 +4,9 @@ The rule-based planner (offline default) follows the paper's recipe without an L
 stand on a ground line, their heights follow per-class size priors (the paper's relative-size
 correction: a mug is not as tall as a person), boxes stay inside the canvas and overlap at most
 `max_overlap` IoU. Plan k is drawn from its own random stream seeded by (seed, k, the concepts),
-so asking for 60 plans after 40 keeps the first 40 byte-identical.
+so asking for 60 plans after 40 keeps the first 40 byte-identical. Which concepts go together
+and on which scene comes from `generators.compositions`; with `layout.planner = "llm"` the boxes
+come from `generators.llm_layout`, and this planner is its per-plan fallback.
 """
 
 from __future__ import annotations
@@ -105,6 +107,8 @@ def check_layout(plan: LayoutPlan, config: LayoutConfig) -> str | None:
         return "every concept needs exactly one box"
     min_area = config.min_area * plan.width * plan.height
     for box in plan.boxes:
+        if box.w <= 0 or box.h <= 0:
+            return f"box of {box.concept_id} needs a positive width and height"
         if box.x < 0 or box.y < 0 or box.x + box.w > plan.width or box.y + box.h > plan.height:
             return f"box of {box.concept_id} leaves the canvas"
         if box.w * box.h < min_area:
@@ -220,14 +224,14 @@ def plan_layouts(ws: Workspace, n: int, progress: ProgressFn = no_progress) -> l
         raise CurateError(f"planning needs at least 2 concepts, the workspace has {len(concepts)}; add more")
     aspects = {c.concept_id: concept_aspect(ws, c) for c in concepts.values()}
     allowed = load_allowed_sets(ws, config, set(concepts))
-    compositions = [compose(k, list(concepts.values()), config, allowed) for k in range(n)]
     if config.planner == "llm":
         from generators.llm_layout import plan_with_llm
 
-        plans = plan_with_llm(ws, compositions, concepts, aspects, progress)
+        plans = plan_with_llm(ws, n, concepts, aspects, allowed, progress)
     else:
         plans = []
-        for k, composition in enumerate(compositions):
+        for k in range(n):
+            composition = compose(k, list(concepts.values()), config, allowed)
             plans.append(plan_one(k, composition, concepts, aspects, config))
             progress("plan", k + 1, n)
     ws.write_plans(plans)

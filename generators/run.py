@@ -33,6 +33,7 @@ from curation.config import GenerateConfig
 from curation.errors import CurateError
 from curation.progress import ProgressFn, no_progress
 from curation.records import Candidate, Concept, LayoutPlan, content_id
+from curation.scores.artifacts import PASTE_THUMBS, paste_thumbnails
 from curation.workspace import (
     SUCCESS_MARKER,
     Workspace,
@@ -41,8 +42,8 @@ from curation.workspace import (
     atomic_write_text,
 )
 from generators.compose import compose, pick_reference, procedural_background
-from generators.recaption import Captioner, load_captioner, template_caption
-from generators.repaint import Repainter, load_repainter
+from generators.recaption import Captioner, caption_settings, load_captioner, template_caption
+from generators.repaint import RepaintJob, Repainter, load_repainter, repaint_prompt, repaint_settings
 
 GENERATOR_VERSION = 1
 """Bump when the offline pipeline's pixels change, so new images get new ids."""
@@ -110,6 +111,8 @@ def generator_config(config: GenerateConfig) -> dict[str, object]:
         "version": GENERATOR_VERSION,
         "repaint": config.repaint,
         "recaption": config.recaption,
+        **repaint_settings(config),
+        **caption_settings(config),
     }
 
 
@@ -143,18 +146,46 @@ class _Generator:
         if self.config.generator != "gen4gen":
             raise CurateError(f"generator {self.config.generator!r} is not available yet; use 'gen4gen'")
         self.concepts: dict[str, Concept] = self.ws.concepts()
-        self.repainter: Repainter = load_repainter(self.config.repaint)
-        self.captioner: Captioner = load_captioner(self.config.recaption)
+        self.repainter: Repainter = load_repainter(self.config.repaint, self.config)
+        self.captioner: Captioner = load_captioner(self.config.recaption, self.config)
         self.gen_config = generator_config(self.config)
 
     def _paths(self, item: WorkItem) -> tuple[Path, Path]:
         folder = self.ws.shard_dir(item.shard)
         return folder / f"{item.candidate_id}.png", folder / f"{item.candidate_id}.json"
 
-    def run(self, item: WorkItem) -> str | None:
-        """Make and write one candidate; returns the failure reason, or None when it succeeded."""
-        png, meta = self._paths(item)
-        record = Candidate(
+    def run(self, items: list[WorkItem]) -> list[str | None]:
+        """Make and write candidates, repainting `repainter.batch_size` per call.
+
+        Returns one failure reason (or None when it succeeded) per item, in order. A failure while
+        preparing or finishing one candidate fails only that one; a failed repaint call fails its batch.
+        """
+        reasons: dict[str, str | None] = {}
+        ready: list[tuple[WorkItem, Candidate, RepaintJob]] = []
+        for item in items:
+            record = self._record(item)
+            try:
+                ready.append((item, *self._prepare(item, record)))
+            except Exception as exc:  # noqa: BLE001 - a failed candidate is data: recorded, counted, retried
+                reasons[item.candidate_id] = self._fail(item, record, exc)
+        size = self.repainter.batch_size
+        for batch in (ready[i : i + size] for i in range(0, len(ready), size)):
+            try:
+                images = self.repainter([job for _, _, job in batch])
+            except Exception as exc:  # noqa: BLE001
+                reasons |= {item.candidate_id: self._fail(item, record, exc) for item, record, _ in batch}
+                continue
+            for (item, record, _), image in zip(batch, images, strict=True):
+                try:
+                    self._finish(item, record, image)
+                    reasons[item.candidate_id] = None
+                except Exception as exc:  # noqa: BLE001
+                    reasons[item.candidate_id] = self._fail(item, record, exc)
+        return [reasons[item.candidate_id] for item in items]
+
+    def _record(self, item: WorkItem) -> Candidate:
+        png, _ = self._paths(item)
+        return Candidate(
             candidate_id=item.candidate_id,
             plan_id=item.plan.plan_id,
             shard=item.shard,
@@ -168,18 +199,17 @@ class _Generator:
             generator=self.config.generator,
             generator_config=self.gen_config,
         )
-        try:
-            record = self._make(item, record, png)
-        except Exception as exc:  # noqa: BLE001 - a failed candidate is data: recorded, counted, retried next run
-            reason = exc.reason if isinstance(exc, CandidateFailure) else type(exc).__name__
-            png.unlink(missing_ok=True)
-            record = record.model_copy(update={"status": "failed", "error": f"{reason}: {exc}"})
-            atomic_write_text(meta, record.model_dump_json(indent=2))
-            return reason
-        atomic_write_text(meta, record.model_dump_json(indent=2))
-        return None
 
-    def _make(self, item: WorkItem, record: Candidate, png: Path) -> Candidate:
+    def _fail(self, item: WorkItem, record: Candidate, exc: Exception) -> str:
+        png, meta = self._paths(item)
+        reason = exc.reason if isinstance(exc, CandidateFailure) else type(exc).__name__
+        png.unlink(missing_ok=True)
+        record = record.model_copy(update={"status": "failed", "error": f"{reason}: {exc}"})
+        atomic_write_text(meta, record.model_dump_json(indent=2))
+        return reason
+
+    def _prepare(self, item: WorkItem, record: Candidate) -> tuple[Candidate, RepaintJob]:
+        """Pick references and compose; the record gets everything known before repainting."""
         plan = item.plan
         rng = np.random.default_rng(int(item.candidate_id, 16))
         missing = [c for c in plan.concepts if c not in self.concepts]
@@ -191,30 +221,37 @@ class _Generator:
             picks.append((concept, pick_reference(concept, rng), box))
         background = procedural_background(plan.background, plan.width, plan.height, item.seed)
         composition = compose(self.ws, background, picks)
-        template = template_caption(plan, self.concepts)
-        image = self.repainter(composition, template)
-        caption = self.captioner(image, plan, self.concepts, template)
-        ok, encoded = cv2.imencode(".png", image[..., ::-1], _PNG_PARAMS)
-        if not ok:
-            raise CandidateFailure("encode_failed", "PNG encoding failed")
-        atomic_write_bytes(png, encoded.tobytes())
+        job = RepaintJob(composition, repaint_prompt(plan, self.concepts), int(item.candidate_id, 16) % 2**63)
         placed = {layer.concept_id: layer.box for layer in composition.layers}
-        return record.model_copy(
+        record = record.model_copy(
             update={
                 "boxes": [placed[c] for c in plan.concepts],
-                "caption": caption,
-                "template_caption": template,
-                "prompt": template,
+                "template_caption": template_caption(plan, self.concepts),
+                "prompt": job.prompt,
                 "refs_used": {concept.concept_id: concept.refs[i] for concept, i, _ in picks},
                 "extra": {
                     "plan_boxes": [b.model_dump() for b in plan.boxes],
                     "masks_used": {concept.concept_id: concept.masks[i] for concept, i, _ in picks},
                     "planner": plan.planner,
-                    "repaint": self.repainter.config(),
-                    "recaption": self.captioner.name,
+                    "repaint_seed": job.seed,
                 },
             }
         )
+        return record, job
+
+    def _finish(self, item: WorkItem, record: Candidate, image: np.ndarray) -> None:
+        """Caption the repainted image, then write PNG and JSON (atomically, PNG first)."""
+        png, meta = self._paths(item)
+        caption = self.captioner(image, item.plan, self.concepts, record.template_caption)
+        ok, encoded = cv2.imencode(".png", image[..., ::-1], _PNG_PARAMS)
+        if not ok:
+            raise CandidateFailure("encode_failed", "PNG encoding failed")
+        atomic_write_bytes(png, encoded.tobytes())
+        extra = record.extra | {"repaint": self.repainter.config(), "recaption": self.captioner.config()}
+        if caption.vlm_caption is not None:
+            extra["vlm_caption"] = caption.vlm_caption
+        record = record.model_copy(update={"caption": caption.text, "extra": extra})
+        atomic_write_text(meta, record.model_dump_json(indent=2))
 
 
 _WORKER: _Generator | None = None
@@ -226,9 +263,10 @@ def _init_worker(root: Path) -> None:
     _WORKER = _Generator(root)
 
 
-def _run_chunk(items: list[WorkItem]) -> list[tuple[str, str | None]]:
-    assert _WORKER is not None, "worker used before _init_worker"
-    return [(item.shard, _WORKER.run(item)) for item in items]
+def _run_chunk(items: list[WorkItem], generator: _Generator | None = None) -> list[tuple[str, str | None]]:
+    generator = generator or _WORKER
+    assert generator is not None, "worker used before _init_worker"
+    return list(zip([item.shard for item in items], generator.run(items), strict=True))
 
 
 # -- shards and executors (main process) -------------------------------------------------------
@@ -381,11 +419,12 @@ def generate(
         if not work and not ws.shard_done(shard):  # everything was on disk, only the marker was missing
             _close_shard(ws, shard, shards[shard], 0)
 
-    chunks = [work[i : i + _CHUNK] for work in todo.values() for i in range(0, len(work), _CHUNK)]
+    size = max(_CHUNK, local.repainter.batch_size)  # a chunk fills at least one repaint batch
+    chunks = [work[i : i + size] for work in todo.values() for i in range(0, len(work), size)]
     if executor == "ray" and chunks:
         batches = _ray_batches(ws.root, chunks, workers)
     elif workers == 1 or len(chunks) <= 1:
-        batches = ([(item.shard, local.run(item)) for item in chunk] for chunk in chunks)
+        batches = (_run_chunk(chunk, local) for chunk in chunks)
     else:
         batches = _process_batches(ws.root, chunks, workers)
     for results in batches:

@@ -22,9 +22,11 @@ import numpy as np
 from curation.errors import CurateError
 
 if TYPE_CHECKING:
+    import fiftyone as fo
     from PIL import Image
 
-    from curation.records import Box
+    from curation.records import Box, Candidate
+    from curation.workspace import Workspace
 
 PRESENCE = "presence"
 """dict concept_id -> similarity of its crop to its references (0 when not found)."""
@@ -215,3 +217,120 @@ def detect_concepts(
     found = [d for d in detector.detect(image, queries, threshold) if crop(image, d) is not None]
     best = dict(zip(queries, best_per_label(found, queries)))
     return {concept_id: best[noun] for concept_id, noun in nouns.items()}
+
+
+@dataclass
+class PresenceScorer:
+    """Everything presence scoring needs, loaded once per `curate index` run.
+
+    Attributes:
+        refs: concept_id -> its references' L2-normalised CLIP embeddings; concepts without
+            references are not scored.
+        nouns: concept_id -> class noun, the detector's query.
+        embed: the CLIP image embedder crops go through (the index's own model).
+        detector: None means the planned boxes stand in for detections (`presence_source = "plan"`).
+        threshold: minimum detector score for a box to count.
+    """
+
+    refs: dict[str, np.ndarray]
+    nouns: dict[str, str]
+    embed: EmbedFn
+    detector: OwlDetector | None = None
+    threshold: float = 0.1
+
+    @property
+    def source(self) -> str:
+        return SOURCE_PLAN if self.detector is None else SOURCE_DETECTOR
+
+    def score(self, batch: Sequence[tuple[Image.Image, Candidate]]) -> list[Presence]:
+        """Presence of every candidate of a batch; all crops of the batch go through CLIP together."""
+        items = []
+        for image, candidate in batch:
+            if self.detector is None:
+                planned = plan_detections(candidate.boxes, candidate.width, candidate.height, image.size)
+                detections = {c: planned.get(c) for c in candidate.concepts}
+            else:
+                nouns = {c: self.nouns[c] for c in candidate.concepts if c in self.refs}
+                detections = detect_concepts(self.detector, image, nouns, self.threshold) if nouns else {}
+            items.append((image, detections))
+        return score_presence(items, self.refs, self.embed, self.source)
+
+
+def load_presence(
+    ws: Workspace,
+    concept_ids: Iterable[str],
+    embed: EmbedFn,
+    detector: str = "",
+    threshold: float = 0.1,
+    device: str | None = None,
+) -> PresenceScorer:
+    """Embed the references of the concepts a run needs and load the detector, if one is configured.
+
+    Concepts unknown to the workspace or without references are skipped (their candidates get no
+    presence for them) rather than failing a whole index run.
+    """
+    from PIL import Image
+
+    concepts = ws.concepts()
+    refs, nouns = {}, {}
+    for concept_id in sorted(set(concept_ids)):
+        concept = concepts.get(concept_id)
+        if concept is None or not concept.refs:
+            continue
+        images = []
+        for ref in concept.refs:
+            with Image.open(ws.resolve(ref)) as image:
+                images.append(image.convert("RGB"))
+        refs[concept_id] = embed(images)
+        nouns[concept_id] = concept.class_noun
+    return PresenceScorer(
+        refs, nouns, embed, load_detector(detector, device) if detector else None, threshold
+    )
+
+
+def _clip_box(box: tuple[float, float, float, float], width: int, height: int) -> tuple[float, ...]:
+    x0, y0, x1, y1 = box
+    return (max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1))
+
+
+def presence_fields(result: Presence, image_size: tuple[int, int]) -> dict[str, Any]:
+    """The FiftyOne fields of one result; detections as relative [x, y, w, h] boxes labelled by concept."""
+    import fiftyone as fo
+
+    width, height = image_size
+    detections = None
+    if result.source == SOURCE_DETECTOR:
+        detections = fo.Detections(
+            detections=[
+                fo.Detection(
+                    label=concept_id,
+                    bounding_box=[x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height],
+                    confidence=det.score,
+                )
+                for concept_id, det in result.found.items()
+                for x0, y0, x1, y1 in [_clip_box(det.box, width, height)]
+            ]
+        )
+    return {
+        PRESENCE: result.presence,
+        CP_CLIP: result.cp_clip,
+        MISSING_CONCEPTS: result.missing,
+        DETECTIONS: detections,
+        PRESENCE_SOURCE: result.source,
+    }
+
+
+def declare_fields(dataset: fo.Dataset) -> None:
+    """Declare the presence fields up front: FiftyOne cannot infer a type from all-None values."""
+    import fiftyone as fo
+
+    kinds: dict[str, tuple[Any, dict[str, Any]]] = {
+        PRESENCE: (fo.DictField, {"subfield": fo.FloatField}),
+        CP_CLIP: (fo.FloatField, {}),
+        MISSING_CONCEPTS: (fo.ListField, {"subfield": fo.StringField}),
+        DETECTIONS: (fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Detections}),
+        PRESENCE_SOURCE: (fo.StringField, {}),
+    }
+    for name, (kind, options) in kinds.items():
+        if not dataset.has_field(name):
+            dataset.add_sample_field(name, kind, **options)
