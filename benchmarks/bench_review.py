@@ -69,7 +69,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from curation.config import CurateConfig
-    from curation.review import connect, pull, push, serve, stop, use_server
+    from curation.review import connect, push, serve, stop, use_server
+    from curation.review_pull import pull
     from curation.workspace import Workspace
 
     root = Path(tempfile.mkdtemp(prefix="bench-review-"))

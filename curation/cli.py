@@ -110,7 +110,7 @@ def generate(
 
 @app.command()
 def index(workspace: WorkspaceOpt = Path(".")) -> None:
-    """Index candidates in FiftyOne: CLIP embeddings, CLIP-T, artifact scores, saved views."""
+    """Index candidates in FiftyOne: CLIP, CLIP-T, concept presence (CP-CLIP), artifact scores, views."""
     from curation.index import index_workspace
     from curation.progress import progress_bar
 
@@ -209,7 +209,7 @@ def review_pull(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Pull annotations into FiftyOne (review_decision, review_quality, agreement...); keeps each raw export."""
-    from curation.review import pull
+    from curation.review_pull import pull
 
     report = pull(_workspace(workspace), url=url or None, token=token or None)
     typer.echo(report.summary())
@@ -222,7 +222,7 @@ def review_status(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Counts of tasks, annotated, accepted, rejected, per concept, and annotator agreement."""
-    from curation.review import status
+    from curation.review_pull import status
 
     typer.echo(status(_workspace(workspace), url=url or None, token=token or None).summary())
 

@@ -39,15 +39,15 @@ class LayoutConfig(_Section):
     compositions_file: str = Field(
         "", description="allowed concept sets (txt: one set per line; or a JSON list of lists); empty = any"
     )
-    backgrounds_per_composition: int = Field(1, description="consecutive plans sharing one concept set")
+    backgrounds_per_composition: int = Field(1, ge=1, description="consecutive plans sharing one concept set")
     llm_compositions: int = Field(
-        0, description="with planner 'llm' and no compositions_file: ask the LLM for this many plausible sets"
+        0, ge=0, description="planner 'llm' without compositions_file: ask the LLM for N plausible sets"
     )
-    llm_max_retries: int = Field(3, description="re-asks per plan, the validation error fed back each time")
-    llm_http_retries: int = Field(2, description="client retries with backoff on HTTP 429/5xx and timeouts")
-    llm_timeout: float = Field(60.0, description="seconds per LLM request")
+    llm_max_retries: int = Field(3, ge=0, description="re-asks per plan, the error fed back")
+    llm_http_retries: int = Field(2, ge=0, description="client retries with backoff (429, 5xx)")
+    llm_timeout: float = Field(60.0, gt=0, description="seconds per LLM request")
     llm_temperature: float = 0.7
-    llm_concurrency: int = Field(4, description="plans asked of the LLM in parallel")
+    llm_concurrency: int = Field(4, ge=1, description="plans asked of the LLM in parallel")
 
 
 GEN4GEN_NEGATIVE_PROMPT = (

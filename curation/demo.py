@@ -81,7 +81,8 @@ def run_demo(
     echo(index_workspace(ws, progress=progress).summary())
     echo(f"browse: curate app -w {ws.root}   (FiftyOne App on http://127.0.0.1:5151)")
     if review:
-        from curation.review import pull, push, serve
+        from curation.review import push, serve
+        from curation.review_pull import pull
 
         info = serve(ws)
         echo(push(ws).summary())
@@ -101,7 +102,8 @@ def annotate_for_demo(ws: Workspace) -> int:
     rejected with 2: enough spread to show the quality threshold at work in the export.
     """
     from curation import dataset as ds
-    from curation.review import annotation_result, connect, ensure_project
+    from curation.review import connect, ensure_project
+    from curation.review_pull import annotation_result
     from curation.scores.artifacts import ARTIFACT_SCORES
 
     dataset = ds.open_dataset(ws)

@@ -127,21 +127,27 @@ def _summary(
     lines = [f"# Index report: {name}", ""]
     if info.get("clip_weights") != "pretrained":
         lines += [
-            f"> **CLIP weights: {info.get('clip_weights', 'unknown')}**: clip_t, cp_clip, presence and "
-            "near-duplicates are not meaningful; index with real weights before trusting them.",
+            (
+                f"> **CLIP weights: {info.get('clip_weights', 'unknown')}**: clip_t, cp_clip, presence "
+                "and near-duplicates are not meaningful; index with real weights before trusting them."
+            ),
             "",
         ]
     if info.get("presence_source") == P.SOURCE_PLAN:
         lines += [
-            "> Presence came from the **planned boxes** (no detector configured): cp_clip measures "
-            "resemblance inside the plan's boxes, and no concept can be missing.",
+            (
+                "> Presence came from the **planned boxes** (no detector configured): cp_clip measures "
+                "resemblance inside the plan's boxes, and no concept can be missing."
+            ),
             "",
         ]
     per_group = ", ".join(f"{n} concepts: {int((counts == n).sum())}" for n in groups)
     lines += [
         f"{len(counts)} candidates ({per_group}).",
-        f"CLIP: {info.get('clip_model', '?')} / {info.get('clip_pretrained') or 'no tag'} "
-        f"({info.get('clip_weights', '?')}); presence: {info.get('presence_source', '?')}.",
+        (
+            f"CLIP: {info.get('clip_model', '?')} / {info.get('clip_pretrained') or 'no tag'} "
+            f"({info.get('clip_weights', '?')}); presence: {info.get('presence_source', '?')}."
+        ),
         "",
         "## Mean score by concept count",
         "",

@@ -14,10 +14,8 @@ import json
 import random
 import statistics
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
@@ -28,16 +26,13 @@ from curation import dataset as ds
 from curation.errors import CurateError
 from curation.labelstudio_server import ServerInfo, read_server, serve, stop, use_server
 from curation.progress import ProgressFn, no_progress
-from curation.workspace import Workspace, atomic_write_bytes, atomic_write_json
+from curation.workspace import Workspace, atomic_write_json
 
 __all__ = [
     "ServerInfo",
-    "annotation_result",
     "connect",
-    "pull",
     "push",
     "serve",
-    "status",
     "stop",
     "use_server",
 ]
@@ -133,7 +128,7 @@ def connect(ws: Workspace, url: str | None = None, token: str | None = None) -> 
 
 
 # -- project -----------------------------------------------------------------------------------
-def _project_file(ws: Workspace) -> Path:
+def project_file(ws: Workspace) -> Path:
     return ws.review_dir / "project.json"
 
 
@@ -149,7 +144,7 @@ def ensure_project(ws: Workspace, conn: Connection, overlap: int | None = None) 
     """The workspace's project on this server, created once (with its storages) and reused after."""
     from label_studio_sdk.core.api_error import ApiError
 
-    path = _project_file(ws)
+    path = project_file(ws)
     recorded = json.loads(path.read_text()) if path.exists() else {}
     project_id = recorded.get("project_id") if recorded.get("url") == conn.url else None
     if project_id is not None:
@@ -166,6 +161,12 @@ def ensure_project(ws: Workspace, conn: Connection, overlap: int | None = None) 
         project_id = project_id if code == 200 else None  # deleted on the server: create it again
     config = ws.config.review
     client = conn.client
+    marker = f"curate workspace: {ws.root}"
+    if project_id is None:  # a push killed before project.json was written left its project behind
+        found = conn.call("project listing", lambda: [p.id for p in client.projects.list() if p.description == marker])
+        project_id = min(found) if found else None
+        if project_id is not None:
+            atomic_write_json(path, {"url": conn.url, "project_id": project_id})
     if project_id is None:
         xml_path = CONFIG_DIR / config.label_config
         if not xml_path.exists():
@@ -175,6 +176,7 @@ def ensure_project(ws: Workspace, conn: Connection, overlap: int | None = None) 
                 "project creation",
                 lambda: client.projects.create(
                     title=config.project_title or f"curate {ws.name}",
+                    description=marker,
                     label_config=xml_path.read_text(),
                     maximum_annotations=overlap or 1,
                     show_collab_predictions=True,
@@ -386,239 +388,3 @@ def _task(
             }
         ]
     return task
-
-
-# -- pull --------------------------------------------------------------------------------------
-REVIEW_FIELDS = (
-    ds.REVIEW_DECISION,
-    ds.REVIEW_QUALITY,
-    ds.REVIEW_ANNOTATORS,
-    ds.REVIEW_AGREEMENT,
-    ds.REVIEW_REASONS,
-    ds.CAPTION_FIXED,
-)
-
-
-def annotation_result(
-    decision: str, quality: int | None = None, reasons: tuple[str, ...] = (), caption: str | None = None
-) -> list[dict[str, Any]]:
-    """An annotation `result` for review.xml, as the labeling page submits it (tests and demo use it)."""
-    result: list[dict[str, Any]] = [
-        {"from_name": DECISION, "to_name": IMAGE, "type": "choices", "value": {"choices": [decision]}}
-    ]
-    if quality is not None:
-        result.append(
-            {"from_name": QUALITY, "to_name": IMAGE, "type": "rating", "value": {"rating": quality}}
-        )
-    if reasons:
-        result.append(
-            {"from_name": REASONS, "to_name": IMAGE, "type": "choices", "value": {"choices": list(reasons)}}
-        )
-    if caption:
-        result.append(
-            {"from_name": CAPTION_BOX, "to_name": IMAGE, "type": "textarea", "value": {"text": [caption]}}
-        )
-    return result
-
-
-def _values(annotation: dict[str, Any]) -> dict[str, Any]:
-    """One annotation's answers by control name."""
-    out: dict[str, Any] = {}
-    for item in annotation.get("result") or []:
-        value = item.get("value", {})
-        name = item.get("from_name")
-        if name in (DECISION, REASONS):
-            out[name] = value.get("choices") or []
-        elif name == QUALITY and value.get("rating"):
-            out[name] = float(value["rating"])
-        elif name == CAPTION_BOX:
-            text = " ".join(t.strip() for t in value.get("text") or [] if t and t.strip())
-            if text:
-                out[name] = text
-    return out
-
-
-def aggregate(annotations: list[dict[str, Any]]) -> dict[str, Any]:
-    """Several annotators -> one review: majority decision, mean quality, agreement, reasons, caption.
-
-    Skipped (cancelled) annotations do not vote. A tie is a reject: export keeps only candidates a
-    clear majority accepted. Agreement is the fraction of votes for the winning decision. The most
-    recently updated non-empty corrected caption wins. No votes at all gives all-None fields, so
-    deleting annotations in Label Studio un-reviews the candidate on the next pull.
-    """
-    answers = [(a.get("updated_at") or "", _values(a)) for a in annotations if not a.get("was_cancelled")]
-    votes = [v[DECISION][0] for _, v in answers if v.get(DECISION)]
-    if not votes:
-        return dict.fromkeys(REVIEW_FIELDS)
-    counts = Counter(votes)
-    top = max(counts.values())
-    decision = ds.ACCEPT if counts[ds.ACCEPT] == top and counts[ds.REJECT] < top else ds.REJECT
-    ratings = [v[QUALITY] for _, v in answers if QUALITY in v]
-    captions = [v[CAPTION_BOX] for _, v in sorted(answers, key=lambda x: x[0]) if CAPTION_BOX in v]
-    return {
-        ds.REVIEW_DECISION: decision,
-        ds.REVIEW_QUALITY: round(statistics.fmean(ratings), 4) if ratings else None,
-        ds.REVIEW_ANNOTATORS: len(votes),
-        ds.REVIEW_AGREEMENT: round(counts[decision] / len(votes), 4),
-        ds.REVIEW_REASONS: sorted({r for _, v in answers for r in v.get(REASONS, [])}),
-        ds.CAPTION_FIXED: captions[-1] if captions else None,
-    }
-
-
-@dataclass
-class PullReport:
-    tasks: int
-    annotated: int
-    accepted: int
-    rejected: int
-    changed: int
-    export_path: Path
-
-    def summary(self) -> str:
-        return (
-            f"review pull: {self.annotated}/{self.tasks} tasks annotated, {self.accepted} accepted, "
-            f"{self.rejected} rejected, {self.changed} samples updated (raw export {self.export_path})"
-        )
-
-
-def _ensure_review_fields(dataset: Any) -> None:
-    """Declare the review fields with their types, so an all-None pull still has a schema."""
-    import fiftyone as fo
-
-    kinds = {
-        ds.REVIEW_DECISION: fo.StringField,
-        ds.REVIEW_QUALITY: fo.FloatField,
-        ds.REVIEW_ANNOTATORS: fo.IntField,
-        ds.REVIEW_AGREEMENT: fo.FloatField,
-        ds.CAPTION_FIXED: fo.StringField,
-    }
-    for name, kind in kinds.items():
-        if not dataset.has_sample_field(name):
-            dataset.add_sample_field(name, kind)
-    if not dataset.has_sample_field(ds.REVIEW_REASONS):
-        dataset.add_sample_field(ds.REVIEW_REASONS, fo.ListField, subfield=fo.StringField)
-
-
-def _save_raw(ws: Workspace, raw: bytes) -> Path:
-    """Keep the export exactly as received, under a UTC timestamp name that is never reused."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    path = ws.review_dir / "pulls" / f"{stamp}.json"
-    n = 1
-    while path.exists():
-        path = path.with_name(f"{stamp}-{n}.json")
-        n += 1
-    atomic_write_bytes(path, raw)
-    return path
-
-
-def pull(
-    ws: Workspace, url: str | None = None, token: str | None = None, progress: ProgressFn = no_progress
-) -> PullReport:
-    """Export every task with its annotations and write the aggregated reviews onto the samples.
-
-    Only samples whose review changed are written, so pulling twice changes nothing the second time.
-    """
-    conn = connect(ws, url, token)
-    path = _project_file(ws)
-    if not path.exists():
-        raise CurateError(f"nothing pushed yet from {ws.root}: run `curate review push` first")
-    project_id = json.loads(path.read_text())["project_id"]
-
-    def fetch() -> bytes:
-        response = requests.get(
-            f"{conn.url}/api/projects/{project_id}/export",
-            headers=conn.headers,
-            timeout=600,
-            params={"exportType": "JSON", "download_all_tasks": "true"},
-        )
-        if response.status_code == 404:
-            raise CurateError(
-                f"project {project_id} no longer exists at {conn.url}; push again to recreate it"
-            )
-        response.raise_for_status()
-        return response.content
-
-    raw = conn.call("export", fetch)
-    export_path = _save_raw(ws, raw)
-    reviews = {
-        t["data"][ds.CANDIDATE_ID]: aggregate(t.get("annotations") or [])
-        for t in json.loads(raw)
-        if ds.CANDIDATE_ID in t.get("data", {})
-    }
-    dataset = ds.open_dataset(ws)
-    _ensure_review_fields(dataset)
-    from fiftyone import ViewField as F
-
-    view = dataset.match(F(ds.CANDIDATE_ID).is_in(list(reviews)))
-    ids, *current = view.values([ds.CANDIDATE_ID, *REVIEW_FIELDS])
-    stored = {
-        cid: dict(zip(REVIEW_FIELDS, vals, strict=True)) for cid, *vals in zip(ids, *current, strict=True)
-    }
-    changed = {cid: reviews[cid] for cid, old in stored.items() if old != reviews[cid]}
-    if changed:
-        for name in REVIEW_FIELDS:
-            dataset.set_values(name, {cid: r[name] for cid, r in changed.items()}, key_field=ds.CANDIDATE_ID)
-    progress("pull reviews", len(reviews), len(reviews))
-    decisions = Counter(r[ds.REVIEW_DECISION] for r in reviews.values())
-    return PullReport(
-        len(reviews),
-        len(reviews) - decisions[None],
-        decisions[ds.ACCEPT],
-        decisions[ds.REJECT],
-        len(changed),
-        export_path,
-    )
-
-
-# -- status ------------------------------------------------------------------------------------
-@dataclass
-class StatusReport:
-    url: str
-    project_id: int
-    tasks: int
-    annotated: int
-    accepted: int
-    rejected: int
-    mean_agreement: float | None
-    per_concept: dict[str, tuple[int, int]]  # concept -> (accepted, reviewed), as of the last pull
-
-    def summary(self) -> str:
-        agreement = "n/a" if self.mean_agreement is None else f"{self.mean_agreement:.2f}"
-        lines = [
-            f"project {self.project_id} at {self.url}: {self.tasks} tasks, {self.annotated} annotated",
-            f"last pull: {self.accepted} accepted, {self.rejected} rejected, mean annotator agreement {agreement}",
-        ]
-        lines += [f"  {c}: {a}/{r} accepted" for c, (a, r) in sorted(self.per_concept.items())]
-        return "\n".join(lines)
-
-
-def status(ws: Workspace, url: str | None = None, token: str | None = None) -> StatusReport:
-    """Task counts from the server, decisions and agreement from FiftyOne (what the last pull wrote)."""
-    conn = connect(ws, url, token)
-    path = _project_file(ws)
-    if not path.exists():
-        raise CurateError(f"nothing pushed yet from {ws.root}: run `curate review push` first")
-    project_id = json.loads(path.read_text())["project_id"]
-    project = conn.get_json(f"/api/projects/{project_id}", "project lookup")
-    dataset = ds.open_dataset(ws)
-    _ensure_review_fields(dataset)
-    decisions, agreements, concepts = dataset.values([ds.REVIEW_DECISION, ds.REVIEW_AGREEMENT, ds.CONCEPTS])
-    per_concept: dict[str, list[int]] = {}
-    for decision, names in zip(decisions, concepts, strict=True):
-        if decision is None:
-            continue
-        for name in names or []:
-            counts = per_concept.setdefault(name, [0, 0])
-            counts[0] += decision == ds.ACCEPT
-            counts[1] += 1
-    given = [a for a in agreements if a is not None]
-    return StatusReport(
-        url=conn.url,
-        project_id=project_id,
-        tasks=project["task_number"],
-        annotated=project["num_tasks_with_annotations"],
-        accepted=decisions.count(ds.ACCEPT),
-        rejected=decisions.count(ds.REJECT),
-        mean_agreement=statistics.fmean(given) if given else None,
-        per_concept={k: (a, r) for k, (a, r) in per_concept.items()},
-    )

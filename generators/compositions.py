@@ -43,7 +43,7 @@ BACKGROUNDS: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
-class Composition:
+class CompositionPick:
     """What plan k shows: its concept set, a rule-based scene, and which of the set's scenes it is."""
 
     concepts: tuple[str, ...]
@@ -112,9 +112,9 @@ def pool_key(concepts: list[Concept], config: LayoutConfig) -> str:
     return content_id({"seed": config.seed, "concepts": [(c.concept_id, c.class_noun) for c in concepts]})
 
 
-def compose(
+def pick_composition(
     k: int, concepts: list[Concept], config: LayoutConfig, allowed: list[tuple[str, ...]] | None = None
-) -> Composition:
+) -> CompositionPick:
     """The composition of plan k; depends only on (config, k, the concepts, the allowed sets).
 
     Args:
@@ -141,6 +141,6 @@ def compose(
         order = np.random.default_rng([config.seed, count]).permutation(len(same))
         chosen = tuple(str(x) for x in rng.permutation(same[order[(c // len(counts)) % len(same)]]))
     scenes = rng.permutation(len(BACKGROUNDS))
-    return Composition(
+    return CompositionPick(
         concepts=chosen, background=BACKGROUNDS[scenes[variant % len(BACKGROUNDS)]], variant=variant, key=key
     )

@@ -21,7 +21,7 @@ from curation.errors import CurateError
 from curation.progress import ProgressFn, no_progress
 from curation.records import Box, Concept, LayoutPlan
 from curation.workspace import Workspace
-from generators.compositions import BACKGROUNDS, Composition, compose, load_allowed_sets
+from generators.compositions import BACKGROUNDS, CompositionPick, load_allowed_sets, pick_composition
 
 __all__ = ["BACKGROUNDS", "check_layout", "iou", "plan_layouts", "plan_one", "size_prior"]
 
@@ -162,7 +162,7 @@ def _fallback(n: int, aspects: list[float], config: LayoutConfig) -> list[tuple[
 
 def plan_one(
     k: int,
-    composition: Composition,
+    composition: CompositionPick,
     concepts: dict[str, Concept],
     aspects: dict[str, float],
     config: LayoutConfig,
@@ -231,7 +231,7 @@ def plan_layouts(ws: Workspace, n: int, progress: ProgressFn = no_progress) -> l
     else:
         plans = []
         for k in range(n):
-            composition = compose(k, list(concepts.values()), config, allowed)
+            composition = pick_composition(k, list(concepts.values()), config, allowed)
             plans.append(plan_one(k, composition, concepts, aspects, config))
             progress("plan", k + 1, n)
     ws.write_plans(plans)

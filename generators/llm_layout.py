@@ -9,6 +9,7 @@ JSON object taken), validated by a pydantic schema and by `check_layout`, and re
 error fed back. Every reply is cached under plans/llm_cache/ by a hash of (model, messages, seed),
 so a re-run sends no request; every rejected reply lands in plans/llm_failures.jsonl with its raw
 text, and a plan the model never gets right comes from the rule-based planner ("rules-fallback").
+With `layout.llm_compositions` the model also proposes which concepts plausibly go together.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from curation.errors import CurateError
 from curation.progress import ProgressFn, no_progress
 from curation.records import Box, Concept, LayoutPlan, content_id
 from curation.workspace import Workspace, atomic_write_json, atomic_write_text
-from generators.compositions import Composition, check_set, compose
+from generators.compositions import CompositionPick, check_set, pick_composition
 from generators.layout import check_layout, plan_one
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ e.g. "on a wooden table in a sunlit kitchen". Reply with JSON only, exactly this
 
 
 def build_messages(
-    composition: Composition, concepts: dict[str, Concept], config: LayoutConfig
+    composition: CompositionPick, concepts: dict[str, Concept], config: LayoutConfig
 ) -> list[dict]:
     """The first request for one plan; the scene number makes each background of a set differ."""
     system = SYSTEM_PROMPT.format(
@@ -92,7 +93,8 @@ def build_messages(
     per = max(1, config.backgrounds_per_composition)
     user = "Objects:\n" + "\n".join(lines)
     if per > 1:
-        user += f"\nThis is scene {composition.variant + 1} of {per} for these objects: pick a new setting for each."
+        scene = composition.variant + 1
+        user += f"\nThis is scene {scene} of {per} for these objects; each scene is a new setting."
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
@@ -135,7 +137,7 @@ def scale_by_relative_size(objects: list[LLMObject]) -> list[LLMObject]:
 
 
 def parse_reply(
-    text: str, k: int, composition: Composition, config: LayoutConfig, planner: str
+    text: str, k: int, composition: CompositionPick, config: LayoutConfig, planner: str
 ) -> LayoutPlan:
     """Turn a raw reply into a checked plan.
 
@@ -347,7 +349,7 @@ def suggest_sets(
 def _plan_k(
     asker: _Asker,
     k: int,
-    composition: Composition,
+    composition: CompositionPick,
     concepts: dict[str, Concept],
     aspects: dict[str, float],
 ) -> tuple[LayoutPlan, list[dict]]:
@@ -398,7 +400,7 @@ def plan_with_llm(
     if allowed is None and config.llm_compositions > 0:
         allowed, failures = suggest_sets(asker, concepts)
         atomic_write_json(ws.root / "plans" / "llm_compositions.json", allowed)
-    compositions = [compose(k, list(concepts.values()), config, allowed) for k in range(n)]
+    compositions = [pick_composition(k, list(concepts.values()), config, allowed) for k in range(n)]
     done = 0
     lock = threading.Lock()
 

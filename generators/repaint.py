@@ -152,7 +152,8 @@ def repaint_mask(composition: Composition, blur: int) -> np.ndarray:
     return (255 - np.clip(alpha, 0, 255) + 0.5).astype(np.uint8)
 
 
-def _resolve_device(device: str, dtype: str) -> tuple[str, Any]:
+def resolve_device(device: str, dtype: str) -> tuple[str, Any]:
+    """'auto' means CUDA when present, and fp16 there (fp32 on CPU, where fp16 is slow or unsupported)."""
     import torch
 
     if device == "auto":
@@ -260,16 +261,18 @@ def load_diffusion_repainter(name: str, settings: GenerateConfig) -> DiffusionRe
     import diffusers
     from diffusers import AutoPipelineForInpainting
 
-    device, dtype = _resolve_device(settings.device, settings.dtype)
+    device, dtype = resolve_device(settings.device, settings.dtype)
     try:
-        pipe = AutoPipelineForInpainting.from_pretrained(name, torch_dtype=dtype)
+        pipe = AutoPipelineForInpainting.from_pretrained(name, dtype=dtype)
         refiner = None
         if settings.refiner:  # Gen4Gen shares the base's second text encoder and VAE with the refiner
             shared = {k: pipe.components[k] for k in ("text_encoder_2", "vae") if k in pipe.components}
-            refiner = AutoPipelineForInpainting.from_pretrained(settings.refiner, torch_dtype=dtype, **shared)
+            refiner = AutoPipelineForInpainting.from_pretrained(settings.refiner, dtype=dtype, **shared)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CurateError(f"cannot load inpainting pipeline {name!r}: {first}") from exc
+        raise CurateError(
+            f"repaint backend {name!r} needs the diffusion repaint pipeline, which could not be loaded: {first}"
+        ) from exc
     for model in (pipe, refiner):
         if model is not None:
             model.to(device)

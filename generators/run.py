@@ -234,6 +234,10 @@ class _Generator:
                     "masks_used": {concept.concept_id: concept.masks[i] for concept, i, _ in picks},
                     "planner": plan.planner,
                     "repaint_seed": job.seed,
+                    # what identity drift compares the repainted image with (192 bytes per concept)
+                    PASTE_THUMBS: paste_thumbnails(
+                        composition.image, list(placed.values()), plan.width, plan.height
+                    ),
                 },
             }
         )

@@ -36,9 +36,8 @@ class DinoEmbedder:
 
 
 def load_dino(model_id: str, device: str | None = None) -> DinoEmbedder:
-    from transformers import AutoImageProcessor, AutoModel
-
     import torch
+    from transformers import AutoImageProcessor, AutoModel
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_pretrained("DINO", model_id, lambda: AutoModel.from_pretrained(model_id))

@@ -16,7 +16,8 @@ from curation.config import dump_config
 from curation.demo import DEMO_CONCEPTS, run_demo, write_sample_photos
 from curation.index import index_workspace
 from curation.records import Candidate
-from curation.review import annotation_result, connect, ensure_project, pull, push
+from curation.review import connect, ensure_project, push
+from curation.review_pull import annotation_result, pull
 from curation.workspace import Workspace, atomic_write_text
 from exports.mycanvas import export_mycanvas
 from generators.layout import plan_layouts

@@ -19,7 +19,7 @@ from curation.config import dump_config
 from curation.errors import CurateError
 from curation.records import Box
 from curation.workspace import Workspace, atomic_write_text
-from generators.compositions import BACKGROUNDS, compose
+from generators.compositions import BACKGROUNDS, pick_composition
 from generators.layout import check_layout, plan_layouts
 from generators.llm_layout import extract_json
 from tests.fixtures.fake_llm import FakeLLM, http_error, ok
@@ -190,7 +190,8 @@ def test_cache_makes_a_rerun_free_and_identical(concept_ws: Workspace, fake_llm:
     concepts = list(concept_ws.concepts().values())
     for k, plan in enumerate(plans):  # order and compositions as the rules planner would have them
         assert (
-            plan.seed == k and tuple(plan.concepts) == compose(k, concepts, concept_ws.config.layout).concepts
+            plan.seed == k
+            and tuple(plan.concepts) == pick_composition(k, concepts, concept_ws.config.layout).concepts
         )
     for a, b in zip(plans[::2], plans[1::2]):
         assert a.concepts == b.concepts and a.background != b.background, "one set, two scenes"

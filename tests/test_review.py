@@ -14,7 +14,8 @@ from curation import dataset as ds
 from curation.errors import CurateError
 from curation.labelstudio_server import ServerInfo, free_port, serve, stop, use_server
 from curation.records import Concept
-from curation.review import aggregate, annotation_result, connect, existing_candidates, pull, push, status
+from curation.review import connect, existing_candidates, push
+from curation.review_pull import aggregate, annotation_result, pull, status
 from curation.workspace import Workspace
 
 
@@ -270,3 +271,18 @@ def test_server_stopped_mid_push_then_rerun_finishes_without_duplicates(
     report = push(ws)
     assert (report.already, report.pushed) == (2, 4)
     assert sorted(tasks_by_candidate(ws)) == [f"cand{i:03d}" for i in range(6)]
+
+
+def test_push_after_losing_project_record_reuses_the_project(
+    labelstudio_workspace: Callable[..., Workspace],
+) -> None:
+    """A push killed between creating the project and recording it must not make a second project."""
+    ws = labelstudio_workspace()
+    ids = build_candidates(ws, 3)
+    push(ws)
+    record = ws.review_dir / "project.json"
+    project_id = json.loads(record.read_text())["project_id"]
+    record.unlink()
+    push(ws)
+    assert json.loads(record.read_text())["project_id"] == project_id
+    assert sorted(tasks_by_candidate(ws)) == ids

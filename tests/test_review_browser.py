@@ -9,7 +9,8 @@ import pytest
 
 from curation import dataset as ds
 from curation.labelstudio_server import ServerInfo
-from curation.review import pull, push
+from curation.review import push
+from curation.review_pull import pull
 from curation.workspace import Workspace
 from tests.test_review import build_candidates
 

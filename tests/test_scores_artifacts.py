@@ -128,3 +128,22 @@ def test_identity_drift_follows_the_boxes_at_another_resolution_and_is_none_with
     assert identity_drift(photo, [BOX], 256, 256, {}) is None
     assert artifact_scores(photo, [BOX], 256, 256)["identity_drift"] is None
     assert not IDENTITY_DRIFT.is_issue(None)
+
+
+def test_generated_candidates_keep_their_paste_and_classical_repaint_drifts_little(concept_ws):
+    from PIL import Image
+
+    from curation.scores.artifacts import PASTE_THUMBS
+    from generators.layout import plan_layouts
+    from generators.run import generate
+
+    plan_layouts(concept_ws, 3)
+    generate(concept_ws)
+    candidates = list(concept_ws.candidates())
+    assert len(candidates) == 3
+    for c in candidates:
+        assert set(c.extra[PASTE_THUMBS]) == set(c.concepts)
+        image = np.asarray(Image.open(concept_ws.resolve(c.image)).convert("RGB"))
+        drift = artifact_scores(image, c.boxes, c.width, c.height, c.extra[PASTE_THUMBS])["identity_drift"]
+        # the classical repaint only nudges colours (strength 0.3): a change, but not a lost identity
+        assert 0.0 < drift < IDENTITY_DRIFT.threshold

@@ -61,7 +61,7 @@ class Presence:
     Attributes:
         presence: concept_id -> mean cosine of its crop with its references; 0 when not found.
         cp_clip: mean of `presence` over the concepts scored (None when no concept has references).
-        missing: concepts the detector did not find (always empty for the plan source).
+        missing: concepts not found (for the plan source: only boxes too small to crop).
         found: concept_id -> the detection used (pixels), for every concept found.
         source: "detector" or "plan".
     """
