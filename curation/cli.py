@@ -85,11 +85,17 @@ def plan(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Plan layouts: background + one box per concept for compositions of 2-5 concepts."""
+    from curation.progress import progress_bar
     from generators.layout import plan_layouts
+    from generators.llm_layout import FALLBACK
 
     ws = _workspace(workspace)
-    plans = plan_layouts(ws, n)
+    with progress_bar() as progress:
+        plans = plan_layouts(ws, n, progress=progress)
+    fell_back = sum(p.planner == FALLBACK for p in plans)
     typer.echo(f"{len(plans)} plans in {ws.plans_path}")
+    if fell_back:
+        typer.echo(f"{fell_back} plans fell back to the rule-based planner: see {ws.plans_path.parent / 'llm_failures.jsonl'}")
 
 
 @app.command()

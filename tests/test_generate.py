@@ -162,12 +162,13 @@ def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(concept_ws: Wor
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)  # the run and its worker processes, as `kill -9` of the job
     proc.wait()
+    finished = len(list(concept_ws.candidates_dir.glob("*/*.json")))  # a PNG without its JSON is redone
     marked = [s for s in ("00000", "00001", "00002") if concept_ws.shard_done(s)]
     assert len(marked) < 3, "the kill came too late to test anything"
 
     report = generate(concept_ws, workers=2)
     assert report.generated + report.skipped_candidates == 90 and not report.failed
-    assert report.skipped_candidates >= 20
+    assert report.skipped_candidates == finished > 0
     assert all(concept_ws.shard_done(s) for s in ("00000", "00001", "00002"))
     ids = [p.stem for p in concept_ws.candidates_dir.glob("*/*.json")]
     assert sorted(ids) == expected
