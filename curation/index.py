@@ -55,6 +55,7 @@ class IndexReport:
         failed: (candidate_id, reason) for images that could not be read.
         clip_loaded: whether a CLIP model was loaded (False on a run with nothing to do).
         clip_weights: "pretrained" | "random" when loaded.
+        presence_source: "detector" | "plan" when models were loaded.
         near_duplicates: samples marked `near_dup_of` (None when not computed).
     """
 
@@ -67,6 +68,7 @@ class IndexReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     clip_loaded: bool = False
     clip_weights: str | None = None
+    presence_source: str | None = None
     near_duplicates: int | None = None
 
     def summary(self) -> str:
@@ -83,6 +85,8 @@ class IndexReport:
         text = f"dataset {self.dataset}: " + ", ".join(parts)
         if self.clip_weights == "random":
             text += "; CLIP weights are RANDOM: clip_t and embeddings are not meaningful"
+        if self.presence_source == P.SOURCE_PLAN:
+            text += "; presence from the planned boxes (no index.detector configured)"
         return text
 
 
@@ -168,6 +172,7 @@ def index_workspace(
             config.detection_threshold,
             scorer.device,
         )
+        report.presence_source = presence.source
         # recorded first, so samples written by a run killed half-way are known to match these models
         dataset.info.update(
             wanted,

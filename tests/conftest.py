@@ -12,6 +12,9 @@ from pathlib import Path
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="curate-tests-"))
 os.environ.setdefault("FIFTYONE_DATABASE_DIR", str(_SESSION_DIR / "fiftyone-db"))
 os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
+# FiftyOne reuses a database service already running on the machine whatever the folder says, so
+# a session also needs its own database name to never see another session's datasets.
+os.environ.setdefault("FIFTYONE_DATABASE_NAME", f"curate-tests-{_SESSION_DIR.name}")
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"

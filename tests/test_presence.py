@@ -179,7 +179,7 @@ def test_index_stores_presence_and_redoes_it_when_the_detector_changes(candidate
     _add_concepts(ws, {"cat": RED, "mug": GREEN})  # "teddy" has no references: never scored
 
     report = index_workspace(ws)
-    assert report.added == 6
+    assert report.added == 6 and "presence from the planned boxes" in report.summary()
     dataset = ds.open_dataset(ws)
     assert dataset.info["presence_source"] == P.SOURCE_PLAN
     three = dataset.one(F(ds.CANDIDATE_ID) == candidates[1].candidate_id)
@@ -196,7 +196,7 @@ def test_index_stores_presence_and_redoes_it_when_the_detector_changes(candidate
     # switching to the detector re-indexes everything; at threshold > 1 nothing is found
     _configure(ws, detector=str(tiny_owlvit), detection_threshold=1.0)
     report = index_workspace(ws)
-    assert report.updated == 6
+    assert report.updated == 6 and "planned boxes" not in report.summary()
     assert dataset.info["presence_source"] == P.SOURCE_DETECTOR
     dataset.reload()
     assert dataset.values(P.CP_CLIP) == [0.0] * 6
