@@ -37,8 +37,12 @@ from generators.repaint import DiffusionRepainter, RepaintJob, load_repainter
 def full_sdxl_inpaint() -> object:
     """The SDXL inpainting pipeline at full size, random weights (about 3.5B parameters)."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLInpaintPipeline
-    from diffusers import UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLInpaintPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from tests.fixtures.tiny_pipelines import load_clip_tokenizer, write_clip_tokenizer
@@ -91,7 +95,11 @@ def full_sdxl_inpaint() -> object:
         force_upcast=True,
     )
     scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
     )
     return StableDiffusionXLInpaintPipeline(
         vae=vae,

@@ -6,6 +6,7 @@ so `curate --help` answers at once.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -290,6 +291,9 @@ _register_personalization()
 
 def main() -> None:
     """Console entry point: user-fixable errors become one line on stderr and exit code 1."""
+    if not os.environ.get("FIFTYONE_DATABASE_URI"):
+        # the embedded mongod (6.0) is the oldest FiftyOne supports: its notice is noise for a local run
+        os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
     try:
         app()
     except CurateError as exc:

@@ -71,8 +71,8 @@ class GenerateConfig(_Section):
     strength: float = Field(0.9, gt=0, le=1)
     mask_blur: int = Field(5, ge=0, description="box-blur radius (px) of the object mask before inverting")
     negative_prompt: str = GEN4GEN_NEGATIVE_PROMPT
-    refiner: str = Field("", description="optional refiner id, e.g. stabilityai/stable-diffusion-xl-refiner-1.0")
-    refiner_start: float = Field(0.75, gt=0, lt=1, description="fraction of denoising done before the refiner")
+    refiner: str = Field("", description="optional, e.g. stabilityai/stable-diffusion-xl-refiner-1.0")
+    refiner_start: float = Field(0.75, gt=0, lt=1, description="fraction of denoising before the refiner")
     batch_size: int = Field(4, ge=1, description="candidates per pipeline call")
     device: str = Field("auto", description="'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field("auto", description="auto: fp16 on GPU")

@@ -114,7 +114,9 @@ def personalize_caption(caption: str, concepts: list[Concept]) -> str:
 
     groups: dict[str, list[Concept]] = {}
     for concept in concepts:
-        if concept.phrase not in text:
+        if concept.phrase in text:  # already named (fenced, so its noun cannot serve another concept)
+            text = text.replace(concept.phrase, fence(concept.phrase), 1)
+        else:
             groups.setdefault(concept.class_noun, []).append(concept)
     missing: list[str] = []
     for noun, group in groups.items():

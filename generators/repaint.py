@@ -271,7 +271,8 @@ def load_diffusion_repainter(name: str, settings: GenerateConfig) -> DiffusionRe
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CurateError(
-            f"repaint backend {name!r} needs the diffusion repaint pipeline, which could not be loaded: {first}"
+            f"repaint backend {name!r} needs the diffusion repaint pipeline, which could not be loaded: "
+            + first
         ) from exc
     for model in (pipe, refiner):
         if model is not None:
@@ -289,9 +290,7 @@ def load_diffusion_repainter(name: str, settings: GenerateConfig) -> DiffusionRe
     }
     if refiner is not None:
         provenance |= {"refiner_pipeline": type(refiner).__name__, "refiner_revision": _revision(refiner)}
-    return DiffusionRepainter(
-        name=name, settings=settings, pipe=pipe, refiner=refiner, provenance=provenance
-    )
+    return DiffusionRepainter(name=name, settings=settings, pipe=pipe, refiner=refiner, provenance=provenance)
 
 
 def load_repainter(name: str, settings: GenerateConfig | None = None) -> Repainter:

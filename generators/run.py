@@ -43,7 +43,7 @@ from curation.workspace import (
 )
 from generators.compose import compose, pick_reference, procedural_background
 from generators.recaption import Captioner, caption_settings, load_captioner, template_caption
-from generators.repaint import RepaintJob, Repainter, load_repainter, repaint_prompt, repaint_settings
+from generators.repaint import Repainter, RepaintJob, load_repainter, repaint_prompt, repaint_settings
 
 GENERATOR_VERSION = 1
 """Bump when the offline pipeline's pixels change, so new images get new ids."""

@@ -18,7 +18,7 @@ from PIL import Image
 
 from curation.config import GenerateConfig, dump_config
 from curation.errors import CurateError
-from curation.records import Concept
+from curation.records import Box, Concept, LayoutPlan
 from curation.workspace import Workspace, atomic_write_text
 from generators.layout import plan_layouts
 from generators.recaption import load_captioner, personalize_caption
@@ -44,11 +44,17 @@ DOG1, DOG2 = _concept("dog1", "dog"), _concept("dog2", "dog")
             "A <c-cat> cat sitting next to a coffee <c-mug> mug on a wooden table",
         ),
         ("Two dogs playing on the grass", [DOG1, DOG2], "<c-dog1> dog and <c-dog2> dog playing on the grass"),
-        ("A dog sleeps while another dog watches", [DOG1, DOG2], "A <c-dog1> dog sleeps while another <c-dog2> dog watches"),
+        (
+            "A dog sleeps while another dog watches",
+            [DOG1, DOG2],
+            "A <c-dog1> dog sleeps while another <c-dog2> dog watches",
+        ),
         ("A kitten on a sofa.", [CAT, ROCKET], "A <c-cat> cat on a sofa, with <c-rocket> rocket"),
         ("a catalog beside a Cat", [CAT], "a catalog beside a <c-cat> cat"),
         ("a dog in the snow", [DOG1, DOG2], "a <c-dog1> dog in the snow, with <c-dog2> dog"),
         ("a photo of <c-cat> cat and a mug", [CAT, MUG], "a photo of <c-cat> cat and a <c-mug> mug"),
+        ("<c-dog1> dog beside a dog", [DOG1, DOG2], "<c-dog1> dog beside a <c-dog2> dog"),
+        ("<c-dog1> dog on a lawn", [DOG1, DOG2], "<c-dog1> dog on a lawn, with <c-dog2> dog"),
     ],
 )
 def test_free_captions_name_every_concept_once(vlm: str, concepts: list[Concept], expected: str) -> None:
@@ -57,15 +63,17 @@ def test_free_captions_name_every_concept_once(vlm: str, concepts: list[Concept]
     assert all(out.count(c.phrase) == 1 for c in concepts)
 
 
-def _openai_ws(ws: Workspace, **generate: object) -> Workspace:
+def _openai_ws(ws: Workspace) -> Workspace:
     config = ws.config
     config.layout = config.layout.model_copy(update={"width": 64, "height": 64})
-    config.generate = config.generate.model_copy(update={"recaption": "openai:fake-vlm", **generate})
+    config.generate = config.generate.model_copy(update={"recaption": "openai:fake-vlm"})
     atomic_write_text(ws.config_path, dump_config(config))
     return ws
 
 
-def test_openai_vision_captions_are_personalized_and_both_kept(concept_ws: Workspace, fake_llm: FakeLLM) -> None:
+def test_openai_vision_captions_are_personalized_and_both_kept(
+    concept_ws: Workspace, fake_llm: FakeLLM
+) -> None:
     ws = _openai_ws(concept_ws)
     plans = plan_layouts(ws, 3)
     fake_llm.responder = lambda body: "A photo of some objects standing on the floor."
@@ -87,9 +95,11 @@ def test_openai_vision_captions_are_personalized_and_both_kept(concept_ws: Works
         image = np.asarray(Image.open(ws.resolve(candidate.image)))
         assert image.tobytes() in sent, "the VLM saw exactly the final image"
         assert candidate.extra["vlm_caption"] == "A photo of some objects standing on the floor."
-        assert candidate.template_caption.startswith("a photo of ") and candidate.caption != candidate.template_caption
+        assert candidate.template_caption.startswith("a photo of ")
+        assert candidate.caption != candidate.template_caption
         assert candidate.caption.startswith("A photo of some objects standing on the floor, with ")
-        assert all(candidate.caption.count(concepts[c].phrase) == 1 for c in by_plan[candidate.plan_id].concepts)
+        phrases = [concepts[c].phrase for c in by_plan[candidate.plan_id].concepts]
+        assert all(candidate.caption.count(phrase) == 1 for phrase in phrases)
         assert candidate.extra["recaption"] == {
             "name": "openai:fake-vlm",
             "recaption_prompt": GenerateConfig().recaption_prompt,
@@ -132,15 +142,14 @@ def test_llava_folder_captions_through_the_transformers_path(tmp_path: Path) -> 
     image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     words = captioner.describe(image)
     assert words and words == captioner.describe(image), "greedy decoding is deterministic"
-    from curation.records import Box, LayoutPlan
-
     plan = LayoutPlan(
         concepts=["cat", "mug"],
         background="on a desk",
         boxes=[Box(concept_id="mug", x=30, y=5, w=20, h=20), Box(concept_id="cat", x=2, y=5, w=20, h=20)],
         planner="rules",
     )
-    caption = captioner(image, plan, {"cat": CAT, "mug": MUG}, "a photo of <c-cat> cat and <c-mug> mug on a desk")
+    template = "a photo of <c-cat> cat and <c-mug> mug on a desk"
+    caption = captioner(image, plan, {"cat": CAT, "mug": MUG}, template)
     assert caption.vlm_caption == " ".join(words.split())
     assert caption.text.count("<c-cat> cat") == 1 and caption.text.count("<c-mug> mug") == 1
     assert caption.text.index("<c-cat>") < caption.text.index("<c-mug>"), "appended left to right"

@@ -23,7 +23,7 @@ from generators.compose import Composition, Layer
 from generators.layout import plan_layouts
 from generators.repaint import RepaintJob, load_repainter, object_alpha, repaint_mask
 from generators.run import plan_work
-from tests.fixtures.tiny_pipelines import build_tiny_sdxl_inpaint
+from tests.fixtures.tiny_pipelines import build_tiny_sd, build_tiny_sdxl_inpaint
 
 FAST = {"steps": 2, "batch_size": 3, "mask_blur": 2}
 
@@ -114,6 +114,16 @@ def test_refiner_runs_after_the_base_and_is_recorded(tiny_sdxl: Path, tmp_path: 
     assert config["refiner_pipeline"] == "StableDiffusionXLInpaintPipeline"
 
 
+def test_sd1_pipelines_load_through_the_same_code(tmp_path: Path) -> None:
+    folder = str(build_tiny_sd(tmp_path, vae_downsample=8))
+    sd = load_repainter(folder, GenerateConfig(repaint=folder, **FAST))
+    assert sd.config()["pipeline"] == "StableDiffusionInpaintPipeline"
+    job = _job(8)
+    (out,) = sd([job])
+    solid = object_alpha(job.composition) == 1.0
+    assert out.shape == (64, 64, 3) and (out[solid] == job.composition.image[solid]).all()
+
+
 def test_missing_pipeline_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CurateError, match="could not be loaded"):
         load_repainter(str(tmp_path / "no-such-model"))
@@ -146,7 +156,8 @@ def test_curate_generate_with_a_pipeline_folder_end_to_end(concept_ws: Workspace
         assert provenance["batch_size"] == 3 and provenance["dtype"] == "float32"
         assert candidate.extra["repaint_seed"] == int(candidate.candidate_id, 16) % 2**63
         nouns = [concepts[c].class_noun for c in candidate.concepts]
-        assert candidate.prompt.startswith("a realistic photo of ") and all(n in candidate.prompt for n in nouns)
+        assert candidate.prompt.startswith("a realistic photo of ")
+        assert all(n in candidate.prompt for n in nouns)
         assert "<c-" not in candidate.prompt, "the inpainting model never sees personal tokens"
 
     again = CliRunner().invoke(app, ["generate", "--workspace", str(concept_ws.root)])
