@@ -103,27 +103,37 @@ def plan(
 def generate(
     workers: Annotated[int, typer.Option(help="Worker processes (or Ray actors); 0 means the config's value.")] = 0,
     executor: Annotated[str, typer.Option(help="'local' processes, or 'ray' (RAY_ADDRESS picks a cluster).")] = "local",
+    generator: Annotated[
+        str, typer.Option(help="'gen4gen' (paste + repaint) or 'msp' (MSP-Diffusion); empty means the config's.")
+    ] = "",
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Generate one candidate per plan and seed, in resumable shards (finished shards are skipped)."""
-    from generators.run import generate as run_generate
     from curation.progress import progress_bar
+    from generators.run import generate as run_generate
 
     ws = _workspace(workspace)
     with progress_bar() as progress:
-        report = run_generate(ws, workers=workers or None, progress=progress, executor=executor)
+        report = run_generate(
+            ws, workers=workers or None, progress=progress, executor=executor, generator=generator or None
+        )
     typer.echo(report.summary())
 
 
 @app.command()
-def index(workspace: WorkspaceOpt = Path(".")) -> None:
+def index(
+    executor: Annotated[
+        str | None, typer.Option(help="Where CLIP embeddings run: 'local' or 'ray'; default index.executor.")
+    ] = None,
+    workspace: WorkspaceOpt = Path("."),
+) -> None:
     """Index candidates in FiftyOne: CLIP, CLIP-T, concept presence (CP-CLIP), artifact scores, views."""
     from curation.index import index_workspace
     from curation.progress import progress_bar
 
     ws = _workspace(workspace)
     with progress_bar() as progress:
-        report = index_workspace(ws, progress=progress)
+        report = index_workspace(ws, progress=progress, executor=executor)
     typer.echo(report.summary())
 
 

@@ -7,6 +7,7 @@ not a silently ignored setting.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -58,6 +59,38 @@ GEN4GEN_NEGATIVE_PROMPT = (
 """Gen4Gen's repaint negative prompt without its hand/limb terms (our concepts are rarely people)."""
 
 
+class MSPSettings(_Section):
+    """The knobs of one MSP-Diffusion run (`generators/msp.py`); saved verbatim into every candidate's provenance.
+
+    Defined here, not beside the generator, so loading curate.toml never imports the generator's code.
+    """
+
+    model: str = Field(
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        description="SD 1.x/2.x pipeline id or folder (e.g. `curate train` output)",
+    )
+    controlnet: str = Field("", description="ControlNet id or folder; empty means none")
+    scaffold: bool = Field(True, description="runner: start from the paste composition of the plan")
+    kappa: float = Field(0.1, ge=0.0, le=1.0, description="fraction of the steps run that are composition")
+    composition_steps: int | None = Field(
+        None, ge=0, description="exact composition step count; overrides kappa"
+    )
+    steps: int = Field(50, ge=1, description="denoising steps of the full schedule")
+    guidance_scale: float = Field(7.5, ge=0.0, description="classifier-free guidance; <= 1 turns it off")
+    scaffold_strength: float = Field(
+        0.9, gt=0.0, le=1.0, description="img2img strength when a scaffold is given"
+    )
+    negative_prompt: str = ""
+    controlnet_scale: float = Field(1.0, ge=0.0)
+    max_unet_batch: int = Field(0, ge=0, description="rows per UNet forward; 0 means all at once")
+
+    def n_composition(self, steps_run: int) -> int:
+        """How many of the steps that run are composition steps (half rounds up, capped at steps_run)."""
+        if self.composition_steps is not None:
+            return min(self.composition_steps, steps_run)
+        return min(math.floor(self.kappa * steps_run + 0.5), steps_run)
+
+
 class GenerateConfig(_Section):
     generator: Literal["gen4gen", "msp"] = "gen4gen"
     repaint: str = Field("classical", description="'classical' (offline) or a diffusers inpainting pipeline id")
@@ -79,6 +112,7 @@ class GenerateConfig(_Section):
     # VLM recaption (used when `recaption` names a model)
     recaption_prompt: str = "Describe this photo in one sentence, naming every object and the setting."
     recaption_max_tokens: int = Field(60, ge=1)
+    msp: MSPSettings = Field(MSPSettings(), description="generator 'msp': [generate.msp]")
 
 
 class IndexConfig(_Section):
@@ -90,6 +124,10 @@ class IndexConfig(_Section):
         "", description="OWL-ViT/OWLv2 hub id or folder for concept presence; empty means the planned boxes"
     )
     detection_threshold: float = Field(0.1, ge=0.0, le=1.0, description="minimum detector score")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="where CLIP embeddings run: this process, or Ray actors (RAY_ADDRESS picks a cluster)"
+    )
+    ray_actors: int = Field(0, ge=0, description="Ray embedding actors; 0 means one per cluster GPU (1 without)")
 
 
 class ReviewConfig(_Section):
@@ -129,5 +167,9 @@ def load_config(path: Path) -> CurateConfig:
 
 
 def dump_config(config: CurateConfig) -> str:
-    """The config as TOML text, every setting spelled out so users see what they can change."""
-    return tomli_w.dumps(config.model_dump())
+    """The config as TOML text, every setting spelled out so users see what they can change.
+
+    TOML has no null: an optional setting left unset (e.g. `generate.msp.composition_steps`) is
+    omitted and reads back as its default, None.
+    """
+    return tomli_w.dumps(config.model_dump(exclude_none=True))

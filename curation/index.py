@@ -6,6 +6,9 @@ or the configured CLIP model or presence detector changed; an unchanged workspac
 per file and no model is loaded at all. Images are streamed in batches (`index.batch_size`): a loader thread decodes
 and scores the next batch while the model embeds the current one, and samples are written in bulk
 every `_WRITE_CHUNK` candidates. Review fields written by `curate review pull` are never touched.
+With `index.executor = "ray"` the CLIP embeddings are computed by Ray actors (`curation.embed_ray`);
+everything else, and every write, stays in this process. After (re)indexing, a 2-D map of the CLIP
+embeddings is computed for the App's Embeddings panel (UMAP when umap-learn is installed, else PCA).
 """
 
 from __future__ import annotations
@@ -31,12 +34,18 @@ if TYPE_CHECKING:
     import fiftyone as fo
     from PIL import Image
 
+    from curation.embed_ray import Embedded
     from curation.scores.clip import ClipScorer
     from curation.workspace import Workspace
 
 _WRITE_CHUNK = 256
 NEAR_DUP_THRESHOLD = 0.05
 """Cosine distance under which two candidates count as near-duplicates (FiftyOne Brain's metric)."""
+VISUALIZATION_KEY = "clip_viz"
+"""Brain key of the embedding map; one stable key, overwritten on each re-index."""
+_MIN_VISUALIZED = 5
+"""Fewer samples than this make no meaningful 2-D map (and t-SNE/UMAP need neighbours)."""
+EXECUTORS = ("local", "ray")
 _TOKEN = re.compile(r"<[^<>\s]+>\s*")
 """Personal tokens such as `<c-cat>` mean nothing to CLIP; CLIP-T scores the caption without them."""
 
@@ -57,6 +66,7 @@ class IndexReport:
         clip_weights: "pretrained" | "random" when loaded.
         presence_source: "detector" | "plan" when models were loaded.
         near_duplicates: samples marked `near_dup_of` (None when not computed).
+        visualization: the method of the embedding map computed by this run ("umap" | "pca"), or None.
     """
 
     dataset: str
@@ -70,6 +80,7 @@ class IndexReport:
     clip_weights: str | None = None
     presence_source: str | None = None
     near_duplicates: int | None = None
+    visualization: str | None = None
 
     def summary(self) -> str:
         """One line for the CLI."""
@@ -103,7 +114,7 @@ class _Todo:
 class _Loaded:
     todo: _Todo
     image: Image.Image
-    tensor: Any
+    tensor: Any  # None when the embeddings are computed elsewhere (Ray)
     scores: dict[str, float | None]
 
 
@@ -123,7 +134,10 @@ def clip_text(candidate: Candidate) -> str:
 
 
 def index_workspace(
-    ws: Workspace, progress: ProgressFn = no_progress, scorer: ClipScorer | None = None
+    ws: Workspace,
+    progress: ProgressFn = no_progress,
+    scorer: ClipScorer | None = None,
+    executor: str | None = None,
 ) -> IndexReport:
     """Create or update the workspace's FiftyOne dataset from its finished candidates.
 
@@ -132,13 +146,20 @@ def index_workspace(
         progress: called as progress(stage, done, total).
         scorer: an already loaded CLIP model to use (benchmarks, long-lived processes); by default
             the configured one is loaded, and only if some candidate needs it.
+        executor: where the CLIP embeddings run, "local" or "ray"; None means `index.executor`.
 
     Returns:
         Counts of added / updated / unchanged candidates and whether a model was loaded.
+
+    Raises:
+        CurateError: an unknown executor, or Ray actors that cannot load the driver's CLIP weights.
     """
     import fiftyone as fo
 
     config = ws.config.index
+    executor = executor or config.executor
+    if executor not in EXECUTORS:
+        raise CurateError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
     name = ds.dataset_name(ws)
     dataset = fo.load_dataset(name) if fo.dataset_exists(name) else fo.Dataset(name, persistent=True)
     dataset.persistent = True
@@ -164,6 +185,22 @@ def index_workspace(
             )
         report.clip_loaded = True
         report.clip_weights = scorer.weights
+        remote = None
+        if executor == "ray":  # started before anything is written: actors that cannot load fail here
+            from curation.embed_ray import ray_embeddings
+
+            chunks = [
+                [(str(t.path), clip_text(t.candidate)) for t in chunk]
+                for chunk in _chunks(todo, config.batch_size)
+            ]
+            remote = ray_embeddings(
+                chunks,
+                config.clip_model,
+                config.clip_pretrained or None,
+                config.batch_size,
+                config.ray_actors,
+                scorer.weights,
+            )
         presence = P.load_presence(
             ws,
             (c for t in todo for c in t.candidate.concepts),
@@ -186,9 +223,10 @@ def index_workspace(
         for spec in ARTIFACT_SCORES.values():  # identity_drift may be None everywhere
             if not dataset.has_field(spec.name):
                 dataset.add_sample_field(spec.name, fo.FloatField)
-        _index(dataset, todo, scorer, presence, config.batch_size, report, progress)
+        _index(dataset, todo, scorer, presence, config.batch_size, report, progress, remote)
     if report.added or report.updated:
         _diversity(dataset, report)
+        report.visualization = visualize(dataset)
     save_views(dataset)
     return report
 
@@ -206,6 +244,40 @@ def _diversity(dataset: fo.Dataset, report: IndexReport) -> None:
     report.near_duplicates = mark_near_duplicates(dataset)
     dataset.info["near_duplicates"] = f"cosine distance <= {NEAR_DUP_THRESHOLD}"
     dataset.save()
+
+
+def visualize(dataset: fo.Dataset) -> str | None:
+    """(Re)compute the 2-D map of the CLIP embeddings that the App's Embeddings panel shows.
+
+    UMAP keeps local neighbourhoods (clusters of similar compositions) and is used when umap-learn
+    is installed; PCA needs nothing extra and still shows the main axes of variation. The method
+    is recorded in `dataset.info["visualization"]`, since the two maps are read differently.
+
+    Returns:
+        The method used, or None when the dataset is too small to map.
+    """
+    import fiftyone.brain as fob
+
+    n = len(dataset)
+    if n < _MIN_VISUALIZED:
+        return None
+    try:
+        import umap  # noqa: F401  (only probing that umap-learn is installed)
+
+        method, options = "umap", {"num_neighbors": min(15, n - 1)}
+    except ImportError:
+        method, options = "pca", {}
+    fob.compute_visualization(
+        dataset,
+        embeddings=ds.CLIP_EMBEDDING,
+        brain_key=VISUALIZATION_KEY,
+        method=method,
+        progress=False,
+        **options,
+    )
+    dataset.info["visualization"] = {"brain_key": VISUALIZATION_KEY, "method": method}
+    dataset.save()
+    return method
 
 
 def mark_near_duplicates(dataset: fo.Dataset, threshold: float = NEAR_DUP_THRESHOLD) -> int:
@@ -274,8 +346,8 @@ def _plan(
     return todo, moved
 
 
-def _load(todo: _Todo, scorer: ClipScorer) -> _Loaded | str:
-    """Decode one image, preprocess it for CLIP and compute its artifact scores (loader thread)."""
+def _load(todo: _Todo, scorer: ClipScorer | None) -> _Loaded | str:
+    """Decode one image, preprocess it for CLIP unless `scorer` is None, score artifacts (loader thread)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -285,12 +357,17 @@ def _load(todo: _Todo, scorer: ClipScorer) -> _Loaded | str:
         return f"cannot decode {todo.candidate.image}: {exc}"
     c = todo.candidate
     scores = artifact_scores(np.asarray(rgb), c.boxes, c.width, c.height, c.extra.get(PASTE_THUMBS))
-    return _Loaded(todo, rgb, scorer.image_tensor(rgb), scores)
+    return _Loaded(todo, rgb, scorer.image_tensor(rgb) if scorer else None, scores)
 
 
-def _batches(todo: list[_Todo], scorer: ClipScorer, batch_size: int) -> Iterator[list[_Loaded | str]]:
+def _chunks(todo: list[_Todo], batch_size: int) -> list[list[_Todo]]:
+    """The batches candidates are embedded in, the same for both executors (so are the floats)."""
+    return [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+
+
+def _batches(todo: list[_Todo], scorer: ClipScorer | None, batch_size: int) -> Iterator[list[_Loaded | str]]:
     """Yield decoded batches, decoding the next one in a thread while the caller embeds this one."""
-    chunks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    chunks = _chunks(todo, batch_size)
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(lambda chunk: [_load(t, scorer) for t in chunk], chunks[0]) if chunks else None
         for index in range(len(chunks)):
@@ -308,22 +385,30 @@ def _index(
     batch_size: int,
     report: IndexReport,
     progress: ProgressFn,
+    remote: Iterator[Embedded] | None = None,
 ) -> None:
+    """Score and write every candidate of `todo`; `remote` yields its embeddings per batch (Ray)."""
     import torch
 
     from curation.scores.clip import clip_t
 
     pending: list[dict[str, Any]] = []
     done = 0
-    for batch in _batches(todo, scorer, batch_size):
+    for batch in _batches(todo, None if remote else scorer, batch_size):
         sources = todo[done : done + len(batch)]
         report.failed.extend(
             (t.candidate.candidate_id, item) for t, item in zip(sources, batch) if isinstance(item, str)
         )
         loaded = [item for item in batch if isinstance(item, _Loaded)]
+        embedded = next(remote) if remote else None
+        if embedded and embedded.ok != [isinstance(item, _Loaded) for item in batch]:
+            raise CurateError("candidate images changed while indexing; run `curate index` again")
         if loaded:
-            images = scorer.embed_tensors(torch.stack([item.tensor for item in loaded]))
-            texts = scorer.embed_texts([clip_text(item.todo.candidate) for item in loaded])
+            if embedded:
+                images, texts = embedded.images, embedded.texts
+            else:
+                images = scorer.embed_tensors(torch.stack([item.tensor for item in loaded]))
+                texts = scorer.embed_texts([clip_text(item.todo.candidate) for item in loaded])
             cosine, score = clip_t(images, texts)
             found = presence.score([(item.image, item.todo.candidate) for item in loaded])
             for k, item in enumerate(loaded):

@@ -34,8 +34,8 @@ call of both phases when a ControlNet and one control image per plan are given.
 ``guidance`` hook: it receives every step's state and returns a corrected noise prediction, which is
 where the gradient of a segmentation loss on the predicted clean image enters as classifier guidance.
 
-Heavy libraries are imported inside functions so importing this module (e.g. for `MSPSettings` in a
-config) stays cheap.
+Heavy libraries are imported inside functions so importing this module stays cheap. `MSPSettings`
+lives in `curation.config` (it is the `[generate.msp]` section of curate.toml) and is re-exported here.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
 
+from curation.config import MSPSettings
 from curation.errors import CurateError
 from curation.progress import ProgressFn, no_progress
 from curation.records import Concept, LayoutPlan
@@ -62,37 +62,6 @@ BACKGROUND = "<background>"
 """Name of the background segment; angle brackets keep it apart from any concept id."""
 
 Phase = Literal["composition", "harmonization"]
-
-
-class MSPSettings(BaseModel):
-    """The knobs of one MSP run; saved verbatim into every candidate's provenance."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(
-        "stable-diffusion-v1-5/stable-diffusion-v1-5",
-        description="SD 1.x/2.x pipeline id or folder (e.g. `curate train` output)",
-    )
-    controlnet: str = Field("", description="ControlNet id or folder; empty means none")
-    scaffold: bool = Field(True, description="runner: start from the paste composition of the plan")
-    kappa: float = Field(0.1, ge=0.0, le=1.0, description="fraction of the steps run that are composition")
-    composition_steps: int | None = Field(
-        None, ge=0, description="exact composition step count; overrides kappa"
-    )
-    steps: int = Field(50, ge=1, description="denoising steps of the full schedule")
-    guidance_scale: float = Field(7.5, ge=0.0, description="classifier-free guidance; <= 1 turns it off")
-    scaffold_strength: float = Field(
-        0.9, gt=0.0, le=1.0, description="img2img strength when a scaffold is given"
-    )
-    negative_prompt: str = ""
-    controlnet_scale: float = Field(1.0, ge=0.0)
-    max_unet_batch: int = Field(0, ge=0, description="rows per UNet forward; 0 means all at once")
-
-    def n_composition(self, steps_run: int) -> int:
-        """How many of the steps that run are composition steps (half rounds up, capped at steps_run)."""
-        if self.composition_steps is not None:
-            return min(self.composition_steps, steps_run)
-        return min(math.floor(self.kappa * steps_run + 0.5), steps_run)
 
 
 @dataclass

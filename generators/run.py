@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -43,10 +44,21 @@ from curation.workspace import (
 )
 from generators.compose import compose, pick_reference, procedural_background
 from generators.recaption import Captioner, caption_settings, load_captioner, template_caption
-from generators.repaint import Repainter, RepaintJob, load_repainter, repaint_prompt, repaint_settings
+from generators.repaint import (
+    Repainter,
+    RepaintJob,
+    load_repainter,
+    repaint_prompt,
+    repaint_settings,
+    resolve_device,
+)
+
+if TYPE_CHECKING:
+    from generators.msp import MSPGenerator
 
 GENERATOR_VERSION = 1
 """Bump when the offline pipeline's pixels change, so new images get new ids."""
+GENERATORS = ("gen4gen", "msp")
 STALE_DIR = "_stale"
 _CHUNK = 8
 """Candidates per task sent to a worker: small enough to balance two workers inside one shard."""
@@ -105,7 +117,19 @@ class CandidateFailure(Exception):
 
 
 def generator_config(config: GenerateConfig) -> dict[str, object]:
-    """Everything besides plan and seed that determines a candidate's pixels and caption."""
+    """Everything besides plan and seed that determines a candidate's pixels and caption.
+
+    MSP leaves the repaint settings out (it does not repaint) and `max_unet_batch` (it only moves
+    pixels by rounding, like the batch size), so neither re-ids finished MSP candidates.
+    """
+    if config.generator == "msp":
+        return {
+            "generator": config.generator,
+            "version": GENERATOR_VERSION,
+            "recaption": config.recaption,
+            "msp": config.msp.model_dump(exclude={"max_unet_batch"}),
+            **caption_settings(config),
+        }
     return {
         "generator": config.generator,
         "version": GENERATOR_VERSION,
@@ -116,9 +140,19 @@ def generator_config(config: GenerateConfig) -> dict[str, object]:
     }
 
 
-def plan_work(ws: Workspace) -> list[WorkItem]:
-    """Every candidate the current plans and config call for, in shard order."""
+def generate_config(ws: Workspace, generator: str | None = None) -> GenerateConfig:
+    """The workspace's [generate] section, with the generator overridden when one is named."""
     config = ws.config.generate
+    if generator is None or generator == config.generator:
+        return config
+    if generator not in GENERATORS:
+        raise CurateError(f"unknown generator {generator!r}; use one of {', '.join(GENERATORS)}")
+    return config.model_copy(update={"generator": generator})
+
+
+def plan_work(ws: Workspace, generator: str | None = None) -> list[WorkItem]:
+    """Every candidate the current plans and config call for, in shard order."""
+    config = generate_config(ws, generator)
     if config.shard_size < 1 or config.seeds_per_plan < 1:
         raise CurateError("generate.shard_size and generate.seeds_per_plan must be at least 1")
     gen_config = generator_config(config)
@@ -137,45 +171,79 @@ def plan_work(ws: Workspace) -> list[WorkItem]:
 # -- making one candidate (runs in workers) ----------------------------------------------------
 
 
-class _Generator:
-    """Per-process state: workspace, concepts and backends, loaded once."""
+Ready = tuple[WorkItem, Candidate, RepaintJob]
+"""A prepared candidate: its work item, its record so far, and its paste composition."""
 
-    def __init__(self, root: Path):
+
+def _batches(ready: list[Ready], size: int) -> Iterator[list[Ready]]:
+    """Batches of at most `size` sharing one canvas size: a diffusion call denoises one latent shape."""
+
+    def canvas(entry: Ready) -> tuple[int, int]:
+        return entry[0].plan.width, entry[0].plan.height
+
+    for _, group in itertools.groupby(sorted(ready, key=canvas), key=canvas):
+        same = list(group)
+        yield from (same[i : i + size] for i in range(0, len(same), size))
+
+
+class _Generator:
+    """Per-process state: workspace, concepts and backends, loaded once.
+
+    Both generators share the paste composition: Gen4Gen repaints it, MSP starts from it as a
+    scaffold and segments by its pasted silhouettes, so one plan gives comparable candidates.
+    """
+
+    def __init__(self, root: Path, generator: str | None = None):
         self.ws = Workspace(root)
-        self.config = self.ws.config.generate
-        if self.config.generator != "gen4gen":
-            raise CurateError(f"generator {self.config.generator!r} is not available yet; use 'gen4gen'")
+        self.config = generate_config(self.ws, generator)
         self.concepts: dict[str, Concept] = self.ws.concepts()
-        self.repainter: Repainter = load_repainter(self.config.repaint, self.config)
+        self.repainter: Repainter | None = None
+        self.msp: MSPGenerator | None = None
+        if self.config.generator == "msp":
+            from generators.msp import MSPGenerator
+
+            if self.config.msp.controlnet:
+                raise CurateError(
+                    "generate.msp.controlnet needs one control image per plan, which `curate generate` "
+                    "does not make; leave it empty here and call generators.msp.MSPGenerator directly"
+                )
+            device, _ = resolve_device(self.config.device, "auto")
+            self.msp = MSPGenerator.from_settings(self.config.msp, device=device)
+        else:
+            self.repainter = load_repainter(self.config.repaint, self.config)
         self.captioner: Captioner = load_captioner(self.config.recaption, self.config)
         self.gen_config = generator_config(self.config)
+
+    @property
+    def batch_size(self) -> int:
+        """Candidates per diffusion call."""
+        return self.repainter.batch_size if self.repainter is not None else self.config.batch_size
 
     def _paths(self, item: WorkItem) -> tuple[Path, Path]:
         folder = self.ws.shard_dir(item.shard)
         return folder / f"{item.candidate_id}.png", folder / f"{item.candidate_id}.json"
 
     def run(self, items: list[WorkItem]) -> list[str | None]:
-        """Make and write candidates, repainting `repainter.batch_size` per call.
+        """Make and write candidates, `batch_size` of one canvas size per repaint or MSP call.
 
         Returns one failure reason (or None when it succeeded) per item, in order. A failure while
         preparing or finishing one candidate fails only that one; a failed repaint call fails its batch.
         """
         reasons: dict[str, str | None] = {}
-        ready: list[tuple[WorkItem, Candidate, RepaintJob]] = []
+        ready: list[Ready] = []
         for item in items:
             record = self._record(item)
             try:
                 ready.append((item, *self._prepare(item, record)))
             except Exception as exc:  # noqa: BLE001 - a failed candidate is data: recorded, counted, retried
                 reasons[item.candidate_id] = self._fail(item, record, exc)
-        size = self.repainter.batch_size
-        for batch in (ready[i : i + size] for i in range(0, len(ready), size)):
+        for batch in _batches(ready, self.batch_size):
             try:
-                images = self.repainter([job for _, _, job in batch])
+                painted = self._paint(batch)
             except Exception as exc:  # noqa: BLE001
                 reasons |= {item.candidate_id: self._fail(item, record, exc) for item, record, _ in batch}
                 continue
-            for (item, record, _), image in zip(batch, images, strict=True):
+            for (item, _, _), (record, image) in zip(batch, painted, strict=True):
                 try:
                     self._finish(item, record, image)
                     reasons[item.candidate_id] = None
@@ -233,7 +301,8 @@ class _Generator:
                     "plan_boxes": [b.model_dump() for b in plan.boxes],
                     "masks_used": {concept.concept_id: concept.masks[i] for concept, i, _ in picks},
                     "planner": plan.planner,
-                    "repaint_seed": job.seed,
+                    # the diffusion seed (MSP records it as msp.seed): the id's hash, since plans share item.seed
+                    **({"repaint_seed": job.seed} if self.msp is None else {}),
                     # what identity drift compares the repainted image with (192 bytes per concept)
                     PASTE_THUMBS: paste_thumbnails(
                         composition.image, list(placed.values()), plan.width, plan.height
@@ -243,15 +312,57 @@ class _Generator:
         )
         return record, job
 
+    def _paint(self, batch: list[Ready]) -> list[tuple[Candidate, np.ndarray]]:
+        """Final images of one batch, each with its record completed by the backend's provenance.
+
+        MSP records its run under `extra["msp"]` (model, seed, kappa, switch step, segment and
+        global prompts) as Gen4Gen records its repaint under `extra["repaint"]`; the prompt it
+        conditioned the harmonization phase on becomes the candidate's prompt.
+        """
+        jobs = [job for _, _, job in batch]
+        if self.repainter is not None:
+            images = self.repainter(jobs)
+            return [
+                (record.model_copy(update={"extra": record.extra | {"repaint": self.repainter.config()}}), image)
+                for (_, record, _), image in zip(batch, images, strict=True)
+            ]
+        from PIL import Image
+
+        from generators.msp import masks_from_layers
+
+        assert self.msp is not None
+        settings = self.config.msp
+        plans = [item.plan for item, _, _ in batch]
+        results = self.msp(
+            plans,
+            self.concepts,
+            [job.seed for job in jobs],
+            settings=settings,
+            scaffolds=[Image.fromarray(job.composition.image) for job in jobs] if settings.scaffold else None,
+            masks=[masks_from_layers(job.composition.layers, p.width, p.height) for job, p in zip(jobs, plans)],
+        )
+        return [
+            (
+                record.model_copy(
+                    update={
+                        "prompt": result.provenance["global_prompt"],
+                        "extra": record.extra | {"msp": result.provenance},
+                    }
+                ),
+                np.asarray(result.image.convert("RGB")),
+            )
+            for (_, record, _), result in zip(batch, results, strict=True)
+        ]
+
     def _finish(self, item: WorkItem, record: Candidate, image: np.ndarray) -> None:
-        """Caption the repainted image, then write PNG and JSON (atomically, PNG first)."""
+        """Caption the final image, then write PNG and JSON (atomically, PNG first)."""
         png, meta = self._paths(item)
         caption = self.captioner(image, item.plan, self.concepts, record.template_caption)
         ok, encoded = cv2.imencode(".png", image[..., ::-1], _PNG_PARAMS)
         if not ok:
             raise CandidateFailure("encode_failed", "PNG encoding failed")
         atomic_write_bytes(png, encoded.tobytes())
-        extra = record.extra | {"repaint": self.repainter.config(), "recaption": self.captioner.config()}
+        extra = record.extra | {"recaption": self.captioner.config()}
         if caption.vlm_caption is not None:
             extra["vlm_caption"] = caption.vlm_caption
         record = record.model_copy(update={"caption": caption.text, "extra": extra})
@@ -261,10 +372,10 @@ class _Generator:
 _WORKER: _Generator | None = None
 
 
-def _init_worker(root: Path) -> None:
+def _init_worker(root: Path, generator: str | None = None) -> None:
     global _WORKER
     cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
-    _WORKER = _Generator(root)
+    _WORKER = _Generator(root, generator)
 
 
 def _run_chunk(items: list[WorkItem], generator: _Generator | None = None) -> list[tuple[str, str | None]]:
@@ -341,10 +452,14 @@ Results = list[tuple[str, str | None]]
 """(shard, failure reason or None) for each candidate of a finished chunk."""
 
 
-def _process_batches(root: Path, chunks: list[list[WorkItem]], workers: int) -> Iterator[Results]:
+def _process_batches(
+    root: Path, chunks: list[list[WorkItem]], workers: int, generator: str | None
+) -> Iterator[Results]:
     """Local worker processes (spawned, so no state leaks from the caller); one model load each."""
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(root,)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(root, generator)
+    ) as pool:
         futures: set[Future] = {pool.submit(_run_chunk, chunk) for chunk in chunks}
         while futures:
             finished, futures = wait(futures, return_when=FIRST_COMPLETED)
@@ -355,14 +470,16 @@ def _process_batches(root: Path, chunks: list[list[WorkItem]], workers: int) -> 
 class _RayWorker:
     """A Ray actor holding one loaded generator (the workspace must be on a filesystem it sees)."""
 
-    def __init__(self, root: str):
-        _init_worker(Path(root))
+    def __init__(self, root: str, generator: str | None):
+        _init_worker(Path(root), generator)
 
     def run_chunk(self, items: list[WorkItem]) -> Results:
         return _run_chunk(items)
 
 
-def _ray_batches(root: Path, chunks: list[list[WorkItem]], workers: int) -> Iterator[Results]:
+def _ray_batches(
+    root: Path, chunks: list[list[WorkItem]], workers: int, generator: str | None
+) -> Iterator[Results]:
     """Ray actors, one per worker; `RAY_ADDRESS` (or `ray start`) picks a cluster, else a local one.
 
     A worker gets a GPU when the cluster has one for every worker, so diffusion repaint scales
@@ -375,7 +492,7 @@ def _ray_batches(root: Path, chunks: list[list[WorkItem]], workers: int) -> Iter
         ray.init(include_dashboard=False, log_to_driver=False)
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= workers else 0
     actor = ray.remote(num_cpus=1, num_gpus=gpus)(_RayWorker)
-    pool = ActorPool([actor.remote(str(root)) for _ in range(workers)])
+    pool = ActorPool([actor.remote(str(root), generator) for _ in range(workers)])
     yield from pool.map_unordered(lambda a, chunk: a.run_chunk.remote(chunk), chunks)
 
 
@@ -387,6 +504,7 @@ def generate(
     workers: int | None = None,
     progress: ProgressFn = no_progress,
     executor: str = "local",
+    generator: str | None = None,
 ) -> GenerateReport:
     """Generate every missing candidate of the current plans; safe to re-run after any kill.
 
@@ -395,20 +513,21 @@ def generate(
         workers: Worker processes (or Ray actors); None means `generate.workers` from curate.toml.
         progress: Called as candidates finish (skipped ones count as done).
         executor: 'local' (processes on this machine) or 'ray'.
+        generator: 'gen4gen' or 'msp'; None means `generate.generator` from curate.toml.
 
     Returns:
         Counts of generated, skipped and failed candidates (failures by reason).
     """
-    config = ws.config.generate
+    config = generate_config(ws, generator)
     workers = workers or config.workers
     if workers < 1:
         raise CurateError(f"workers must be at least 1 (got {workers})")
     if executor not in EXECUTORS:
         raise CurateError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
-    items = plan_work(ws)
+    items = plan_work(ws, generator)
     if not items:
         raise CurateError(f"no layout plans in {ws.plans_path}; run `curate plan` first")
-    local = _Generator(ws.root)  # validates the config here, with a clear error, before any worker starts
+    local = _Generator(ws.root, generator)  # validates the config here, with a clear error, before any worker starts
     report = GenerateReport(total=len(items))
     shards: dict[str, list[WorkItem]] = {}
     for item in items:
@@ -423,14 +542,14 @@ def generate(
         if not work and not ws.shard_done(shard):  # everything was on disk, only the marker was missing
             _close_shard(ws, shard, shards[shard], 0)
 
-    size = max(_CHUNK, local.repainter.batch_size)  # a chunk fills at least one repaint batch
+    size = max(_CHUNK, local.batch_size)  # a chunk fills at least one repaint batch
     chunks = [work[i : i + size] for work in todo.values() for i in range(0, len(work), size)]
     if executor == "ray" and chunks:
-        batches = _ray_batches(ws.root, chunks, workers)
+        batches = _ray_batches(ws.root, chunks, workers, generator)
     elif workers == 1 or len(chunks) <= 1:
         batches = (_run_chunk(chunk, local) for chunk in chunks)
     else:
-        batches = _process_batches(ws.root, chunks, workers)
+        batches = _process_batches(ws.root, chunks, workers, generator)
     for results in batches:
         for shard, reason in results:
             pending[shard] -= 1
