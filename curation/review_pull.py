@@ -31,6 +31,7 @@ REVIEW_FIELDS = (
     ds.REVIEW_REASONS,
     ds.CAPTION_FIXED,
 )
+"""Every field a pull writes, in one order: a sample's review is this tuple's values."""
 
 
 def annotation_result(

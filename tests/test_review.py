@@ -15,7 +15,7 @@ from curation.errors import CurateError
 from curation.labelstudio_server import ServerInfo, free_port, serve, stop, use_server
 from curation.records import Concept
 from curation.review import connect, existing_candidates, push
-from curation.review_pull import aggregate, annotation_result, pull, status
+from curation.review_pull import REVIEW_FIELDS, aggregate, annotation_result, pull, status
 from curation.workspace import Workspace
 
 
@@ -68,15 +68,7 @@ def tasks_by_candidate(ws: Workspace) -> dict[str, dict]:
 
 def reviews(ws: Workspace) -> dict[str, dict]:
     dataset = ds.open_dataset(ws)
-    fields = [
-        ds.CANDIDATE_ID,
-        ds.REVIEW_DECISION,
-        ds.REVIEW_QUALITY,
-        ds.REVIEW_ANNOTATORS,
-        ds.REVIEW_AGREEMENT,
-        ds.REVIEW_REASONS,
-        ds.CAPTION_FIXED,
-    ]
+    fields = [ds.CANDIDATE_ID, *REVIEW_FIELDS]
     ids, *columns = dataset.values(fields)
     return {cid: dict(zip(fields[1:], vals, strict=True)) for cid, *vals in zip(ids, *columns, strict=True)}
 

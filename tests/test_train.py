@@ -127,44 +127,16 @@ def test_lora_changes_only_adapters_and_fuses_into_a_plain_unet(tiny_sd, export_
 def test_resume_continues_exactly_where_the_checkpoint_left_off(tiny_sd, export_dir, tmp_path):
     from personalization.train import train
 
-    whole = train(
-        export_dir,
-        tmp_path / "whole",
-        str(tiny_sd),
-        steps=4,
-        resolution=64,
-        learning_rate=1e-3,
-        checkpoint_every=2,
-    )
-    first = train(
-        export_dir,
-        tmp_path / "split",
-        str(tiny_sd),
-        steps=2,
-        resolution=64,
-        learning_rate=1e-3,
-        checkpoint_every=2,
-    )
-    rest = train(
-        export_dir,
-        tmp_path / "split",
-        str(tiny_sd),
-        steps=4,
-        resolution=64,
-        learning_rate=1e-3,
-        checkpoint_every=2,
-    )
+    def run(folder: str, steps: int):
+        return train(export_dir, tmp_path / folder, str(tiny_sd), steps=steps, resolution=64,
+                     learning_rate=1e-3, checkpoint_every=2)  # fmt: skip
+
+    whole = run("whole", 4)
+    first = run("split", 2)
+    rest = run("split", 4)
     assert rest.start_step == 2 and len(rest.losses) == 2
     assert first.losses + rest.losses == pytest.approx(whole.losses, rel=1e-5)
-    again = train(
-        export_dir,
-        tmp_path / "split",
-        str(tiny_sd),
-        steps=4,
-        resolution=64,
-        learning_rate=1e-3,
-        checkpoint_every=2,
-    )
+    again = run("split", 4)
     assert again.start_step == 4 and again.losses == []
     with pytest.raises(CurateError, match="other settings"):
         train(export_dir, tmp_path / "split", str(tiny_sd), method="lora", steps=4, resolution=64)
