@@ -97,8 +97,8 @@ def ray_embeddings(
         weights: "pretrained" | "random", what the driver's own model got; actors must match it.
 
     Raises:
-        CurateError: when the actors could not load the same weights as the driver (e.g. a node
-            without the checkpoint), since their embeddings would then silently mean something else.
+        CurateError: when the actors fail to load the model, or load other weights than the driver
+            (e.g. a node without the checkpoint): their embeddings would silently mean something else.
     """
     import ray
     from ray.util import ActorPool
@@ -108,7 +108,11 @@ def ray_embeddings(
     actors = min(actors or gpus or 1, len(chunks)) or 1
     actor = ray.remote(num_cpus=1, num_gpus=1 if gpus >= actors else 0)(_ClipActor)
     pool = [actor.remote(model_name, pretrained, batch_size) for _ in range(actors)]
-    loaded = ray.get([a.weights.remote() for a in pool])
+    try:
+        loaded = ray.get([a.weights.remote() for a in pool])
+    except ray.exceptions.RayError as exc:  # the driver loaded the same model: the nodes' setup differs
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise CurateError(f"Ray actors could not load CLIP {model_name}: {first}") from exc
     if any(w != weights for w in loaded):
         raise CurateError(
             f"Ray actors loaded {model_name} with {'/'.join(sorted(set(loaded)))} weights but this process "

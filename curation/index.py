@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import fiftyone as fo
     from PIL import Image
 
+    from curation.config import IndexConfig
     from curation.embed_ray import Embedded
     from curation.scores.clip import ClipScorer
     from curation.workspace import Workspace
@@ -185,22 +186,8 @@ def index_workspace(
             )
         report.clip_loaded = True
         report.clip_weights = scorer.weights
-        remote = None
-        if executor == "ray":  # started before anything is written: actors that cannot load fail here
-            from curation.embed_ray import ray_embeddings
-
-            chunks = [
-                [(str(t.path), clip_text(t.candidate)) for t in chunk]
-                for chunk in _chunks(todo, config.batch_size)
-            ]
-            remote = ray_embeddings(
-                chunks,
-                config.clip_model,
-                config.clip_pretrained or None,
-                config.batch_size,
-                config.ray_actors,
-                scorer.weights,
-            )
+        # started before anything is written, so actors that cannot load the model fail first
+        remote = _ray_embeddings(todo, config, scorer.weights) if executor == "ray" else None
         presence = P.load_presence(
             ws,
             (c for t in todo for c in t.candidate.concepts),
@@ -229,6 +216,23 @@ def index_workspace(
         report.visualization = visualize(dataset)
     save_views(dataset)
     return report
+
+
+def _ray_embeddings(todo: list[_Todo], config: IndexConfig, weights: str) -> Iterator[Embedded]:
+    """Ray actors embedding `todo` in the exact batches `_index` will consume them in."""
+    from curation.embed_ray import ray_embeddings
+
+    chunks = [
+        [(str(t.path), clip_text(t.candidate)) for t in chunk] for chunk in _chunks(todo, config.batch_size)
+    ]
+    return ray_embeddings(
+        chunks,
+        config.clip_model,
+        config.clip_pretrained or None,
+        config.batch_size,
+        config.ray_actors,
+        weights,
+    )
 
 
 def _diversity(dataset: fo.Dataset, report: IndexReport) -> None:

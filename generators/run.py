@@ -488,8 +488,9 @@ def _ray_batches(
     import ray
     from ray.util import ActorPool
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+    from curation.embed_ray import connect_ray
+
+    connect_ray()
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= workers else 0
     actor = ray.remote(num_cpus=1, num_gpus=gpus)(_RayWorker)
     pool = ActorPool([actor.remote(str(root), generator) for _ in range(workers)])

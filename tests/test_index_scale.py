@@ -6,11 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from curation import dataset as ds
+from curation.cli import app
+from curation.config import dump_config
 from curation.errors import CurateError
 from curation.index import VISUALIZATION_KEY, index_workspace
-from curation.config import dump_config
 from curation.workspace import Workspace, atomic_write_text
 
 
@@ -50,6 +52,9 @@ def test_unknown_executor_is_a_clear_error(candidate_ws):
     ws, _ = candidate_ws
     with pytest.raises(CurateError, match="unknown executor 'spark'"):
         index_workspace(ws, executor="spark")
+    result = CliRunner().invoke(app, ["index", "--executor", "spark", "-w", str(ws.root)])
+    assert isinstance(result.exception, CurateError)  # `main` turns it into one line and exit code 1
+    assert "unknown executor 'spark'" in str(result.exception)
     import fiftyone as fo
 
     assert not fo.dataset_exists(ds.dataset_name(ws))  # refused before anything was written
