@@ -20,4 +20,4 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-pytest_plugins = ["tests.fixtures.labelstudio", "tests.fixtures.sample_concepts", "tests.fixtures.tiny_clip", "tests.fixtures.candidate_workspace", "tests.fixtures.fake_llm"]
+pytest_plugins = ["tests.fixtures.labelstudio", "tests.fixtures.sample_concepts", "tests.fixtures.tiny_clip", "tests.fixtures.candidate_workspace", "tests.fixtures.fake_llm", "tests.fixtures.ray_session"]

@@ -179,17 +179,11 @@ def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(concept_ws: Wor
             image.load()
 
 
-def test_ray_executor_makes_the_same_candidates(concept_ws: Workspace, tmp_path: Path) -> None:
-    import ray
-
+def test_ray_executor_makes_the_same_candidates(concept_ws: Workspace, tmp_path: Path, ray_session: None) -> None:
     plan_layouts(concept_ws, 10)
     other = Workspace.open(Path(shutil.copytree(concept_ws.root, tmp_path / "other")))
     generate(concept_ws, workers=1)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        report = generate(other, workers=2, executor="ray")
-    finally:
-        ray.shutdown()
+    report = generate(other, workers=2, executor="ray")
     assert report.generated == 10 and not report.failed
     ours = {k.split("/", 1)[1]: v for k, v in _files(concept_ws).items()}
     theirs = {k.split("/", 1)[1]: v for k, v in _files(other).items()}

@@ -1,7 +1,6 @@
 """`curate index` at scale: the embedding map for the App, and CLIP embeddings on Ray actors."""
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +60,7 @@ def test_unknown_executor_is_a_clear_error(candidate_ws):
 
 
 @pytest.mark.timeout(180)
-def test_ray_executor_writes_the_same_dataset_as_local(candidate_ws, tmp_path, monkeypatch):
-    import ray
-
+def test_ray_executor_writes_the_same_dataset_as_local(candidate_ws, tmp_path, ray_session):
     ws, _ = candidate_ws
     other = Workspace.open(Path(shutil.copytree(ws.root, tmp_path / "ray-copy")))
     config = other.config
@@ -71,24 +68,7 @@ def test_ray_executor_writes_the_same_dataset_as_local(candidate_ws, tmp_path, m
     atomic_write_text(other.config_path, dump_config(config))
     index_workspace(ws)
 
-    monkeypatch.setenv("HOME", str(tmp_path))  # Ray writes ~/.ray state
-    short = tempfile.mkdtemp(prefix="r", dir="/tmp")  # Ray's unix sockets need a short path
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        _temp_dir=short,
-        # actors are fresh processes: they need the tiny test architecture registered too
-        runtime_env={
-            "env_vars": {"PYTHONPATH": str(Path(__file__).parents[1])},
-            "worker_process_setup_hook": "tests.fixtures.tiny_clip.register_tiny_clip",
-        },
-    )
-    try:
-        report = index_workspace(other)  # curate.toml says executor = "ray", ray_actors = 1
-    finally:
-        ray.shutdown()
-        shutil.rmtree(short, ignore_errors=True)
+    report = index_workspace(other)  # curate.toml says executor = "ray", ray_actors = 1
     assert (report.added, report.updated, report.failed) == (6, 0, [])
 
     fields = [ds.CANDIDATE_ID, ds.CLIP_EMBEDDING, ds.CLIP_T, ds.CLIP_T_COS, ds.CAPTION, "seam", "blur"]
