@@ -152,6 +152,17 @@ def _offline_unless_hub_reachable(timeout: float = 2.0) -> Iterator[None]:
         constants.HF_HUB_OFFLINE = saved
 
 
+@contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    """open_clip logs a failed download and random init on the root logger; our one warning says both."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
 def load_clip(
     model_name: str, pretrained: str | None, device: str | None = None, batch_size: int = 32
 ) -> ClipScorer:
@@ -182,7 +193,7 @@ def load_clip(
     model, preprocess, weights = None, None, "random"
     if pretrained:
         try:
-            with _offline_unless_hub_reachable():
+            with _offline_unless_hub_reachable(), _quiet_open_clip():
                 model, _, preprocess = open_clip.create_model_and_transforms(
                     model_name, pretrained=pretrained
                 )
@@ -196,7 +207,8 @@ def load_clip(
     if model is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_RANDOM_SEED)
-            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None)
+            with _quiet_open_clip():
+                model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None)
     model = model.to(device).eval()
     return ClipScorer(
         model_name=model_name,
