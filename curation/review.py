@@ -65,11 +65,12 @@ class Connection:
 
         return LabelStudio(base_url=self.url, api_key=self.token, timeout=120)
 
-    def call(self, what: str, fn: Callable[[], T]) -> T:
+    def call(self, what: str, fn: Callable[[], T], before_retry: Callable[[], None] | None = None) -> T:
         """Run one request, retrying a dropped connection, then fail naming the server and the step.
 
         A server restarting mid-push answers again within seconds; beyond that the user re-runs the
-        command, which is safe because push and pull are idempotent.
+        command, which is safe because push and pull are idempotent. `before_retry` runs after the
+        back-off, for requests whose effect may have landed although the answer was lost.
         """
         import httpx
 
@@ -83,6 +84,8 @@ class Connection:
                         "check it with `curate review serve` and re-run (nothing is duplicated)"
                     ) from exc
                 time.sleep(2.0 * 2**attempt)
+                if before_retry is not None:
+                    before_retry()
         raise AssertionError("unreachable")
 
     def get_json(self, path: str, what: str, **params: Any) -> Any:
@@ -322,23 +325,18 @@ def _import_batch(conn: Connection, project_id: int, chunk: list[dict[str, Any]]
     The import may have been committed even though its answer was lost, so a blind retry could
     duplicate tasks: the server's task list decides what is still missing.
     """
-    import httpx
+    pending = chunk
 
-    for attempt in range(RETRIES + 1):
-        try:
-            conn.client.projects.import_tasks(id=project_id, request=chunk)
-            return
-        except (httpx.TransportError, requests.ConnectionError) as exc:
-            if attempt == RETRIES:
-                raise CurateError(
-                    f"Label Studio at {conn.url} stopped answering during task import ({type(exc).__name__}); "
-                    "re-run `curate review push` to finish (nothing is duplicated)"
-                ) from exc
-            time.sleep(2.0 * 2**attempt)
-            present = existing_candidates(conn, project_id)
-            chunk = [t for t in chunk if t["data"][ds.CANDIDATE_ID] not in present]
-            if not chunk:
-                return
+    def send() -> None:
+        if pending:
+            conn.client.projects.import_tasks(id=project_id, request=pending)
+
+    def drop_imported() -> None:
+        nonlocal pending
+        present = existing_candidates(conn, project_id)
+        pending = [t for t in pending if t["data"][ds.CANDIDATE_ID] not in present]
+
+    conn.call("task import", send, before_retry=drop_imported)
 
 
 def _task(
