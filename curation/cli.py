@@ -19,6 +19,10 @@ WorkspaceOpt = Annotated[
     Path,
     typer.Option("--workspace", "-w", envvar="CURATE_WORKSPACE", help="The workspace folder (holds curate.toml)."),
 ]
+UrlOpt = Annotated[
+    str, typer.Option(envvar="LABEL_STUDIO_URL", help="A running Label Studio (else the one `review serve` started).")
+]
+TokenOpt = Annotated[str, typer.Option(envvar="LABEL_STUDIO_TOKEN", help="API token for --url.")]
 
 app = typer.Typer(
     help=(
@@ -171,8 +175,8 @@ def app_command(
 @review_app.command("serve")
 def review_serve(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1; 0 means the config's value.")] = 0,
-    url: Annotated[str, typer.Option(envvar="LABEL_STUDIO_URL", help="Use this running server instead.")] = "",
-    token: Annotated[str, typer.Option(envvar="LABEL_STUDIO_TOKEN", help="API token for --url.")] = "",
+    url: Annotated[str, typer.Option(envvar="LABEL_STUDIO_URL", help="Record this running server instead.")] = "",
+    token: TokenOpt = "",
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Start a local Label Studio serving the workspace's images (or record --url); prints URL and login."""
@@ -203,8 +207,8 @@ def review_push(
     view: Annotated[str, typer.Option(help="FiftyOne saved view to push.")] = "unreviewed",
     order: Annotated[str, typer.Option(help="Task order: uncertain | score | random | view.")] = "uncertain",
     overlap: Annotated[int, typer.Option(help="Annotators per task; 0 keeps the project's setting.")] = 0,
-    url: Annotated[str, typer.Option(envvar="LABEL_STUDIO_URL", help="Existing server (else the served one).")] = "",
-    token: Annotated[str, typer.Option(envvar="LABEL_STUDIO_TOKEN", help="API token for --url.")] = "",
+    url: UrlOpt = "",
+    token: TokenOpt = "",
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Create the review project if needed and push new candidates as tasks (re-pushing adds only new ones)."""
@@ -221,8 +225,8 @@ def review_push(
 
 @review_app.command("pull")
 def review_pull(
-    url: Annotated[str, typer.Option(envvar="LABEL_STUDIO_URL", help="Existing server (else the served one).")] = "",
-    token: Annotated[str, typer.Option(envvar="LABEL_STUDIO_TOKEN", help="API token for --url.")] = "",
+    url: UrlOpt = "",
+    token: TokenOpt = "",
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Pull annotations into FiftyOne (review_decision, review_quality, agreement...); keeps each raw export."""
@@ -234,8 +238,8 @@ def review_pull(
 
 @review_app.command("status")
 def review_status(
-    url: Annotated[str, typer.Option(envvar="LABEL_STUDIO_URL", help="Existing server (else the served one).")] = "",
-    token: Annotated[str, typer.Option(envvar="LABEL_STUDIO_TOKEN", help="API token for --url.")] = "",
+    url: UrlOpt = "",
+    token: TokenOpt = "",
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Counts of tasks, annotated, accepted, rejected, per concept, and annotator agreement."""

@@ -135,13 +135,6 @@ class Workspace:
                 found[concept.concept_id] = concept
         return found
 
-    def concept(self, concept_id: str) -> Concept:
-        concepts = self.concepts()
-        if concept_id not in concepts:
-            known = ", ".join(sorted(concepts)) or "none yet"
-            raise CurateError(f"unknown concept {concept_id!r} (known: {known})")
-        return concepts[concept_id]
-
     # -- plans ---------------------------------------------------------------------------------
     def plans(self) -> list[LayoutPlan]:
         if not self.plans_path.exists():
