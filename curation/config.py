@@ -116,7 +116,7 @@ class GenerateConfig(_Section):
 
 
 class IndexConfig(_Section):
-    dataset_name: str = Field("", description="FiftyOne dataset name; empty means 'curate-<workspace folder>'")
+    dataset_name: str = Field("", description="FiftyOne dataset name; empty means 'curate-<workspace.id>'")
     clip_model: str = "ViT-B-32"
     clip_pretrained: str = Field("openai", description="open_clip pretrained tag; random weights if unavailable")
     batch_size: int = 16
@@ -143,7 +143,19 @@ class ExportConfig(_Section):
     format: str = "mycanvas"
 
 
+class WorkspaceSection(_Section):
+    """Who this workspace is, independent of where its folder lives (see `curation.workspace`)."""
+
+    id: str = Field(
+        "",
+        max_length=200,
+        pattern=r"^[^\x00-\x1f\x7f]*$",
+        description="set by `curate init`; names the FiftyOne dataset and the Label Studio project; copies share it",
+    )
+
+
 class CurateConfig(_Section):
+    workspace: WorkspaceSection = WorkspaceSection()
     segment: SegmentConfig = SegmentConfig()
     layout: LayoutConfig = LayoutConfig()
     generate: GenerateConfig = GenerateConfig()

@@ -58,8 +58,12 @@ REJECT = "reject"
 
 
 def dataset_name(ws: Workspace) -> str:
-    """The configured name, else `curate-<workspace folder>`."""
-    return ws.config.index.dataset_name or f"curate-{ws.name}"
+    """The configured name, else `curate-<workspace id>`.
+
+    Not the folder name: two users' `runs/pets` on one shared MongoDB would write into one dataset,
+    and a renamed workspace would lose its own.
+    """
+    return ws.config.index.dataset_name or f"curate-{ws.workspace_id}"
 
 
 def open_dataset(ws: Workspace) -> fo.Dataset:

@@ -135,6 +135,15 @@ def project_file(ws: Workspace) -> Path:
     return ws.review_dir / "project.json"
 
 
+def project_marker(ws: Workspace) -> str:
+    """The project description that finds the workspace's project when project.json was lost.
+
+    Keyed on the workspace id, not the folder: same-named workspaces never adopt each other's
+    project, and a renamed one still finds its own.
+    """
+    return f"curate workspace: {ws.workspace_id}"
+
+
 def _local_url(conn: Connection, path: Path) -> str:
     try:
         relative = Path(path).resolve().relative_to(conn.document_root)
@@ -164,7 +173,7 @@ def ensure_project(ws: Workspace, conn: Connection, overlap: int | None = None) 
         project_id = project_id if code == 200 else None  # deleted on the server: create it again
     config = ws.config.review
     client = conn.client
-    marker = f"curate workspace: {ws.root}"
+    marker = project_marker(ws)
     if project_id is None:  # a push killed before project.json was written left its project behind
         found = conn.call("project listing", lambda: [p.id for p in client.projects.list() if p.description == marker])
         project_id = min(found) if found else None

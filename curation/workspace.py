@@ -11,9 +11,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+
+import tomli_w
 
 from curation.config import CurateConfig, dump_config, load_config
 from curation.errors import CurateError
@@ -45,6 +49,12 @@ def atomic_write_json(path: Path, payload: object) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def new_workspace_id(folder_name: str) -> str:
+    """A readable prefix from the folder name plus 64 random bits: unique however folders are named."""
+    prefix = re.sub(r"[^a-z0-9]+", "-", folder_name.lower()).strip("-")[:40] or "workspace"
+    return f"{prefix}-{secrets.token_hex(8)}"
+
+
 class Workspace:
     """A dataset project folder. Construct with `Workspace.open` (existing) or `Workspace.create`."""
 
@@ -53,11 +63,19 @@ class Workspace:
 
     @classmethod
     def create(cls, root: Path, config: CurateConfig | None = None) -> Workspace:
-        """Create the folder and its config file; an existing config is kept, never overwritten."""
+        """Create the folder and its config file; an existing config is kept, never overwritten.
+
+        A new config gets a fresh `workspace.id` (unless `config` brings one), so two workspaces
+        never share a FiftyOne dataset or a Label Studio project, whatever their folders are called.
+        """
         ws = cls(root)
         ws.root.mkdir(parents=True, exist_ok=True)
-        if not ws.config_path.exists():
-            atomic_write_text(ws.config_path, dump_config(config or CurateConfig()))
+        if ws.config_path.exists():
+            ws._adopt_legacy_id()
+        else:
+            config = (config or CurateConfig()).model_copy(deep=True)
+            config.workspace.id = config.workspace.id or new_workspace_id(ws.root.name)
+            atomic_write_text(ws.config_path, dump_config(config))
         return ws
 
     @classmethod
@@ -65,7 +83,27 @@ class Workspace:
         ws = cls(root)
         if not ws.config_path.exists():
             raise CurateError(f"{ws.root} is not a curate workspace (no {CONFIG_FILE}); run `curate init {root}`")
+        ws._adopt_legacy_id()
         return ws
+
+    def _adopt_legacy_id(self) -> None:
+        """Write down an id for a curate.toml from before workspace ids: the folder's name.
+
+        Such a workspace named its dataset `curate-<folder>`; taking the folder name as its id keeps
+        that dataset, and writing it down keeps it across later renames. Every process derives the
+        same value, so concurrent first opens agree without a lock. The section is appended, so the
+        file's comments and layout stay (only an explicit `[workspace]` without an id is rewritten).
+        """
+        if self.config.workspace.id:
+            return
+        text = self.config_path.read_text()
+        if "workspace" in tomllib.loads(text):
+            config = self.config
+            config.workspace.id = self.name
+            atomic_write_text(self.config_path, dump_config(config))
+        else:
+            section = tomli_w.dumps({"workspace": {"id": self.name}})
+            atomic_write_text(self.config_path, text.rstrip("\n") + "\n\n" + section)
 
     # -- paths ---------------------------------------------------------------------------------
     @property
@@ -95,6 +133,15 @@ class Workspace:
     @property
     def name(self) -> str:
         return self.root.name
+
+    @property
+    def workspace_id(self) -> str:
+        """The identity in curate.toml that the dataset and the review project are named by.
+
+        It travels with the folder: a renamed or copied workspace keeps its dataset (a copy shares
+        it, as a backup would); separately created workspaces never share one.
+        """
+        return self.config.workspace.id
 
     def resolve(self, relative: str | Path) -> Path:
         """An absolute path for a workspace-relative one, refusing any that escapes the workspace."""

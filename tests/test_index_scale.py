@@ -12,7 +12,7 @@ from curation.cli import app
 from curation.config import dump_config
 from curation.errors import CurateError
 from curation.index import VISUALIZATION_KEY, index_workspace
-from curation.workspace import Workspace, atomic_write_text
+from curation.workspace import Workspace, atomic_write_text, new_workspace_id
 
 
 def test_index_computes_the_embedding_map_once(candidate_ws):
@@ -65,6 +65,7 @@ def test_ray_executor_writes_the_same_dataset_as_local(candidate_ws, tmp_path, r
     other = Workspace.open(Path(shutil.copytree(ws.root, tmp_path / "ray-copy")))
     config = other.config
     config.index.executor, config.index.ray_actors = "ray", 1
+    config.workspace.id = new_workspace_id(other.name)  # a copy would share its original's dataset
     atomic_write_text(other.config_path, dump_config(config))
     index_workspace(ws)
 
