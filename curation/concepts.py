@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from PIL import Image, ImageOps
 from curation.errors import CurateError
 from curation.progress import ProgressFn, no_progress
 from curation.records import Concept
-from curation.workspace import Workspace, atomic_write_json
+from curation.workspace import Workspace, atomic_write_json, make_temp_dir
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 MAX_PIXELS = 40_000_000
@@ -72,7 +71,7 @@ def _replace_dir(staged: Path, final: Path) -> None:
     """Swap the staged folder in; the old concept is removed only after the new one is in place."""
     old = None
     if final.exists():
-        old = Path(tempfile.mkdtemp(dir=staged.parent, prefix=f"old.{final.name}."))
+        old = make_temp_dir(staged.parent, f"old.{final.name}.")
         os.replace(final, old / final.name)
     os.replace(staged, final)
     if old is not None:
@@ -120,7 +119,7 @@ def add_concept(
     # folders left by a killed ingest of this concept ('.' cannot occur in an id, so no other concept's match)
     for leftover in [*staging_root.glob(f"{concept_id}.*"), *staging_root.glob(f"old.{concept_id}.*")]:
         shutil.rmtree(leftover, ignore_errors=True)
-    staged = Path(tempfile.mkdtemp(dir=staging_root, prefix=f"{concept_id}."))
+    staged = make_temp_dir(staging_root, f"{concept_id}.")
     try:
         (staged / "refs").mkdir()
         (staged / "masks").mkdir()

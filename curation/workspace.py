@@ -12,7 +12,6 @@ import json
 import os
 import re
 import secrets
-import tempfile
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,25 +27,42 @@ SUCCESS_MARKER = "_SUCCESS"
 _CONCEPT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder and rename, so readers see all or nothing."""
+def atomic_write_bytes(path: Path, data: bytes, secret: bool = False) -> None:
+    """Write via a temp file in the same folder and rename, so readers see all or nothing.
+
+    The file gets the mode any new file gets (0666 minus the umask): candidates and exports are
+    read by training jobs and colleagues under other accounts, which mkstemp's 0600 would lock out.
+    `secret=True` (credentials) makes it owner-only from the moment it exists, never readable in between.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret else 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+def atomic_write_text(path: Path, text: str, secret: bool = False) -> None:
+    atomic_write_bytes(path, text.encode(), secret=secret)
 
 
-def atomic_write_json(path: Path, payload: object) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+def atomic_write_json(path: Path, payload: object, secret: bool = False) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", secret=secret)
+
+
+def make_temp_dir(parent: Path, prefix: str) -> Path:
+    """A new uniquely named folder with the umask's mode, to build a folder that is renamed into place.
+
+    mkdtemp's 0700 would survive the rename and hide the finished folder from other accounts.
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = parent / f"{prefix}{secrets.token_hex(6)}"
+    folder.mkdir()
+    return folder
 
 
 def new_workspace_id(folder_name: str) -> str:

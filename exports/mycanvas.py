@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from pathlib import Path
 from curation.errors import CurateError
 from curation.progress import ProgressFn, no_progress
 from curation.records import Concept, content_id
-from curation.workspace import Workspace, atomic_write_json, atomic_write_text
+from curation.workspace import Workspace, atomic_write_json, atomic_write_text, make_temp_dir
 from exports.card import render_card
 from exports.concepts_list import write_concepts_lists
 from exports.imagefolder import metadata_row, write_metadata
@@ -242,9 +241,8 @@ def export_mycanvas(
 
     ws.exports_dir.mkdir(parents=True, exist_ok=True)
     _recover(destination)
-    tmp = Path(tempfile.mkdtemp(dir=ws.exports_dir, prefix=f".{name}.tmp-"))
+    tmp = make_temp_dir(ws.exports_dir, f".{name}.tmp-")
     try:
-        tmp.chmod(0o755)
         writer = _Writer(ws, tmp)
         writer.images(items, progress)
         writer.concepts(concepts)
