@@ -28,7 +28,7 @@ from curation.errors import CurateError
 from curation.progress import ProgressFn, no_progress
 from curation.records import Candidate, content_id
 from curation.scores import presence as P
-from curation.scores.artifacts import ARTIFACT_SCORES, PASTE_THUMBS, artifact_scores
+from curation.scores.artifacts import ARTIFACT_SCORES, artifact_scores
 
 if TYPE_CHECKING:
     import fiftyone as fo
@@ -360,7 +360,7 @@ def _load(todo: _Todo, scorer: ClipScorer | None) -> _Loaded | str:
     except (OSError, UnidentifiedImageError) as exc:
         return f"cannot decode {todo.candidate.image}: {exc}"
     c = todo.candidate
-    scores = artifact_scores(np.asarray(rgb), c.boxes, c.width, c.height, c.extra.get(PASTE_THUMBS))
+    scores = artifact_scores(np.asarray(rgb), c.boxes, c.width, c.height, c.extra)
     return _Loaded(todo, rgb, scorer.image_tensor(rgb) if scorer else None, scores)
 
 

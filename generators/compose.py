@@ -88,6 +88,20 @@ class Composition:
     def image(self) -> np.ndarray:
         return paste(self.background, self.layers)
 
+    def silhouettes(self) -> np.ndarray:
+        """Which layer is seen at each canvas pixel: HxW uint8, 0 background, k the k-th layer drawn.
+
+        A pixel belongs to a layer where its alpha is at least 0.5 and no later layer covers it, so
+        the map's region borders are exactly where pasted edges lie: object against background and
+        nearer object against farther one. The seam score looks along them.
+        """
+        labels = np.zeros(self.background.shape[:2], np.uint8)
+        for number, layer in enumerate(self.layers, start=1):
+            h, w = layer.alpha.shape
+            region = labels[layer.y : layer.y + h, layer.x : layer.x + w]
+            region[layer.alpha[: region.shape[0], : region.shape[1]] >= 0.5] = min(number, 255)
+        return labels
+
 
 def _hash_rng(*parts: object) -> np.random.Generator:
     digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()

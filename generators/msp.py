@@ -54,6 +54,7 @@ from curation.config import MSPSettings
 from curation.errors import CurateError
 from curation.progress import ProgressFn, no_progress
 from curation.records import Concept, LayoutPlan
+from generators.phrases import join_phrases
 
 if TYPE_CHECKING:
     import torch
@@ -185,8 +186,7 @@ def segment_prompts(plan: LayoutPlan, concepts: dict[str, Concept]) -> tuple[lis
         raise CurateError(f"plan {plan.plan_id or '?'}: unknown concept(s) {', '.join(missing)}")
     phrases = [concepts[box.concept_id].phrase for box in plan.boxes]
     local = [f"a photo of {phrase}" for phrase in phrases] + [f"a photo of {plan.background}"]
-    named = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + f" and {phrases[-1]}"
-    return local, f"a photo of {named}, {plan.background}"
+    return local, f"a photo of {join_phrases(phrases)}, {plan.background}"
 
 
 class MSPGenerator:

@@ -27,8 +27,10 @@ import cv2
 import numpy as np
 
 from curation.config import GenerateConfig
+from curation.devices import resolve_device
 from curation.errors import CurateError
 from curation.records import Concept, LayoutPlan
+from generators.phrases import join_phrases, left_to_right
 
 TEMPLATE = "template"
 OPENAI_PREFIX = "openai:"
@@ -67,20 +69,9 @@ class Captioner(Protocol):
     ) -> Caption: ...
 
 
-def join_phrases(phrases: list[str]) -> str:
-    """'a', 'a and b', 'a, b and c'."""
-    if len(phrases) <= 1:
-        return "".join(phrases)
-    return ", ".join(phrases[:-1]) + " and " + phrases[-1]
-
-
-def _left_to_right(plan: LayoutPlan) -> list[str]:
-    return [b.concept_id for b in sorted(plan.boxes, key=lambda b: (b.x, b.y))]
-
-
 def template_caption(plan: LayoutPlan, concepts: dict[str, Concept]) -> str:
     """'a photo of <c-cat> cat and <c-mug> mug on a wooden table ...', concepts left to right."""
-    phrases = join_phrases([concepts[c].phrase for c in _left_to_right(plan)])
+    phrases = join_phrases([concepts[c].phrase for c in left_to_right(plan)])
     return f"a photo of {phrases} {plan.background}".strip()
 
 
@@ -171,7 +162,7 @@ class VLMCaptioner:
         words = " ".join(self.describe(image).split())
         if not words:
             return Caption(template, vlm_caption="")
-        return Caption(personalize_caption(words, [concepts[c] for c in _left_to_right(plan)]), words)
+        return Caption(personalize_caption(words, [concepts[c] for c in left_to_right(plan)]), words)
 
 
 class OpenAICaptioner(VLMCaptioner):
@@ -213,8 +204,6 @@ class TransformersCaptioner(VLMCaptioner):
 
     def __init__(self, name: str, settings: GenerateConfig):
         from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        from generators.repaint import resolve_device
 
         self.name, self.settings = name, settings
         self.device, dtype = resolve_device(settings.device, settings.dtype)

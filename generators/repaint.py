@@ -29,9 +29,11 @@ import cv2
 import numpy as np
 
 from curation.config import GenerateConfig
+from curation.devices import resolve_device
 from curation.errors import CurateError
 from curation.records import Concept, LayoutPlan
 from generators.compose import Composition, Layer, paste
+from generators.phrases import join_phrases, left_to_right
 
 CLASSICAL = "classical"
 _SNAPSHOT = re.compile(r"snapshots/([0-9a-f]{40})")
@@ -63,10 +65,7 @@ def repaint_prompt(plan: LayoutPlan, concepts: dict[str, Concept]) -> str:
     The inpainting model has not learnt '<c-cat>'; its tokenizer would split it into punctuation
     noise, so the prompt names what each object is ("a cat and a mug on a wooden table").
     """
-    from generators.recaption import join_phrases
-
-    order = [b.concept_id for b in sorted(plan.boxes, key=lambda b: (b.x, b.y))]
-    nouns = join_phrases([f"a {concepts[c].class_noun}" for c in order])
+    nouns = join_phrases([f"a {concepts[c].class_noun}" for c in left_to_right(plan)])
     return f"a realistic photo of {nouns} {plan.background}".strip()
 
 
@@ -150,17 +149,6 @@ def repaint_mask(composition: Composition, blur: int) -> np.ndarray:
         alpha = cv2.blur(alpha, (2 * blur + 1, 2 * blur + 1))
         alpha = (alpha - 127.5) * 2
     return (255 - np.clip(alpha, 0, 255) + 0.5).astype(np.uint8)
-
-
-def resolve_device(device: str, dtype: str) -> tuple[str, Any]:
-    """'auto' means CUDA when present, and fp16 there (fp32 on CPU, where fp16 is slow or unsupported)."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        dtype = "float16" if device.startswith("cuda") else "float32"
-    return device, getattr(torch, dtype)
 
 
 def _revision(pipe: Any) -> str | None:

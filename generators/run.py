@@ -31,10 +31,11 @@ import cv2
 import numpy as np
 
 from curation.config import GenerateConfig
+from curation.devices import resolve_device
 from curation.errors import CurateError
+from curation.paste_record import PASTE_SILHOUETTES, PASTE_THUMBS, encode_silhouettes, paste_thumbnails
 from curation.progress import ProgressFn, no_progress
 from curation.records import Candidate, Concept, LayoutPlan, content_id
-from curation.scores.artifacts import PASTE_THUMBS, paste_thumbnails
 from curation.workspace import (
     SUCCESS_MARKER,
     Workspace,
@@ -50,7 +51,6 @@ from generators.repaint import (
     load_repainter,
     repaint_prompt,
     repaint_settings,
-    resolve_device,
 )
 
 if TYPE_CHECKING:
@@ -307,6 +307,8 @@ class _Generator:
                     PASTE_THUMBS: paste_thumbnails(
                         composition.image, list(placed.values()), plan.width, plan.height
                     ),
+                    # where the pasted edges lie, for the seam score (about 1 KB)
+                    PASTE_SILHOUETTES: encode_silhouettes(composition.silhouettes()),
                 },
             }
         )

@@ -25,7 +25,7 @@ from curation.index import index_workspace
 from curation.workspace import Workspace, atomic_write_text
 from exports.mycanvas import export_mycanvas
 from generators.layout import plan_layouts
-from generators.run import generate, plan_work
+from generators.run import generate, pick_references, plan_work
 from tests.fixtures.tiny_pipelines import build_tiny_sd
 
 CANVAS = 64
@@ -84,7 +84,8 @@ def test_msp_candidates_flow_through_runner_index_and_export(concept_ws, sd_fold
     ws = concept_ws
     _configure(ws, sd_folder, tiny_clip_name)
     plans = {p.plan_id: p for p in plan_layouts(ws, N_PLANS)}
-    gen4gen_ids = {i.candidate_id for i in plan_work(ws, "gen4gen")}
+    gen4gen_items = {i.plan.plan_id: i for i in plan_work(ws, "gen4gen")}
+    gen4gen_ids = {i.candidate_id for i in gen4gen_items.values()}
 
     with unet_batches() as batches:
         report = generate(ws)
@@ -109,6 +110,10 @@ def test_msp_candidates_flow_through_runner_index_and_export(concept_ws, sd_fold
         assert msp["segment_prompts"][:-1] == [f"a photo of {concepts[b.concept_id].phrase}" for b in plan.boxes]
         assert c.prompt == msp["global_prompt"] and all(concepts[k].phrase in c.prompt for k in plan.concepts)
         assert c.caption == c.template_caption and set(c.refs_used) == set(plan.concepts)
+        # the photos the Gen4Gen candidate of this plan and seed pastes (README: same reference photos)
+        twin = gen4gen_items[c.plan_id]
+        picked = pick_references(twin.plan, twin.seed, concepts)
+        assert c.refs_used == {k.concept_id: k.refs[i] for k, i, _ in picked}
         assert [b.concept_id for b in c.boxes] == plan.concepts
     assert len({c.extra["msp"]["seed"] for c in candidates}) == N_PLANS
 
@@ -133,6 +138,29 @@ def test_msp_candidates_flow_through_runner_index_and_export(concept_ws, sd_fold
     assert exported.n_images == 2
     rows = (exported.path / "metadata.jsonl").read_text()
     assert all(cid in rows for cid in chosen)
+
+
+def test_gen4gen_candidates_paste_the_photos_picked_for_the_msp_twin(concept_ws, sd_folder, tiny_clip_name):
+    """The other half of the flow test's check: real Gen4Gen records follow the plan-and-seed pick."""
+    ws = concept_ws
+    _configure(ws, sd_folder, tiny_clip_name, generator="gen4gen")
+    config = ws.config
+    config.generate.seeds_per_plan = 2
+    atomic_write_text(ws.config_path, dump_config(config))
+    plan_layouts(ws, 4)
+    report = generate(ws)  # offline: classical repaint, no diffusion
+    assert (report.generated, sum(report.failed.values())) == (8, 0), report.summary()
+
+    concepts = ws.concepts()
+    msp_items = {(i.plan.plan_id, i.seed): i for i in plan_work(ws, "msp")}
+    used = set()
+    for c in ws.candidates():
+        twin = msp_items[(c.plan_id, c.seed)]
+        assert twin.candidate_id != c.candidate_id
+        picked = pick_references(twin.plan, twin.seed, concepts)
+        assert c.refs_used == {k.concept_id: k.refs[i] for k, i, _ in picked}
+        used.add(tuple(sorted(c.refs_used.items())))
+    assert len(used) > 1, "the pick still varies with plan and seed"
 
 
 def test_msp_settings_change_msp_ids_only(concept_ws, sd_folder, tiny_clip_name):

@@ -5,12 +5,23 @@ import numpy as np
 import pytest
 from skimage import data
 
+from curation.paste_record import (
+    PASTE_SILHOUETTES,
+    PASTE_THUMBS,
+    decode_silhouettes,
+    encode_silhouettes,
+    paste_thumbnails,
+)
 from curation.records import Box
 from curation.scores.artifacts import (
     ARTIFACT_SCORES,
     BLUR,
     EXPOSURE,
     IDENTITY_DRIFT,
+    SEAM,
+    SEAM_BOX,
+    SEAM_SILHOUETTE,
+    SEAM_SOURCE,
     artifact_scores,
     blur,
     box_overlap,
@@ -18,10 +29,10 @@ from curation.scores.artifacts import (
     exposure,
     identity_drift,
     low_information,
-    paste_thumbnails,
     seam,
     to_gray_small,
 )
+from generators.compose import Composition, Layer
 
 BOX = Box(concept_id="obj", x=64, y=64, w=128, h=128)
 
@@ -30,31 +41,77 @@ def _photo(size: int = 256) -> np.ndarray:
     return cv2.resize(data.astronaut(), (size, size), interpolation=cv2.INTER_AREA)
 
 
-def _paste(background: np.ndarray, patch_value: int, feather: int) -> np.ndarray:
-    """Paste a flat square over the box with a hard (feather=0) or a blurred alpha edge."""
-    alpha = boxes_mask([BOX], 256, 256, background.shape[:2]).astype(np.float32)
-    if feather:
-        alpha = cv2.GaussianBlur(alpha, (0, 0), feather)
-    patch = np.full_like(background, patch_value, dtype=np.float32)
-    out = alpha[..., None] * patch + (1 - alpha[..., None]) * background.astype(np.float32)
-    return out.clip(0, 255).astype(np.uint8)
+def _disc_alpha() -> np.ndarray:
+    """A disc filling BOX edge to edge: it touches its box in four points only, as cut-outs do."""
+    alpha = np.zeros((256, 256), np.float32)
+    cv2.circle(alpha, (128, 128), 64, 1.0, -1, lineType=cv2.LINE_AA)
+    return alpha
 
 
-def test_hard_seam_scores_higher_than_feathered():
+def _kept_disc() -> dict[str, str]:
+    """What the generator keeps of a disc paste: its silhouette map."""
+    return {PASTE_SILHOUETTES: encode_silhouettes((_disc_alpha() >= 0.5).astype(np.uint8))}
+
+
+def _paste(background: np.ndarray, thing: np.ndarray | int, alpha: np.ndarray) -> np.ndarray:
+    a = alpha[..., None]
+    blended = a * np.asarray(thing, np.float32) + (1 - a) * background.astype(np.float32)
+    return blended.clip(0, 255).astype(np.uint8)
+
+
+def test_hard_pasted_disc_scores_worse_than_a_feathered_one_and_only_its_silhouette_sees_it():
     background = cv2.GaussianBlur(_photo(), (0, 0), 2)
-    hard = artifact_scores(_paste(background, 230, 0), [BOX], 256, 256)["seam"]
-    soft = artifact_scores(_paste(background, 230, 8), [BOX], 256, 256)["seam"]
-    assert hard > soft + 0.1
-    assert hard > ARTIFACT_SCORES["seam"].threshold
+    hard = _paste(background, 230, _disc_alpha())
+    soft = _paste(background, 230, cv2.GaussianBlur(_disc_alpha(), (0, 0), 8))
+    hard_scores = artifact_scores(hard, [BOX], 256, 256, _kept_disc())
+    soft_scores = artifact_scores(soft, [BOX], 256, 256, _kept_disc())
+    assert hard_scores[SEAM_SOURCE] == soft_scores[SEAM_SOURCE] == SEAM_SILHOUETTE
+    assert hard_scores["seam"] > soft_scores["seam"] + 0.1
+    assert SEAM.is_issue(hard_scores["seam"]) and not SEAM.is_issue(soft_scores["seam"])
+    # the box border crosses the hard edge in four points only: measured there, the same paste passes
+    on_box = artifact_scores(hard, [BOX], 256, 256)
+    assert on_box[SEAM_SOURCE] == SEAM_BOX
+    assert not SEAM.is_issue(on_box["seam"])
 
 
-def test_seam_without_pasted_region_is_zero_and_flat_border_is_low():
+def test_clean_silhouette_edge_scores_low_even_when_the_box_border_is_busy():
+    rng = np.random.default_rng(0)
+    silhouette = (_disc_alpha() >= 0.5).astype(np.uint8)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (11, 11))
+    box = boxes_mask([BOX], 256, 256, (256, 256))
+    near_disc = cv2.dilate(silhouette, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (21, 21))) > 0
+    busy = (cv2.dilate(box, kernel) != cv2.erode(box, kernel)) & ~near_disc  # a patterned frame behind it
+    wall = np.full((256, 256), 120, np.float32) + rng.normal(0, 4, (256, 256)).astype(np.float32)
+    wall[busy] += rng.normal(0, 50, int(busy.sum())).astype(np.float32)
+    thing = 120 + rng.normal(0, 4, (256, 256, 1)).astype(np.float32)  # the wall's colour: no edge
+    image = _paste(np.repeat(wall[..., None], 3, axis=2).clip(0, 255), thing, _disc_alpha())
+
+    on_silhouette = artifact_scores(image, [BOX], 256, 256, _kept_disc())["seam"]
+    on_box = artifact_scores(image, [BOX], 256, 256)["seam"]
+    assert on_silhouette < 0.5 < SEAM.threshold < on_box
+
+
+def test_seam_without_pasted_region_is_zero_and_an_unreadable_map_falls_back_to_the_box():
     gray = to_gray_small(_photo())
-    assert seam(gray, np.zeros_like(gray)) == 0.0
-    flat = np.full((256, 256), 120, np.float32)
-    flat[:, :128] += np.random.default_rng(0).normal(0, 20, (256, 128)).astype(np.float32)
-    # the box border lies in a flat area while texture is elsewhere: no seam
-    assert seam(flat, boxes_mask([Box(concept_id="a", x=150, y=60, w=80, h=80)], 256, 256, flat.shape)) < 0.2
+    assert seam(gray, np.zeros(gray.shape, np.uint8)) == 0.0
+    scores = artifact_scores(_photo(), [BOX], 256, 256, {PASTE_SILHOUETTES: "not a png"})
+    assert scores[SEAM_SOURCE] == SEAM_BOX
+    assert scores["seam"] == artifact_scores(_photo(), [BOX], 256, 256)["seam"]
+
+
+def test_silhouette_map_keeps_the_visible_layer_and_survives_encoding():
+    disc = _disc_alpha()[64:192, 64:192]
+    square = np.ones((64, 64), np.float32)
+    back, front = Layer("a", 64, 64, np.zeros((128, 128, 3), np.uint8), disc), Layer(
+        "b", 160, 160, np.zeros((64, 64, 3), np.uint8), square
+    )
+    labels = Composition(np.zeros((512, 512, 3), np.uint8), [back, front]).silhouettes()
+    assert labels.shape == (512, 512)
+    assert labels[128, 128] == 1 and labels[70, 70] == 0  # disc centre; the box corner outside the disc
+    assert labels[170, 170] == 2 and labels[0, 0] == 0  # the front layer wins where both are
+    decoded = decode_silhouettes(encode_silhouettes(labels))  # kept at the scores' 256 px
+    assert decoded.shape == (256, 256) and set(np.unique(decoded)) == {0, 1, 2}
+    assert np.array_equal(decoded, labels[::2, ::2])
 
 
 def test_blurred_copy_scores_blurrier():
@@ -93,8 +150,13 @@ def test_every_score_stays_in_its_declared_range():
     for image in images:
         h, w = image.shape[:2]
         box = Box(concept_id="a", x=5, y=5, w=w // 2, h=h // 2)
-        pasted = paste_thumbnails(255 - image, [box], w, h)
-        scores = artifact_scores(image, [box], w, h, pasted)
+        labels = boxes_mask([box], w, h, (h, w))
+        kept = {
+            PASTE_THUMBS: paste_thumbnails(255 - image, [box], w, h),
+            PASTE_SILHOUETTES: encode_silhouettes(labels),
+        }
+        scores = artifact_scores(image, [box], w, h, kept)
+        assert scores.pop(SEAM_SOURCE) == SEAM_SILHOUETTE
         assert set(scores) == set(ARTIFACT_SCORES)
         for name, value in scores.items():
             spec = ARTIFACT_SCORES[name]
@@ -133,7 +195,6 @@ def test_identity_drift_follows_the_boxes_at_another_resolution_and_is_none_with
 def test_generated_candidates_keep_their_paste_and_classical_repaint_drifts_little(concept_ws):
     from PIL import Image
 
-    from curation.scores.artifacts import PASTE_THUMBS
     from generators.layout import plan_layouts
     from generators.run import generate
 
@@ -143,7 +204,14 @@ def test_generated_candidates_keep_their_paste_and_classical_repaint_drifts_litt
     assert len(candidates) == 3
     for c in candidates:
         assert set(c.extra[PASTE_THUMBS]) == set(c.concepts)
+        labels = decode_silhouettes(c.extra[PASTE_SILHOUETTES])
+        assert max(labels.shape) == min(256, max(c.width, c.height))
+        assert labels.shape[1] * c.height == labels.shape[0] * c.width
+        assert set(np.unique(labels)) == set(range(len(c.concepts) + 1))  # background and every layer
+        # cut-outs, not boxes: each silhouette covers less than its box
+        assert (labels > 0).mean() < boxes_mask(c.boxes, c.width, c.height, labels.shape).mean()
         image = np.asarray(Image.open(concept_ws.resolve(c.image)).convert("RGB"))
-        drift = artifact_scores(image, c.boxes, c.width, c.height, c.extra[PASTE_THUMBS])["identity_drift"]
+        scores = artifact_scores(image, c.boxes, c.width, c.height, c.extra)
+        assert scores[SEAM_SOURCE] == SEAM_SILHOUETTE
         # the classical repaint only nudges colours (strength 0.3): a change, but not a lost identity
-        assert 0.0 < drift < IDENTITY_DRIFT.threshold
+        assert 0.0 < scores["identity_drift"] < IDENTITY_DRIFT.threshold

@@ -5,27 +5,38 @@ Every score is a pure function returning a float in [0, 1] where **higher is wor
 for a score when it exceeds the threshold. Work happens on a small grayscale copy (longest side
 `WORK_SIDE`), as cleanvision does, so 10K candidates score in seconds and values do not depend on
 the output resolution. Adding a score is one function, one registry line and one test.
+
+What the generator kept of its paste (`curation.paste_record`) feeds two scores: identity drift
+compares region thumbnails, and seam looks along the pasted silhouettes' edges, falling back to
+the box borders for candidates that kept none (the `seam_source` field says which).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
 
+from curation.paste_record import (
+    PASTE_SILHOUETTES,
+    PASTE_THUMBS,
+    decode_silhouettes,
+    region_thumbnail,
+)
 from curation.records import Box
 
 WORK_SIDE = 256
 _BLUR_REF = 100.0
 """Variance of the Laplacian (0-255 gray) at which blur = 0.5; the usual "is it blurry" cut-off."""
-THUMB = 8
-"""Side of the per-concept region thumbnails identity drift compares (8x8 RGB = 192 bytes)."""
-PASTE_THUMBS = "paste_thumbs"
-"""Key in `Candidate.extra` under which the generator keeps the paste's region thumbnails."""
 _SEAM_BAND = 0.015
-"""Half-width of the border band, as a fraction of the longest side (about 4 px at 256 px)."""
+"""Half-width of the edge band, as a fraction of the longest side (about 4 px at 256 px)."""
+SEAM_SOURCE = "seam_source"
+"""Field saying where the seam was measured: `SEAM_SILHOUETTE`, or `SEAM_BOX` without a kept paste."""
+SEAM_SILHOUETTE = "silhouette"
+SEAM_BOX = "box"
 
 
 @dataclass(frozen=True)
@@ -99,28 +110,29 @@ def boxes_mask(boxes: Sequence[Box], width: int, height: int, shape: tuple[int, 
     return mask
 
 
-def seam(gray: np.ndarray, region: np.ndarray) -> float:
-    """Seam/halo strength at the border of pasted regions: gradient on the border band vs elsewhere.
+def seam(gray: np.ndarray, labels: np.ndarray) -> float:
+    """Seam/halo strength along pasted edges: gradient on a thin band around them vs elsewhere.
 
-    The ratio r = mean gradient magnitude on a thin band around the region's border / mean gradient
-    magnitude off the band is mapped to r / (1 + r): 0.5 means the border looks like the rest of the
-    image, values near 1 a hard cut-out edge. A feathered paste spreads the step over many pixels and
-    scores lower than a hard one. An empty region (nothing pasted) scores 0.
+    The band is every pixel within `_SEAM_BAND` of a border between two regions of `labels`
+    (object and background, or two overlapping objects). The ratio r = mean Sobel gradient
+    magnitude on the band / (mean magnitude off the band + 1) is mapped to r / (1 + r): 0.5 means
+    the edges look like the rest of the image, values near 1 a hard cut-out edge. A feathered or
+    harmonized paste spreads the step over more pixels than the band holds and scores lower than a
+    hard one. A map with a single region (nothing pasted) scores 0.
 
     Args:
         gray: output of `to_gray_small`.
-        region: mask of the pasted objects (binary or soft, any size; resized to `gray`).
+        labels: integer region map of the paste, any size (resized to `gray`, nearest neighbour):
+            the kept silhouette map, or `boxes_mask` for candidates without one.
     """
-    if region.shape != gray.shape:
-        region = cv2.resize(
-            region.astype(np.float32), (gray.shape[1], gray.shape[0]), interpolation=cv2.INTER_AREA
-        )
-    binary = (region > 0.5).astype(np.uint8)
-    if binary.min() == binary.max():
+    if labels.shape != gray.shape:
+        labels = cv2.resize(labels, (gray.shape[1], gray.shape[0]), interpolation=cv2.INTER_NEAREST)
+    labels = labels.astype(np.uint8)
+    if labels.min() == labels.max():
         return 0.0
     radius = max(1, round(_SEAM_BAND * max(gray.shape)))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    band = cv2.dilate(binary, kernel) > cv2.erode(binary, kernel)
+    band = cv2.dilate(labels, kernel) != cv2.erode(labels, kernel)
     gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
     magnitude = np.hypot(gx, gy)
@@ -128,6 +140,24 @@ def seam(gray: np.ndarray, region: np.ndarray) -> float:
     off_band = float(magnitude[~band].mean()) if (~band).any() else 0.0
     ratio = on_band / (off_band + 1.0)
     return ratio / (1.0 + ratio)
+
+
+def seam_regions(
+    kept: Mapping[str, Any], boxes: Sequence[Box], width: int, height: int, shape: tuple[int, int]
+) -> tuple[np.ndarray, str]:
+    """The region map the seam is measured on, and which it is (`SEAM_SILHOUETTE` or `SEAM_BOX`).
+
+    The pasted silhouettes when the generator kept them; otherwise (candidates made before they
+    were kept, by another tool, or with an unreadable map) the planned boxes, whose border only
+    touches a cut-out in a few points and so mostly measures the background around it.
+    """
+    text = kept.get(PASTE_SILHOUETTES)
+    if isinstance(text, str):
+        try:
+            return decode_silhouettes(text), SEAM_SILHOUETTE
+        except ValueError:
+            pass
+    return boxes_mask(boxes, width, height, shape), SEAM_BOX
 
 
 def low_information(gray: np.ndarray) -> float:
@@ -148,29 +178,6 @@ def box_overlap(boxes: Sequence[Box]) -> float:
             union = a.w * a.h + b.w * b.h - inter
             worst = max(worst, inter / union if union else 0.0)
     return worst
-
-
-def region_thumbnail(image: np.ndarray, box: Box, width: int, height: int) -> np.ndarray:
-    """A THUMB x THUMB RGB uint8 summary of one concept's box: cheap to store, enough to see it change.
-
-    Args:
-        image: HxWx3 uint8 RGB, any size (the box is scaled from the `width` x `height` canvas).
-    """
-    sy, sx = image.shape[0] / height, image.shape[1] / width
-    x0, y0 = max(0, round(box.x * sx)), max(0, round(box.y * sy))
-    x1 = min(image.shape[1], max(x0 + 1, round((box.x + box.w) * sx)))
-    y1 = min(image.shape[0], max(y0 + 1, round((box.y + box.h) * sy)))
-    region = np.ascontiguousarray(image[y0:y1, x0:x1, :3])
-    return cv2.resize(region, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
-
-
-def paste_thumbnails(image: np.ndarray, boxes: Sequence[Box], width: int, height: int) -> dict[str, str]:
-    """Each concept's region thumbnail as hex, what the generator keeps of the paste in `extra`.
-
-    Identity drift compares these with the final image; storing 192 bytes per concept instead of
-    a second PNG per candidate keeps candidate folders and shard bookkeeping as they are.
-    """
-    return {b.concept_id: region_thumbnail(image, b, width, height).tobytes().hex() for b in boxes}
 
 
 def identity_drift(
@@ -196,7 +203,12 @@ def identity_drift(
 
 
 SEAM = ScoreSpec(
-    "seam", 0.0, 1.0, True, 0.7, "edge strength on the pasted-box border vs the rest (0.5 = same)"
+    "seam",
+    0.0,
+    1.0,
+    True,
+    0.7,
+    "r / (1 + r), r = gradient on the pasted silhouettes' edge band / (gradient elsewhere + 1); 0.5 = same",
 )
 BLUR = ScoreSpec("blur", 0.0, 1.0, True, 0.5, "100 / (100 + variance of Laplacian) on a 256 px gray copy")
 EXPOSURE = ScoreSpec("exposure", 0.0, 1.0, True, 0.5, "max(clipped-pixel fraction, |mean - mid-gray| * 2)")
@@ -221,23 +233,26 @@ def artifact_scores(
     boxes: Sequence[Box],
     width: int,
     height: int,
-    pasted: dict[str, str] | None = None,
-) -> dict[str, float | None]:
-    """All artifact scores of one RGB image, keyed by field name.
+    kept: Mapping[str, Any] | None = None,
+) -> dict[str, float | str | None]:
+    """All artifact scores of one RGB image keyed by field name, plus `SEAM_SOURCE`.
 
     Args:
         image: HxWx3 uint8 RGB.
-        boxes: the planned boxes, in canvas pixels.
+        boxes: the placed boxes, in canvas pixels.
         width, height: the canvas size the boxes refer to.
-        pasted: the generator's `paste_thumbnails` of the composition before repaint, if kept.
+        kept: what the generator kept of its paste (`Candidate.extra`: `PASTE_THUMBS`,
+            `PASTE_SILHOUETTES`), if anything.
     """
+    kept = kept or {}
     gray = to_gray_small(image)
-    region = boxes_mask(boxes, width, height, gray.shape)
+    regions, source = seam_regions(kept, boxes, width, height, gray.shape)
     return {
-        SEAM.name: seam(gray, region),
+        SEAM.name: seam(gray, regions),
+        SEAM_SOURCE: source,
         BLUR.name: blur(gray),
         EXPOSURE.name: exposure(gray),
         LOW_INFORMATION.name: low_information(gray),
         OVERLAP.name: box_overlap(boxes),
-        IDENTITY_DRIFT.name: identity_drift(image, boxes, width, height, pasted or {}),
+        IDENTITY_DRIFT.name: identity_drift(image, boxes, width, height, kept.get(PASTE_THUMBS) or {}),
     }

@@ -1,0 +1,19 @@
+"""Which torch device and dtype a model runs on: one rule for every stage that loads a model.
+
+Kept out of the stages (repaint, recaption, MSP) so none of them imports another for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def resolve_device(device: str, dtype: str) -> tuple[str, Any]:
+    """'auto' means CUDA when present, and fp16 there (fp32 on CPU, where fp16 is slow or unsupported)."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "float16" if device.startswith("cuda") else "float32"
+    return device, getattr(torch, dtype)
