@@ -66,8 +66,14 @@ def dataset_name(ws: Workspace) -> str:
     return ws.config.index.dataset_name or f"curate-{ws.workspace_id}"
 
 
-def open_dataset(ws: Workspace) -> fo.Dataset:
-    """The workspace's dataset; a clear error if `curate index` has not run yet."""
+def open_dataset(ws: Workspace, require_samples: bool = False) -> fo.Dataset:
+    """The workspace's dataset; a clear error if `curate index` has not run yet.
+
+    Args:
+        ws: The workspace.
+        require_samples: Also refuse a dataset without samples (an index of a workspace with no
+            candidates yet), for the steps that read sample fields.
+    """
     import fiftyone as fo
 
     name = dataset_name(ws)
@@ -75,6 +81,10 @@ def open_dataset(ws: Workspace) -> fo.Dataset:
         raise CurateError(f"no FiftyOne dataset {name!r} yet: run `curate index -w {ws.root}` first")
     dataset = fo.load_dataset(name)
     dataset.persistent = True
+    if require_samples and not len(dataset):
+        raise CurateError(
+            f"dataset {name!r} has no candidates yet: run `curate generate -w {ws.root}` and `curate index` first"
+        )
     return dataset
 
 

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from curation import dataset as ds
-from curation.errors import CurateError
 from curation.progress import ProgressFn, no_progress
 from curation.scores import presence as P
 from curation.scores.artifacts import ARTIFACT_SCORES
@@ -54,9 +53,7 @@ def write_report(ws: Workspace, progress: ProgressFn = no_progress) -> ReportRes
     Raises:
         CurateError: when `curate index` has not run yet or indexed nothing.
     """
-    dataset = ds.open_dataset(ws)
-    if not len(dataset):
-        raise CurateError(f"dataset {dataset.name!r} is empty: run `curate index` first")
+    dataset = ds.open_dataset(ws, require_samples=True)
     scores = [name for name in _RANGES if dataset.has_field(name)]
     wanted = [ds.N_CONCEPTS, P.MISSING_CONCEPTS, ds.NEAR_DUP_OF, *scores]
     existing = [f for f in wanted if dataset.has_field(f)]
