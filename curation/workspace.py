@@ -24,6 +24,8 @@ from curation.records import Candidate, Concept, LayoutPlan
 
 CONFIG_FILE = "curate.toml"
 SUCCESS_MARKER = "_SUCCESS"
+STALE_DIR = "_stale"
+"""candidates/_stale/<shard>/: where `curate generate` moves candidates its plans or settings no longer make."""
 _CONCEPT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 

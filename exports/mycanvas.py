@@ -50,6 +50,7 @@ class ExportReport:
     per_composition: dict[str, int]
     min_quality: float | None
     dropped_near_duplicates: int = 0
+    skipped_stale: int = 0
     linked: int = 0
     copied: int = 0
     shards: list[Path] = field(default_factory=list)
@@ -66,6 +67,11 @@ class ExportReport:
         ]
         if self.dropped_near_duplicates:
             parts.append(f"{self.dropped_near_duplicates} near-duplicates left out")
+        if self.skipped_stale:
+            parts.append(
+                f"{self.skipped_stale} accepted candidates skipped: set aside as stale by `curate generate`"
+                " (plans or generator settings changed)"
+            )
         if self.shards:
             parts.append(f"{len(self.shards)} WebDataset shards")
         return "; ".join(parts)
@@ -279,12 +285,14 @@ def export_mycanvas(
                     "per_concept": per_concept,
                     "per_composition": per_composition,
                     "dropped_near_duplicates": len(selection.dropped_near_duplicates),
+                    "skipped_stale": len(selection.skipped_stale),
                     "webdataset_shards": len(shards),
                 },
                 "config_hash": content_id(ws.config.model_dump()),
                 "code_version": _code_version(),
                 "candidate_ids": [item.candidate_id for item in items],
                 "dropped_near_duplicates": selection.dropped_near_duplicates,
+                "skipped_stale": selection.skipped_stale,
             },
         )
         _swap_into_place(tmp, destination)
@@ -299,6 +307,7 @@ def export_mycanvas(
         per_composition=per_composition,
         min_quality=quality,
         dropped_near_duplicates=len(selection.dropped_near_duplicates),
+        skipped_stale=len(selection.skipped_stale),
         linked=writer.linked,
         copied=writer.copied,
         shards=[destination / s.relative_to(tmp) for s in shards],

@@ -25,6 +25,7 @@ from curation.dataset import (
 )
 from curation.errors import CurateError
 from curation.records import Box, Candidate
+from curation.workspace import STALE_DIR
 
 if TYPE_CHECKING:
     import fiftyone as fo
@@ -66,6 +67,8 @@ class Selection:
     min_quality: float | None
     view: str | None
     dropped_near_duplicates: list[str] = field(default_factory=list)
+    skipped_stale: list[str] = field(default_factory=list)
+    """Accepted candidates `curate generate` set aside (plans or generator settings changed)."""
     reviewed: list[tuple[int, float]] = field(default_factory=list)
     """(n_concepts, quality) of every reviewed candidate in the base collection, kept or not."""
 
@@ -75,6 +78,16 @@ def _values(collection: fo.DatasetView | fo.Dataset, name: str) -> list[Any]:
     if collection.has_field(name):
         return collection.values(name)
     return [None] * len(collection)
+
+
+def _is_stale(ws: Workspace, candidate_id: str, filepath: str) -> bool:
+    """Whether the generator moved the candidate to candidates/_stale/ (its review outlives it in FiftyOne)."""
+    shard = Path(filepath).parent.name
+    record = f"{candidate_id}.json"
+    return (
+        not ws.resolve(Path("candidates") / shard / record).exists()
+        and ws.resolve(Path("candidates") / STALE_DIR / shard / record).exists()
+    )
 
 
 def _candidate(ws: Workspace, candidate_id: str, filepath: str) -> Candidate:
@@ -123,12 +136,15 @@ def select_candidates(
     qualities = _values(chosen, REVIEW_QUALITY)
     near_dups = _values(chosen, NEAR_DUP_OF)
 
-    selected = set(ids)
+    stale = [c for c, path in zip(ids, paths, strict=True) if _is_stale(ws, c, path)]
+    selected = set(ids) - set(stale)  # a copy of a stale original is kept, as one of a rejected original
     items: list[ExportItem] = []
     dropped: list[str] = []
     for candidate_id, filepath, caption, caption_fixed, quality, near_dup in zip(
         ids, paths, captions, fixed, qualities, near_dups, strict=True
     ):
+        if candidate_id not in selected:
+            continue
         if near_dup in selected and not include_near_duplicates:
             dropped.append(candidate_id)
             continue
@@ -154,5 +170,10 @@ def select_candidates(
         if q is not None and n is not None
     ]
     return Selection(
-        items=items, min_quality=min_quality, view=view, dropped_near_duplicates=dropped, reviewed=reviewed
+        items=items,
+        min_quality=min_quality,
+        view=view,
+        dropped_near_duplicates=dropped,
+        skipped_stale=stale,
+        reviewed=reviewed,
     )

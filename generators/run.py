@@ -35,8 +35,9 @@ from curation.devices import resolve_device
 from curation.errors import CurateError
 from curation.paste_record import PASTE_SILHOUETTES, PASTE_THUMBS, encode_silhouettes, paste_thumbnails
 from curation.progress import ProgressFn, no_progress
-from curation.records import Candidate, Concept, LayoutPlan, content_id
+from curation.records import Box, Candidate, Concept, LayoutPlan, content_id
 from curation.workspace import (
+    STALE_DIR,
     SUCCESS_MARKER,
     Workspace,
     atomic_write_bytes,
@@ -59,7 +60,6 @@ if TYPE_CHECKING:
 GENERATOR_VERSION = 1
 """Bump when the offline pipeline's pixels change, so new images get new ids."""
 GENERATORS = ("gen4gen", "msp")
-STALE_DIR = "_stale"
 _CHUNK = 8
 """Candidates per task sent to a worker: small enough to balance two workers inside one shard."""
 _PNG_PARAMS = [
@@ -171,6 +171,19 @@ def plan_work(ws: Workspace, generator: str | None = None) -> list[WorkItem]:
 # -- making one candidate (runs in workers) ----------------------------------------------------
 
 
+def pick_references(
+    plan: LayoutPlan, seed: int, concepts: dict[str, Concept]
+) -> list[tuple[Concept, int, Box]]:
+    """(concept, reference photo index, box) for each box of the plan.
+
+    Seeded by the plan and the seed index, not by the candidate id (which includes the generator):
+    the Gen4Gen and the MSP candidate of one plan and seed paste the same photos, so comparing
+    them compares the generators, not the photos they happened to start from.
+    """
+    rng = np.random.default_rng(int(content_id({"plan_id": plan.plan_id, "seed": seed}), 16))
+    return [(concepts[b.concept_id], pick_reference(concepts[b.concept_id], rng), b) for b in plan.boxes]
+
+
 Ready = tuple[WorkItem, Candidate, RepaintJob]
 """A prepared candidate: its work item, its record so far, and its paste composition."""
 
@@ -279,14 +292,10 @@ class _Generator:
     def _prepare(self, item: WorkItem, record: Candidate) -> tuple[Candidate, RepaintJob]:
         """Pick references and compose; the record gets everything known before repainting."""
         plan = item.plan
-        rng = np.random.default_rng(int(item.candidate_id, 16))
         missing = [c for c in plan.concepts if c not in self.concepts]
         if missing:
             raise CandidateFailure("unknown_concept", f"concepts not in the workspace: {', '.join(missing)}")
-        picks = []
-        for box in plan.boxes:
-            concept = self.concepts[box.concept_id]
-            picks.append((concept, pick_reference(concept, rng), box))
+        picks = pick_references(plan, item.seed, self.concepts)
         background = procedural_background(plan.background, plan.width, plan.height, item.seed)
         composition = compose(self.ws, background, picks)
         job = RepaintJob(composition, repaint_prompt(plan, self.concepts), int(item.candidate_id, 16) % 2**63)

@@ -341,6 +341,33 @@ def test_failed_export_leaves_the_previous_one_intact(tmp_path):
     assert [p.name for p in built.ws.exports_dir.iterdir()] == ["mycanvas"]
 
 
+def test_candidates_set_aside_as_stale_are_skipped_and_counted(tmp_path):
+    from generators.run import GenerateReport, _set_aside
+
+    built = build_workspace(tmp_path / "ws")
+    stale = sorted(built.candidates[k].candidate_id for k in ("two", "four"))
+    moved = GenerateReport()
+    for candidate_id in stale:  # what `curate generate` does once plans or its settings changed
+        for suffix in (".png", ".json"):
+            _set_aside(built.ws, built.ws.shard_dir("000000") / f"{candidate_id}{suffix}", moved)
+    assert moved.set_aside == 4
+
+    report = export_mycanvas(built.ws)
+    assert report.skipped_stale == 2 and "2 accepted candidates skipped: set aside as stale" in report.summary()
+    # "neardup" copies "two": with its original gone stale it is the one exported
+    kept = ("five", "halfway", "orphan", "neardup")
+    assert set(read_rows(report.path)) == {built.candidates[k].candidate_id for k in kept}
+    assert report.n_images == 4 and report.dropped_near_duplicates == 0
+    manifest = json.loads((report.path / "manifest.json").read_text())
+    assert manifest["skipped_stale"] == stale and manifest["counts"]["skipped_stale"] == 2
+
+    # a record that vanished for another reason still stops the export
+    victim = built.candidates["five"]
+    (built.ws.shard_dir("000000") / f"{victim.candidate_id}.json").unlink()
+    with pytest.raises(CurateError, match=f"candidate {victim.candidate_id}: record .* is missing"):
+        export_mycanvas(built.ws)
+
+
 def test_view_threshold_and_near_duplicate_options(tmp_path):
     import fiftyone as fo
     from fiftyone import ViewField as F
