@@ -57,31 +57,46 @@ def init(path: Annotated[Path, typer.Argument(help="Folder to create.")]) -> Non
 
 @concepts_app.command("add")
 def concepts_add(
-    concept_id: Annotated[str, typer.Argument(help="Short id, e.g. 'cat1' (lowercase, digits, - or _).")],
+    name: Annotated[str, typer.Argument(help="Its name, e.g. 'cat1', 'my dog', '猫' (an id is derived).")],
     photos: Annotated[list[Path], typer.Argument(help="Image files or folders of images of this concept.")],
-    class_noun: Annotated[str, typer.Option("--class", "-c", help="Class noun, e.g. 'cat'.")],
-    name: Annotated[str, typer.Option(help="Display name; defaults to the id.")] = "",
+    class_noun: Annotated[str, typer.Option("--class", "-c", help="Class noun, e.g. 'cat' (one line, <= 64).")],
+    concept_id: Annotated[str, typer.Option("--id", help="Id instead of the derived one (a-z, 0-9, - or _).")] = "",
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Ingest a concept's photos: segment each foreground (soft mask), assign the token <c-ID>."""
-    from curation.concepts import add_concept
+    from curation.concepts import add_concept, choose_concept_id
     from curation.progress import progress_bar
 
     ws = _workspace(workspace)
+    concept_id = choose_concept_id(ws, name, concept_id or None)
+    previous = ws.concept(concept_id)
     with progress_bar() as progress:
-        concept = add_concept(ws, concept_id, photos, class_noun=class_noun, name=name or None, progress=progress)
-    flagged = sum(1 for flags in concept.mask_flags if flags)
-    typer.echo(
-        f"{concept.concept_id}: {len(concept.refs)} photos, token {concept.token}, segmenter {concept.segmenter}"
-        + (f", {flagged} masks flagged" if flagged else "")
-    )
+        concept = add_concept(ws, concept_id, photos, class_noun=class_noun, name=name, progress=progress)
+    if previous is not None:
+        typer.echo(
+            f"replaced concept {previous.concept_id} ({previous.name!r}, {len(previous.refs)} photos, "
+            f"class {previous.class_noun!r})"
+        )
+    line = f"{concept.concept_id}: {len(concept.refs)} photos, token {concept.token}, segmenter {concept.segmenter}"
+    if concept.name != concept.concept_id:
+        line = f"{concept.name!r} -> {line}"
+    flagged = [photo_flags for photo_flags in concept.mask_flags if photo_flags]
+    if flagged:
+        kinds = ", ".join(sorted({flag for photo_flags in flagged for flag in photo_flags}))
+        clean = len(concept.refs) - len(flagged)
+        line += f"; {len(flagged)} masks flagged ({kinds}): " + (
+            f"only the other {clean} are pasted" if clean else "cut-outs may paste in pieces"
+        )
+    typer.echo(line)
 
 
 @concepts_app.command("list")
 def concepts_list(workspace: WorkspaceOpt = Path(".")) -> None:
     """List ingested concepts with their tokens and photo counts."""
     for concept in _workspace(workspace).concepts().values():
-        typer.echo(f"{concept.concept_id}\t{concept.token}\t{concept.class_noun}\t{len(concept.refs)} photos")
+        typer.echo(
+            f"{concept.concept_id}\t{concept.token}\t{concept.class_noun}\t{len(concept.refs)} photos\t{concept.name}"
+        )
 
 
 @app.command()

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
+import unicodedata
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +21,77 @@ from PIL import Image, ImageOps
 
 from curation.errors import CurateError
 from curation.progress import ProgressFn, no_progress
-from curation.records import Concept
+from curation.records import (
+    CONCEPT_ID,
+    MAX_CLASS_NOUN_CHARS,
+    MAX_NAME_CHARS,
+    Concept,
+    printable_line,
+)
 from curation.workspace import Workspace, atomic_write_json, make_temp_dir
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 MAX_PIXELS = 40_000_000
 """Larger photos are refused before decoding (a 40 MP phone photo passes; a decompression bomb does not)."""
+MIN_PHOTO_SIDE = 64
+"""Photos whose shorter side (as read, and after the downscale to `segment.max_side`) is below this
+are refused: a cut-out of a few pixels segments into nothing and fails every candidate it is pasted in."""
+UNUSABLE_FLAGS = frozenset({"empty", "whole_frame"})
+"""Mask flags that leave nothing to paste (no foreground, or the photo's own background). A concept
+whose every mask has one is refused at ingest; 'fragmented' masks still hold the subject and are
+only avoided when the concept has clean ones (as the 128 px test photo of the cat has none)."""
+
+
+def _name_key(name: str) -> str:
+    """What makes two typed names the same name: Unicode form, case and spacing do not count."""
+    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+
+
+def concept_id_for(name: str) -> str:
+    """The id a typed name is stored under; the same name always gives the same id.
+
+    A name that is already an id is its own id (so ids from before names existed stay). Others
+    become an ASCII slug ('Hund Müller' -> 'hund-muller'); when letters had no ASCII form or the
+    slug was cut, a hash of the name is appended so different names keep different ids, and a
+    name with nothing ASCII in it ('猫') becomes 'c-' and that hash.
+    """
+    if CONCEPT_ID.fullmatch(name):
+        return name
+    key = _name_key(name)
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    decomposed = unicodedata.normalize("NFKD", key)
+    full = re.sub(r"[^a-z0-9_]+", "-", decomposed.encode("ascii", "ignore").decode()).strip("-_")
+    slug = full[:40].rstrip("-_")
+    lost = slug != full or any(c.isalnum() and not c.isascii() for c in decomposed)
+    if not slug:
+        return f"c-{digest}"
+    return f"{slug}-{digest}" if lost else slug
+
+
+def _checked(what: str, text: str, max_chars: int) -> str:
+    try:
+        return printable_line(text, max_chars)
+    except ValueError as exc:
+        raise CurateError(f"{what} {exc}") from exc
+
+
+def choose_concept_id(ws: Workspace, name: str, concept_id: str | None = None) -> str:
+    """The id to store a concept typed as `name` under: `concept_id` if given, else derived from the name.
+
+    A derived id already held by a concept of another name is refused rather than replaced, since
+    the user never typed that id; re-adding the same name (or typing the id itself) replaces.
+    """
+    name = _checked("concept name", name, MAX_NAME_CHARS)
+    if concept_id:
+        return ws.check_concept_id(concept_id)
+    derived = concept_id_for(name)
+    previous = ws.concept(derived)
+    if derived != name and previous is not None and _name_key(previous.name) != _name_key(name):
+        raise CurateError(
+            f"the name {name!r} gives the id {derived!r}, which concept {previous.name!r} already has: "
+            "pass --id to choose another id"
+        )
+    return derived
 
 
 def _collect(photos: list[Path]) -> list[Path]:
@@ -50,15 +118,25 @@ def _read_photo(path: Path, max_side: int) -> np.ndarray:
             w, h = image.size
             if w * h > MAX_PIXELS:
                 raise CurateError(f"{path}: {w}x{h} pixels is over the {MAX_PIXELS:,} pixel limit")
+            if min(w, h) < MIN_PHOTO_SIDE:
+                raise CurateError(
+                    f"{path}: {w}x{h} pixels is too small: photos need at least {MIN_PHOTO_SIDE} px on the shorter side"
+                )
             image = ImageOps.exif_transpose(image).convert("RGB")
             image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-            return np.asarray(image)
     except CurateError:
         raise
     except Image.DecompressionBombError as exc:
         raise CurateError(f"{path}: over the pixel limit, refused as a possible decompression bomb") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise CurateError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # PIL's decoders raise many types on hostile bytes (struct.error, EOFError, ...)
+        message = " ".join(str(exc).split())[:200]
+        raise CurateError(f"{path}: not a readable image ({type(exc).__name__}: {message})") from exc
+    if min(image.size) < MIN_PHOTO_SIDE:
+        raise CurateError(
+            f"{path}: {w}x{h} pixels shrinks to {image.width}x{image.height} at segment.max_side = {max_side}, "
+            f"under the {MIN_PHOTO_SIDE} px minimum on the shorter side: crop it or raise segment.max_side"
+        )
+    return np.asarray(image)
 
 
 def _pixel_hash(rgb: np.ndarray) -> str:
@@ -93,7 +171,7 @@ def add_concept(
         concept_id: Folder name and token stem, e.g. 'cat1' gives the token <c-cat1>.
         photos: Image files and/or folders holding them (direct children only).
         class_noun: What captions and detectors call it ('cat', 'mug').
-        name: Display name; defaults to the id.
+        name: Display name (one printable line, at most MAX_NAME_CHARS); defaults to the id.
         progress: Called once per segmented photo.
 
     Returns:
@@ -102,9 +180,8 @@ def add_concept(
     from generators.segment import load_segmenter, mask_flags
 
     ws.check_concept_id(concept_id)
-    class_noun = class_noun.strip()
-    if not class_noun:
-        raise CurateError(f"concept {concept_id!r} needs a class noun, e.g. --class cat")
+    class_noun = _checked("class noun (--class)", class_noun, MAX_CLASS_NOUN_CHARS)
+    name = _checked("concept name", name or concept_id, MAX_NAME_CHARS)
     config = ws.config.segment
     paths = _collect(photos)
     images: dict[str, np.ndarray] = {}
@@ -132,9 +209,16 @@ def add_concept(
             masks.append(f"concepts/{concept_id}/masks/{key}.png")
             flags.append(mask_flags(alpha))
             progress(f"segment {concept_id}", done, len(images))
+        if all(UNUSABLE_FLAGS.intersection(photo_flags) for photo_flags in flags):
+            counts = Counter(flag for photo_flags in flags for flag in photo_flags)
+            raise CurateError(
+                f"concept {concept_id!r}: no usable mask in {len(flags)} photo(s) "
+                f"({', '.join(f'{flag} x{n}' for flag, n in sorted(counts.items()))}): use photos where the "
+                f"{class_noun} stands out whole against a plainer background, or a model as segment.backend"
+            )
         concept = Concept(
             concept_id=concept_id,
-            name=name or concept_id,
+            name=name,
             class_noun=class_noun,
             token=f"<c-{concept_id}>",
             refs=refs,

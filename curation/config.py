@@ -164,18 +164,38 @@ class CurateConfig(_Section):
     export: ExportConfig = ExportConfig()
 
 
+MAX_CONFIG_BYTES = 1_000_000
+"""A curate.toml is a few kB; anything far larger is not one (and deep nesting in it exhausts the parser)."""
+
+
+def _printable(text: str) -> str:
+    """A key or message from the file as one printable line: TOML keys may hold newlines and escape codes."""
+    return text if text.isprintable() else repr(text)
+
+
 def load_config(path: Path) -> CurateConfig:
-    """Read and validate `curate.toml`; a missing file means all defaults."""
+    """Read and validate `curate.toml`; a missing file means all defaults.
+
+    Whatever the file holds, the outcome is a config or a one-line CurateError naming the problem.
+    """
     if not path.exists():
         return CurateConfig()
     try:
-        return CurateConfig.model_validate(tomllib.loads(path.read_text()))
+        if (size := path.stat().st_size) > MAX_CONFIG_BYTES:
+            raise CurateError(f"{path}: {size:,} bytes is too large for a curate.toml (at most {MAX_CONFIG_BYTES:,})")
+        return CurateConfig.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
     except tomllib.TOMLDecodeError as exc:
-        raise CurateError(f"{path}: not valid TOML: {exc}") from exc
+        raise CurateError(f"{path}: not valid TOML: {_printable(str(exc))}") from exc
+    except RecursionError as exc:
+        raise CurateError(f"{path}: not valid TOML: nested too deeply") from exc
+    except UnicodeDecodeError as exc:
+        raise CurateError(f"{path}: not UTF-8 text (byte {exc.start}), as TOML must be") from exc
+    except OSError as exc:
+        raise CurateError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise CurateError(f"{path}: {where}: {first['msg']}") from exc
+        where = ".".join(_printable(str(p)) for p in first["loc"])
+        raise CurateError(f"{path}: {where}: {_printable(first['msg'])}") from exc
 
 
 def dump_config(config: CurateConfig) -> str:

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
+
+CONCEPT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+"""A concept id, matched with `fullmatch`: it names a folder and sits inside a token, so no '.', '/', space or newline."""
+MAX_NAME_CHARS = 100
+MAX_CLASS_NOUN_CHARS = 64
 
 
 def content_id(payload: Any, length: int = 16) -> str:
@@ -20,12 +26,45 @@ def content_id(payload: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+def check_concept_id(concept_id: str) -> str:
+    """Refuse anything but a whole-string match: `$` would let 'dog\\n' through into a folder and a token."""
+    if not CONCEPT_ID.fullmatch(concept_id):
+        raise ValueError(f"invalid concept id {concept_id!r}: use 1-64 lowercase letters, digits, '-' or '_'")
+    return concept_id
+
+
+def printable_line(text: str, max_chars: int) -> str:
+    """`text` without surrounding spaces, refused unless it is one printable line of 1..max_chars.
+
+    Names and class nouns end up in captions, prompts, Label Studio and terminal output: a newline
+    splits a caption, an ANSI escape repaints a terminal, and a 10,000-character noun fills a prompt.
+    """
+    text = text.strip()
+    if not text:
+        raise ValueError("must not be empty")
+    if len(text) > max_chars:
+        raise ValueError(f"is {len(text):,} characters, over the limit of {max_chars}")
+    bad = next((c for c in text if not c.isprintable()), None)
+    if bad is not None:
+        raise ValueError(
+            f"must be one printable line, without {bad!r} (newlines, tabs, control or escape codes)"
+        )
+    return text
+
+
+ConceptId = Annotated[str, AfterValidator(check_concept_id)]
+ConceptName = Annotated[str, AfterValidator(lambda text: printable_line(text, MAX_NAME_CHARS))]
+ClassNoun = Annotated[str, AfterValidator(lambda text: printable_line(text, MAX_CLASS_NOUN_CHARS))]
+
+
 class Concept(BaseModel):
     """A personal concept: its photos, their foreground masks, and the token that names it."""
 
-    concept_id: str = Field(description="folder name under concepts/, lowercase [a-z0-9_-]")
-    name: str
-    class_noun: str = Field(description="what an open-vocabulary detector or a caption calls it: 'cat', 'mug'")
+    concept_id: ConceptId = Field(description="folder name under concepts/, lowercase [a-z0-9_-]")
+    name: ConceptName = Field(description="what the user called it, for display: 'my dog', '猫'")
+    class_noun: ClassNoun = Field(
+        description="what an open-vocabulary detector or a caption calls it: 'cat', 'mug'"
+    )
     token: str = Field(description="the personal token used in captions, e.g. <c-cat>")
     refs: list[str] = Field(default_factory=list, description="reference images, relative to the workspace")
     masks: list[str] = Field(default_factory=list, description="soft masks (8-bit alpha), same order as refs")

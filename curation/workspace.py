@@ -17,16 +17,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import tomli_w
+from pydantic import ValidationError
 
 from curation.config import CurateConfig, dump_config, load_config
 from curation.errors import CurateError
 from curation.records import Candidate, Concept, LayoutPlan
+from curation.records import check_concept_id as _valid_concept_id
 
 CONFIG_FILE = "curate.toml"
 SUCCESS_MARKER = "_SUCCESS"
 STALE_DIR = "_stale"
 """candidates/_stale/<shard>/: where `curate generate` moves candidates its plans or settings no longer make."""
-_CONCEPT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
 def atomic_write_bytes(path: Path, data: bytes, secret: bool = False) -> None:
@@ -71,6 +72,18 @@ def new_workspace_id(folder_name: str) -> str:
     """A readable prefix from the folder name plus 64 random bits: unique however folders are named."""
     prefix = re.sub(r"[^a-z0-9]+", "-", folder_name.lower()).strip("-")[:40] or "workspace"
     return f"{prefix}-{secrets.token_hex(8)}"
+
+
+def _read_concept(path: Path) -> Concept:
+    """A stored concept, re-checked: one written before ids and nouns were validated is named, not trusted."""
+    try:
+        return Concept.model_validate_json(path.read_text())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise CurateError(
+            f"{str(path)!r}: {where}: {first['msg']}; delete its folder and add the concept again"
+        ) from exc
 
 
 class Workspace:
@@ -179,11 +192,10 @@ class Workspace:
     # -- concepts ------------------------------------------------------------------------------
     @staticmethod
     def check_concept_id(concept_id: str) -> str:
-        if not _CONCEPT_ID.match(concept_id):
-            raise CurateError(
-                f"invalid concept id {concept_id!r}: use 1-64 lowercase letters, digits, '-' or '_'"
-            )
-        return concept_id
+        try:
+            return _valid_concept_id(concept_id)
+        except ValueError as exc:
+            raise CurateError(str(exc)) from exc
 
     def concept_dir(self, concept_id: str) -> Path:
         return self.resolve(Path("concepts") / self.check_concept_id(concept_id))
@@ -191,12 +203,17 @@ class Workspace:
     def save_concept(self, concept: Concept) -> None:
         atomic_write_json(self.concept_dir(concept.concept_id) / "concept.json", concept.model_dump())
 
+    def concept(self, concept_id: str) -> Concept | None:
+        """One ingested concept, or None when there is none under that id."""
+        path = self.concept_dir(concept_id) / "concept.json"
+        return _read_concept(path) if path.exists() else None
+
     def concepts(self) -> dict[str, Concept]:
         """Every ingested concept by id (a folder without concept.json is an unfinished ingest)."""
         found: dict[str, Concept] = {}
         if self.concepts_dir.exists():
             for path in sorted(self.concepts_dir.glob("*/concept.json")):
-                concept = Concept.model_validate_json(path.read_text())
+                concept = _read_concept(path)
                 found[concept.concept_id] = concept
         return found
 

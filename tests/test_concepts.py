@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -11,9 +12,11 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
-from curation.concepts import add_concept
+from curation.concepts import MIN_PHOTO_SIDE, add_concept, choose_concept_id, concept_id_for
 from curation.errors import CurateError
+from curation.records import CONCEPT_ID, Concept
 from curation.workspace import Workspace
 from generators.segment import load_segmenter, mask_flags
 from tests.fixtures.sample_concepts import sample_photo, small_config
@@ -98,7 +101,10 @@ def test_mask_flags_catch_bad_masks() -> None:
     assert mask_flags(confetti) == ["fragmented"]
 
 
-@pytest.mark.parametrize("case", ["missing", "empty_folder", "corrupt", "bomb", "too_big", "bad_id"])
+@pytest.mark.parametrize(
+    "case",
+    ["missing", "empty_folder", "corrupt", "bomb", "too_big", "bad_id", "newline_id", "tiny", "all_empty"],
+)
 def test_bad_input_is_one_line_and_leaves_nothing(ws: Workspace, tmp_path: Path, case: str) -> None:
     good = tmp_path / "good.png"
     Image.fromarray(sample_photo("coffee", 96)).save(good)
@@ -119,6 +125,21 @@ def test_bad_input_is_one_line_and_leaves_nothing(ws: Workspace, tmp_path: Path,
         photos, expected = [good, tmp_path / "huge.png"], "huge.png: 8000x8000 pixels is over"
     elif case == "bad_id":
         concept_id, expected = "Bad Id!", "invalid concept id"
+    elif case == "newline_id":  # `$` in the old pattern matched before a final newline
+        concept_id, expected = "mug\n", "invalid concept id 'mug\\\\n'"
+    elif case == "tiny":  # a 1x1 photo once failed every later candidate with "ValueError: 2"
+        Image.new("RGB", (1, 1), (200, 20, 20)).save(tmp_path / "dot.png")
+        photos, expected = (
+            [good, tmp_path / "dot.png"],
+            f"dot.png: 1x1 pixels is too small: .* {MIN_PHOTO_SIDE} px",
+        )
+    elif case == "all_empty":  # flat colour: nothing to cut out, in either photo
+        for colour in ("red", "blue"):
+            Image.new("RGB", (96, 80), colour).save(tmp_path / f"{colour}.png")
+        photos, expected = (
+            [tmp_path / "red.png", tmp_path / "blue.png"],
+            r"no usable mask in 2 photo\(s\) \(empty x2\)",
+        )
     with pytest.raises(CurateError, match=expected) as info:
         add_concept(ws, concept_id, photos, class_noun="mug")
     assert "\n" not in str(info.value)
@@ -169,3 +190,107 @@ def test_model_backend_loads_a_saved_model_by_path(
     assert concept.segmenter == str(folder)
     with pytest.raises(CurateError, match="could not be loaded"):
         load_segmenter(str(tmp_path / "no-such-model"))
+
+
+# -- names, ids and class nouns ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("cat1", "cat1"),  # an id stays itself, so ids from before names existed keep their folders
+        ("my dog", "my-dog"),
+        ("My  Dog", "my-dog"),  # case and spacing do not make another name
+        ("Hund Müller", "hund-muller"),
+        ("猫", "c-"),  # nothing ASCII left: a hash
+        ("Straße 猫", "strasse-"),  # a letter without ASCII form: slug plus hash
+        ("x" * 300, "x" * 40 + "-"),  # cut: slug plus hash
+    ],
+)
+def test_typed_names_give_safe_stable_ids(name: str, expected: str) -> None:
+    derived = concept_id_for(name)
+    assert CONCEPT_ID.fullmatch(derived) and derived == concept_id_for(name)
+    assert derived == expected if not expected.endswith("-") else derived.startswith(expected)
+    if expected.endswith("-"):
+        assert re.fullmatch(re.escape(expected) + "[0-9a-f]{8}", derived)
+
+
+def test_different_names_never_share_an_id_silently(
+    ws: Workspace, concept_photos: dict[str, list[Path]]
+) -> None:
+    assert choose_concept_id(ws, "猫") != choose_concept_id(ws, "犬")
+    add_concept(
+        ws, choose_concept_id(ws, "my dog"), concept_photos["mug"][:1], class_noun="dog", name="my dog"
+    )
+    assert choose_concept_id(ws, "My Dog") == "my-dog"  # the same name: re-adding replaces it
+    with pytest.raises(CurateError, match="'my-dog', which concept 'my dog' already has: pass --id"):
+        choose_concept_id(ws, "My-Dog")  # another name whose slug is taken
+    assert choose_concept_id(ws, "My-Dog", "dog2") == "dog2"
+    with pytest.raises(CurateError, match="invalid concept id"):
+        choose_concept_id(ws, "my dog", "dog\n")
+
+
+@pytest.mark.parametrize(
+    ("noun", "expected"),
+    [
+        ("", "must not be empty"),
+        ("   ", "must not be empty"),
+        ("dog\n", None),  # surrounding whitespace is trimmed, not stored
+        ("dog\ncat", "be one printable line, without '\\\\n'"),
+        ("ca\x1b[31mt", "without '\\\\x1b'"),
+        ("dog\tcat", "without '\\\\t'"),
+        ("d" * 10_000, "10,000 characters, over the limit of 64"),
+    ],
+)
+def test_class_noun_is_one_bounded_printable_line(
+    ws: Workspace, concept_photos: dict[str, list[Path]], noun: str, expected: str | None
+) -> None:
+    if expected is None:
+        assert add_concept(ws, "mug", concept_photos["mug"][:1], class_noun=noun).class_noun == noun.strip()
+        return
+    with pytest.raises(CurateError, match=r"class noun \(--class\) .*" + expected):
+        add_concept(ws, "mug", concept_photos["mug"][:1], class_noun=noun)
+    assert ws.concepts() == {}
+    with pytest.raises(ValidationError):  # nothing else can store one either
+        Concept(concept_id="mug", name="mug", class_noun=noun, token="<c-mug>")
+
+
+def test_display_name_is_bounded_at_the_record(ws: Workspace, concept_photos: dict[str, list[Path]]) -> None:
+    with pytest.raises(CurateError, match="concept name is 101 characters"):
+        add_concept(ws, "mug", concept_photos["mug"][:1], class_noun="mug", name="n" * 101)
+    with pytest.raises(ValidationError):
+        Concept(concept_id="mug", name="my\x1b]0;pwned\x07mug", class_noun="mug", token="<c-mug>")
+    with pytest.raises(ValidationError):
+        Concept(concept_id="mug\n", name="mug", class_noun="mug", token="<c-mug>")
+
+
+def test_a_record_stored_before_validation_is_named_not_trusted(
+    ws: Workspace, concept_photos: dict[str, list[Path]]
+) -> None:
+    add_concept(ws, "mug", concept_photos["mug"][:1], class_noun="mug")
+    record = ws.concepts_dir / "mug" / "concept.json"
+    record.write_text(record.read_text().replace('"class_noun": "mug"', '"class_noun": "mug\\nIgnore all"'))
+    with pytest.raises(CurateError, match="class_noun: .*one printable line.*delete its folder") as info:
+        ws.concepts()
+    assert "\n" not in str(info.value)
+
+
+def test_mixed_photos_keep_the_usable_ones_flagged(
+    ws: Workspace, concept_photos: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    Image.new("RGB", (96, 80), "red").save(tmp_path / "flat.png")
+    concept = add_concept(ws, "mug", [concept_photos["mug"][0], tmp_path / "flat.png"], class_noun="mug")
+    assert sorted(concept.mask_flags) == [[], ["empty"]]
+
+
+def test_shrinking_below_the_minimum_is_refused(ws: Workspace, tmp_path: Path) -> None:
+    """A panorama fine as shot can fall under the minimum once its long side is cut to segment.max_side."""
+    Image.new("RGB", (1000, 70), "white").save(tmp_path / "pano.png")
+    with pytest.raises(
+        CurateError, match=r"pano.png: 1000x70 pixels shrinks to 128x9 at segment.max_side = 128"
+    ):
+        add_concept(ws, "strip", [tmp_path / "pano.png"], class_noun="strip")
+    square = tmp_path / "square.png"
+    image, _ = _disc_image()
+    Image.fromarray(image).resize((MIN_PHOTO_SIDE, MIN_PHOTO_SIDE)).save(square)
+    assert add_concept(ws, "disc", [square], class_noun="disc").refs  # the minimum itself is accepted
