@@ -1,5 +1,6 @@
 """`curate index` at scale: the embedding map for the App, and CLIP embeddings on Ray actors."""
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -20,11 +21,12 @@ def test_index_computes_the_embedding_map_once(candidate_ws):
     report = index_workspace(ws)
     dataset = ds.open_dataset(ws)
     assert VISUALIZATION_KEY in dataset.list_brain_runs()
-    # umap-learn is not installed here: the dependency-free fallback is used and recorded
-    assert report.visualization == "pca"
-    assert dataset.info["visualization"] == {"brain_key": VISUALIZATION_KEY, "method": "pca"}
+    # UMAP where umap-learn is installed, the dependency-free PCA elsewhere; either is recorded
+    method = "umap" if importlib.util.find_spec("umap") else "pca"
+    assert report.visualization == method
+    assert dataset.info["visualization"] == {"brain_key": VISUALIZATION_KEY, "method": method}
     info = dataset.get_brain_info(VISUALIZATION_KEY)
-    assert info.config.method == "pca" and info.config.embeddings_field == ds.CLIP_EMBEDDING
+    assert info.config.method == method and info.config.embeddings_field == ds.CLIP_EMBEDDING
     points = dataset.load_brain_results(VISUALIZATION_KEY).points
     assert points.shape == (6, 2) and np.isfinite(points).all()
     dataset.reload()

@@ -44,8 +44,13 @@ def test_local_checkpoint_file_loads_as_pretrained(tiny_clip_name, tmp_path):
     assert not np.allclose(load_clip(tiny_clip_name, None).embed_images(_images()), expected, atol=1e-3)
 
 
-def test_unavailable_real_weights_fall_back_to_flagged_random():
-    # "openai" is a real tag; this machine cannot download it, so the architecture runs with random weights
+def test_unavailable_real_weights_fall_back_to_flagged_random(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    # "openai" is a real tag; an empty hub cache and an offline hub make its weights unavailable on
+    # any machine, cached or online (these constants are what HF_HUB_CACHE / HF_HUB_OFFLINE set)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     scorer = load_clip("ViT-B-32", "openai", device="cpu")
     assert scorer.weights == "random" and scorer.pretrained == "openai"
     assert scorer.embed_texts(["a dog"]).shape == (1, 512)
