@@ -170,13 +170,16 @@ def report(workspace: WorkspaceOpt = Path(".")) -> None:
 @app.command("app")
 def app_command(
     address: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to serve on.")] = 5151,
+    port: Annotated[int, typer.Option(help="Port to serve on; the nearest free one above if busy.")] = 5151,
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Open the FiftyOne App on the workspace's dataset and wait (Ctrl-C to stop)."""
     from curation.index import launch_app
+    from curation.ports import moved_note
 
     url = launch_app(_workspace(workspace), address=address, port=port)
+    if note := moved_note(port, url):
+        typer.echo(note, err=True)
     typer.echo(f"FiftyOne App: {url}  (Ctrl-C to stop)")
     try:
         import time
@@ -189,12 +192,13 @@ def app_command(
 
 @review_app.command("serve")
 def review_serve(
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1; 0 means the config's value.")] = 0,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: the config's); next free one if busy.")] = 0,
     url: Annotated[str, typer.Option(envvar="LABEL_STUDIO_URL", help="Record this running server instead.")] = "",
     token: TokenOpt = "",
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Start a local Label Studio serving the workspace's images (or record --url); prints URL and login."""
+    from curation.ports import moved_note
     from curation.review import serve, use_server
 
     ws = _workspace(workspace)
@@ -206,6 +210,8 @@ def review_serve(
         return
     typer.echo("starting Label Studio (the first start migrates its database: about a minute)...", err=True)
     info = serve(ws, port=port or None)
+    if note := moved_note(port or ws.config.review.port, info.url):
+        typer.echo(note, err=True)
     typer.echo(f"Label Studio: {info.url}  login {info.email} / {info.password}  (credentials in {info.path})")
 
 

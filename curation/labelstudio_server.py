@@ -3,7 +3,10 @@
 The server outlives the `curate review serve` command (annotators keep working after it returns),
 so its URL, process id and credentials live in `review/server.json` (mode 0600). A generated admin
 password and legacy API token are fixed at first start and reused on every restart, because Label
-Studio keeps its users in the data dir and would otherwise refuse the new ones.
+Studio keeps its users in the data dir and would otherwise refuse the new ones. On a shared machine
+the credentials travel in the server's environment (a command line is readable by every account),
+the data dir (its database holds the token) is owner-only, and sign-up is closed: the recorded
+admin is the only login.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ from pathlib import Path
 import requests
 
 from curation.errors import CurateError
+from curation.ports import choose_port
 from curation.workspace import Workspace, atomic_write_text
 
 ADMIN_EMAIL = "curate@example.com"
@@ -68,8 +71,7 @@ def read_server(ws: Workspace) -> ServerInfo | None:
 def write_server(ws: Workspace, info: ServerInfo) -> ServerInfo:
     """Record a server with owner-only permissions (it holds the admin password and token)."""
     info.path = server_file(ws)
-    atomic_write_text(info.path, info.to_json())
-    os.chmod(info.path, 0o600)
+    atomic_write_text(info.path, info.to_json(), secret=True)
     return info
 
 
@@ -96,21 +98,21 @@ def _pid_alive(pid: int | None) -> bool:
         return True
 
 
-def port_free(port: int) -> bool:
-    """Whether the server could bind the port (it sets SO_REUSEADDR too, so TIME_WAIT does not count)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+def _data_dir_arg(data_dir: Path) -> str:
+    """The server's `--data-dir` argument: also how `stop` recognises the server it started."""
+    return f"--data-dir={data_dir.resolve()}"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _is_our_server(pid: int | None, data_dir: Path) -> bool:
+    """Whether `pid` is a live Label Studio started on this data dir (a recorded pid may since have
+    been reused by an unrelated process, which `stop` must never kill)."""
+    if not _pid_alive(pid):
+        return False
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return _data_dir_arg(data_dir).encode() in argv
 
 
 def _log_tail(log: Path, lines: int = 15) -> str:
@@ -138,6 +140,7 @@ def start_server(
     if not executable.exists():
         raise CurateError(f"label-studio is not installed next to {sys.executable}")
     data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
@@ -145,6 +148,10 @@ def start_server(
         "LOCAL_FILES_SERVING_ENABLED": "true",
         "LOCAL_FILES_DOCUMENT_ROOT": str(document_root),
         "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
+        "LABEL_STUDIO_USERNAME": email,
+        "LABEL_STUDIO_PASSWORD": password,
+        "LABEL_STUDIO_USER_TOKEN": token,
+        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
     }
     command = [
         str(executable),
@@ -154,12 +161,9 @@ def start_server(
         "127.0.0.1",
         "--port",
         str(port),
-        f"--data-dir={data_dir}",
-        f"--username={email}",
-        f"--password={password}",
-        f"--user-token={token}",
+        _data_dir_arg(data_dir),
         "--enable-legacy-api-token",
-    ]  # the `=` form: a generated password may start with "-"
+    ]
     with log.open("ab") as out:
         process = subprocess.Popen(
             command,
@@ -212,7 +216,8 @@ def serve(ws: Workspace, port: int | None = None, timeout: float = START_TIMEOUT
 
     Args:
         ws: the workspace; data dir under review/labelstudio-data, log in review/labelstudio.log.
-        port: port on 127.0.0.1; default from config.review.port, a free one if that is taken.
+        port: port on 127.0.0.1; default from config.review.port, the nearest free one above if
+            that is taken (the CLI says so).
         timeout: seconds to wait for /health.
     """
     known = read_server(ws)
@@ -220,15 +225,15 @@ def serve(ws: Workspace, port: int | None = None, timeout: float = START_TIMEOUT
         if not is_healthy(known.url):
             raise CurateError(f"Label Studio is not reachable at {known.url} (recorded in {known.path})")
         return known
-    if known and known.pid and _pid_alive(known.pid) and is_healthy(known.url):
+    data_dir = ws.review_dir / "labelstudio-data"
+    if known and _is_our_server(known.pid, data_dir) and is_healthy(known.url):
         return known
-    wanted = port or ws.config.review.port
-    chosen = wanted if port_free(wanted) else free_port()
+    chosen = choose_port(port or ws.config.review.port)
     email = known.email if known else ADMIN_EMAIL
     password = known.password if known else secrets.token_urlsafe(12)
     token = known.token if known else secrets.token_hex(20)
     pid = start_server(
-        ws.review_dir / "labelstudio-data",
+        data_dir,
         ws.root,
         chosen,
         ws.review_dir / "labelstudio.log",
@@ -278,13 +283,16 @@ def use_server(ws: Workspace, url: str, token: str, document_root: Path | None =
 
 
 def stop(ws: Workspace) -> bool:
-    """Stop the server `serve` started; keeps the credentials for the next start. False if none ran."""
+    """Stop the server `serve` started; keeps the credentials for the next start. False if none ran.
+
+    A recorded pid that is no longer that server (it exited and the pid was reused) is left alone.
+    """
     known = read_server(ws)
     if not known or not known.managed or not known.pid:
         return False
-    alive = _pid_alive(known.pid)
-    if alive:
+    ours = _is_our_server(known.pid, ws.review_dir / "labelstudio-data")
+    if ours:
         terminate(known.pid)
     known.pid = None
     write_server(ws, known)
-    return alive
+    return ours

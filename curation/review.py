@@ -216,8 +216,13 @@ def ensure_project(ws: Workspace, conn: Connection, overlap: int | None = None) 
 
 
 def existing_candidates(conn: Connection, project_id: int, page_size: int = 5000) -> set[str]:
-    """candidate_ids of the project's tasks: the server is the truth, so an interrupted push is seen."""
+    """candidate_ids of the project's tasks: the server is the truth, so an interrupted push is seen.
+
+    Pages are followed until the server's total is reached, counting the tasks it actually sent: a
+    server may cap `page_size` (TASK_API_PAGE_SIZE_MAX), and missing a page would push its tasks again.
+    """
     found: set[str] = set()
+    seen = 0
     page = 1
     while True:
         payload = conn.get_json(
@@ -229,7 +234,8 @@ def existing_candidates(conn: Connection, project_id: int, page_size: int = 5000
             page=page,
         )
         found.update(t["data"].get(ds.CANDIDATE_ID) for t in payload["tasks"])
-        if page * page_size >= payload["total"]:
+        seen += len(payload["tasks"])
+        if not payload["tasks"] or seen >= payload["total"]:
             return found - {None}
         page += 1
 

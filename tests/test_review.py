@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 from PIL import Image
+from typer.testing import CliRunner
 
 from curation import dataset as ds
+from curation.cli import app
+from curation.config import CurateConfig, ReviewConfig
 from curation.errors import CurateError
-from curation.labelstudio_server import ServerInfo, free_port, serve, stop, use_server
+from curation.labelstudio_server import ServerInfo, read_server, serve, server_file, stop, use_server, write_server
+from curation.ports import free_port
 from curation.records import Concept
 from curation.review import connect, existing_candidates, push
 from curation.review_pull import REVIEW_FIELDS, aggregate, annotation_result, pull, status
 from curation.workspace import Workspace
+from tests.fixtures.labelstudio import seeded_home
 
 
 def build_candidates(ws: Workspace, n: int) -> list[str]:
@@ -278,3 +287,110 @@ def test_push_after_losing_project_record_reuses_the_project(
     push(ws)
     assert json.loads(record.read_text())["project_id"] == project_id
     assert sorted(tasks_by_candidate(ws)) == ids
+
+
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants, from /proc."""
+    parents: dict[int, int] = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat_file.parent.name)] = int(fields[1])
+    tree = [pid]
+    for candidate in tree:
+        tree.extend(child for child, parent in parents.items() if parent == candidate)
+    return tree
+
+
+def test_credentials_are_not_on_the_command_line_and_the_data_dir_is_private(
+    labelstudio_home: Workspace, labelstudio: ServerInfo
+) -> None:
+    current = serve(labelstudio_home)  # a test before may have restarted it: `labelstudio.pid` is stale then
+    command_lines = []
+    for pid in _process_tree(current.pid):
+        try:
+            command_lines.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+        except FileNotFoundError:  # a short-lived child that has already exited
+            continue
+    assert any(b"label-studio" in line for line in command_lines)  # the tree really is the server
+    for line in command_lines:  # readable by every account on the machine (`ps`)
+        assert labelstudio.password.encode() not in line and labelstudio.token.encode() not in line
+    data_dir = labelstudio_home.review_dir / "labelstudio-data"
+    assert oct(data_dir.stat().st_mode & 0o777) == "0o700"  # its database holds the token in clear
+
+
+def test_sign_up_is_closed_but_invites_work(labelstudio: ServerInfo) -> None:
+    headers = {"Authorization": f"Token {labelstudio.token}"}
+
+    def sign_up(email: str, query: str = "") -> int:
+        visitor = requests.Session()
+        assert visitor.get(f"{labelstudio.url}/user/signup/{query}", timeout=30).ok
+        return visitor.post(
+            f"{labelstudio.url}/user/signup/{query}",
+            data={"email": email, "password": "Long-enough-pass-9", "csrfmiddlewaretoken": visitor.cookies["csrftoken"]},
+            headers={"Referer": f"{labelstudio.url}/user/signup/"},
+            timeout=30,
+            allow_redirects=False,
+        ).status_code
+
+    intruder, invited = (f"{who}-{uuid.uuid4().hex[:8]}@example.com" for who in ("intruder", "invited"))
+    assert sign_up(intruder) == 403
+    invite = requests.get(f"{labelstudio.url}/api/invite", headers=headers, timeout=30).json()["token"]
+    assert sign_up(invited, f"?token={invite}") == 302  # the admin's invite link still lets annotators in
+    emails = [u["email"] for u in requests.get(f"{labelstudio.url}/api/users/", headers=headers, timeout=30).json()]
+    assert labelstudio.email in emails and invited in emails and intruder not in emails
+
+
+def test_stop_leaves_a_process_that_is_not_the_server_alone(tmp_path: Path) -> None:
+    """server.json names a pid that is now an unrelated process (the server died, the pid was reused)."""
+    ws = Workspace.create(tmp_path / "ws")
+    other = subprocess.Popen(["sleep", "300"], start_new_session=True)  # a group leader, as a server is
+    try:
+        write_server(
+            ws,
+            ServerInfo(
+                url="http://127.0.0.1:1", email="a@b.c", password="p", token="t", path=server_file(ws), pid=other.pid
+            ),
+        )
+        result = CliRunner().invoke(app, ["review", "stop", "-w", str(ws.root)])
+        assert result.exit_code == 0 and "no server was running" in result.output
+        with pytest.raises(subprocess.TimeoutExpired):
+            other.wait(timeout=2)
+        assert read_server(ws).pid is None  # forgotten, so the next serve starts a server of its own
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_push_follows_a_capped_page_size_and_serve_says_the_port_moved(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that caps page_size (here 4) must not make a re-push duplicate tasks; the configured
+    port is taken by someone else, and `review serve` says where it went instead."""
+    monkeypatch.setenv("LABEL_STUDIO_TASK_API_PAGE_SIZE_MAX", "4")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        home = seeded_home(tmp_path_factory.mktemp("capped-home"), CurateConfig(review=ReviewConfig(port=taken)))
+        try:
+            result = CliRunner().invoke(app, ["review", "serve", "-w", str(home.root)])
+            assert result.exit_code == 0, result.output
+            info = read_server(home)
+            assert f"port {taken} was busy; serving on {info.url.rsplit(':', 1)[1]}" in result.output
+            config = CurateConfig(review=ReviewConfig(batch_size=5))
+            config.index.dataset_name = f"review-capped-{uuid.uuid4().hex[:8]}"
+            ws = Workspace.create(home.root / "ws", config)
+            use_server(ws, info.url, info.token, document_root=home.root)
+            ids = build_candidates(ws, 10)
+            first = push(ws)
+            assert first.pushed == 10
+            assert existing_candidates(connect(ws), first.project_id) == set(ids)
+            again = push(ws)
+            assert (again.pushed, again.already) == (0, 10)
+            project_tasks = connect(ws).client.tasks.list(project=first.project_id, fields="task_only")
+            assert sorted(t.data[ds.CANDIDATE_ID] for t in project_tasks) == ids  # no task twice
+        finally:
+            stop(home)
