@@ -25,6 +25,7 @@ import numpy as np
 
 from curation import dataset as ds
 from curation.errors import CurateError
+from curation.ports import choose_port
 from curation.progress import ProgressFn, no_progress
 from curation.records import Candidate, content_id
 from curation.scores import presence as P
@@ -511,6 +512,9 @@ def save_views(dataset: fo.Dataset) -> list[str]:
 def launch_app(ws: Workspace, address: str = "127.0.0.1", port: int = 5151) -> str:
     """Serve the FiftyOne App on the workspace's dataset and return its URL.
 
+    A busy `port` is not waited on (FiftyOne would wait 60 s and then time out): the nearest free
+    port above it is used, and the returned URL says which. FiftyOne's usage tracking is turned
+    off for the App, which would otherwise report researchers' sessions to a third party.
     The session stays open in this process (FiftyOne keeps it); `fiftyone.close_app()` ends it.
     FiftyOne gives its server 60 s to bind; a heavily loaded 2-core machine can miss that on a
     cold start, which becomes a CurateError (retrying in-process is not safe: FiftyOne's cleanup of
@@ -527,6 +531,8 @@ def launch_app(ws: Workspace, address: str = "127.0.0.1", port: int = 5151) -> s
         raise CurateError(
             f"dataset {dataset.name!r} is empty: run `curate generate` and `curate index` first"
         )
+    port = choose_port(port, address)
+    fo.config.do_not_track = True
     try:
         fo.launch_app(dataset, remote=True, address=address, port=port)
     except ServiceListenTimeout as exc:

@@ -1,5 +1,7 @@
 """`curate index` on real FiftyOne + embedded mongod with a tiny random-init open_clip model."""
 
+import json
+import socket
 import time
 import urllib.request
 
@@ -13,6 +15,7 @@ from curation import dataset as ds
 from curation.cli import app
 from curation.errors import CurateError
 from curation.index import index_workspace, launch_app
+from curation.ports import choose_port, free_port, moved_note, port_free
 from curation.scores.artifacts import ARTIFACT_SCORES
 from curation.workspace import SUCCESS_MARKER, atomic_write_json
 from tests.fixtures.candidate_workspace import candidate_image, write_candidates, write_image
@@ -132,38 +135,47 @@ def test_cli_index_prints_summary(candidate_ws):
     assert "6 added" in result.output and "RANDOM" in result.output
 
 
-def test_launch_app_serves_the_dataset(candidate_ws):
+def test_launch_app_serves_the_dataset_next_to_a_busy_port_without_tracking(candidate_ws):
+    """The wanted port is taken (a colleague's App): the App serves on the next free port at once
+    instead of timing out, and tells the browser not to track usage even if the user's config would."""
     import fiftyone as fo
 
     ws, _ = candidate_ws
     with pytest.raises(CurateError, match="curate index"):
         launch_app(ws)
     index_workspace(ws)
-    url = launch_app(ws, port=_free_port())
-    try:
-        assert url.endswith(f"/datasets/{ds.dataset_name(ws)}")
-        deadline, status = time.monotonic() + 90, None
-        while time.monotonic() < deadline and status != 200:
-            try:
-                status = urllib.request.urlopen(url, timeout=5).status
-            except OSError:
-                time.sleep(2)
-        assert status == 200
-    finally:
-        fo.close_app()
-
+    tracking = fo.config.do_not_track
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", free_port()))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        expected = choose_port(taken)
+        assert expected != taken and port_free(expected)
+        fo.config.do_not_track = False  # as for a user who never set FIFTYONE_DO_NOT_TRACK
+        try:
+            url = launch_app(ws, port=taken)
+            assert url == f"http://127.0.0.1:{expected}/datasets/{ds.dataset_name(ws)}"
+            assert moved_note(taken, url) == f"port {taken} was busy; serving on {expected}"
+            deadline, status = time.monotonic() + 90, None
+            while time.monotonic() < deadline and status != 200:
+                try:
+                    status = urllib.request.urlopen(url, timeout=5).status
+                except OSError:
+                    time.sleep(2)
+            assert status == 200
+            query = urllib.request.Request(
+                f"http://127.0.0.1:{expected}/graphql",
+                data=json.dumps({"query": "{ doNotTrack }"}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            assert json.loads(urllib.request.urlopen(query, timeout=30).read())["data"] == {"doNotTrack": True}
+        finally:
+            fo.close_app()
+            fo.config.do_not_track = tracking
 
 def _field(dataset, candidate_id, *names):
     sample = dataset.one(F(ds.CANDIDATE_ID) == candidate_id)
     return [sample[name] for name in names]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_near_duplicates_mark_the_lower_clip_t_copy(tmp_path, tiny_clip_name):
