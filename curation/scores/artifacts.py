@@ -100,7 +100,7 @@ def exposure(gray: np.ndarray) -> float:
 
 
 def boxes_mask(boxes: Sequence[Box], width: int, height: int, shape: tuple[int, int]) -> np.ndarray:
-    """A binary mask (uint8 0/1) of the planned boxes, scaled from canvas pixels to `shape`."""
+    """A binary mask (uint8 0/1) of the boxes, scaled from canvas pixels to `shape`."""
     mask = np.zeros(shape, dtype=np.uint8)
     sy, sx = shape[0] / height, shape[1] / width
     for box in boxes:
@@ -148,7 +148,7 @@ def seam_regions(
     """The region map the seam is measured on, and which it is (`SEAM_SILHOUETTE` or `SEAM_BOX`).
 
     The pasted silhouettes when the generator kept them; otherwise (candidates made before they
-    were kept, by another tool, or with an unreadable map) the planned boxes, whose border only
+    were kept, by another tool, or with an unreadable map) the placed boxes, whose border only
     touches a cut-out in a few points and so mostly measures the background around it.
     """
     text = kept.get(PASTE_SILHOUETTES)
@@ -168,7 +168,7 @@ def low_information(gray: np.ndarray) -> float:
 
 
 def box_overlap(boxes: Sequence[Box]) -> float:
-    """The largest IoU between two planned boxes (0 when none overlap): occlusion hides concepts."""
+    """The largest IoU between two concept boxes (0 when none overlap): occlusion hides concepts."""
     worst = 0.0
     for i, a in enumerate(boxes):
         for b in boxes[i + 1 :]:
@@ -213,7 +213,7 @@ SEAM = ScoreSpec(
 BLUR = ScoreSpec("blur", 0.0, 1.0, True, 0.5, "100 / (100 + variance of Laplacian) on a 256 px gray copy")
 EXPOSURE = ScoreSpec("exposure", 0.0, 1.0, True, 0.5, "max(clipped-pixel fraction, |mean - mid-gray| * 2)")
 LOW_INFORMATION = ScoreSpec("low_information", 0.0, 1.0, True, 0.6, "1 - gray-histogram entropy / 8 bits")
-OVERLAP = ScoreSpec("overlap", 0.0, 1.0, True, 0.3, "largest IoU between two planned concept boxes")
+OVERLAP = ScoreSpec("overlap", 0.0, 1.0, True, 0.3, "largest IoU between two placed concept boxes")
 IDENTITY_DRIFT = ScoreSpec(
     "identity_drift",
     0.0,
