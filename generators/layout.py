@@ -6,7 +6,9 @@ correction: a mug is not as tall as a person), boxes stay inside the canvas and 
 `max_overlap` IoU. Plan k is drawn from its own random stream seeded by (seed, k, the concepts),
 so asking for 60 plans after 40 keeps the first 40 byte-identical. Which concepts go together
 and on which scene comes from `generators.compositions`; with `layout.planner = "llm"` the boxes
-come from `generators.llm_layout`, and this planner is its per-plan fallback.
+come from `generators.llm_layout`, and this planner is its per-plan fallback (handed down as a
+function, so the LLM planner never imports this module). Both check plans with
+`generators.geometry`.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from curation.progress import ProgressFn, no_progress
 from curation.records import Box, Concept, LayoutPlan
 from curation.workspace import Workspace
 from generators.compositions import BACKGROUNDS, CompositionPick, load_allowed_sets, pick_composition
+from generators.geometry import check_layout
+from generators.llm_layout import FALLBACK, plan_picks, plan_with_llm
 
-__all__ = ["BACKGROUNDS", "check_layout", "iou", "plan_layouts", "plan_one", "size_prior"]
+__all__ = ["BACKGROUNDS", "plan_for_compositions", "plan_layouts", "plan_one", "size_prior"]
 
 PLANNER = "rules"
 
@@ -88,35 +92,6 @@ def concept_aspect(ws: Workspace, concept: Concept) -> float:
         if len(xs):
             aspects.append((xs.max() - xs.min() + 1) / (ys.max() - ys.min() + 1))
     return float(np.clip(np.median(aspects), 0.25, 4.0)) if aspects else 1.0
-
-
-def iou(a: Box, b: Box) -> float:
-    """Intersection over union of two pixel boxes."""
-    ix = max(0, min(a.x + a.w, b.x + b.w) - max(a.x, b.x))
-    iy = max(0, min(a.y + a.h, b.y + b.h) - max(a.y, b.y))
-    inter = ix * iy
-    union = a.w * a.h + b.w * b.h - inter
-    return inter / union if union else 0.0
-
-
-def check_layout(plan: LayoutPlan, config: LayoutConfig) -> str | None:
-    """Why a plan breaks the geometric rules, or None; shared by every planner (LLM replies too)."""
-    if sorted(plan.concepts) != sorted({b.concept_id for b in plan.boxes}) or len(plan.boxes) != len(
-        plan.concepts
-    ):
-        return "every concept needs exactly one box"
-    min_area = config.min_area * plan.width * plan.height
-    for box in plan.boxes:
-        if box.w <= 0 or box.h <= 0:
-            return f"box of {box.concept_id} needs a positive width and height"
-        if box.x < 0 or box.y < 0 or box.x + box.w > plan.width or box.y + box.h > plan.height:
-            return f"box of {box.concept_id} leaves the canvas"
-        if box.w * box.h < min_area:
-            return f"box of {box.concept_id} is smaller than min_area"
-    for a, b in itertools.combinations(plan.boxes, 2):
-        if iou(a, b) > config.max_overlap:
-            return f"boxes of {a.concept_id} and {b.concept_id} overlap more than max_overlap"
-    return None
 
 
 def _place(
@@ -225,9 +200,11 @@ def plan_layouts(ws: Workspace, n: int, progress: ProgressFn = no_progress) -> l
     aspects = {c.concept_id: concept_aspect(ws, c) for c in concepts.values()}
     allowed = load_allowed_sets(ws, config, set(concepts))
     if config.planner == "llm":
-        from generators.llm_layout import plan_with_llm
 
-        plans = plan_with_llm(ws, n, concepts, aspects, allowed, progress)
+        def fallback(k: int, composition: CompositionPick) -> LayoutPlan:
+            return plan_one(k, composition, concepts, aspects, config, planner=FALLBACK)
+
+        plans = plan_with_llm(ws, n, concepts, allowed, fallback, progress)
     else:
         plans = []
         for k in range(n):
@@ -235,4 +212,35 @@ def plan_layouts(ws: Workspace, n: int, progress: ProgressFn = no_progress) -> l
             plans.append(plan_one(k, composition, concepts, aspects, config))
             progress("plan", k + 1, n)
     ws.write_plans(plans)
+    return plans
+
+
+def plan_for_compositions(
+    ws: Workspace,
+    picks: list[tuple[int, CompositionPick]],
+    avoid: dict[tuple[str, ...], list[str]] | None = None,
+    progress: ProgressFn = no_progress,
+) -> list[LayoutPlan]:
+    """Plans for compositions the caller chose (`curate topup`); plans.jsonl is left to the caller.
+
+    Args:
+        ws: The workspace; `layout.planner` picks the planner as in `plan_layouts`.
+        picks: (plan number, composition) per plan; a new number gives a new layout.
+        avoid: Review reasons per composition (sorted concept ids); the LLM planner puts them in
+            its prompt, the rules planner has no use for them.
+        progress: Called as progress("plan", done, total).
+    """
+    config = ws.config.layout
+    concepts = ws.concepts()
+    aspects = {c.concept_id: concept_aspect(ws, c) for c in concepts.values()}
+    if config.planner == "llm":
+
+        def fallback(k: int, composition: CompositionPick) -> LayoutPlan:
+            return plan_one(k, composition, concepts, aspects, config, planner=FALLBACK)
+
+        return plan_picks(ws, picks, concepts, fallback, avoid or {}, progress)
+    plans = []
+    for done, (k, composition) in enumerate(picks, start=1):
+        plans.append(plan_one(k, composition, concepts, aspects, config))
+        progress("plan", done, len(picks))
     return plans

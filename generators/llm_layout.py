@@ -5,10 +5,14 @@ parsed the text with `eval` and silently dropped what failed. Here one request a
 background, one box per concept and each object's relative size (largest 1.0; the paper's scale
 correction, applied by shrinking boxes that are too big for their size); the reply is parsed as
 JSON (structured output where the server supports it, otherwise fences stripped and the first
-JSON object taken), validated by a pydantic schema and by `check_layout`, and re-asked with the
-error fed back. Every reply is cached under plans/llm_cache/ by a hash of (model, messages, seed),
-so a re-run sends no request; every rejected reply lands in plans/llm_failures.jsonl with its raw
-text, and a plan the model never gets right comes from the rule-based planner ("rules-fallback").
+JSON object taken, repaired with `json_repair` when it is not strict JSON: trailing commas, single
+quotes, a cut-off end), validated by a pydantic schema with bounded one-line text fields and by
+`check_layout`, and re-asked with the problem fed back. Every reply ends as an accepted plan or a
+`ReplyRejected` whose message names the problem; no reply can raise anything else, which the
+property tests check. Every reply is cached under plans/llm_cache/ by a hash of (model, messages,
+seed), so a re-run sends no request, and a cached reply is parsed again like a fresh one; every
+rejected reply lands in plans/llm_failures.jsonl with its raw text, and a plan the model never gets
+right comes from the fallback the caller hands in (the rule-based planner: "rules-fallback").
 With `layout.llm_compositions` the model also proposes which concepts plausibly go together.
 """
 
@@ -18,11 +22,12 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
 
 from curation.config import LayoutConfig
 from curation.errors import CurateError
@@ -30,24 +35,92 @@ from curation.progress import ProgressFn, no_progress
 from curation.records import Box, Concept, LayoutPlan, content_id
 from curation.workspace import Workspace, atomic_write_json, atomic_write_text
 from generators.compositions import CompositionPick, check_set, pick_composition
-from generators.layout import check_layout, plan_one
+from generators.geometry import check_layout
 
 if TYPE_CHECKING:
     from openai import OpenAI
 
 FALLBACK = "rules-fallback"
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+MAX_REPLY_CHARS = 16_000
+"""A layout of five boxes is about 500 characters; longer replies are refused, and clipped to this
+where they are stored or sent back (json_repair slows down on long malformed text)."""
+MAX_BRACKETS = 256
+"""The schemas nest three levels; counting every '{' and '[' bounds the nesting for both parsers
+(the stdlib's raises RecursionError and json_repair's time grows with depth x length)."""
+MAX_BACKGROUND_CHARS = 300
+MAX_ID_CHARS = 64
+"""As long as a concept id may be (curation.workspace)."""
+MAX_OBJECTS = 32
+"""More boxes (or ids in a suggested set) than any composition holds."""
+MAX_PIXELS = 100_000
+"""Coordinates beyond this are no layout, and would overflow float arithmetic when scaled."""
+
+
+class ReplyRejected(Exception):
+    """A reply that cannot become a plan; the message names the problem and is fed back to the model."""
+
+
+def _show(value: object, limit: int = 60) -> str:
+    """Reply-derived text for a message: clipped, and escaped unless printable (so always encodable)."""
+    text = str(value)
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return text if text.isprintable() else ascii(text)
+
+
+def _one_line(limit: int) -> AfterValidator:
+    """Text that lands in captions, candidate JSON and prompts: whitespace runs (newlines, tabs)
+    become one space; more than `limit` characters, control characters or invalid unicode are refused.
+
+    Bounds are validators rather than Field limits so that the JSON schema sent as structured
+    output stays within what servers accept (OpenAI's strict mode has no maxLength).
+    """
+
+    def check(value: str) -> str:
+        text = " ".join(value.split())
+        if len(text) > limit:
+            raise ValueError(f"must be at most {limit} characters (got {len(text)})")
+        if not text.isprintable() or "\ufffd" in text:
+            raise ValueError(
+                "must be printable text on one line, without control characters or invalid unicode"
+            )
+        return text
+
+    return AfterValidator(check)
+
+
+def _at_most(limit: int) -> AfterValidator:
+    """A list of at most `limit` items (a validator, for the reason `_one_line` gives)."""
+
+    def check(value: list) -> list:
+        if len(value) > limit:
+            raise ValueError(f"must have at most {limit} items (got {len(value)})")
+        return value
+
+    return AfterValidator(check)
+
+
+def _pixel(value: int) -> int:
+    if abs(value) > MAX_PIXELS:
+        raise ValueError(f"must be within -{MAX_PIXELS}..{MAX_PIXELS} pixels")
+    return value
+
+
+Pixel = Annotated[int, AfterValidator(_pixel)]
+ConceptId = Annotated[str, _one_line(MAX_ID_CHARS)]
 
 
 class LLMObject(BaseModel):
     """One concept's box as the model proposes it (pixels, top-left origin)."""
 
     model_config = ConfigDict(extra="forbid")
-    concept: str
-    x: int
-    y: int
-    w: int
-    h: int
+    concept: ConceptId
+    x: Pixel
+    y: Pixel
+    w: Pixel
+    h: Pixel
     relative_size: float
 
     @field_validator("relative_size")
@@ -62,8 +135,8 @@ class LLMLayout(BaseModel):
     """The whole reply: a background description and one object per concept."""
 
     model_config = ConfigDict(extra="forbid")
-    background: str
-    objects: list[LLMObject]
+    background: Annotated[str, _one_line(MAX_BACKGROUND_CHARS)]
+    objects: Annotated[list[LLMObject], _at_most(MAX_OBJECTS)]
 
 
 SYSTEM_PROMPT = """You are a layout planner for photo compositions. Given personal objects, \
@@ -80,9 +153,16 @@ e.g. "on a wooden table in a sunlit kitchen". Reply with JSON only, exactly this
 
 
 def build_messages(
-    composition: CompositionPick, concepts: dict[str, Concept], config: LayoutConfig
+    composition: CompositionPick,
+    concepts: dict[str, Concept],
+    config: LayoutConfig,
+    avoid: Sequence[str] = (),
 ) -> list[dict]:
-    """The first request for one plan; the scene number makes each background of a set differ."""
+    """The first request for one plan; the scene number makes each background of a set differ.
+
+    Args:
+        avoid: Why reviewers rejected earlier images of these objects (`curate topup`), most common first.
+    """
     system = SYSTEM_PROMPT.format(
         width=config.width,
         height=config.height,
@@ -95,25 +175,87 @@ def build_messages(
     if per > 1:
         scene = composition.variant + 1
         user += f"\nThis is scene {scene} of {per} for these objects; each scene is a new setting."
+    if avoid:
+        user += f"\nReviewers rejected earlier images of these objects for: {', '.join(avoid)}. Avoid that."
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
-def extract_json(text: str) -> Any:
-    """The first JSON object in a reply, tolerating prose and code fences; never `eval`.
+def valid_unicode(text: str) -> str:
+    """Unpaired surrogates (what a JSON "\\ud800" escape decodes to) become U+FFFD.
+
+    Such text cannot be encoded as UTF-8, so neither the retry request nor plans.jsonl could carry it.
+    """
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def extract_json(text: str) -> tuple[Any, str | None]:
+    """The JSON object a reply holds, and what was wrong with its JSON (None when it was strict).
+
+    Code fences and prose around the object are tolerated. When the text from the first '{' is not
+    strict JSON it is read with `json_repair` (trailing commas, single quotes, a cut-off end), never
+    `eval`; the caller accepts the repaired value if it passes every check, and otherwise names
+    the JSON problem beside the check that failed.
 
     Raises:
-        ValueError: no JSON object can be decoded.
+        ReplyRejected: the reply is too long, nests too deep, or holds no JSON object at all.
     """
-    decoder = json.JSONDecoder()
+    import json_repair
+
+    if len(text) > MAX_REPLY_CHARS:
+        raise ReplyRejected(
+            f"reply is {len(text)} characters long; reply with the JSON object only (at most {MAX_REPLY_CHARS})"
+        )
+    if (brackets := text.count("{") + text.count("[")) > MAX_BRACKETS:
+        raise ReplyRejected(
+            f"reply holds {brackets} '{{' and '[' brackets, far more than the JSON shape needs; do not nest"
+        )
     cleaned = text.replace("```json", "```").replace("```JSON", "```").replace("```", "\n")
     start = cleaned.find("{")
-    while start != -1:
-        try:
-            value, _ = decoder.raw_decode(cleaned, start)
-            return value
-        except json.JSONDecodeError:
-            start = cleaned.find("{", start + 1)
-    raise ValueError("reply holds no valid JSON object")
+    if start == -1:
+        raise ReplyRejected("reply holds no JSON object; reply with one JSON object only, starting with {")
+    try:
+        return json.JSONDecoder().raw_decode(cleaned, start)[0], None
+    except json.JSONDecodeError as exc:
+        if exc.pos >= len(cleaned.rstrip()):
+            problem = "reply is not valid JSON: it ends before the JSON object is complete (cut off?)"
+        else:
+            near = _show(cleaned[max(start, exc.pos - 25) : exc.pos + 5])
+            problem = f"reply is not valid JSON: {exc.msg} at char {exc.pos} (near {near!r})"
+    except ValueError as exc:  # e.g. an integer with more digits than int() accepts
+        problem = f"reply is not valid JSON: {_show(exc, 120)}"
+    try:
+        return json_repair.loads(cleaned[start:]), problem
+    except ValueError as exc:
+        raise ReplyRejected(f"{problem}; it cannot be repaired either") from exc
+
+
+def _parse_leniently(text: str, build: Callable[[Any], T]) -> T:
+    """`build` applied to the reply's JSON; a rejection of repaired JSON also names the JSON problem.
+
+    Raises:
+        ReplyRejected: with the message fed back to the model.
+    """
+    value, json_problem = extract_json(text)
+    try:
+        return build(value)
+    except ReplyRejected as exc:
+        if json_problem is None:
+            raise
+        raise ReplyRejected(f"{json_problem}; read leniently, {exc}") from exc
+
+
+def _validate(schema: type[M], value: Any) -> M:
+    """The value as a schema instance.
+
+    Raises:
+        ReplyRejected: naming the first field that is wrong and why.
+    """
+    try:
+        return schema.model_validate(value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = _show(".".join(str(p) for p in first["loc"]) or "the reply")
+        raise ReplyRejected(f"reply does not match the schema: {where}: {first['msg']}") from exc
 
 
 def scale_by_relative_size(objects: list[LLMObject]) -> list[LLMObject]:
@@ -142,29 +284,36 @@ def parse_reply(
     """Turn a raw reply into a checked plan.
 
     Raises:
-        ValueError: with a message meant for the model: what is wrong and how to fix it.
+        ReplyRejected: with a message meant for the model: what is wrong and how to fix it.
     """
-    try:
-        layout = LLMLayout.model_validate(extract_json(text))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ValueError(f"reply does not match the schema: {where}: {first['msg']}") from exc
+    return _parse_leniently(text, lambda value: _layout_plan(value, text, k, composition, config, planner))
+
+
+def _layout_plan(
+    value: Any, text: str, k: int, composition: CompositionPick, config: LayoutConfig, planner: str
+) -> LayoutPlan:
+    """The plan a parsed reply describes, once it passes the schema and every geometric check."""
+    layout = _validate(LLMLayout, value)
     wanted = list(composition.concepts)
     given = [o.concept for o in layout.objects]
     if unknown := sorted(set(given) - set(wanted)):
-        raise ValueError(f"unknown concept(s) {', '.join(unknown)}; use only: {', '.join(wanted)}")
+        raise ReplyRejected(
+            f"unknown concept(s) {', '.join(map(_show, unknown))}; use only: {', '.join(wanted)}"
+        )
     if twice := sorted({c for c in given if given.count(c) > 1}):
-        raise ValueError(f"concept(s) {', '.join(twice)} appear more than once; give each exactly one box")
+        raise ReplyRejected(f"concept(s) {', '.join(twice)} appear more than once; give each exactly one box")
     if missing := [c for c in wanted if c not in given]:
-        raise ValueError(f"missing concept(s) {', '.join(missing)}; give every listed concept one box")
-    if not layout.background.strip():
-        raise ValueError("background is empty; describe the surface and the setting")
+        raise ReplyRejected(f"missing concept(s) {', '.join(missing)}; give every listed concept one box")
+    if not layout.background:
+        raise ReplyRejected("background is empty; describe the surface and the setting")
+    for obj in layout.objects:  # before scaling, which divides by the height
+        if obj.w <= 0 or obj.h <= 0:
+            raise ReplyRejected(f"box of {obj.concept} needs a positive width and height")
     by_concept = {o.concept: o for o in scale_by_relative_size(layout.objects)}
     boxes = [Box(concept_id=c, **by_concept[c].model_dump(include={"x", "y", "w", "h"})) for c in wanted]
     plan = LayoutPlan(
         concepts=wanted,
-        background=layout.background.strip(),
+        background=layout.background,
         boxes=boxes,
         width=config.width,
         height=config.height,
@@ -173,7 +322,7 @@ def parse_reply(
         raw_reply=text,
     )
     if problem := check_layout(plan, config):
-        raise ValueError(f"{problem} (after scaling by relative_size)")
+        raise ReplyRejected(f"{problem} (after scaling by relative_size)")
     return plan.with_id()
 
 
@@ -181,7 +330,7 @@ class LLMSets(BaseModel):
     """Suggested compositions: concept ids that plausibly appear together in one photo."""
 
     model_config = ConfigDict(extra="forbid")
-    sets: list[list[str]]
+    sets: Annotated[list[Annotated[list[ConceptId], _at_most(MAX_OBJECTS)]], _at_most(MAX_BRACKETS)]
 
 
 SETS_PROMPT = """You group personal objects into photo compositions. From the objects below, \
@@ -197,20 +346,22 @@ def parse_sets(text: str, known: set[str], config: LayoutConfig) -> list[tuple[s
     """The suggested sets, sorted ids each, duplicates removed.
 
     Raises:
-        ValueError: with a message meant for the model.
+        ReplyRejected: with a message meant for the model.
     """
-    try:
-        suggestion = LLMSets.model_validate(extract_json(text))
-    except ValidationError as exc:
-        raise ValueError(f"reply does not match the schema: {exc.errors()[0]['msg']}") from exc
+    return _parse_leniently(text, lambda value: _concept_sets(value, known, config))
+
+
+def _concept_sets(value: Any, known: set[str], config: LayoutConfig) -> list[tuple[str, ...]]:
+    """The sets a parsed reply suggests, once each passes `check_set`."""
+    suggestion = _validate(LLMSets, value)
     sets: list[tuple[str, ...]] = []
     for number, ids in enumerate(suggestion.sets, start=1):
         if problem := check_set(ids, known, config):
-            raise ValueError(f"set {number} {ids}: {problem}")
+            raise ReplyRejected(f"set {number} {_show(ids, 200)}: {_show(problem, 200)}")
         if tuple(sorted(ids)) not in sets:
             sets.append(tuple(sorted(ids)))
     if not sets:
-        raise ValueError("no sets given")
+        raise ReplyRejected("no sets given")
     return sets
 
 
@@ -246,8 +397,8 @@ class _Asker:
             json.dumps({"model": model, "messages": messages, "seed": seed}, sort_keys=True).encode()
         ).hexdigest()
         path = self.cache_dir / f"{key}.json"
-        if path.exists():
-            return json.loads(path.read_text())["reply"]
+        if (cached := _cached_reply(path)) is not None:
+            return valid_unicode(cached)
         kwargs: dict[str, Any] = {
             "model": model,
             "messages": messages,
@@ -279,7 +430,19 @@ class _Asker:
             ) from exc
         reply = response.choices[0].message.content or ""
         atomic_write_json(path, {"model": model, "messages": messages, "seed": seed, "reply": reply})
-        return reply
+        return valid_unicode(reply)
+
+
+def _cached_reply(path: Path) -> str | None:
+    """The reply cached at path, or None when there is none or the file is unreadable (asked again).
+
+    Only the file's own JSON is read here; the reply it holds is parsed like a fresh one.
+    """
+    try:
+        reply = json.loads(path.read_text(encoding="utf-8"))["reply"]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return None
+    return reply if isinstance(reply, str) else None
 
 
 def _ask_until_valid(
@@ -293,7 +456,8 @@ def _ask_until_valid(
     """Ask, parse, and re-ask with the error fed back, up to llm_max_retries times.
 
     Returns:
-        (the parsed value or None, the last raw reply, one failure record per rejected attempt).
+        (the parsed value or None, the last raw reply (clipped to MAX_REPLY_CHARS when rejected),
+        one failure record per rejected attempt).
     """
     import openai
 
@@ -310,7 +474,8 @@ def _ask_until_valid(
             continue
         try:
             return parse(raw), raw, failures
-        except ValueError as exc:
+        except ReplyRejected as exc:
+            raw = raw[:MAX_REPLY_CHARS]
             failures.append({**where, "error": str(exc), "raw_reply": raw})
             feedback = f"That reply was rejected: {exc}. Reply again with corrected JSON only."
             messages = [
@@ -351,23 +516,23 @@ def _plan_k(
     k: int,
     composition: CompositionPick,
     concepts: dict[str, Concept],
-    aspects: dict[str, float],
+    fallback: Callable[[int, CompositionPick], LayoutPlan],
+    avoid: Sequence[str] = (),
 ) -> tuple[LayoutPlan, list[dict]]:
-    """Plan k and the failure records of its rejected attempts; the rules plan when all fail."""
+    """Plan k and the failure records of its rejected attempts; the fallback plan when all fail."""
     config = asker.config
     planner = f"llm:{config.llm_model}"
     seed = int(content_id({"seed": config.seed, "k": k, "key": composition.key}, length=8), 16) % 2**31
     plan, raw, failures = _ask_until_valid(
         asker,
-        build_messages(composition, concepts, config),
+        build_messages(composition, concepts, config, avoid),
         seed,
         LLMLayout,
         lambda text: parse_reply(text, k, composition, config, planner),
         {"plan": k, "stage": "layout", "concepts": list(composition.concepts)},
     )
     if plan is None:
-        plan = plan_one(k, composition, concepts, aspects, config, planner=FALLBACK)
-        plan = plan.model_copy(update={"raw_reply": raw})
+        plan = fallback(k, composition).model_copy(update={"raw_reply": raw})
     return plan, failures
 
 
@@ -375,23 +540,24 @@ def plan_with_llm(
     ws: Workspace,
     n: int,
     concepts: dict[str, Concept],
-    aspects: dict[str, float],
     allowed: list[tuple[str, ...]] | None,
+    fallback: Callable[[int, CompositionPick], LayoutPlan],
     progress: ProgressFn = no_progress,
 ) -> list[LayoutPlan]:
-    """Plans 0..n-1 in order, asked of the LLM in parallel; the rules plan where it fails.
+    """Plans 0..n-1 in order, asked of the LLM in parallel; the fallback plan where it fails.
 
     Rejected replies are written to plans/llm_failures.jsonl (replaced each run, like plans.jsonl,
-    so re-running adds no duplicates); plans the model never got right say "rules-fallback".
-    With `llm_compositions` > 0 and no user file, the concept sets come from the LLM too and are
-    written to plans/llm_compositions.json (copy it into a compositions_file to edit them).
+    so re-running adds no duplicates). With `llm_compositions` > 0 and no user file, the concept
+    sets come from the LLM too and are written to plans/llm_compositions.json (copy it into a
+    compositions_file to edit them).
 
     Args:
         ws: The workspace (cache and failure log live under plans/).
         n: How many plans.
-        concepts: Every concept by id (class nouns for the prompt, sizes for the fallback).
-        aspects: Width/height per concept for the fallback planner.
+        concepts: Every concept by id (class nouns for the prompt).
         allowed: Concept sets from the user's compositions_file, or None.
+        fallback: Plan k for a composition when the model never gets it right; the caller passes
+            the rule-based planner labelled FALLBACK, so this module needs no planner of its own.
         progress: Called as progress("plan (llm)", done, n).
     """
     config = ws.config.layout
@@ -400,22 +566,59 @@ def plan_with_llm(
     if allowed is None and config.llm_compositions > 0:
         allowed, failures = suggest_sets(asker, concepts)
         atomic_write_json(ws.root / "plans" / "llm_compositions.json", allowed)
-    compositions = [pick_composition(k, list(concepts.values()), config, allowed) for k in range(n)]
+    picks = [(k, pick_composition(k, list(concepts.values()), config, allowed)) for k in range(n)]
+    plans, more = _plan_all(asker, picks, concepts, fallback, {}, progress)
+    atomic_write_text(
+        ws.root / "plans" / "llm_failures.jsonl", "".join(json.dumps(f) + "\n" for f in failures + more)
+    )
+    return plans
+
+
+def _plan_all(
+    asker: _Asker,
+    picks: list[tuple[int, CompositionPick]],
+    concepts: dict[str, Concept],
+    fallback: Callable[[int, CompositionPick], LayoutPlan],
+    avoid: dict[tuple[str, ...], list[str]],
+    progress: ProgressFn,
+) -> tuple[list[LayoutPlan], list[dict]]:
+    """The plans of `picks` in order, asked in parallel, and the failure records of every plan."""
     done = 0
     lock = threading.Lock()
 
-    def one(k: int) -> tuple[LayoutPlan, list[dict]]:
+    def one(pick: tuple[int, CompositionPick]) -> tuple[LayoutPlan, list[dict]]:
         nonlocal done
-        result = _plan_k(asker, k, compositions[k], concepts, aspects)
+        k, composition = pick
+        reasons = avoid.get(tuple(sorted(composition.concepts)), ())
+        result = _plan_k(asker, k, composition, concepts, fallback, reasons)
         with lock:
             done += 1
-            progress("plan (llm)", done, n)
+            progress("plan (llm)", done, len(picks))
         return result
 
-    with ThreadPoolExecutor(max_workers=max(1, config.llm_concurrency)) as pool:
-        results = list(pool.map(one, range(n)))
-    failures += [f for _, fs in results for f in fs]
-    atomic_write_text(
-        ws.root / "plans" / "llm_failures.jsonl", "".join(json.dumps(f) + "\n" for f in failures)
-    )
-    return [plan for plan, _ in results]
+    with ThreadPoolExecutor(max_workers=max(1, asker.config.llm_concurrency)) as pool:
+        results = list(pool.map(one, picks))
+    return [plan for plan, _ in results], [f for _, fs in results for f in fs]
+
+
+def plan_picks(
+    ws: Workspace,
+    picks: list[tuple[int, CompositionPick]],
+    concepts: dict[str, Concept],
+    fallback: Callable[[int, CompositionPick], LayoutPlan],
+    avoid: dict[tuple[str, ...], list[str]],
+    progress: ProgressFn = no_progress,
+) -> list[LayoutPlan]:
+    """Plans for compositions chosen by the caller (`curate topup`), with review reasons in the prompt.
+
+    Rejected replies are appended to plans/llm_failures.jsonl, as the plans are appended to plans.jsonl.
+
+    Args:
+        picks: (plan number, composition) per plan; the number seeds the request like plan k's.
+        avoid: Review reasons per composition (sorted concept ids), told to the model to avoid.
+    """
+    plans, failures = _plan_all(_Asker(ws, ws.config.layout), picks, concepts, fallback, avoid, progress)
+    path = ws.root / "plans" / "llm_failures.jsonl"
+    previous = path.read_text() if path.exists() else ""
+    atomic_write_text(path, previous + "".join(json.dumps(f) + "\n" for f in failures))
+    return plans

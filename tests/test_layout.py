@@ -1,10 +1,15 @@
-"""The rule-based layout planner: geometric invariants over many plans, balance, determinism."""
+"""The rule-based layout planner: geometric invariants over many plans, balance, determinism,
+and an import graph in which the layout stage and the LLM planner depend downward only."""
 
 from __future__ import annotations
 
+import ast
 import itertools
 import shutil
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +17,10 @@ from curation.config import dump_config
 from curation.errors import CurateError
 from curation.records import Box, LayoutPlan
 from curation.workspace import Workspace, atomic_write_text
-from generators.layout import BACKGROUNDS, check_layout, iou, plan_layouts, size_prior
+from generators.geometry import check_layout, iou
+from generators.layout import BACKGROUNDS, plan_layouts, size_prior
+
+GENERATORS = Path(__file__).resolve().parents[1] / "generators"
 
 
 def test_plans_respect_geometry_and_balance(concept_ws: Workspace) -> None:
@@ -102,3 +110,45 @@ def test_check_layout_names_each_violation(concept_ws: Workspace) -> None:
     assert "min_area" in check_layout(tiny, config)
     missing = plan(Box(concept_id="cat", x=0, y=60, w=40, h=40), concepts=("cat", "mug"))
     assert "exactly one box" in check_layout(missing, config)
+
+
+def _imported_generators(path: Path) -> set[str]:
+    """Every generators module a file imports, at module level or inside a function."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("generators.")}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.module.startswith("generators."):
+                found.add(node.module)
+            elif node.module == "generators":
+                found |= {f"generators.{a.name}" for a in node.names}
+    return found
+
+
+def test_layout_and_llm_layout_import_without_a_cycle() -> None:
+    graph = {f"generators.{p.stem}": _imported_generators(p) for p in GENERATORS.glob("*.py")}
+    assert "generators.llm_layout" in graph["generators.layout"], "the graph is read from the real files"
+
+    def reachable(start: str) -> set[str]:
+        seen: set[str] = set()
+        todo = list(graph.get(start, ()))
+        while todo:
+            module = todo.pop()
+            if module not in seen:
+                seen.add(module)
+                todo.extend(graph.get(module, ()))
+        return seen
+
+    for module in ("generators.layout", "generators.llm_layout", "generators.geometry"):
+        assert module not in reachable(module), f"{module} imports itself through a cycle"
+    assert "generators.layout" not in reachable("generators.llm_layout")
+
+    for module in sorted(graph):  # each alone, in a fresh interpreter: no import-order luck
+        code = f"import {module}, sys; print('generators.layout' in sys.modules)"
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert result.returncode == 0, f"{module}: {result.stderr}"
+        if module in ("generators.llm_layout", "generators.geometry"):
+            assert result.stdout.strip() == "False", f"{module} pulls in the layout stage"

@@ -20,7 +20,8 @@ from curation.errors import CurateError
 from curation.records import Box
 from curation.workspace import Workspace, atomic_write_text
 from generators.compositions import BACKGROUNDS, pick_composition
-from generators.layout import check_layout, plan_layouts
+from generators.geometry import check_layout
+from generators.layout import plan_layouts
 from generators.llm_layout import extract_json
 from tests.fixtures.fake_llm import FakeLLM, http_error, ok
 
@@ -94,7 +95,10 @@ def test_json_in_code_fences_is_repaired_without_asking_again(
 @pytest.mark.parametrize(
     ("broken", "error"),
     [
-        ('{"background": "a park", "objects": [{"concept": "cat", "x": 4,', "no valid JSON"),
+        (
+            '{"background": "a park", "objects": [{"concept": "cat", "x": 4,',
+            "ends before the JSON object is complete",
+        ),
         (
             json.dumps({"background": "a park", "objects": [{**CAT, "x": 100}, MUG]}),
             "box of cat leaves the canvas",
@@ -230,9 +234,10 @@ def test_curate_plan_cli_with_the_llm_planner(concept_ws: Workspace, fake_llm: F
 
 
 def test_extract_json_never_evaluates() -> None:
-    assert extract_json('x {"a": [1, {"b": 2}]} y {"c": 3}') == {"a": [1, {"b": 2}]}
-    with pytest.raises(ValueError, match="no valid JSON"):
-        extract_json("{'background': __import__('os').getcwd()}")
+    assert extract_json('x {"a": [1, {"b": 2}]} y {"c": 3}') == ({"a": [1, {"b": 2}]}, None)
+    value, problem = extract_json("{'background': __import__('os').getcwd()}")
+    assert problem is not None and "not valid JSON" in problem
+    assert isinstance(value, dict) and all(isinstance(v, str) for v in value.values()), "text, never run"
 
 
 def test_composition_file_restricts_sets_balances_counts_and_varies_backgrounds(
