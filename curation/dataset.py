@@ -30,6 +30,7 @@ IMAGE_HASH = "image_hash"
 
 # scores (written by `curate index`; artifact score names live in curation.scores.artifacts)
 RECORD_HASH = "record_hash"  # hash of the candidate JSON: a caption or box change re-indexes too
+MODELS_KEY = "models_key"  # hash of the CLIP weights and presence settings that scored the sample
 CLIP_EMBEDDING = "clip_embedding"
 CLIP_T = "clip_t"  # CLIPScore convention: 2.5 * max(cos, 0)
 CLIP_T_COS = "clip_t_cos"  # raw image-caption cosine

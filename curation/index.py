@@ -2,13 +2,21 @@
 
 One sample per candidate, keyed by `candidate_id` and upserted, so re-running never duplicates.
 A candidate is processed only when it is new, its image bytes changed, its JSON record changed,
-or the configured CLIP model or presence detector changed; an unchanged workspace costs one hash
-per file and no model is loaded at all. Images are streamed in batches (`index.batch_size`): a loader thread decodes
-and scores the next batch while the model embeds the current one, and samples are written in bulk
-every `_WRITE_CHUNK` candidates. Review fields written by `curate review pull` are never touched.
+or it was scored with other models: each sample keeps `models_key`, a hash of the CLIP weights
+actually loaded (random, an open_clip tag, or a checkpoint file's sha256) and the presence settings,
+so weights that become loadable later re-embed everything instead of mixing with random-weight
+embeddings, and a run killed half-way through such a change finishes it next time. An unchanged
+workspace costs one hash per file and loads no model, except that while the dataset holds other
+weights than a configured open_clip tag (random ones, say), every run loads the model to see whether
+the tag's weights are available now. Images are streamed in batches (`index.batch_size`): a loader
+thread decodes and scores the next batch while the model embeds the current one, and samples are
+written in bulk every `_WRITE_CHUNK` candidates. Review fields written by `curate review pull` are never touched.
 With `index.executor = "ray"` the CLIP embeddings are computed by Ray actors (`curation.embed_ray`);
 everything else, and every write, stays in this process. After (re)indexing, a 2-D map of the CLIP
 embeddings is computed for the App's Embeddings panel (UMAP when umap-learn is installed, else PCA).
+The run is marked complete (`dataset.info["index_complete"]`) only after near-duplicates, uniqueness
+and that map: a run killed before them leaves the mark off, and the next run redoes them even when
+no candidate changed.
 """
 
 from __future__ import annotations
@@ -48,6 +56,10 @@ VISUALIZATION_KEY = "clip_viz"
 _MIN_VISUALIZED = 5
 """Fewer samples than this make no meaningful 2-D map (and t-SNE/UMAP need neighbours)."""
 EXECUTORS = ("local", "ray")
+INDEX_COMPLETE = "index_complete"
+"""dataset.info key: False from a run's first write, True after its last step."""
+DATASET_STAGE = "near-duplicates, uniqueness, embedding map"
+"""The progress stage of the dataset-wide steps (0, 1, 2 of 2)."""
 _TOKEN = re.compile(r"<[^<>\s]+>\s*")
 """Personal tokens such as `<c-cat>` mean nothing to CLIP; CLIP-T scores the caption without them."""
 
@@ -167,26 +179,35 @@ def index_workspace(
     dataset.persistent = True
     report = IndexReport(dataset=name)
 
-    wanted = {
-        "clip_model": config.clip_model,
-        "clip_pretrained": config.clip_pretrained or "",
-        "presence_detector": config.detector,
-        "detection_threshold": config.detection_threshold,
-    }
-    model_changed = len(dataset) > 0 and any(dataset.info.get(k) != v for k, v in wanted.items())
-    todo, moved = _plan(ws, dataset, model_changed, report, progress)
+    complete = dataset.info.get(INDEX_COMPLETE) is True
+    fingerprint = scorer.fingerprint if scorer else _known_fingerprint(config)
+    if fingerprint is None:  # an open_clip tag: whether its weights load here, only loading tells
+        assumed = f"tag:{config.clip_pretrained}"
+        if _stored_keys(dataset) - {models_key(config, assumed)}:
+            scorer = _load_clip(config)
+            fingerprint = scorer.fingerprint
+        else:
+            fingerprint = assumed
+    key = models_key(config, fingerprint)
+    todo, moved = _plan(ws, dataset, key, report, progress)
     if moved:
         dataset.set_values("filepath", moved, key_field=ds.CANDIDATE_ID)
 
+    if scorer is not None:
+        report.clip_loaded, report.clip_weights = True, scorer.weights
     if todo:
         if scorer is None:
-            from curation.scores.clip import load_clip
-
-            scorer = load_clip(
-                config.clip_model, config.clip_pretrained or None, batch_size=config.batch_size
-            )
-        report.clip_loaded = True
-        report.clip_weights = scorer.weights
+            scorer = _load_clip(config)
+            report.clip_loaded, report.clip_weights = True, scorer.weights
+        if scorer.fingerprint != fingerprint:  # the tag's weights no longer load on this machine
+            if report.unchanged:
+                raise CurateError(
+                    f"dataset {name!r} holds embeddings from the {config.clip_pretrained!r} CLIP weights, "
+                    f"which cannot be loaded here now ({scorer.weights} weights): make them available "
+                    "(Hugging Face cache or a checkpoint file in index.clip_pretrained), or set "
+                    'index.clip_pretrained = "" to re-embed everything with random weights'
+                )
+            key = models_key(config, scorer.fingerprint)
         # started before anything is written, so actors that cannot load the model fail first
         remote = _ray_embeddings(todo, config, scorer.weights) if executor == "ray" else None
         presence = P.load_presence(
@@ -198,12 +219,15 @@ def index_workspace(
             scorer.device,
         )
         report.presence_source = presence.source
-        # recorded first, so samples written by a run killed half-way are known to match these models
+        # recorded first: a run killed half-way leaves the dataset marked incomplete
         dataset.info.update(
-            wanted,
+            {INDEX_COMPLETE: False},
             clip_model=scorer.model_name,
             clip_pretrained=scorer.pretrained or "",
             clip_weights=scorer.weights,
+            clip_fingerprint=scorer.fingerprint,
+            presence_detector=config.detector,
+            detection_threshold=config.detection_threshold,
             presence_source=presence.source,
         )
         dataset.save()
@@ -211,12 +235,51 @@ def index_workspace(
         for spec in ARTIFACT_SCORES.values():  # identity_drift may be None everywhere
             if not dataset.has_field(spec.name):
                 dataset.add_sample_field(spec.name, fo.FloatField)
-        _index(dataset, todo, scorer, presence, config.batch_size, report, progress, remote)
-    if report.added or report.updated:
+        _index(dataset, todo, scorer, presence, key, config.batch_size, report, progress, remote)
+    if len(dataset) and (report.added or report.updated or not complete):
+        progress(DATASET_STAGE, 0, 2)
         _diversity(dataset, report)
+        progress(DATASET_STAGE, 1, 2)
         report.visualization = visualize(dataset)
+        progress(DATASET_STAGE, 2, 2)
     save_views(dataset)
+    if dataset.info.get(INDEX_COMPLETE) is not True:  # last: every step above has finished
+        dataset.info[INDEX_COMPLETE] = True
+        dataset.save()
     return report
+
+
+def models_key(config: IndexConfig, fingerprint: str) -> str:
+    """What a sample's scores depend on besides its files: CLIP architecture and weights, presence."""
+    return content_id(
+        {
+            "clip_model": config.clip_model,
+            "clip_weights": fingerprint,
+            "presence_detector": config.detector,
+            "detection_threshold": config.detection_threshold,
+        }
+    )
+
+
+def _known_fingerprint(config: IndexConfig) -> str | None:
+    from curation.scores.clip import weights_fingerprint
+
+    return weights_fingerprint(config.clip_pretrained or None)
+
+
+def _load_clip(config: IndexConfig) -> ClipScorer:
+    from curation.scores.clip import load_clip
+
+    return load_clip(config.clip_model, config.clip_pretrained or None, batch_size=config.batch_size)
+
+
+def _stored_keys(dataset: fo.Dataset) -> set[str | None]:
+    """The models keys in the dataset (None for samples indexed before keys existed)."""
+    if not len(dataset):
+        return set()
+    if not dataset.has_field(ds.MODELS_KEY):
+        return {None}
+    return set(dataset.values(ds.MODELS_KEY))
 
 
 def _ray_embeddings(todo: list[_Todo], config: IndexConfig, weights: str) -> Iterator[Embedded]:
@@ -294,8 +357,11 @@ def mark_near_duplicates(dataset: fo.Dataset, threshold: float = NEAR_DUP_THRESH
     Returns:
         How many samples were marked.
     """
+    import fiftyone as fo
     import fiftyone.brain as fob
 
+    if not dataset.has_field(ds.NEAR_DUP_OF):  # all None when nothing is duplicated: no type to infer
+        dataset.add_sample_field(ds.NEAR_DUP_OF, fo.StringField)
     ids, candidate_ids, scores = dataset.values(["id", ds.CANDIDATE_ID, ds.CLIP_T])
     by_id = {i: (c, s if s is not None else float("-inf")) for i, c, s in zip(ids, candidate_ids, scores)}
     index = fob.compute_near_duplicates(
@@ -317,15 +383,16 @@ def mark_near_duplicates(dataset: fo.Dataset, threshold: float = NEAR_DUP_THRESH
 
 
 def _plan(
-    ws: Workspace, dataset: fo.Dataset, model_changed: bool, report: IndexReport, progress: ProgressFn
+    ws: Workspace, dataset: fo.Dataset, key: str, report: IndexReport, progress: ProgressFn
 ) -> tuple[list[_Todo], dict[str, str]]:
-    """Decide what to (re)index by comparing hashes with what the dataset holds."""
-    existing: dict[str, tuple[str, str, str]] = {}
+    """Decide what to (re)index by comparing hashes and models keys with what the dataset holds."""
+    existing: dict[str, tuple[str, str, str, str | None]] = {}
     if len(dataset):
         ids, paths, image_hashes, record_hashes = dataset.values(
             [ds.CANDIDATE_ID, "filepath", ds.IMAGE_HASH, ds.RECORD_HASH]
         )
-        existing = {c: (p, i, r) for c, p, i, r in zip(ids, paths, image_hashes, record_hashes)}
+        keys = dataset.values(ds.MODELS_KEY) if dataset.has_field(ds.MODELS_KEY) else [None] * len(ids)
+        existing = {c: (p, i, r, k) for c, p, i, r, k in zip(ids, paths, image_hashes, record_hashes, keys)}
     candidates = list(ws.candidates())
     todo: list[_Todo] = []
     moved: dict[str, str] = {}
@@ -338,7 +405,7 @@ def _plan(
             continue
         record = content_id(candidate.model_dump())
         old = existing.get(candidate.candidate_id)
-        if old is None or old[1] != digest or old[2] != record or model_changed:
+        if old is None or old[1:] != (digest, record, key):
             todo.append(_Todo(candidate, path, digest, record, is_new=old is None))
         else:
             report.unchanged += 1
@@ -387,6 +454,7 @@ def _index(
     todo: list[_Todo],
     scorer: ClipScorer,
     presence: P.PresenceScorer,
+    key: str,
     batch_size: int,
     report: IndexReport,
     progress: ProgressFn,
@@ -417,7 +485,7 @@ def _index(
             cosine, score = clip_t(images, texts)
             found = presence.score([(item.image, item.todo.candidate) for item in loaded])
             for k, item in enumerate(loaded):
-                row = _fields(item, images[k], float(score[k]), float(cosine[k]))
+                row = _fields(item, images[k], float(score[k]), float(cosine[k])) | {ds.MODELS_KEY: key}
                 pending.append(row | P.presence_fields(found[k], item.image.size))
         done += len(batch)
         if len(pending) >= _WRITE_CHUNK:

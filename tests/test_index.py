@@ -14,11 +14,17 @@ from typer.testing import CliRunner
 from curation import dataset as ds
 from curation.cli import app
 from curation.errors import CurateError
-from curation.index import index_workspace, launch_app
+from curation.config import dump_config
+from curation.index import DATASET_STAGE, INDEX_COMPLETE, VISUALIZATION_KEY, index_workspace, launch_app
 from curation.ports import choose_port, free_port, moved_note, port_free
 from curation.scores.artifacts import ARTIFACT_SCORES
 from curation.workspace import SUCCESS_MARKER, atomic_write_json
-from tests.fixtures.candidate_workspace import candidate_image, write_candidates, write_image
+from tests.fixtures.candidate_workspace import (
+    candidate_image,
+    index_test_workspace,
+    write_candidates,
+    write_image,
+)
 
 REQUIRED_VIEWS = {
     ds.VIEW_UNREVIEWED,
@@ -204,3 +210,116 @@ def test_near_duplicates_mark_the_lower_clip_t_copy(tmp_path, tiny_clip_name):
     assert report.near_duplicates == len(dataset.load_saved_view(ds.VIEW_NEAR_DUPLICATES)) >= 1
     assert worse.candidate_id not in dataset.load_saved_view(ds.VIEW_TOP_CANDIDATES).values(ds.CANDIDATE_ID)
     assert all(0 <= u <= 1 for u in dataset.values(ds.UNIQUENESS))
+
+
+def _checkpoint(path, tiny_clip_name, seed):
+    """A tiny open_clip checkpoint (state_dict) with weights of its own, unlike the seed-0 random init."""
+    import open_clip
+    import torch
+
+    torch.manual_seed(seed)
+    torch.save(open_clip.create_model(tiny_clip_name).state_dict(), path)
+    return path
+
+
+def _set_pretrained(ws, value):
+    config = ws.config
+    config.index.clip_pretrained = str(value)
+    ws.config_path.write_text(dump_config(config))
+
+
+def _embeddings(ws):
+    dataset = ds.open_dataset(ws)
+    return dict(zip(dataset.values(ds.CANDIDATE_ID), (np.asarray(e) for e in dataset.values(ds.CLIP_EMBEDDING))))
+
+
+def test_tag_weights_that_become_loadable_later_reembed_every_sample(tmp_path, tiny_clip_name):
+    """The configured tag is unavailable at first (random fallback), then its weights appear: the
+    same configuration now loads other weights, so every sample is re-embedded and flagged again."""
+    import open_clip
+
+    weights = tmp_path / "appears-later.pt"
+    tag = "appears_later"  # open_clip keys tags in lower case with underscores
+    open_clip.pretrained._PRETRAINED.setdefault(tiny_clip_name, {})[tag] = {"file": str(weights)}
+    ws = index_test_workspace(tmp_path / "ws", tiny_clip_name)
+    _set_pretrained(ws, tag)
+    write_candidates(ws, 6)
+
+    first = index_workspace(ws)
+    assert (first.added, first.clip_weights) == (6, "random")
+    again = index_workspace(ws)  # still unavailable: the model is tried, nothing is re-embedded
+    assert (again.updated, again.unchanged, again.clip_weights) == (0, 6, "random")
+    random_embeddings = _embeddings(ws)
+
+    _checkpoint(weights, tiny_clip_name, seed=1)
+    report = index_workspace(ws)
+    assert (report.added, report.updated, report.unchanged) == (0, 6, 0)
+    dataset = ds.open_dataset(ws)
+    assert dataset.info["clip_weights"] == "pretrained" and dataset.info["clip_fingerprint"] == f"tag:{tag}"
+    assert report.near_duplicates is not None  # pretrained weights: near-duplicates now computed
+    now = _embeddings(ws)
+    assert all(not np.allclose(now[c], random_embeddings[c]) for c in now)
+
+    same = index_workspace(ws)
+    assert (same.updated, same.unchanged) == (0, 6) and not same.clip_loaded
+
+    weights.unlink()  # the weights vanish; new candidates must not be embedded with random ones beside them
+    write_candidates(ws, 2, shard_prefix="late", seed=5)
+    with pytest.raises(CurateError, match="cannot be loaded here now"):
+        index_workspace(ws)
+    assert len(ds.open_dataset(ws)) == 6 and ds.open_dataset(ws).info["clip_weights"] == "pretrained"
+
+
+def test_a_checkpoint_file_is_keyed_by_its_bytes(tmp_path, tiny_clip_name):
+    ws = index_test_workspace(tmp_path / "ws", tiny_clip_name)
+    write_candidates(ws, 6)
+    assert index_workspace(ws).clip_weights == "random"
+
+    checkpoint = _checkpoint(tmp_path / "clip.pt", tiny_clip_name, seed=1)
+    _set_pretrained(ws, checkpoint)
+    report = index_workspace(ws)
+    assert (report.updated, report.unchanged) == (6, 0)
+    dataset = ds.open_dataset(ws)
+    assert dataset.info["clip_weights"] == "pretrained" and dataset.info["clip_fingerprint"].startswith("sha256:")
+    first = _embeddings(ws)
+    again = index_workspace(ws)
+    assert (again.updated, again.unchanged) == (0, 6) and not again.clip_loaded
+
+    _checkpoint(checkpoint, tiny_clip_name, seed=2)  # retrained into the same file name
+    retrained = index_workspace(ws)
+    assert (retrained.updated, retrained.unchanged) == (6, 0)
+    assert all(not np.allclose(v, first[c]) for c, v in _embeddings(ws).items())
+
+
+class _Killed(Exception):
+    """Stands for the process dying at the point the progress callback raises it."""
+
+
+@pytest.mark.parametrize("killed_at", [0, 1], ids=["before-near-duplicates", "before-embedding-map"])
+def test_a_run_killed_before_the_dataset_wide_steps_is_finished_by_the_next(tmp_path, tiny_clip_name, killed_at):
+    ws = index_test_workspace(tmp_path / "ws", tiny_clip_name)
+    _set_pretrained(ws, _checkpoint(tmp_path / "clip.pt", tiny_clip_name, seed=1))
+    candidates = write_candidates(ws, 6)
+    ws.resolve(candidates[3].image).write_bytes(ws.resolve(candidates[0].image).read_bytes())
+
+    def die(stage, done, total):
+        if stage == DATASET_STAGE and done == killed_at:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        index_workspace(ws, progress=die)
+    dataset = ds.open_dataset(ws)
+    assert len(dataset) == 6 and dataset.info[INDEX_COMPLETE] is False  # every sample written
+    assert VISUALIZATION_KEY not in dataset.list_brain_runs()
+    if killed_at == 0:
+        assert not dataset.has_field(ds.NEAR_DUP_OF) or set(dataset.values(ds.NEAR_DUP_OF)) == {None}
+
+    report = index_workspace(ws)  # no candidate changed, but the last run never finished
+    assert (report.added, report.updated, report.unchanged) == (0, 0, 6) and not report.clip_loaded
+    assert report.near_duplicates >= 1 and report.visualization in ("pca", "umap")
+    dataset.reload()
+    assert dataset.info[INDEX_COMPLETE] is True and VISUALIZATION_KEY in dataset.list_brain_runs()
+    assert all(u is not None for u in dataset.values(ds.UNIQUENESS))
+
+    done = index_workspace(ws)  # finished: nothing dataset-wide is redone
+    assert done.near_duplicates is None and done.visualization is None

@@ -10,6 +10,8 @@ code change.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import socket
 from collections.abc import Iterator
@@ -43,6 +45,8 @@ class ClipScorer:
         model_name: open_clip architecture name.
         pretrained: the tag or checkpoint path asked for (None for deliberate random weights).
         weights: "pretrained" when real weights were loaded, "random" otherwise.
+        fingerprint: which weights exactly (see `weights_fingerprint`): what `curate index` keys
+            re-embedding on, so embeddings from two different weights never mix in one dataset.
         device: torch device string the model runs on.
         dim: embedding width.
         batch_size: images or texts per forward pass.
@@ -51,6 +55,7 @@ class ClipScorer:
     model_name: str
     pretrained: str | None
     weights: Weights
+    fingerprint: str
     device: str
     dim: int
     model: Any = field(repr=False)
@@ -120,6 +125,36 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+RANDOM_FINGERPRINT = "random"
+"""Seeded random init: the same weights for the same architecture in every process."""
+
+
+def weights_fingerprint(pretrained: str | None) -> str | None:
+    """Which weights `load_clip` loads for `pretrained`, where that is known without loading.
+
+    "random" for none; "sha256:<digest>" of a checkpoint file (its bytes, so a retrained file
+    with the same name counts as new weights); None for an open_clip tag, whose weights are
+    "tag:<tag>" when they can be loaded and random otherwise, which only loading tells.
+    """
+    if not pretrained:
+        return RANDOM_FINGERPRINT
+    path = Path(pretrained)
+    if path.is_file():
+        stat = path.stat()
+        return _file_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    return None
+
+
+@functools.cache
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a checkpoint, once per (path, size, mtime): a 600 MB file takes seconds to hash."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()[:16]}"
 
 
 def _looks_like_path(pretrained: str) -> bool:
@@ -210,10 +245,15 @@ def load_clip(
             with _quiet_open_clip():
                 model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None)
     model = model.to(device).eval()
+    if weights == "random":
+        fingerprint = RANDOM_FINGERPRINT
+    else:
+        fingerprint = weights_fingerprint(pretrained) or f"tag:{pretrained}"
     return ClipScorer(
         model_name=model_name,
         pretrained=pretrained or None,
         weights=weights,
+        fingerprint=fingerprint,
         device=device,
         model=model,
         preprocess=preprocess,
