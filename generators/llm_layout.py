@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -180,12 +181,15 @@ def build_messages(
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def valid_unicode(text: str) -> str:
-    """Unpaired surrogates (what a JSON "\\ud800" escape decodes to) become U+FFFD.
+    """Unpaired surrogates (what a lone JSON "\\ud800" escape decodes to) become U+FFFD, one each.
 
     Such text cannot be encoded as UTF-8, so neither the retry request nor plans.jsonl could carry it.
     """
-    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def extract_json(text: str) -> tuple[Any, str | None]:
@@ -216,7 +220,7 @@ def extract_json(text: str) -> tuple[Any, str | None]:
     try:
         return json.JSONDecoder().raw_decode(cleaned, start)[0], None
     except json.JSONDecodeError as exc:
-        if exc.pos >= len(cleaned.rstrip()):
+        if exc.pos >= len(cleaned.rstrip()) or exc.msg.startswith("Unterminated string"):
             problem = "reply is not valid JSON: it ends before the JSON object is complete (cut off?)"
         else:
             near = _show(cleaned[max(start, exc.pos - 25) : exc.pos + 5])

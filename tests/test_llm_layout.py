@@ -11,18 +11,21 @@ import re
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from curation.config import dump_config
+from curation.config import LayoutConfig, dump_config
 from curation.errors import CurateError
-from curation.records import Box
+from curation.records import Box, LayoutPlan
 from curation.workspace import Workspace, atomic_write_text
-from generators.compositions import BACKGROUNDS, pick_composition
+from generators.compositions import BACKGROUNDS, CompositionPick, pick_composition
 from generators.geometry import check_layout
 from generators.layout import plan_layouts
-from generators.llm_layout import extract_json
+from generators.llm_layout import ReplyRejected, extract_json, parse_reply, parse_sets
 from tests.fixtures.fake_llm import FakeLLM, http_error, ok
 
 CURATE = str(Path(sys.executable).with_name("curate"))
@@ -133,6 +136,144 @@ def test_broken_reply_is_retried_with_the_error_fed_back(
     [failure] = failures(concept_ws)
     assert failure["raw_reply"] == broken and error in failure["error"] and failure["attempt"] == 0
     assert "fell_back" not in failure
+
+
+def layout_reply(background: object = "a park", objects: object = None, **extra: object) -> str:
+    return json.dumps(
+        {"background": background, "objects": [CAT, MUG] if objects is None else objects, **extra}
+    )
+
+
+DEEP = '{"background": "a park", "objects": ' + "[" * 5000 + "]" * 5000 + "}"
+
+
+@pytest.mark.parametrize(
+    ("broken", "mentions"),
+    [
+        (
+            layout_reply(objects=[{**CAT, "x": 100}, MUG])[:-1] + ",}",
+            ["not valid JSON", "box of cat leaves the canvas"],
+        ),
+        (VALID[:70], ["not valid JSON", "ends before the JSON object is complete", "objects.0"]),
+        ("Sure! A cat and a mug on a sunny kitchen table.", ["no JSON object"]),
+        (layout_reply(objects=[{**CAT, "x": "left"}, MUG]), ["objects.0.x", "valid integer"]),
+        (layout_reply(background=["a", "park"]), ["background", "valid string"]),
+        (layout_reply(background="a" * 1000), ["background", "at most 300 characters (got 1000)"]),
+        (layout_reply(background="a park \x1b[31mred"), ["background", "printable text on one line"]),
+        (layout_reply(background="a" * 1_000_000), ["1000", "characters long", "JSON object only"]),
+        (DEEP, ["5001 '{' and '[' brackets", "do not nest"]),
+        (layout_reply(objects=[{**CAT, "x": 10**400}, MUG]), ["objects.0.x"]),
+        (layout_reply(objects=[CAT]).replace('"', "'"), ["not valid JSON", "missing concept(s) mug"]),
+        (layout_reply(objects=[CAT, {**MUG, "concept": "m" * 5000}]), ["objects.1.concept", "at most 64"]),
+    ],
+    ids=[
+        "trailing-comma",
+        "truncated",
+        "not-json",
+        "wrong-type",
+        "background-not-text",
+        "long-background",
+        "control-chars",
+        "1MB-background",
+        "deep-nesting",
+        "huge-int",
+        "single-quotes",
+        "long-concept",
+    ],
+)
+def test_fed_back_reason_names_the_real_problem(
+    concept_ws: Workspace, fake_llm: FakeLLM, broken: str, mentions: list[str]
+) -> None:
+    configure(concept_ws)
+    fake_llm.queue(ok(broken), ok(VALID))
+    [plan] = plan_layouts(concept_ws, 1)
+    assert plan.planner == "llm:gpt-4o-mini" and plan.raw_reply == VALID
+    feedback = fake_llm.requests[1]["messages"][3]["content"]
+    for words in mentions:
+        assert words in feedback, feedback
+    assert "Field required" not in feedback or "ends before" in feedback, "a repaired reply is read whole"
+    assert len(feedback) < 600, "no reply-sized text is echoed back"
+    [failure] = failures(concept_ws)
+    assert failure["error"] in feedback and len(failure["raw_reply"]) <= 16_000
+    assert plan.background == "on a kitchen table"
+
+
+@pytest.mark.parametrize(
+    "slip",
+    [
+        VALID[:-1] + ",}",
+        VALID.replace('"', "'"),
+        VALID[:-2],
+        f"```json\n{VALID[:-1]}, // the layout\n}}\n```",
+        layout_reply(background="on a kitchen\n\ttable"),
+    ],
+    ids=["trailing-comma", "single-quotes", "cut-off-end", "comment-in-fence", "multi-line-background"],
+)
+def test_common_json_slips_are_repaired_without_asking_again(
+    concept_ws: Workspace, fake_llm: FakeLLM, slip: str
+) -> None:
+    configure(concept_ws)
+    fake_llm.queue(ok(slip))
+    [plan] = plan_layouts(concept_ws, 1)
+    assert plan.planner == "llm:gpt-4o-mini" and plan.raw_reply == slip
+    assert plan.background in ("on a kitchen table", "a park") and len(fake_llm.requests) == 1
+    assert failures(concept_ws) == []
+
+
+def test_invalid_unicode_is_refused_and_the_retry_still_sent(
+    concept_ws: Workspace, fake_llm: FakeLLM
+) -> None:
+    configure(concept_ws)
+    garbage = "no layout \ud800 here"
+    fake_llm.queue(ok(garbage), ok(layout_reply(background="a park \ud800")), ok(VALID + " \udfff"))
+    [plan] = plan_layouts(concept_ws, 1)  # the server's JSON escapes decode to unpaired surrogates
+    assert plan.planner == "llm:gpt-4o-mini" and plan.raw_reply == VALID + " \ufffd"
+    assert fake_llm.requests[1]["messages"][2]["content"] == "no layout \ufffd here"
+    assert "printable" in fake_llm.requests[2]["messages"][5]["content"]
+    assert [f["raw_reply"] for f in failures(concept_ws)] == [
+        "no layout \ufffd here",
+        layout_reply(background="a park \ud800"),  # the escape as text: refused once decoded
+    ]
+    assert concept_ws.plans() == [plan]
+    concept_ws.plans_path.read_bytes().decode("utf-8")
+
+
+def test_curate_plan_survives_hostile_replies_and_a_poisoned_cache(
+    concept_ws: Workspace, fake_llm: FakeLLM
+) -> None:
+    configure(concept_ws)
+    hostile = [DEEP, "{\ud800", layout_reply(background="x" * 1_000_000)]
+    fake_llm.queue(*map(ok, hostile))
+    fake_llm.responder = side_by_side
+    command = [CURATE, "plan", "--n", "2", "-w", str(concept_ws.root)]
+    first = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0 and "Traceback" not in first.stderr, first.stderr
+    assert "1 plans fell back to the rule-based planner" in first.stdout
+    plans = concept_ws.plans()
+    assert [p.planner for p in plans] == ["rules-fallback", "llm:gpt-4o-mini"]
+    logged = failures(concept_ws)
+    assert [r["attempt"] for r in logged] == [0, 1, 2] and all(r["fell_back"] for r in logged)
+    assert "brackets" in logged[0]["error"] and "not valid JSON" in logged[1]["error"]
+    assert "characters long" in logged[2]["error"] and len(logged[2]["raw_reply"]) == 16_000
+    cached = [json.loads(p.read_text())["reply"] for p in (concept_ws.root / "plans" / "llm_cache").iterdir()]
+    assert DEEP in cached, "the hostile reply is in the cache, as a crash would have left it"
+
+    asked, text = len(fake_llm.requests), concept_ws.plans_path.read_text()
+    again = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
+    assert len(fake_llm.requests) == asked, "every reply, hostile ones too, is replayed from the cache"
+    assert concept_ws.plans_path.read_text() == text and failures(concept_ws) == logged
+
+
+def test_unreadable_cache_file_is_asked_again(concept_ws: Workspace, fake_llm: FakeLLM) -> None:
+    configure(concept_ws)
+    fake_llm.responder = side_by_side
+    plans = plan_layouts(concept_ws, 2)
+    cache = sorted((concept_ws.root / "plans" / "llm_cache").iterdir())
+    atomic_write_text(cache[0], "{torn")
+    atomic_write_text(cache[1], json.dumps({"reply": ["not", "text"]}))
+    assert plan_layouts(concept_ws, 2) == plans
+    assert len(fake_llm.requests) == 4, "both unreadable entries are asked again, nothing else"
 
 
 def test_rate_limit_is_retried_by_the_client(concept_ws: Workspace, fake_llm: FakeLLM) -> None:
@@ -293,3 +434,91 @@ def test_llm_suggests_which_concepts_go_together(concept_ws: Workspace, fake_llm
     assert suggested == [["astro", "mug"], ["cat", "clock", "rocket"]]
     plan_layouts(concept_ws, 4)
     assert len(fake_llm.requests) == 6, "sets and layouts both come from the cache the second time"
+
+
+# Property tests: whatever the model says, parsing ends in a checked plan or a ReplyRejected.
+
+CONFIG = LayoutConfig(width=128, height=128)
+PICK = CompositionPick(concepts=("cat", "mug"), background="on a table", variant=0, key="0" * 16)
+PROPERTY = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=30,
+)
+near_objects = st.fixed_dictionaries(
+    {
+        "concept": st.sampled_from(["cat", "mug", "dog", "cat "]),
+        "x": st.integers(-20, 140),
+        "y": st.integers(-20, 140),
+        "w": st.integers(-5, 140),
+        "h": st.integers(-5, 140),
+        "relative_size": st.floats(-1, 2) | st.just(1.0),
+    }
+)
+near_layouts = st.fixed_dictionaries(
+    {"background": st.text(max_size=400) | st.just("a park"), "objects": st.lists(near_objects, max_size=3)}
+)
+
+
+def outcome(text: str) -> LayoutPlan | None:
+    """The accepted plan, checked; None for a rejection whose message could be sent back."""
+    try:
+        plan = parse_reply(text, 0, PICK, CONFIG, "llm:test")
+    except ReplyRejected as exc:
+        str(exc).encode("utf-8")  # the fed-back message always encodes
+        return None
+    assert check_layout(plan, CONFIG) is None and plan.concepts == ["cat", "mug"]
+    assert 0 < len(plan.background) <= 300 and plan.background.isprintable()
+    plan.model_dump_json()
+    return plan
+
+
+@PROPERTY
+@given(st.text(max_size=300) | st.text(alphabet="{}[]\",:'0123456789abcd \n", max_size=300))
+def test_any_text_is_a_plan_or_a_rejection(text: str) -> None:
+    outcome(text)
+
+
+@PROPERTY
+@given(json_values, st.sampled_from([json.dumps, str]))
+def test_any_json_ish_value_is_a_plan_or_a_rejection(value: object, render: Callable[[object], str]) -> None:
+    outcome(render(value))
+
+
+@PROPERTY
+@given(
+    st.lists(st.sampled_from(["[", "{", '{"a": ', '{"objects": ', "]", "}", ","]), min_size=1, max_size=3000)
+)
+def test_nested_structures_are_rejected_not_raised(pieces: list[str]) -> None:
+    outcome('{"background": "a park", "objects": ' + "".join(pieces))
+
+
+@PROPERTY
+@given(near_layouts, st.integers(0, 3), st.data())
+def test_accepted_plans_always_pass_the_geometric_checks(
+    layout: dict, slip: int, data: st.DataObject
+) -> None:
+    text = json.dumps(layout)
+    if slip == 1:  # trailing comma
+        text = text[:-1] + ",}"
+    elif slip == 2:  # cut off anywhere
+        text = text[: data.draw(st.integers(0, len(text)))]
+    elif slip == 3:
+        text = str(layout)  # Python's single-quoted repr
+    plan = outcome(text)
+    if plan is not None:
+        given_boxes = {o["concept"] for o in layout["objects"]}
+        assert given_boxes >= {"cat", "mug"} or slip == 2
+
+
+@PROPERTY
+@given(st.text(max_size=200) | json_values.map(json.dumps))
+def test_any_sets_reply_is_sets_or_a_rejection(text: str) -> None:
+    try:
+        sets = parse_sets(text, {"cat", "mug", "astro"}, CONFIG)
+    except ReplyRejected as exc:
+        str(exc).encode("utf-8")
+        return
+    assert sets and all(set(s) <= {"cat", "mug", "astro"} and len(s) >= 2 for s in sets)
