@@ -17,7 +17,7 @@ from curation.errors import CurateError
 from curation.config import dump_config
 from curation.index import DATASET_STAGE, INDEX_COMPLETE, VISUALIZATION_KEY, index_workspace, launch_app
 from curation.ports import choose_port, free_port, moved_note, port_free
-from curation.scores.artifacts import ARTIFACT_SCORES
+from curation.scores.artifacts import ARTIFACT_SCORES, SEAM_BOX, SEAM_SOURCE
 from curation.workspace import SUCCESS_MARKER, atomic_write_json
 from tests.fixtures.candidate_workspace import (
     candidate_image,
@@ -62,6 +62,8 @@ def test_index_writes_every_field_and_saved_view(candidate_ws):
         assert spec.low <= sample[spec.name] <= spec.high
     # test images are hard-pasted flat boxes on a noisy ramp: their seams are strong
     assert min(dataset.values("seam")) > 0.5
+    # they keep no paste silhouettes (old candidates): the seam was measured on the box borders, and says so
+    assert dataset.distinct(SEAM_SOURCE) == [SEAM_BOX]
 
     assert REQUIRED_VIEWS <= set(dataset.list_saved_views())
     assert len(dataset.load_saved_view(ds.VIEW_UNREVIEWED)) == 6
