@@ -289,6 +289,31 @@ def test_push_after_losing_project_record_reuses_the_project(
     assert sorted(tasks_by_candidate(ws)) == ids
 
 
+def test_project_is_found_by_workspace_id_after_a_rename_never_by_folder_name(
+    labelstudio_workspace: Callable[..., Workspace], labelstudio_home: Workspace, labelstudio: ServerInfo
+) -> None:
+    """The project marker is the workspace id: a renamed workspace whose record was lost finds its own
+    project, and a workspace that only shares its folder name gets a project of its own."""
+    ws = labelstudio_workspace()
+    build_candidates(ws, 2)
+    push(ws)
+    project_id = json.loads((ws.review_dir / "project.json").read_text())["project_id"]
+
+    renamed = Workspace.open(ws.root.rename(ws.root.with_name(f"{ws.root.name}-renamed")))
+    (renamed.review_dir / "project.json").unlink()
+    push(renamed)
+    assert json.loads((renamed.review_dir / "project.json").read_text())["project_id"] == project_id
+
+    config = CurateConfig()
+    config.index.dataset_name = f"review-test-twin-{uuid.uuid4().hex[:10]}"
+    twin_root = labelstudio_home.root / "workspaces" / uuid.uuid4().hex[:10] / renamed.name
+    twin = Workspace.create(twin_root, config)
+    use_server(twin, labelstudio.url, labelstudio.token, document_root=labelstudio_home.root)
+    build_candidates(twin, 2)
+    push(twin)
+    assert json.loads((twin.review_dir / "project.json").read_text())["project_id"] != project_id
+
+
 def _process_tree(pid: int) -> list[int]:
     """`pid` and all its descendants, from /proc."""
     parents: dict[int, int] = {}
