@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
+import json_repair
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
 
 from curation.config import LayoutConfig
@@ -203,8 +204,6 @@ def extract_json(text: str) -> tuple[Any, str | None]:
     Raises:
         ReplyRejected: the reply is too long, nests too deep, or holds no JSON object at all.
     """
-    import json_repair
-
     if len(text) > MAX_REPLY_CHARS:
         raise ReplyRejected(
             f"reply is {len(text)} characters long; reply with the JSON object only (at most {MAX_REPLY_CHARS})"
