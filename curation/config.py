@@ -189,7 +189,8 @@ def load_config(path: Path) -> CurateConfig:
     except RecursionError as exc:
         raise CurateError(f"{path}: not valid TOML: nested too deeply") from exc
     except UnicodeDecodeError as exc:
-        raise CurateError(f"{path}: not UTF-8 text (byte {exc.start}), as TOML must be") from exc
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise CurateError(f"{path}: line {line} is not UTF-8 text (TOML must be UTF-8)") from exc
     except OSError as exc:
         raise CurateError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
     except ValidationError as exc:

@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 import struct
+import subprocess
+import sys
+import unicodedata
 import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from pydantic import ValidationError
 
-from curation.concepts import MIN_PHOTO_SIDE, add_concept, choose_concept_id, concept_id_for
+from curation.concepts import MIN_PHOTO_SIDE, UNUSABLE_FLAGS, add_concept, choose_concept_id, concept_id_for
 from curation.errors import CurateError
-from curation.records import CONCEPT_ID, Concept
+from curation.records import CONCEPT_ID, MAX_CLASS_NOUN_CHARS, Concept
 from curation.workspace import Workspace
 from generators.segment import load_segmenter, mask_flags
 from tests.fixtures.sample_concepts import sample_photo, small_config
+
+CURATE = str(Path(sys.executable).with_name("curate"))
 
 
 @pytest.fixture
@@ -162,8 +170,10 @@ def test_model_backend_loads_a_saved_model_by_path(
     ws: Workspace, concept_photos: dict[str, list[Path]], tmp_path: Path
 ) -> None:
     """A folder written by save_pretrained goes through the same from_pretrained code as a hub id."""
+    import torch
     from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
 
+    torch.manual_seed(1)  # random weights; this seed's mask of the cat is usable (ingest refuses empty/whole-frame)
     folder = tmp_path / "tiny-segformer"
     config = SegformerConfig(
         num_encoder_blocks=2,
@@ -294,3 +304,189 @@ def test_shrinking_below_the_minimum_is_refused(ws: Workspace, tmp_path: Path) -
     image, _ = _disc_image()
     Image.fromarray(image).resize((MIN_PHOTO_SIDE, MIN_PHOTO_SIDE)).save(square)
     assert add_concept(ws, "disc", [square], class_noun="disc").refs  # the minimum itself is accepted
+
+
+# -- through the installed `curate` script -------------------------------------------------------
+
+
+def _curate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CURATE, *args], check=False, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_names_in_any_script_and_readding_says_what_it_replaces(
+    tmp_path: Path, concept_photos: dict[str, list[Path]]
+) -> None:
+    w = ["-w", str(tmp_path / "ws")]
+    assert _curate("init", str(tmp_path / "ws")).returncode == 0
+    first, mirrored = map(str, concept_photos["mug"])
+    added = _curate("concepts", "add", "猫", first, "--class", "cat", *w)
+    assert added.returncode == 0, added.stderr
+    concept_id = concept_id_for("猫")
+    assert f"'猫' -> {concept_id}: 1 photos, token <c-{concept_id}>" in added.stdout
+    readded = _curate("concepts", "add", "猫", first, mirrored, "--class", "cat", *w)
+    assert f"replaced concept {concept_id} ('猫', 1 photos, class 'cat')" in readded.stdout
+    assert _curate("concepts", "add", "my dog", mirrored, "--class", "dog", "--id", "rex", *w).returncode == 0
+
+    listed = _curate("concepts", "list", *w).stdout.splitlines()
+    assert listed == [
+        f"{concept_id}\t<c-{concept_id}>\tcat\t2 photos\t猫",
+        "rex\t<c-rex>\tdog\t1 photos\tmy dog",
+    ]
+    refs = sorted(p.name for p in (tmp_path / "ws" / "concepts" / concept_id / "refs").iterdir())
+    assert refs == sorted(
+        Path(ref).name for ref in Workspace.open(tmp_path / "ws").concepts()[concept_id].refs
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["dog1", "{photo}", "--class", "dog\ncat"], "class noun (--class) must be one printable line"),
+        (["dog1", "{photo}", "--class", "ca\x1b[31mt"], "without '\\x1b'"),
+        (["dog1", "{photo}", "--class", "d" * 10_000], "10,000 characters, over the limit of 64"),
+        (["n" * 101, "{photo}", "--class", "dog"], "concept name is 101 characters"),
+        (["dog1", "{photo}", "--class", "dog", "--id", "dog\n"], "invalid concept id 'dog\\n'"),
+        (
+            ["dog1", "{dot}", "--class", "dog"],
+            f"dot.png: 1x1 pixels is too small: photos need at least {MIN_PHOTO_SIDE} px",
+        ),
+        (["dog1", "{flat}", "--class", "dog"], "no usable mask in 1 photo(s) (empty x1)"),
+    ],
+    ids=["newline_noun", "ansi_noun", "huge_noun", "long_name", "newline_id", "tiny_photo", "nothing_to_cut"],
+)
+def test_cli_refuses_bad_input_with_one_error_line(
+    tmp_path: Path, concept_photos: dict[str, list[Path]], args: list[str], expected: str
+) -> None:
+    assert _curate("init", str(tmp_path / "ws")).returncode == 0
+    Image.new("RGB", (1, 1), "red").save(tmp_path / "dot.png")
+    Image.new("RGB", (96, 80), "red").save(tmp_path / "flat.png")
+    files = {
+        "photo": str(concept_photos["mug"][0]),
+        "dot": str(tmp_path / "dot.png"),
+        "flat": str(tmp_path / "flat.png"),
+    }
+    args = [files[a[1:-1]] if a.startswith("{") else a for a in args]
+    result = _curate("concepts", "add", *args, "-w", str(tmp_path / "ws"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr
+    assert not list((tmp_path / "ws" / "concepts").glob("*/concept.json"))
+
+
+# -- properties ----------------------------------------------------------------------------------
+
+PROPERTY = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture(scope="module")
+def property_ws(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Path]:
+    """One workspace and one photo that segments cleanly, shared by every generated example."""
+    root = tmp_path_factory.mktemp("property")
+    photo = root / "disc.png"
+    Image.fromarray(_disc_image()[0]).save(photo)
+    return Workspace.create(root / "ws", small_config()), photo
+
+
+def _ingest(ws: Workspace, photos: list[Path], class_noun: str = "thing") -> Concept | CurateError:
+    """add_concept's outcome: a concept, or the CurateError it raised (any other exception fails the test)."""
+    try:
+        return add_concept(ws, "prop", photos, class_noun=class_noun)
+    except CurateError as exc:
+        assert "\n" not in str(exc), str(exc)
+        return exc
+
+
+@PROPERTY
+@given(st.text(st.characters(exclude_categories=()), max_size=120))
+def test_any_name_gives_a_valid_id_the_same_every_time(name: str) -> None:
+    derived = concept_id_for(name)
+    assert CONCEPT_ID.fullmatch(derived), derived
+    assert concept_id_for(name) == derived == concept_id_for(unicodedata.normalize("NFD", name))
+    if CONCEPT_ID.fullmatch(name):
+        assert derived == name
+
+
+@PROPERTY
+@given(st.text(max_size=80) | st.text(st.sampled_from("ab \n\t\x1b[m\u200b\u202e猫"), max_size=80))
+def test_any_class_noun_is_stored_as_one_bounded_line_or_refused(
+    property_ws: tuple[Workspace, Path], noun: str
+) -> None:
+    ws, photo = property_ws
+    outcome = _ingest(ws, [photo], class_noun=noun)
+    if isinstance(outcome, Concept):
+        stored = ws.concept("prop")
+        assert stored is not None and stored.class_noun == noun.strip() == outcome.class_noun
+        assert stored.class_noun.isprintable() and 0 < len(stored.class_noun) <= MAX_CLASS_NOUN_CHARS
+
+
+@PROPERTY
+@given(
+    size=st.tuples(st.integers(1, 160), st.integers(1, 160)),
+    mode=st.sampled_from(["RGB", "L", "RGBA", "P", "1", "I;16", "CMYK"]),
+    suffix=st.sampled_from([".png", ".jpg", ".bmp", ".tiff", ".webp", ".gif"]),
+    content=st.sampled_from(["disc", "noise", "flat"]),
+    seed=st.integers(0, 2**16),
+)
+def test_any_image_ingests_or_is_one_error_line(
+    property_ws: tuple[Workspace, Path],
+    size: tuple[int, int],
+    mode: str,
+    suffix: str,
+    content: str,
+    seed: int,
+) -> None:
+    ws, _ = property_ws
+    w, h = size
+    rng = np.random.default_rng(seed)
+    if content == "disc":
+        rgb = np.full((h, w, 3), (40, 120, 200), np.uint8)
+        cv2.circle(rgb, (w // 2, h // 2), max(1, min(w, h) // 3), (230, 60, 30), -1)
+    elif content == "noise":
+        rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    else:
+        rgb = np.full((h, w, 3), rng.integers(0, 256, 3), np.uint8)
+    path = ws.root.parent / f"photo{suffix}"
+    try:
+        Image.fromarray(rgb).convert(mode).save(path)
+    except (OSError, KeyError, ValueError):
+        assume(False)  # a mode this format cannot hold: not a file a user could have
+    outcome = _ingest(ws, [path])
+    if isinstance(outcome, Concept):
+        assert any(not UNUSABLE_FLAGS.intersection(flags) for flags in outcome.mask_flags)
+        for ref in outcome.refs:
+            assert min(Image.open(ws.resolve(ref)).size) >= MIN_PHOTO_SIDE
+    else:
+        assert min(w, h) >= MIN_PHOTO_SIDE or "too small" in str(outcome)
+
+
+def _png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(_disc_image()[0]).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+PNG = _png_bytes()
+
+
+@st.composite
+def damaged_png(draw: st.DrawFn) -> bytes:
+    """A real PNG cut short and with a few bytes changed: what a failed copy or a bad disk leaves."""
+    data = bytearray(PNG[: draw(st.integers(0, len(PNG)))])
+    for _ in range(draw(st.integers(0, 6))):
+        if data:
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    return bytes(data)
+
+
+@PROPERTY
+@given(
+    data=st.binary(max_size=600) | damaged_png(),
+    suffix=st.sampled_from([".png", ".jpg", ".gif", ".tiff", ".webp", ".bmp", ".ico"]),
+)
+def test_any_bytes_as_a_photo_ingest_or_are_one_error_line(
+    property_ws: tuple[Workspace, Path], data: bytes, suffix: str
+) -> None:
+    ws, _ = property_ws
+    path = ws.root.parent / f"bytes{suffix}"
+    path.write_bytes(data)
+    _ingest(ws, [path])
