@@ -167,6 +167,32 @@ def report(workspace: WorkspaceOpt = Path(".")) -> None:
     typer.echo(f"{result.candidates} candidates: {result.summary} and {len(result.figures)} histograms")
 
 
+@app.command()
+def status(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Accepted / pending / rejected against the [curation] targets, per composition, bucket and concept."""
+    from curation.targets import read_shape
+
+    ws = _workspace(workspace)
+    shape = read_shape(ws)
+    typer.echo(shape.table())
+    if not shape.targets.any:
+        typer.echo(f"no targets set: put per_composition, per_concept or buckets under [curation] in {ws.config_path}")
+
+
+@app.command()
+def topup(
+    max_new: Annotated[int, typer.Option(help="Most new candidates this round; 0 means curation.max_new.")] = 0,
+    workspace: WorkspaceOpt = Path("."),
+) -> None:
+    """Append plans for the compositions short of their target (shortfall / acceptance rate, less pending)."""
+    from curation.progress import progress_bar
+    from curation.topup import topup as run_topup
+
+    with progress_bar() as progress:
+        report = run_topup(_workspace(workspace), max_new=max_new or None, progress=progress)
+    typer.echo(report.summary())
+
+
 @app.command("app")
 def app_command(
     address: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
@@ -280,6 +306,9 @@ def export_command(
     include_near_duplicates: Annotated[
         bool, typer.Option("--include-near-duplicates", help="Keep candidates marked near_dup_of.")
     ] = False,
+    max_per_composition: Annotated[
+        int, typer.Option(help="Keep at most N per concept set: best quality first, ties by CLIP-T; 0 = all.")
+    ] = 0,
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Write accepted candidates with quality >= threshold as a MyCanvas-style folder with metadata.jsonl."""
@@ -296,6 +325,7 @@ def export_command(
             formats=formats or None,
             view=view or None,
             include_near_duplicates=include_near_duplicates,
+            max_per_composition=max_per_composition or None,
         )
     typer.echo(report.summary())
 

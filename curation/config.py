@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from curation.errors import CurateError
 
@@ -143,6 +143,38 @@ class ExportConfig(_Section):
     format: str = "mycanvas"
 
 
+class CurationConfig(_Section):
+    """Targets for the accepted set: `curate status` measures against them, `curate topup` plans toward them.
+
+    Accepted means what `curate export` takes: accepted in review with quality >= export.min_quality.
+    Every target is a lower bound turned into one per composition (concept set), so meeting each
+    composition's target meets them all; 0 (or no buckets) means no target.
+    """
+
+    per_composition: int = Field(0, ge=0, description="accepted images wanted for every concept set")
+    per_concept: int = Field(0, ge=0, description="accepted images wanted showing each concept")
+    buckets: dict[str, float] = Field(
+        default_factory=dict,
+        description="share per concept count of the total per_composition implies, e.g. {2 = 0.4, 3 = 0.3}",
+    )
+    prior_acceptance: float = Field(0.5, gt=0, le=1, description="acceptance rate assumed before any review")
+    prior_reviews: int = Field(4, ge=1, description="how many reviews the prior weighs, against observed ones")
+    max_new: int = Field(200, ge=1, description="default budget of new candidates per `curate topup`")
+    give_up_rounds: int = Field(
+        3, ge=1, description="stop when a composition's last N rounds of candidates were all rejected"
+    )
+
+    @field_validator("buckets")
+    @classmethod
+    def _bucket_keys(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, share in value.items():
+            if not key.isdigit() or int(key) < 1:
+                raise ValueError(f"bucket {key!r} is not a concept count (use 2, 3, 4, 5)")
+            if share < 0:
+                raise ValueError(f"bucket {key} has a negative share {share}")
+        return value
+
+
 class WorkspaceSection(_Section):
     """Who this workspace is, independent of where its folder lives (see `curation.workspace`)."""
 
@@ -162,6 +194,7 @@ class CurateConfig(_Section):
     index: IndexConfig = IndexConfig()
     review: ReviewConfig = ReviewConfig()
     export: ExportConfig = ExportConfig()
+    curation: CurationConfig = CurationConfig()
 
 
 MAX_CONFIG_BYTES = 1_000_000

@@ -68,6 +68,15 @@ def _count_table(header: str, counts: dict[str, int]) -> str:
     return "\n".join(rows)
 
 
+def target_table(header: str, exported: dict[str, int], targets: dict[str, int]) -> str:
+    """Exported images against the `[curation]` targets, one row per key of either."""
+    rows = [f"| {header} | images | target | short |", "|---|---:|---:|---:|"]
+    for key in sorted(set(exported) | set(targets)):
+        have, want = exported.get(key, 0), targets.get(key, 0)
+        rows.append(f"| `{key}` | {have} | {want} | {max(0, want - have)} |")
+    return "\n".join(rows)
+
+
 def render_card(
     name: str,
     per_concept: dict[str, int],
@@ -76,6 +85,7 @@ def render_card(
     reviewed: list[tuple[int, float]],
     selection_rule: str,
     formats: list[str],
+    targets: dict[str, dict[str, int]] | None = None,
 ) -> str:
     """The whole README.md; deterministic (no dates), so re-exports are byte-identical.
 
@@ -87,7 +97,24 @@ def render_card(
         reviewed: (n_concepts, quality) of every reviewed candidate, exported or not.
         selection_rule: One line saying how images were chosen.
         formats: The formats written.
+        targets: The `[curation]` targets by "composition", "bucket" and "concept" (each key ->
+            images wanted); None when none is set. The card then shows the set's shape against them.
     """
+    shape: list[str] = []
+    if targets:
+        by_bucket: Counter[str] = Counter()
+        for key, count in per_composition.items():
+            by_bucket[f"{len(key.split('+'))} concepts"] += count
+        shape = [
+            "## Shape against the targets (curate.toml [curation])",
+            "",
+            target_table("composition", per_composition, targets["composition"]),
+            "",
+            target_table("bucket", dict(by_bucket), targets["bucket"]),
+            "",
+            target_table("concept", per_concept, targets["concept"]),
+            "",
+        ]
     total = sum(per_composition.values())
     return "\n".join(
         [
@@ -121,6 +148,7 @@ def render_card(
             "",
             _count_table("composition", per_composition),
             "",
+            *shape,
             "## Quality of the exported images (rank 1 to 5)",
             "",
             rank_table(exported),

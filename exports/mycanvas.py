@@ -26,6 +26,7 @@ from pathlib import Path
 from curation.errors import CurateError
 from curation.progress import ProgressFn, no_progress
 from curation.records import Concept, content_id
+from curation.targets import export_targets
 from curation.workspace import Workspace, atomic_write_json, atomic_write_text, make_temp_dir
 from exports.card import render_card
 from exports.concepts_list import write_concepts_lists
@@ -51,6 +52,7 @@ class ExportReport:
     min_quality: float | None
     dropped_near_duplicates: int = 0
     skipped_stale: int = 0
+    capped: int = 0
     linked: int = 0
     copied: int = 0
     shards: list[Path] = field(default_factory=list)
@@ -72,6 +74,8 @@ class ExportReport:
                 f"{self.skipped_stale} accepted candidates skipped: set aside as stale by `curate generate`"
                 " (plans or generator settings changed)"
             )
+        if self.capped:
+            parts.append(f"{self.capped} accepted images over --max-per-composition left out")
         if self.shards:
             parts.append(f"{len(self.shards)} WebDataset shards")
         return "; ".join(parts)
@@ -197,7 +201,9 @@ class _Writer:
             )
 
 
-def _selection_rule(selection: Selection, include_near_duplicates: bool) -> str:
+def _selection_rule(
+    selection: Selection, include_near_duplicates: bool, max_per_composition: int | None
+) -> str:
     rule = "accepted in review"
     if selection.min_quality is not None:
         rule += f", mean quality rank >= {selection.min_quality:g}"
@@ -205,6 +211,9 @@ def _selection_rule(selection: Selection, include_near_duplicates: bool) -> str:
         rule += f", from the saved FiftyOne view `{selection.view}`"
     if not include_near_duplicates:
         rule += f", near-duplicates left out ({len(selection.dropped_near_duplicates)})"
+    if max_per_composition is not None:
+        left_out = len(selection.capped)
+        rule += f", the best {max_per_composition} per composition by quality, then CLIP-T ({left_out} cut)"
     return rule
 
 
@@ -218,6 +227,7 @@ def export_mycanvas(
     view: str | None = None,
     include_near_duplicates: bool = False,
     shard_size: int = 1000,
+    max_per_composition: int | None = None,
 ) -> ExportReport:
     """Export the accepted candidates to `exports/<name>/`, replacing the previous export atomically.
 
@@ -231,6 +241,7 @@ def export_mycanvas(
         view: A saved FiftyOne view to select from instead of the whole dataset.
         include_near_duplicates: Keep candidates the index marked as near-duplicates.
         shard_size: Samples per WebDataset shard.
+        max_per_composition: At most this many images per concept set (best quality, then CLIP-T).
 
     Raises:
         CurateError: bad name or format, no dataset, a missing candidate file or concept.
@@ -238,7 +249,14 @@ def export_mycanvas(
     destination = export_destination(ws, name)
     chosen_formats = parse_formats(formats if formats is not None else ws.config.export.format)
     quality = min_quality if min_quality is not None else ws.config.export.min_quality
-    selection = select_candidates(ws, quality, view=view, include_near_duplicates=include_near_duplicates)
+    selection = select_candidates(
+        ws,
+        quality,
+        view=view,
+        include_near_duplicates=include_near_duplicates,
+        max_per_composition=max_per_composition,
+    )
+    targets = export_targets(ws)
     items = selection.items
     concepts = _used_concepts(ws, items)
     rows = [metadata_row(item, concepts) for item in items]
@@ -263,8 +281,9 @@ def export_mycanvas(
                 per_composition,
                 exported=[(len(i.concepts), i.quality) for i in items if i.quality is not None],
                 reviewed=selection.reviewed,
-                selection_rule=_selection_rule(selection, include_near_duplicates),
+                selection_rule=_selection_rule(selection, include_near_duplicates, max_per_composition),
                 formats=chosen_formats,
+                targets=targets,
             ),
         )
         atomic_write_json(
@@ -277,6 +296,7 @@ def export_mycanvas(
                     "view": view,
                     "accepted_only": True,
                     "include_near_duplicates": include_near_duplicates,
+                    "max_per_composition": max_per_composition,
                 },
                 "counts": {
                     "images": len(items),
@@ -286,6 +306,7 @@ def export_mycanvas(
                     "per_composition": per_composition,
                     "dropped_near_duplicates": len(selection.dropped_near_duplicates),
                     "skipped_stale": len(selection.skipped_stale),
+                    "capped": len(selection.capped),
                     "webdataset_shards": len(shards),
                 },
                 "config_hash": content_id(ws.config.model_dump()),
@@ -293,6 +314,8 @@ def export_mycanvas(
                 "candidate_ids": [item.candidate_id for item in items],
                 "dropped_near_duplicates": selection.dropped_near_duplicates,
                 "skipped_stale": selection.skipped_stale,
+                "capped": selection.capped,
+                "targets": targets,
             },
         )
         _swap_into_place(tmp, destination)
@@ -308,6 +331,7 @@ def export_mycanvas(
         min_quality=quality,
         dropped_near_duplicates=len(selection.dropped_near_duplicates),
         skipped_stale=len(selection.skipped_stale),
+        capped=len(selection.capped),
         linked=writer.linked,
         copied=writer.copied,
         shards=[destination / s.relative_to(tmp) for s in shards],

@@ -17,6 +17,7 @@ from curation.dataset import (
     CANDIDATE_ID,
     CAPTION,
     CAPTION_FIXED,
+    CLIP_T,
     N_CONCEPTS,
     NEAR_DUP_OF,
     REVIEW_QUALITY,
@@ -71,6 +72,8 @@ class Selection:
     """Accepted candidates `curate generate` set aside (plans or generator settings changed)."""
     reviewed: list[tuple[int, float]] = field(default_factory=list)
     """(n_concepts, quality) of every reviewed candidate in the base collection, kept or not."""
+    capped: list[str] = field(default_factory=list)
+    """Accepted candidates left out by `max_per_composition` (their concept set already had enough)."""
 
 
 def _values(collection: fo.DatasetView | fo.Dataset, name: str) -> list[Any]:
@@ -116,6 +119,7 @@ def select_candidates(
     min_quality: float | None,
     view: str | None = None,
     include_near_duplicates: bool = False,
+    max_per_composition: int | None = None,
 ) -> Selection:
     """Accepted candidates (quality >= min_quality) of the dataset or a saved view, by candidate id.
 
@@ -126,6 +130,8 @@ def select_candidates(
         include_near_duplicates: Keep candidates whose `near_dup_of` names another selected
             candidate. By default they are dropped, so one image of each near-duplicate group trains
             the model, not several; a copy whose better-scored original was rejected is kept.
+        max_per_composition: Keep at most this many per concept set, so one set does not outweigh
+            the others: highest review quality first, ties broken by CLIP-T, then by candidate id.
     """
     base = _base(ws, view)
     chosen = accepted_view(base, min_quality).sort_by(CANDIDATE_ID)
@@ -135,6 +141,7 @@ def select_candidates(
     fixed = _values(chosen, CAPTION_FIXED)
     qualities = _values(chosen, REVIEW_QUALITY)
     near_dups = _values(chosen, NEAR_DUP_OF)
+    clip_t = dict(zip(ids, _values(chosen, CLIP_T), strict=True))
 
     stale = [c for c, path in zip(ids, paths, strict=True) if _is_stale(ws, c, path)]
     selected = set(ids) - set(stale)  # a copy of a stale original is kept, as one of a rejected original
@@ -164,6 +171,11 @@ def select_candidates(
             )
         )
 
+    capped: list[str] = []
+    if max_per_composition is not None:
+        if max_per_composition < 1:
+            raise CurateError(f"--max-per-composition must be at least 1 (got {max_per_composition})")
+        items, capped = cap_per_composition(items, clip_t, max_per_composition)
     reviewed = [
         (int(n), float(q))
         for n, q in zip(_values(base, N_CONCEPTS), _values(base, REVIEW_QUALITY), strict=True)
@@ -176,4 +188,26 @@ def select_candidates(
         dropped_near_duplicates=dropped,
         skipped_stale=stale,
         reviewed=reviewed,
+        capped=capped,
     )
+
+
+def cap_per_composition(
+    items: list[ExportItem], clip_t: dict[str, float | None], limit: int
+) -> tuple[list[ExportItem], list[str]]:
+    """The best `limit` items of each concept set (order kept) and the ids of the rest.
+
+    Best means highest review quality, then highest CLIP-T (a missing score ranks last), then the
+    smaller candidate id, so the choice is the same on every export.
+    """
+
+    def rank(item: ExportItem) -> tuple[float, float, str]:
+        score = clip_t.get(item.candidate_id)
+        return (-(item.quality or 0.0), -(score if score is not None else float("-inf")), item.candidate_id)
+
+    by_composition: dict[str, list[ExportItem]] = {}
+    for item in items:
+        by_composition.setdefault(item.composition, []).append(item)
+    kept = {i.candidate_id for group in by_composition.values() for i in sorted(group, key=rank)[:limit]}
+    left_out = [i.candidate_id for i in items if i.candidate_id not in kept]
+    return [i for i in items if i.candidate_id in kept], left_out
