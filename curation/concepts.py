@@ -39,7 +39,7 @@ are refused: a cut-out of a few pixels segments into nothing and fails every can
 UNUSABLE_FLAGS = frozenset({"empty", "whole_frame"})
 """Mask flags that leave nothing to paste (no foreground, or the photo's own background). A concept
 whose every mask has one is refused at ingest; 'fragmented' masks still hold the subject and are
-only avoided when the concept has clean ones (as the 128 px test photo of the cat has none)."""
+only avoided when the concept has clean ones (small photos of a tabby on a busy rug often have none)."""
 
 
 def _name_key(name: str) -> str:
