@@ -8,6 +8,7 @@ not a silently ignored setting.
 from __future__ import annotations
 
 import math
+import string
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -19,7 +20,8 @@ from curation.errors import CurateError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # a typo is an error, not an ignored setting; TOML's nan/inf are never a meaningful threshold
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SegmentConfig(_Section):
@@ -141,6 +143,29 @@ class ReviewConfig(_Section):
 class ExportConfig(_Section):
     min_quality: int = 3
     format: str = "mycanvas"
+    token_format: str = Field(
+        "<c-{id}>",
+        description=(
+            "the personal token in exported captions, lists and commands: {id} is the concept id,"
+            " {n} its 1-based index in id order; e.g. 'sks{n}' for scripts that add no tokens"
+        ),
+    )
+
+    @field_validator("token_format")
+    @classmethod
+    def _token_format(cls, value: str) -> str:
+        """Tokens must be distinct, one word, and unlike any caption word: consumers split on +, commas, spaces."""
+        try:
+            fields = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+        except ValueError as exc:
+            raise ValueError(f"token_format {value!r} is not a format string ({exc})") from exc
+        if not {"id", "n"} & set(fields) or set(fields) - {"id", "n"}:
+            raise ValueError(f"token_format {value!r} must use {{id}} or {{n}} (and no other field)")
+        if not value.replace("{id}", "").replace("{n}", ""):
+            raise ValueError(f"token_format {value!r} needs fixed text around the field, or tokens equal words")
+        if any(c.isspace() or c in "+," for c in value):
+            raise ValueError(f"token_format {value!r} must not contain spaces, '+' or ','")
+        return value
 
 
 class CurationConfig(_Section):

@@ -1,8 +1,12 @@
-"""`metadata.jsonl`: one row per image, the file Hugging Face's `imagefolder` loader joins to the images.
+"""`train/metadata.jsonl`: one row per image, which Hugging Face's `imagefolder` loader joins to the images.
 
 Rows hold only what `datasets` can type consistently across rows (quality is always a float, boxes
-always a list of {concept_id, x, y, w, h}), so `load_dataset("imagefolder", data_dir=export)` works
-on the export folder as is; images not named in it (concept references) are ignored by that loader.
+always a list of {concept_id, x, y, w, h}). The composition images and this file sit in `train/`,
+apart from the concepts' references and masks: `datasets` 2.x-3.4 refuses an imagefolder in which
+an image has no metadata row ("doesn't have metadata"), and when a folder is named after a split,
+every `datasets` version (2.x to 5.x, checked) scans only that folder. So both
+`load_dataset("imagefolder", data_dir=export)` and `load_dataset(export)` (which also reads the
+card's `configs`) load exactly the compositions. File names in the rows are relative to `train/`.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from curation.records import Concept
 from curation.workspace import atomic_write_text
 from exports.select import ExportItem
 
+DATA_DIR = "train"
 METADATA_FILE = "metadata.jsonl"
 
 
@@ -24,7 +29,7 @@ def metadata_row(item: ExportItem, concepts: dict[str, Concept]) -> dict[str, An
 
     Args:
         item: The exported candidate.
-        concepts: The workspace's concepts by id (for the personal tokens).
+        concepts: The exported concepts by id (carrying the exported tokens, as the caption does).
     """
     return {
         "file_name": item.file_name,
@@ -44,7 +49,7 @@ def metadata_row(item: ExportItem, concepts: dict[str, Concept]) -> dict[str, An
 
 
 def write_metadata(folder: Path, rows: list[dict[str, Any]]) -> Path:
-    """Write the rows as JSON lines (keys sorted, so identical selections give identical bytes)."""
-    path = folder / METADATA_FILE
+    """Write the rows as JSON lines into `folder/train/` (sorted keys: same selection, same bytes)."""
+    path = folder / DATA_DIR / METADATA_FILE
     atomic_write_text(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
     return path

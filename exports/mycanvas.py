@@ -1,10 +1,12 @@
 """`curate export`: the accepted compositions as a MyCanvas-style folder, written all at once or not at all.
 
-One folder serves every consumer: grouped images + `metadata.jsonl` (Hugging Face imagefolder),
-`concepts/` references and masks, `concepts_list*.json` (diffusers Custom Diffusion), the dataset card
-and a manifest; `webdataset/` shards when asked for. Everything is built in a hidden temp folder beside
-the destination and swapped in at the end, so a failure leaves the previous export as it was. The
-output is a pure function of (selection, reviews, concepts, config): no timestamps, sorted keys, fixed
+One folder serves every consumer: `train/` grouped images + `metadata.jsonl` (Hugging Face
+imagefolder), `concepts/` references and masks, `concepts_list*.json` (diffusers Custom Diffusion and
+multi-subject DreamBooth), `train_commands.json` (each consumer's command line), the dataset card and
+a manifest; `webdataset/` shards when asked for; `class_images/` for prior preservation. Everything is
+built in a hidden temp folder beside the destination and swapped in at the end, so a failure leaves the
+previous export as it was; the previous export's class images are carried over. The output is a pure
+function of (selection, reviews, concepts, config, class images): no timestamps, sorted keys, fixed
 tar headers, so re-exporting the same selection yields byte-identical files.
 
 Images and references are hard links to the workspace files where the filesystem allows (no extra
@@ -19,7 +21,7 @@ import shutil
 import subprocess
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
@@ -29,9 +31,12 @@ from curation.records import Concept, content_id
 from curation.targets import export_targets
 from curation.workspace import Workspace, atomic_write_json, atomic_write_text, make_temp_dir
 from exports.card import render_card
+from exports.class_images import add_from_folder, class_counts, keep_previous
+from exports.commands import COMMANDS_FILE, card_section, commands_json, train_commands
 from exports.concepts_list import write_concepts_lists
-from exports.imagefolder import metadata_row, write_metadata
+from exports.imagefolder import DATA_DIR, metadata_row, write_metadata
 from exports.select import ExportItem, Selection, select_candidates
+from exports.tokens import retoken, rewrite
 from exports.webdataset import write_shards
 
 CORE_FORMATS = ("mycanvas", "imagefolder", "concepts_list")
@@ -56,6 +61,7 @@ class ExportReport:
     linked: int = 0
     copied: int = 0
     shards: list[Path] = field(default_factory=list)
+    class_images: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
         quality = f"quality >= {self.min_quality:g}" if self.min_quality is not None else "any quality"
@@ -78,6 +84,10 @@ class ExportReport:
             parts.append(f"{self.capped} accepted images over --max-per-composition left out")
         if self.shards:
             parts.append(f"{len(self.shards)} WebDataset shards")
+        if self.class_images:
+            parts.append(
+                f"{sum(self.class_images.values())} class images in {len(self.class_images)} class folders"
+            )
         return "; ".join(parts)
 
 
@@ -182,11 +192,12 @@ class _Writer:
 
     def images(self, items: list[ExportItem], progress: ProgressFn) -> None:
         for done, item in enumerate(items, start=1):
-            self.place(item.image, item.file_name, f"candidate {item.candidate_id}")
+            self.place(item.image, f"{DATA_DIR}/{item.file_name}", f"candidate {item.candidate_id}")
             progress("export images", done, len(items))
 
-    def concepts(self, concepts: dict[str, Concept]) -> None:
-        """Copy refs and masks under concepts/<id>/ with concept.json pointing at the copies."""
+    def concepts(self, concepts: dict[str, Concept]) -> dict[str, Concept]:
+        """Copy refs and masks under concepts/<id>/ with concept.json pointing at the copies (returned)."""
+        placed = {}
         for concept in concepts.values():
             folder = f"concepts/{concept.concept_id}"
             moved: dict[str, list[str]] = {}
@@ -196,9 +207,9 @@ class _Writer:
                     raise CurateError(f"concept {concept.concept_id}: two {kind} share a file name")
                 for source, target in zip(paths, moved[kind], strict=True):
                     self.place(self.ws.resolve(source), target, f"concept {concept.concept_id}")
-            atomic_write_json(
-                self.root / folder / "concept.json", concept.model_copy(update=moved).model_dump()
-            )
+            placed[concept.concept_id] = concept.model_copy(update=moved)
+            atomic_write_json(self.root / folder / "concept.json", placed[concept.concept_id].model_dump())
+        return placed
 
 
 def _selection_rule(
@@ -228,6 +239,8 @@ def export_mycanvas(
     include_near_duplicates: bool = False,
     shard_size: int = 1000,
     max_per_composition: int | None = None,
+    class_images_from: Path | None = None,
+    class_images: int = 0,
 ) -> ExportReport:
     """Export the accepted candidates to `exports/<name>/`, replacing the previous export atomically.
 
@@ -242,6 +255,9 @@ def export_mycanvas(
         include_near_duplicates: Keep candidates the index marked as near-duplicates.
         shard_size: Samples per WebDataset shard.
         max_per_composition: At most this many images per concept set (best quality, then CLIP-T).
+        class_images_from: A folder with one subfolder of prior-preservation images per class noun;
+            they go to class_images/<class>/, beside the class images the previous export held.
+        class_images: Images taken per class from `class_images_from`; 0 takes them all.
 
     Raises:
         CurateError: bad name or format, no dataset, a missing candidate file or concept.
@@ -258,7 +274,8 @@ def export_mycanvas(
     )
     targets = export_targets(ws)
     items = selection.items
-    concepts = _used_concepts(ws, items)
+    concepts, renamed = retoken(_used_concepts(ws, items), ws.config.export.token_format)
+    items = [replace(item, caption=rewrite(item.caption, renamed)) for item in items]
     rows = [metadata_row(item, concepts) for item in items]
     per_concept = dict(sorted(Counter(c for item in items for c in item.concepts).items()))
     per_composition = dict(sorted(Counter(item.composition for item in items).items()))
@@ -269,10 +286,26 @@ def export_mycanvas(
     try:
         writer = _Writer(ws, tmp)
         writer.images(items, progress)
-        writer.concepts(concepts)
+        placed = writer.concepts(concepts)
+        keep_previous(destination, writer.place)
+        if class_images_from is not None:
+            nouns = [c.class_noun for c in concepts.values()]
+            add_from_folder(Path(class_images_from), nouns, class_images, writer.place)
+        prior = class_counts(tmp)
         write_metadata(tmp, rows)
-        write_concepts_lists(tmp, items, concepts)
-        shards = write_shards(tmp, items, rows, shard_size) if "webdataset" in chosen_formats else []
+        root = destination.resolve()
+        lists = write_concepts_lists(tmp, items, concepts, root)
+        commands = train_commands(
+            root,
+            ws.root.resolve() / "train" / name,
+            [concepts[c] for c in sorted(concepts)],
+            lists,
+            {str(root / folder): n for folder, n in prior.items()},
+        )
+        atomic_write_text(tmp / COMMANDS_FILE, commands_json(root, commands))
+        shards = (
+            write_shards(tmp, items, rows, placed, shard_size) if "webdataset" in chosen_formats else []
+        )
         atomic_write_text(
             tmp / "README.md",
             render_card(
@@ -284,6 +317,7 @@ def export_mycanvas(
                 selection_rule=_selection_rule(selection, include_near_duplicates, max_per_composition),
                 formats=chosen_formats,
                 targets=targets,
+                consumers=card_section(commands),
             ),
         )
         atomic_write_json(
@@ -308,7 +342,10 @@ def export_mycanvas(
                     "skipped_stale": len(selection.skipped_stale),
                     "capped": len(selection.capped),
                     "webdataset_shards": len(shards),
+                    "class_images": prior,
                 },
+                "tokens": {cid: concepts[cid].token for cid in sorted(concepts)},
+                "token_format": ws.config.export.token_format,
                 "config_hash": content_id(ws.config.model_dump()),
                 "code_version": _code_version(),
                 "candidate_ids": [item.candidate_id for item in items],
@@ -335,4 +372,5 @@ def export_mycanvas(
         linked=writer.linked,
         copied=writer.copied,
         shards=[destination / s.relative_to(tmp) for s in shards],
+        class_images=prior,
     )

@@ -50,6 +50,11 @@ def train_command(
     seed: Annotated[int, typer.Option()] = 0,
     cpu: Annotated[bool, typer.Option(help="Train on CPU even when a GPU is present.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint.")] = True,
+    prior_preservation: Annotated[
+        bool,
+        typer.Option(help="Also denoise the export's class_images/ (Custom Diffusion's regularisation)."),
+    ] = False,
+    prior_loss_weight: Annotated[float, typer.Option(help="Weight of the class images' loss.")] = 1.0,
 ) -> None:
     """Personalize a Stable Diffusion pipeline on an export's concepts (Custom Diffusion or LoRA)."""
     from curation.progress import progress_bar
@@ -82,11 +87,13 @@ def train_command(
             seed=seed,
             cpu=cpu,
             resume=resume,
+            prior_loss_weight=prior_loss_weight if prior_preservation else None,
             progress=progress,
         )
     last = f", last loss {report.losses[-1]:.4f}" if report.losses else ""
+    prior = f" + {report.class_images} class images" if report.class_images else ""
     typer.echo(
-        f"trained {report.method} steps {report.start_step}->{report.steps} on {report.examples} images "
+        f"trained {report.method} steps {report.start_step}->{report.steps} on {report.examples} images{prior} "
         f"({report.steps_per_second} steps/s on {report.device}{last}); pipeline: {report.pipeline_dir}"
     )
 

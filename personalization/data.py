@@ -3,9 +3,10 @@
 The trainer and evaluator consume only the export (never the workspace), so a set exported on one
 machine trains on another. Layout read here:
 
-    metadata.jsonl                one JSON per composition image (file_name, caption, concepts, tokens, ...)
+    train/metadata.jsonl          one JSON per composition image (file_name relative to train/, caption, ...)
     concepts/<id>/refs/*.png      the concept's reference photos (+ masks/*.png)
-    concepts_list.json            diffusers/Custom Diffusion list (instance_prompt, class_prompt, instance_data_dir)
+    concepts_list.json            diffusers/Custom Diffusion list (instance_prompt, class_prompt,
+                                  instance_data_dir, class_data_dir: prior-preservation images, if any)
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 from curation.errors import CurateError
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+DATA_DIR = "train"
+"""Where an export keeps its compositions and metadata.jsonl (apart from concepts/, for `datasets`)."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,8 @@ class ExportConcept:
     token: str
     class_noun: str
     refs: tuple[Path, ...]
+    class_images: tuple[Path, ...] = ()
+    """Prior-preservation images of the class (concepts_list.json's class_data_dir), if the export has any."""
 
     @property
     def phrase(self) -> str:
@@ -81,18 +86,21 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _class_nouns_from_concepts_list(root: Path) -> dict[str, str]:
-    """Map concept id -> class noun via concepts_list.json's instance_data_dir (…/concepts/<id>/refs)."""
+def _concepts_list(root: Path) -> tuple[dict[str, str], dict[str, Path]]:
+    """Concept id -> class noun and -> class image folder, via concepts_list.json's instance_data_dir
+    (…/concepts/<id>/refs); relative folders are read against the export."""
     path = root / "concepts_list.json"
     if not path.exists():
-        return {}
-    nouns = {}
+        return {}, {}
+    nouns, class_dirs = {}, {}
     for entry in json.loads(path.read_text()):
         data_dir = Path(entry.get("instance_data_dir", ""))
         concept_id = data_dir.parent.name if data_dir.name == "refs" else data_dir.name
         if concept_id and entry.get("class_prompt"):
             nouns[concept_id] = entry["class_prompt"].strip()
-    return nouns
+        if concept_id and entry.get("class_data_dir"):
+            class_dirs[concept_id] = root / entry["class_data_dir"]
+    return nouns, class_dirs
 
 
 def _noun_after_token(caption: str, token: str) -> str | None:
@@ -109,13 +117,15 @@ def read_export(export_dir: Path) -> Export:
     `concepts_list.json`'s `class_prompt`, else from the word after the token in a caption.
     """
     root = Path(export_dir)
-    meta_path = root / "metadata.jsonl"
+    meta_path = root / DATA_DIR / "metadata.jsonl"
     if not meta_path.exists():
-        raise CurateError(f"{root} is not an export folder (no metadata.jsonl); run `curate export` first")
+        raise CurateError(
+            f"{root} is not an export folder (no metadata.jsonl in {DATA_DIR}/); run `curate export` first"
+        )
     rows = _read_jsonl(meta_path)
     if not rows:
         raise CurateError(f"{meta_path} lists no images")
-    listed_nouns = _class_nouns_from_concepts_list(root)
+    listed_nouns, class_dirs = _concepts_list(root)
     tokens: dict[str, str] = {}
     nouns: dict[str, str] = {}
     compositions = []
@@ -127,7 +137,7 @@ def read_export(export_dir: Path) -> Export:
             raise CurateError(
                 f"{meta_path}: {row['file_name']} has {len(row['concepts'])} concepts but {len(row['tokens'])} tokens"
             )
-        image = root / row["file_name"]
+        image = meta_path.parent / row["file_name"]
         if not image.exists():
             raise CurateError(f"{meta_path} names {row['file_name']}, which is not in the export")
         for concept_id, token in zip(row["concepts"], row["tokens"], strict=True):
@@ -162,5 +172,11 @@ def read_export(export_dir: Path) -> Export:
         refs = _images(folder / "refs")
         if not refs:
             raise CurateError(f"concept {concept_id} has no reference images in {folder / 'refs'}")
-        concepts[concept_id] = ExportConcept(concept_id=concept_id, token=token, class_noun=noun, refs=refs)
+        concepts[concept_id] = ExportConcept(
+            concept_id=concept_id,
+            token=token,
+            class_noun=noun,
+            refs=refs,
+            class_images=_images(class_dirs[concept_id]) if concept_id in class_dirs else (),
+        )
     return Export(root=root, concepts=concepts, compositions=compositions)

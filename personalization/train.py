@@ -14,8 +14,13 @@ Output folder:
     pipeline/                 the personalized pipeline, `save_pretrained` layout (see `load_personalized`)
     train_report.json         numbers of the last call (steps, losses, speed)
 
-Not implemented (documented gaps): Custom Diffusion's prior preservation with generated class
-images, its random-crop/zoom augmentation with masked loss, and SDXL (refused with a clear error).
+Prior preservation (Custom Diffusion's regularisation): with `prior_loss_weight`, every step also draws
+`batch_size` class images of the export's `class_images/<class>/` (prompted with the bare class noun)
+and adds their denoising loss times the weight, so the class itself is not overwritten by the concepts.
+The export brings the images (`curate export --class-images-from`); generating them here is not done.
+
+Not implemented (documented gaps): generating class images with the base pipeline, Custom Diffusion's
+random-crop/zoom augmentation with masked loss, and SDXL (refused with a clear error).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ class TrainReport:
     trainable_params: int = 0
     tokens: dict[str, str] = field(default_factory=dict)
     examples: int = 0
+    class_images: int = 0
     seconds: float = 0.0
     steps_per_second: float = 0.0
     device: str = ""
@@ -62,10 +68,21 @@ class TrainReport:
 
 
 def _run_identity(
-    pretrained: str, method: Method, export: Export, strategy: PromptStrategy, resolution: int, lora_rank: int
+    pretrained: str,
+    method: Method,
+    export: Export,
+    strategy: PromptStrategy,
+    resolution: int,
+    lora_rank: int,
+    prior_loss_weight: float | None,
 ) -> dict[str, Any]:
-    """The settings a checkpoint is only valid for; `steps` is deliberately not one (runs can be extended)."""
+    """The settings a checkpoint is only valid for; `steps` is deliberately not one (runs can be extended).
+
+    The prior weight is named only when set, so runs without prior preservation keep their identity.
+    """
+    prior = {} if prior_loss_weight is None else {"prior_loss_weight": prior_loss_weight}
     return {
+        **prior,
         "pretrained": pretrained,
         "method": method,
         "strategy": strategy.as_dict(),
@@ -77,6 +94,21 @@ def _run_identity(
         },
         "export": str(export.root.resolve()),
     }
+
+
+def _class_examples(export: Export) -> list[TrainExample]:
+    """Every concept's class images, prompted with the bare class noun (Custom Diffusion's class_prompt)."""
+    missing = [c.concept_id for c in export.concepts.values() if not c.class_images]
+    if missing:
+        raise CurateError(
+            f"prior preservation needs class images; concept {missing[0]} has none in the export"
+            " (fill class_images/ with `curate export --class-images-from DIR`)"
+        )
+    return [
+        TrainExample(image=image, prompt=concept.class_noun)
+        for concept in export.concepts.values()
+        for image in concept.class_images
+    ]
 
 
 def _checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
@@ -283,6 +315,7 @@ def train(
     seed: int = 0,
     cpu: bool = False,
     resume: bool = True,
+    prior_loss_weight: float | None = None,
     progress: ProgressFn = no_progress,
 ) -> TrainReport:
     """Personalize `pretrained` on the concepts of an export and save the result under `output_dir`.
@@ -305,6 +338,8 @@ def train(
         mixed_precision: accelerate's "no" | "fp16" | "bf16"; trainable weights stay float32.
         cpu: force CPU even where an accelerator is present.
         resume: continue from the newest checkpoint; False discards old checkpoints and starts over.
+        prior_loss_weight: turn on prior preservation with this weight on the class images' loss
+            (Custom Diffusion and DreamBooth use 1.0); None trains on the concepts alone.
     """
     import torch
     import torch.nn.functional as F
@@ -318,7 +353,10 @@ def train(
     examples: list[TrainExample] = training_examples(export, strategy)
     if not examples:
         raise CurateError(f"no training images in {export_dir} for data source {strategy.source!r}")
-    identity = _run_identity(pretrained, method, export, strategy, resolution, lora_rank)
+    if prior_loss_weight is not None and prior_loss_weight <= 0:
+        raise CurateError(f"the prior loss weight must be positive (got {prior_loss_weight})")
+    class_examples = _class_examples(export) if prior_loss_weight is not None else []
+    identity = _run_identity(pretrained, method, export, strategy, resolution, lora_rank, prior_loss_weight)
     run_path = output_dir / "run.json"
     if run_path.exists() and resume and json.loads(run_path.read_text()) != json.loads(json.dumps(identity)):
         raise CurateError(
@@ -385,8 +423,12 @@ def train(
     for step in range(start_step, steps):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
         picks = torch.randint(len(examples), (batch_size,), generator=generator).tolist()
-        pixels = torch.stack([_load_image(examples[i].image, resolution) for i in picks])
-        prompts = [examples[i].prompt for i in picks]
+        chosen = [examples[i] for i in picks]
+        if class_examples:
+            prior_picks = torch.randint(len(class_examples), (batch_size,), generator=generator).tolist()
+            chosen += [class_examples[i] for i in prior_picks]
+        pixels = torch.stack([_load_image(example.image, resolution) for example in chosen])
+        prompts = [example.prompt for example in chosen]
         with torch.no_grad():
             latents = vae.encode(pixels.to(accelerator.device, dtype=weight_dtype)).latent_dist.sample(
                 generator=generator
@@ -394,7 +436,7 @@ def train(
             latents = latents.float() * vae.config.scaling_factor
         noise = torch.randn(latents.shape, generator=generator).to(latents.device)
         timesteps = torch.randint(
-            noise_scheduler.config.num_train_timesteps, (batch_size,), generator=generator
+            noise_scheduler.config.num_train_timesteps, (len(chosen),), generator=generator
         )
         timesteps = timesteps.to(latents.device)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
@@ -412,7 +454,10 @@ def train(
             target = noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
-        loss = F.mse_loss(prediction.float(), target.float())
+        loss = F.mse_loss(prediction[:batch_size].float(), target[:batch_size].float())
+        if class_examples:
+            prior_loss = F.mse_loss(prediction[batch_size:].float(), target[batch_size:].float())
+            loss = loss + prior_loss_weight * prior_loss
         accelerator.backward(loss)
         grad = accelerator.unwrap_model(text_encoder).get_input_embeddings().weight.grad
         if grad is not None:
@@ -446,6 +491,7 @@ def train(
         trainable_params=trainable,
         tokens={cid: c.token for cid, c in export.concepts.items()},
         examples=len(examples),
+        class_images=len(class_examples),
         seconds=round(seconds, 3),
         steps_per_second=round(len(losses) / seconds, 3) if losses and seconds > 0 else 0.0,
         device=str(accelerator.device),

@@ -53,7 +53,7 @@ def task_candidate_ids(ws: Workspace) -> list[str]:
 
 
 def read_metadata(export: Path) -> dict[str, dict]:
-    rows = [json.loads(line) for line in (export / "metadata.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (export / "train" / "metadata.jsonl").read_text().splitlines()]
     return {row["candidate_id"]: row for row in rows}
 
 

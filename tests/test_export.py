@@ -159,7 +159,7 @@ def tree_digest(folder: Path) -> dict[str, str]:
 
 
 def read_rows(folder: Path) -> dict[str, dict]:
-    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (folder / "train" / "metadata.jsonl").read_text().splitlines()]
     return {row["candidate_id"]: row for row in rows}
 
 
@@ -190,7 +190,7 @@ def test_exports_exactly_the_accepted_candidates_with_enough_quality(built, expo
         row = rows[candidate_id]
         key = "+".join(sorted(candidate.concepts))
         assert row["file_name"] == f"images/{key}/{candidate_id}.png"
-        image = exported / row["file_name"]
+        image = exported / "train" / row["file_name"]
         source = built.ws.root / candidate.image
         assert image.read_bytes() == source.read_bytes()
         assert image.stat().st_ino == source.stat().st_ino  # hard link on the same filesystem
@@ -216,20 +216,25 @@ def test_exports_exactly_the_accepted_candidates_with_enough_quality(built, expo
 
 
 def test_concepts_lists_follow_the_diffusers_custom_diffusion_format(exported):
+    root = exported.resolve()
     entries = json.loads((exported / "concepts_list.json").read_text())
     assert [e["class_prompt"] for e in entries] == sorted(NOUNS)
     for entry in entries:
         assert set(entry) == {"instance_prompt", "class_prompt", "instance_data_dir", "class_data_dir"}
         noun = entry["class_prompt"]
         assert entry["instance_prompt"] == f"photo of a <c-{noun}> {noun}"
-        folder = exported / entry["instance_data_dir"]
+        # absolute: the scripts open these paths against whatever directory they run from
+        assert entry["instance_data_dir"] == str(root / "concepts" / noun / "refs")
+        assert entry["class_data_dir"] == str(root / "class_images" / noun)
+        folder = Path(entry["instance_data_dir"])
         assert sorted(p.name for p in folder.iterdir()) == ["0.png", "1.png"]  # every file an image
     compositions = json.loads((exported / "concepts_list_compositions.json").read_text())
     assert len(compositions) == 5
-    two = next(e for e in compositions if e["instance_data_dir"] == "images/cat+dog")
+    two = next(e for e in compositions if e["instance_data_dir"] == str(root / "train/images/cat+dog"))
     assert two["instance_prompt"] == "photo of a <c-cat> cat and a <c-dog> dog"
+    assert two["class_data_dir"] == str(root / "class_images/cat_and_dog")
     assert all(
-        p.suffix == ".png" for e in compositions for p in (exported / e["instance_data_dir"]).iterdir()
+        p.suffix == ".png" for e in compositions for p in Path(e["instance_data_dir"]).iterdir()
     )
 
 
@@ -282,7 +287,7 @@ def test_hugging_face_imagefolder_loads_the_export_with_captions(built, exported
 def test_webdataset_shards_read_back(built, exported):
     import webdataset as wds
 
-    shards = sorted(str(p) for p in (exported / "webdataset").glob("*.tar"))
+    shards = sorted(str(p) for p in (exported / "webdataset").glob("compositions-*.tar"))
     assert len(shards) == 2  # 5 samples, 3 per shard
     rows = read_rows(exported)
     seen = {}

@@ -136,7 +136,7 @@ def test_msp_candidates_flow_through_runner_index_and_export(concept_ws, sd_fold
         sample[ds.REVIEW_QUALITY] = 4.0
     exported = export_mycanvas(ws, min_quality=3, include_near_duplicates=True)
     assert exported.n_images == 2
-    rows = (exported.path / "metadata.jsonl").read_text()
+    rows = (exported.path / "train" / "metadata.jsonl").read_text()
     assert all(cid in rows for cid in chosen)
 
 

@@ -140,3 +140,29 @@ def test_resume_continues_exactly_where_the_checkpoint_left_off(tiny_sd, export_
     assert again.start_step == 4 and again.losses == []
     with pytest.raises(CurateError, match="other settings"):
         train(export_dir, tmp_path / "split", str(tiny_sd), method="lora", steps=4, resolution=64)
+
+
+def test_prior_preservation_adds_the_weighted_class_image_loss(tiny_sd, tmp_path):
+    """Custom Diffusion's regularisation: the export's class_images/<class>/ join every step, weighted."""
+    from personalization.train import train
+    from tests.fixtures.personalization_export import CONCEPTS, _png
+
+    export_dir = build_tiny_export(tmp_path / "export")
+    with pytest.raises(CurateError, match="prior preservation needs class images; concept cat has none"):
+        train(export_dir, tmp_path / "none", str(tiny_sd), steps=1, resolution=64, prior_loss_weight=1.0)
+    for index, concept_id in enumerate(CONCEPTS):  # where the fixture's concepts_list.json points
+        for k in range(2):
+            _png(export_dir / "class_images" / concept_id / f"{k}.png", seed=5000 + 10 * index + k)
+
+    def run(folder: str, weight: float | None):
+        return train(export_dir, tmp_path / folder, str(tiny_sd), steps=2, resolution=64,
+                     learning_rate=1e-3, prior_loss_weight=weight)  # fmt: skip
+
+    light, heavy, plain = run("w1", 1.0), run("w3", 3.0), run("plain", None)
+    assert light.class_images == heavy.class_images == 10 and plain.class_images == 0
+    # same seed, so the first step draws the same images, noise and timesteps: only the weight differs
+    prior_loss = (heavy.losses[0] - light.losses[0]) / 2
+    assert prior_loss > 0
+    assert light.losses[0] - prior_loss > 0  # the concepts' own loss is still there
+    assert json.loads((tmp_path / "w1" / "run.json").read_text())["prior_loss_weight"] == 1.0
+    assert "prior_loss_weight" not in json.loads((tmp_path / "plain" / "run.json").read_text())

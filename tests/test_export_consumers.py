@@ -1,0 +1,238 @@
+"""The export as the ecosystem's own loaders and trainers see it (issue 13).
+
+Each route is exercised with the consumer's own code where it is installed here: `datasets`' imagefolder
+and webdataset builders, the `webdataset` package, and `curate train`'s reader. diffusers' example scripts
+are not installed; for them the tests check what those scripts do with the files (open the
+`concepts_list.json` paths against the current directory, split `--modifier_token` on '+'), and the
+commands were run by hand against a tiny pipeline (see the issue's closing note).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from curation.config import ExportConfig, dump_config, load_config
+from curation.errors import CurateError
+from exports.mycanvas import export_mycanvas
+from tests.test_export import EXPORTED, NOUNS, Built, _png, build_workspace, read_rows, tree_digest
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Built:
+    return build_workspace(tmp_path_factory.mktemp("consumers-ws") / "ws")
+
+
+@pytest.fixture(scope="module")
+def exported(built) -> Path:
+    return export_mycanvas(built.ws, formats="mycanvas,webdataset", shard_size=3).path
+
+
+def _commands(export: Path) -> dict[str, list[str]]:
+    data = json.loads((export / "train_commands.json").read_text())
+    assert data["export"] == str(export.resolve())
+    return {c["name"]: shlex.split(c["command"]) for c in data["commands"]}
+
+
+def _flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def _front_matter(card: str) -> dict:
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def test_card_and_json_carry_the_same_commands_with_tokens_filled_in(built, exported):
+    data = json.loads((exported / "train_commands.json").read_text())
+    card = (exported / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)\n```", card, flags=re.DOTALL)
+    assert blocks == [c["command"] for c in data["commands"]]
+    commands = _commands(exported)
+    assert set(commands) == {
+        "custom_diffusion_concepts",
+        "custom_diffusion_compositions",
+        "dreambooth_multi_subject",
+        "dreambooth_lora_advanced",
+        "curate_train",
+    }
+    ids = sorted(NOUNS)
+    for name in ("custom_diffusion_concepts", "custom_diffusion_compositions"):
+        argv = commands[name]
+        assert argv[1] == "$DIFFUSERS/examples/custom_diffusion/train_custom_diffusion.py"
+        # the script pairs the '+'-split lists and needs as many initializers as modifiers (its default has 3)
+        assert _flag(argv, "--modifier_token").split("+") == [f"<c-{c}>" for c in ids]
+        assert _flag(argv, "--initializer_token").split("+") == [NOUNS[c] for c in ids]
+        assert "--with_prior_preservation" not in argv  # no class images were exported
+    lora = commands["dreambooth_lora_advanced"]
+    assert _flag(lora, "--dataset_name") == str(exported.resolve())
+    assert _flag(lora, "--caption_column") == "caption"
+    abstractions = _flag(lora, "--token_abstraction").split(",")
+    assert all(
+        set(re.findall(r"<c-[a-z]+>", row["caption"])) <= set(abstractions)
+        for row in read_rows(exported).values()
+    )
+    assert commands["curate_train"][:3] == ["curate", "train", str(exported.resolve())]
+    for argv in commands.values():
+        paths = [a for a in argv if a.startswith("/")]
+        assert paths and all(Path(p).is_absolute() for p in paths)
+        assert _flag(argv, "--output_dir" if "--output_dir" in argv else "--output").startswith(
+            str(built.ws.root.resolve() / "train" / "mycanvas")
+        )
+
+
+def test_concepts_lists_open_from_any_directory(exported, tmp_path, monkeypatch):
+    """What both diffusers scripts do with the list: Path(instance_data_dir).iterdir() from the cwd."""
+    monkeypatch.chdir(tmp_path)
+    commands = _commands(exported)
+    for name in ("custom_diffusion_concepts", "custom_diffusion_compositions", "dreambooth_multi_subject"):
+        entries = json.loads(Path(_flag(commands[name], "--concepts_list")).read_text())
+        for entry in entries:
+            files = [p for p in Path(entry["instance_data_dir"]).iterdir() if p.is_file()]
+            assert files and all(p.suffix == ".png" for p in files)
+            assert Path(entry["class_data_dir"]).is_absolute()
+            assert os.path.commonpath([entry["class_data_dir"], str(exported.resolve())]) == str(
+                exported.resolve()
+            )
+
+
+def test_datasets_loads_exactly_the_compositions_by_folder_and_by_imagefolder(exported, tmp_path):
+    import datasets
+
+    card = _front_matter((exported / "README.md").read_text())
+    assert card["configs"] == [
+        {"config_name": "default", "data_files": [{"split": "train", "path": "train/**"}]}
+    ]
+    rows = read_rows(exported)
+    by_folder = datasets.load_dataset(str(exported), split="train", cache_dir=str(tmp_path / "a"))
+    by_builder = datasets.load_dataset(
+        "imagefolder", data_dir=str(exported), split="train", cache_dir=str(tmp_path / "b")
+    )
+    for loaded in (by_folder, by_builder):
+        assert sorted(loaded["candidate_id"]) == sorted(rows)  # no reference photo, mask or class image
+        assert {"image", "caption", "tokens", "boxes", "background"} <= set(loaded.column_names)
+        for example in loaded:
+            assert example["caption"] == rows[example["candidate_id"]]["caption"]
+            assert example["image"].size == (64, 64)
+
+
+def test_webdataset_concept_shards_carry_references_and_masks(built, exported, tmp_path):
+    import datasets
+    import webdataset as wds
+
+    concepts = {cid: json.loads((exported / f"concepts/{cid}/concept.json").read_text()) for cid in NOUNS}
+    shards = sorted(str(p) for p in (exported / "webdataset").glob("concepts-*.tar"))
+    seen = {}
+    for sample in wds.WebDataset(shards, shardshuffle=False):  # raw bytes, as streamed
+        card = json.loads(sample["json"])
+        concept = concepts[card["concept_id"]]
+        k = int(sample["__key__"].rsplit("-", 1)[1])
+        assert sample["ref.png"] == (exported / concept["refs"][k]).read_bytes()
+        assert sample["mask.png"] == (exported / concept["masks"][k]).read_bytes()
+        assert card["token"] == concept["token"] and card["class_noun"] == concept["class_noun"]
+        seen[sample["__key__"]] = card
+    assert sorted(seen) == sorted(f"{c}-{k:03d}" for c in NOUNS for k in range(2))
+
+    loaded = datasets.load_dataset(
+        "webdataset", data_files=shards, split="train", cache_dir=str(tmp_path / "wds")
+    )
+    assert len(loaded) == 2 * len(NOUNS)
+    assert loaded[0]["ref.png"].size == (32, 32) and loaded[0]["mask.png"].size == (32, 32)
+    card = (exported / "README.md").read_text()
+    assert "webdataset/concepts-*.tar" in card and "webdataset.WebDataset(" in card
+
+
+def test_token_format_rewrites_captions_lists_cards_and_commands(tmp_path):
+    built = build_workspace(tmp_path / "ws")
+    config = built.ws.config
+    config.export.token_format = "sks{n}"
+    built.ws.config_path.write_text(dump_config(config))
+    export = export_mycanvas(built.ws, formats="mycanvas,webdataset").path
+    tokens = {cid: f"sks{n}" for n, cid in enumerate(sorted(NOUNS), start=1)}
+
+    rows = read_rows(export)
+    assert len(rows) == len(EXPORTED)
+    for row in rows.values():
+        assert row["tokens"] == [tokens[c] for c in row["concepts"]]
+        assert all(f"{tokens[c]} {NOUNS[c]}" in row["caption"] for c in row["concepts"])
+    assert json.loads((export / "concepts/cat/concept.json").read_text())["token"] == "sks1"
+    entries = json.loads((export / "concepts_list.json").read_text())
+    assert [e["instance_prompt"] for e in entries] == [
+        f"photo of a {tokens[c]} {NOUNS[c]}" for c in sorted(NOUNS)
+    ]
+    commands = _commands(export)
+    assert _flag(commands["custom_diffusion_concepts"], "--modifier_token") == "sks1+sks2+sks3+sks4+sks5"
+    assert _flag(commands["dreambooth_lora_advanced"], "--token_abstraction") == "sks1,sks2,sks3,sks4,sks5"
+    assert json.loads((export / "manifest.json").read_text())["tokens"] == tokens
+    leftovers = [
+        p.relative_to(export).as_posix()
+        for p in export.rglob("*")
+        if p.suffix in {".json", ".jsonl", ".md"} and "<c-" in p.read_text()
+    ]
+    assert leftovers == []
+
+    from personalization.data import read_export
+
+    assert {c: e.token for c, e in read_export(export).concepts.items()} == tokens
+
+
+@pytest.mark.parametrize(
+    ("token_format", "complaint"),
+    [
+        ("sks", "must use {id} or {n}"),
+        ("{id}", "fixed text"),
+        ("<c {n}>", "spaces"),
+        ("t{n}{x}", "no other field"),
+    ],
+)
+def test_bad_token_formats_are_config_errors(tmp_path, token_format, complaint):
+    path = tmp_path / "curate.toml"
+    path.write_text(f'[export]\ntoken_format = "{token_format}"\n')
+    with pytest.raises(CurateError, match=re.escape(complaint)):
+        load_config(path)
+    assert ExportConfig().token_format == "<c-{id}>"
+
+
+def test_class_images_fill_the_lists_commands_and_survive_re_exports(tmp_path):
+    built = build_workspace(tmp_path / "ws")
+    priors = tmp_path / "priors"
+    for n, noun in enumerate(sorted(NOUNS)):
+        for k in range(3):
+            (priors / noun).mkdir(parents=True, exist_ok=True)
+            (priors / noun / f"{k}.png").write_bytes(_png(7000 + 10 * n + k, 16))
+    with pytest.raises(CurateError, match="class 'cat': 3 images .*, 4 asked"):
+        export_mycanvas(built.ws, class_images_from=priors, class_images=4)
+
+    report = export_mycanvas(built.ws, class_images_from=priors, class_images=2)
+    export = report.path
+    expected = {f"class_images/{noun}": 2 for noun in NOUNS}
+    assert report.class_images == expected
+    assert json.loads((export / "manifest.json").read_text())["counts"]["class_images"] == expected
+    assert "10 class images in 5 class folders" in report.summary()
+    commands = _commands(export)
+    single = commands["custom_diffusion_concepts"]
+    assert "--with_prior_preservation" in single and _flag(single, "--num_class_images") == "2"
+    assert _flag(single, "--prior_loss_weight") == "1"
+    assert (
+        "--with_prior_preservation" not in commands["custom_diffusion_compositions"]
+    )  # none for 'cat and dog'
+    assert "--prior-preservation" in commands["curate_train"]
+
+    # diffusers' script generates the composition classes into class_data_dir; the next export keeps all
+    composed = json.loads((export / "concepts_list_compositions.json").read_text())
+    generated = Path(composed[0]["class_data_dir"]) / "generated-0.png"
+    generated.parent.mkdir(parents=True)
+    generated.write_bytes(_png(9, 16))
+    before = {k: v for k, v in tree_digest(export).items() if k.startswith("class_images/")}
+    again = export_mycanvas(built.ws)
+    after = {k: v for k, v in tree_digest(again.path).items() if k.startswith("class_images/")}
+    assert after == before and len(after) == 11
+
+    from personalization.data import read_export
+
+    assert all(len(c.class_images) == 2 for c in read_export(export).concepts.values())
