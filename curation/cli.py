@@ -309,9 +309,14 @@ def export_command(
     max_per_composition: Annotated[
         int, typer.Option(help="Keep at most N per concept set: best quality first, ties by CLIP-T; 0 = all.")
     ] = 0,
+    class_images_from: Annotated[
+        Path | None,
+        typer.Option(help="Prior-preservation images: a subfolder per class noun, copied to class_images/."),
+    ] = None,
+    class_images: Annotated[int, typer.Option(help="Images per class from --class-images-from; 0 = all.")] = 0,
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
-    """Write accepted candidates with quality >= threshold as a MyCanvas-style folder with metadata.jsonl."""
+    """Write accepted candidates with quality >= threshold as a MyCanvas folder (train/metadata.jsonl)."""
     from curation.progress import progress_bar
     from exports.mycanvas import export_mycanvas
 
@@ -326,6 +331,8 @@ def export_command(
             view=view or None,
             include_near_duplicates=include_near_duplicates,
             max_per_composition=max_per_composition or None,
+            class_images_from=class_images_from,
+            class_images=class_images,
         )
     typer.echo(report.summary())
 
