@@ -151,6 +151,10 @@ class Shape:
         lines += [_row(f"{n} concepts", counts) for n, counts in sorted(self.buckets.items())]
         lines += ["", f"{'concept':<34} {_COLUMNS}"]
         lines += [_row(name, counts) for name, counts in sorted(self.concepts.items())]
+        if orphans := [
+            n for n, c in sorted(self.concepts.items()) if c.target and n not in self.targets.per_concept
+        ]:
+            lines += ["", f"in no composition, so no top-up can reach them: {', '.join(orphans)}"]
         return "\n".join(lines)
 
 
@@ -166,8 +170,16 @@ def _values(dataset: Any, name: str) -> list[Any]:
     return dataset.values(name) if dataset.has_field(name) else [None] * len(dataset)
 
 
+NEAR_DUPLICATE = "near-duplicate"
+"""The reason recorded for an accepted candidate export drops as a copy of another accepted one."""
+
+
 def read_reviews(ws: Workspace) -> dict[str, tuple[Composition, bool, list[str]]]:
-    """candidate_id -> (its composition, accepted for export, review reasons), for reviewed samples."""
+    """candidate_id -> (its composition, accepted for export, review reasons), for reviewed samples.
+
+    Like a default export, an accepted candidate marked as a near-duplicate of another accepted one
+    does not count: it would not be exported, so it fills no target.
+    """
     import fiftyone as fo
 
     name = ds.dataset_name(ws)
@@ -178,13 +190,21 @@ def read_reviews(ws: Workspace) -> dict[str, tuple[Composition, bool, list[str]]
     columns = [
         _values(dataset, f) for f in (ds.CANDIDATE_ID, ds.CONCEPTS, ds.REVIEW_DECISION, ds.REVIEW_QUALITY)
     ]
-    reasons = _values(dataset, ds.REVIEW_REASONS)
+    extra = zip(_values(dataset, ds.REVIEW_REASONS), _values(dataset, ds.NEAR_DUP_OF), strict=True)
     reviews = {}
-    for (cid, concepts, decision, quality), why in zip(zip(*columns, strict=True), reasons, strict=True):
+    copies = {}
+    for (cid, concepts, decision, quality), (why, original) in zip(
+        zip(*columns, strict=True), extra, strict=True
+    ):
         if decision is None or cid is None:
             continue
         accepted = decision == ds.ACCEPT and quality is not None and quality >= min_quality
         reviews[cid] = (tuple(sorted(concepts or [])), accepted, list(why or []))
+        if accepted and original is not None:
+            copies[cid] = original
+    for cid, original in copies.items():
+        if reviews.get(original, ((), False, []))[1]:
+            reviews[cid] = (reviews[cid][0], False, [NEAR_DUPLICATE])
     return reviews
 
 
@@ -221,7 +241,8 @@ def read_shape(ws: Workspace) -> Shape:
             state.accepted + state.rejected + prior
         )
     buckets = {n: Counts(target=t) for n, t in targets.per_bucket.items()}
-    concepts = {name: Counts(target=t) for name, t in targets.per_concept.items()}
+    concepts = {name: Counts(target=config.per_concept) for name in ws.concepts()}  # in no composition too
+    concepts.update((name, Counts(target=t)) for name, t in targets.per_concept.items())
     for state in states.values():
         buckets[len(state.concepts)].add(state)
         for name in state.concepts:

@@ -22,6 +22,7 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,6 +31,9 @@ from curation.progress import ProgressFn, no_progress
 from curation.records import LayoutPlan, content_id
 from curation.targets import Composition, CompositionState, Shape, composition_key, read_shape
 from curation.workspace import Workspace, atomic_write_text
+
+if TYPE_CHECKING:
+    from generators.compositions import CompositionPick
 
 TOPUPS_FILE = "topups.jsonl"
 MAX_REASONS = 3
@@ -137,12 +141,13 @@ def _share_budget(short: list[CompositionState], plans_wanted: dict[str, int], b
     return given
 
 
-def _picks(ws: Workspace, shape: Shape, given: Counter[str], states: dict[str, CompositionState]) -> list:
-    """(plan number, CompositionPick) for every new plan: new numbers, unused backgrounds first."""
+def _picks(
+    ws: Workspace, plans: list[LayoutPlan], given: Counter[str], states: dict[str, CompositionState]
+) -> list[tuple[int, CompositionPick]]:
+    """(plan number, composition) for every new plan: numbers after the existing plans, unused backgrounds first."""
     from generators.compositions import BACKGROUNDS, CompositionPick, pool_key
 
     config = ws.config.layout
-    plans = ws.plans()
     key = pool_key(list(ws.concepts().values()), config)
     k = len(plans)
     picks = []
@@ -187,7 +192,8 @@ def topup(ws: Workspace, max_new: int | None = None, progress: ProgressFn = no_p
     seeds = ws.config.generate.seeds_per_plan
     if budget < 1:
         raise CurateError(f"--max-new must be at least 1 (got {budget})")
-    if not ws.plans():
+    existing = ws.plans()
+    if not existing:
         raise CurateError(f"no layout plans in {ws.plans_path}; run `curate plan` first")
     shape = read_shape(ws)
     if not shape.targets.any:
@@ -218,10 +224,9 @@ def topup(ws: Workspace, max_new: int | None = None, progress: ProgressFn = no_p
         if s.reasons and given[s.key]
     }
     avoid = {states[name].concepts: reasons for name, reasons in report.avoid.items()}
-    existing = ws.plans()
     known = {p.plan_id for p in existing}
     new: list[LayoutPlan] = []
-    for plan in plan_for_compositions(ws, _picks(ws, shape, given, states), avoid, progress):
+    for plan in plan_for_compositions(ws, _picks(ws, existing, given, states), avoid, progress):
         if plan.plan_id not in known:
             known.add(plan.plan_id)
             new.append(plan)

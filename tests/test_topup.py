@@ -223,6 +223,28 @@ def test_targets_per_concept_and_bucket_become_composition_targets(direct_ws: Wo
     assert shape.concepts["rocket"].target == 6
 
 
+def test_an_accepted_near_duplicate_counts_as_export_counts_it(direct_ws: Workspace) -> None:
+    ws = direct_ws
+    write_reviews(ws, {CM: [("accept", 4, []), ("accept", 5, [])]})
+    original, copy = by_composition(ws)[CM]
+    ds.open_dataset(ws).set_values(ds.NEAR_DUP_OF, {copy: original}, key_field=ds.CANDIDATE_ID)
+    [state] = [s for s in read_shape(ws).compositions if s.key == CM]
+    assert (state.accepted, state.rejected, dict(state.reasons)) == (1, 1, {"near-duplicate": 1})
+
+
+def test_concepts_in_no_composition_are_listed_as_unreachable(concept_ws: Workspace) -> None:
+    config = concept_ws.config
+    config.curation = config.curation.model_copy(update={"per_concept": 3})
+    atomic_write_text(concept_ws.config_path, dump_config(config))
+    shape = read_shape(concept_ws)  # no plans: every concept is short and none can be planned for
+    assert {n: (c.target, c.shortfall) for n, c in shape.concepts.items()} == {
+        n: (3, 3) for n in ("astro", "cat", "clock", "mug", "rocket")
+    }
+    assert shape.table().endswith(
+        "in no composition, so no top-up can reach them: astro, cat, clock, mug, rocket"
+    )
+
+
 def test_a_composition_rejected_round_after_round_stops_the_topup(direct_ws: Workspace) -> None:
     ws = direct_ws
     config = ws.config
@@ -269,7 +291,7 @@ def test_export_caps_each_composition_best_quality_then_clip_t(direct_ws: Worksp
     assert export_mycanvas(ws, name="all", include_near_duplicates=True).n_images == 5
     report = export_mycanvas(ws, name="capped", include_near_duplicates=True, max_per_composition=1)
     assert report.per_composition == {AC: 1, CM: 1, CMR: 1} and report.capped == 2
-    rows = [json.loads(line) for line in (report.path / "metadata.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (report.path / "train" / "metadata.jsonl").read_text().splitlines()]
     assert sorted(r["candidate_id"] for r in rows) == sorted([ids[CM][1], ids[CMR][0], ids[AC][1]])
     manifest = json.loads((report.path / "manifest.json").read_text())
     assert sorted(manifest["capped"]) == sorted([ids[CM][0], ids[AC][0]])
