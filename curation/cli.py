@@ -93,7 +93,11 @@ def concepts_add(
 @concepts_app.command("list")
 def concepts_list(workspace: WorkspaceOpt = Path(".")) -> None:
     """List ingested concepts with their tokens and photo counts."""
-    for concept in _workspace(workspace).concepts().values():
+    ws = _workspace(workspace)
+    concepts = ws.concepts()
+    if not concepts:
+        typer.echo(f"no concepts yet: add one with `curate concepts add NAME PHOTOS... --class NOUN -w {ws.root}`")
+    for concept in concepts.values():
         typer.echo(
             f"{concept.concept_id}\t{concept.token}\t{concept.class_noun}\t{len(concept.refs)} photos\t{concept.name}"
         )
@@ -196,7 +200,9 @@ def topup(
 @app.command("app")
 def app_command(
     address: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to serve on; the nearest free one above if busy.")] = 5151,
+    port: Annotated[
+        int, typer.Option(min=1, max=65535, help="Port to serve on; the nearest free one above if busy.")
+    ] = 5151,
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Open the FiftyOne App on the workspace's dataset and wait (Ctrl-C to stop)."""
@@ -218,7 +224,9 @@ def app_command(
 
 @review_app.command("serve")
 def review_serve(
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: the config's); next free one if busy.")] = 0,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port on 127.0.0.1 (0: the config's); next free one if busy.")
+    ] = 0,
     url: Annotated[str, typer.Option(envvar="LABEL_STUDIO_URL", help="Record this running server instead.")] = "",
     token: TokenOpt = "",
     workspace: WorkspaceOpt = Path("."),
@@ -253,7 +261,7 @@ def review_stop(workspace: WorkspaceOpt = Path(".")) -> None:
 def review_push(
     view: Annotated[str, typer.Option(help="FiftyOne saved view to push.")] = "unreviewed",
     order: Annotated[str, typer.Option(help="Task order: uncertain | score | random | view.")] = "uncertain",
-    overlap: Annotated[int, typer.Option(help="Annotators per task; 0 keeps the project's setting.")] = 0,
+    overlap: Annotated[int, typer.Option(min=0, help="Annotators per task; 0 keeps the project's setting.")] = 0,
     url: UrlOpt = "",
     token: TokenOpt = "",
     workspace: WorkspaceOpt = Path("."),
@@ -298,7 +306,9 @@ def review_status(
 @app.command("export")
 def export_command(
     name: Annotated[str, typer.Option(help="Folder name under exports/.")] = "mycanvas",
-    min_quality: Annotated[int, typer.Option(help="Lowest review quality (1-5) to include; 0 = config.")] = 0,
+    min_quality: Annotated[
+        int, typer.Option(min=0, max=5, help="Lowest review quality (1-5) to include; 0 = config.")
+    ] = 0,
     formats: Annotated[
         str, typer.Option("--format", help="mycanvas (is also imagefolder + concepts_list), webdataset; comma list.")
     ] = "",

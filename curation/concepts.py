@@ -36,10 +36,6 @@ MAX_PIXELS = 40_000_000
 MIN_PHOTO_SIDE = 64
 """Photos whose shorter side (as read, and after the downscale to `segment.max_side`) is below this
 are refused: a cut-out of a few pixels segments into nothing and fails every candidate it is pasted in."""
-UNUSABLE_FLAGS = frozenset({"empty", "whole_frame"})
-"""Mask flags that leave nothing to paste (no foreground, or the photo's own background). A concept
-whose every mask has one is refused at ingest; 'fragmented' masks still hold the subject and are
-only avoided when the concept has clean ones (small photos of a tabby on a busy rug often have none)."""
 
 
 def _name_key(name: str) -> str:
@@ -177,7 +173,7 @@ def add_concept(
     Returns:
         The saved concept, with workspace-relative refs and masks in the same order.
     """
-    from generators.segment import load_segmenter, mask_flags
+    from generators.segment import UNUSABLE_FLAGS, load_segmenter, mask_flags
 
     ws.check_concept_id(concept_id)
     class_noun = _checked("class noun (--class)", class_noun, MAX_CLASS_NOUN_CHARS)

@@ -393,7 +393,11 @@ def _plan(
         )
         keys = dataset.values(ds.MODELS_KEY) if dataset.has_field(ds.MODELS_KEY) else [None] * len(ids)
         existing = {c: (p, i, r, k) for c, p, i, r, k in zip(ids, paths, image_hashes, record_hashes, keys)}
-    candidates = list(ws.candidates())
+    unreadable: list[Path] = []
+    candidates = list(ws.candidates(unreadable=unreadable))
+    report.failed.extend(
+        (path.stem, f"unreadable record {ws.relative(path)} (`curate generate` redoes it)") for path in unreadable
+    )
     todo: list[_Todo] = []
     moved: dict[str, str] = {}
     for done, candidate in enumerate(candidates, start=1):
@@ -426,7 +430,7 @@ def _load(todo: _Todo, scorer: ClipScorer | None) -> _Loaded | str:
         with Image.open(todo.path) as image:
             rgb = image.convert("RGB")
     except (OSError, UnidentifiedImageError) as exc:
-        return f"cannot decode {todo.candidate.image}: {exc}"
+        return f"cannot decode {todo.candidate.image}: {exc} (delete it and `curate generate` makes it again)"
     c = todo.candidate
     scores = artifact_scores(np.asarray(rgb), c.boxes, c.width, c.height, c.extra)
     return _Loaded(todo, rgb, scorer.image_tensor(rgb) if scorer else None, scores)
@@ -594,11 +598,7 @@ def launch_app(ws: Workspace, address: str = "127.0.0.1", port: int = 5151) -> s
     import fiftyone as fo
     from fiftyone.core.service import ServiceListenTimeout
 
-    dataset = ds.open_dataset(ws)
-    if not len(dataset):
-        raise CurateError(
-            f"dataset {dataset.name!r} is empty: run `curate generate` and `curate index` first"
-        )
+    dataset = ds.open_dataset(ws, require_samples=True)
     port = choose_port(port, address)
     fo.config.do_not_track = True
     try:

@@ -15,9 +15,10 @@ import secrets
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import tomli_w
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from curation.config import CurateConfig, dump_config, load_config
 from curation.errors import CurateError
@@ -74,16 +75,38 @@ def new_workspace_id(folder_name: str) -> str:
     return f"{prefix}-{secrets.token_hex(8)}"
 
 
-def _read_concept(path: Path) -> Concept:
-    """A stored concept, re-checked: one written before ids and nouns were validated is named, not trusted."""
+RecordT = TypeVar("RecordT", bound=BaseModel)
+
+
+def read_record(model: type[RecordT], text_or_path: str | Path, where: str, remedy: str) -> RecordT:
+    """A stored record, re-checked: a truncated, hand-edited or pre-validation record is named, not trusted.
+
+    Args:
+        model: The record type.
+        text_or_path: The JSON itself, or the file holding it.
+        where: How to name it to the user (a path, or a path and line number).
+        remedy: What the user can do about it, appended to the message.
+
+    Raises:
+        CurateError: naming the record, its first problem and the remedy.
+    """
     try:
-        return Concept.model_validate_json(path.read_text())
+        text = text_or_path.read_text() if isinstance(text_or_path, Path) else text_or_path
+        return model.model_validate_json(text)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise CurateError(
-            f"{str(path)!r}: {where}: {first['msg']}; delete its folder and add the concept again"
-        ) from exc
+        field = ".".join(str(part) for part in first["loc"])
+        problem = f"{field}: {first['msg']}" if field else first["msg"]
+    except UnicodeDecodeError:
+        problem = "not UTF-8 text"
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+    kind = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", model.__name__).lower()
+    raise CurateError(f"{where} is not a valid {kind} record ({problem}); {remedy}")
+
+
+def _read_concept(path: Path) -> Concept:
+    return read_record(Concept, path, str(path), "delete its folder and add the concept again")
 
 
 class Workspace:
@@ -100,7 +123,12 @@ class Workspace:
         never share a FiftyOne dataset or a Label Studio project, whatever their folders are called.
         """
         ws = cls(root)
-        ws.root.mkdir(parents=True, exist_ok=True)
+        try:
+            ws.root.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise CurateError(f"cannot make a workspace at {ws.root}: {exc.filename} is a file, not a folder") from None
+        except PermissionError:
+            raise CurateError(f"cannot make a workspace at {ws.root}: permission denied") from None
         if ws.config_path.exists():
             ws._adopt_legacy_id()
         else:
@@ -221,7 +249,12 @@ class Workspace:
     def plans(self) -> list[LayoutPlan]:
         if not self.plans_path.exists():
             return []
-        return [LayoutPlan.model_validate_json(line) for line in self.plans_path.read_text().splitlines() if line]
+        remedy = "fix or delete that line, or run `curate plan` again"
+        return [
+            read_record(LayoutPlan, line, f"{self.plans_path} line {number}", remedy)
+            for number, line in enumerate(self.plans_path.read_text().splitlines(), start=1)
+            if line.strip()
+        ]
 
     def write_plans(self, plans: list[LayoutPlan]) -> None:
         atomic_write_text(self.plans_path, "".join(p.model_dump_json() + "\n" for p in plans))
@@ -233,12 +266,24 @@ class Workspace:
     def shard_done(self, shard: str) -> bool:
         return (self.shard_dir(shard) / SUCCESS_MARKER).exists()
 
-    def candidates(self, include_failed: bool = False) -> Iterator[Candidate]:
-        """Candidates of finished shards, in shard then id order."""
+    def candidates(self, include_failed: bool = False, unreadable: list[Path] | None = None) -> Iterator[Candidate]:
+        """Candidates of finished shards, in shard then id order.
+
+        Args:
+            include_failed: Also yield candidates whose generation failed.
+            unreadable: Where to collect records that do not parse (they are skipped, and
+                `curate generate` redoes them); None makes the first one an error.
+        """
         if not self.candidates_dir.exists():
             return
         for marker in sorted(self.candidates_dir.glob(f"*/{SUCCESS_MARKER}")):
             for path in sorted(marker.parent.glob("*.json")):
-                candidate = Candidate.model_validate_json(path.read_text())
+                try:
+                    candidate = read_record(Candidate, path, str(path), "`curate generate` redoes it")
+                except CurateError:
+                    if unreadable is None:
+                        raise
+                    unreadable.append(path)
+                    continue
                 if include_failed or candidate.status == "ok":
                     yield candidate

@@ -105,7 +105,7 @@ def _candidate(ws: Workspace, candidate_id: str, filepath: str) -> Candidate:
 
 
 def _base(ws: Workspace, view: str | None) -> fo.Dataset | fo.DatasetView:
-    dataset = open_dataset(ws)
+    dataset = open_dataset(ws, require_samples=True)
     if view is None:
         return dataset
     if not dataset.has_saved_view(view):

@@ -20,6 +20,7 @@ from PIL import Image
 
 from curation.records import Box, Concept
 from curation.workspace import Workspace
+from generators.segment import UNUSABLE_FLAGS
 
 SURFACE_COLOURS: dict[str, tuple[int, int, int]] = {
     "wooden": (150, 105, 65),
@@ -174,10 +175,13 @@ def _cutout(root: str, ref: str, mask: str, max_side: int) -> tuple[np.ndarray, 
 
 
 def pick_reference(concept: Concept, rng: np.random.Generator) -> int:
-    """Index of the reference photo to use: a random one among those whose mask has no flag."""
-    usable = [i for i, flags in enumerate(concept.mask_flags) if not flags] or list(range(len(concept.refs)))
+    """Index of the reference photo to use: a random one among those whose mask has no flag, else
+    among those whose flags still leave a subject to paste (never an empty or whole-frame mask)."""
+    usable = [i for i, flags in enumerate(concept.mask_flags) if not flags] or [
+        i for i, flags in enumerate(concept.mask_flags) if not UNUSABLE_FLAGS.intersection(flags)
+    ]
     if not usable:
-        raise ValueError(f"concept {concept.concept_id} has no reference photos")
+        raise ValueError(f"concept {concept.concept_id} has no reference photo with a usable mask")
     return usable[int(rng.integers(len(usable)))]
 
 

@@ -43,6 +43,7 @@ from curation.workspace import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    read_record,
 )
 from generators.compose import compose, pick_reference, procedural_background
 from generators.recaption import Captioner, caption_settings, load_captioner, template_caption
@@ -413,7 +414,8 @@ def _open_shard(ws: Workspace, shard: str, items: list[WorkItem], report: Genera
     expected = {item.candidate_id for item in items}
     marker = folder / SUCCESS_MARKER
     done = _read_marker(marker) if marker.exists() else None
-    if done is not None and sorted(expected) == done.get("ids") and not done.get("failed"):
+    finished = [_finished(folder, item.candidate_id) for item in items]
+    if done is not None and sorted(expected) == done.get("ids") and not done.get("failed") and all(finished):
         report.skipped_shards += 1
         report.skipped_candidates += len(items)
         return []
@@ -425,12 +427,23 @@ def _open_shard(ws: Workspace, shard: str, items: list[WorkItem], report: Genera
             if path.suffix in {".png", ".json"} and path.stem not in expected:
                 _set_aside(ws, path, report)
     todo = []
-    for item in items:
-        if (folder / f"{item.candidate_id}.png").exists() and (folder / f"{item.candidate_id}.json").exists():
+    for item, ok in zip(items, finished, strict=True):
+        if ok:
             report.skipped_candidates += 1
         else:
             todo.append(item)
     return todo
+
+
+def _finished(folder: Path, candidate_id: str) -> bool:
+    """Both files there and the record readable: a truncated or hand-broken record is made again."""
+    if not (folder / f"{candidate_id}.png").exists():
+        return False
+    try:
+        read_record(Candidate, folder / f"{candidate_id}.json", candidate_id, "")
+    except CurateError:
+        return False
+    return True
 
 
 def _set_aside(ws: Workspace, path: Path, report: GenerateReport) -> None:

@@ -42,6 +42,12 @@ class Segmenter(Protocol):
 # -- mask quality ------------------------------------------------------------------------------
 
 
+UNUSABLE_FLAGS = frozenset({"empty", "whole_frame"})
+"""Mask flags that leave nothing to paste (no foreground, or the photo's own background). A concept
+whose every mask has one is refused at ingest; 'fragmented' masks still hold the subject and are
+only avoided when the concept has clean ones (small photos of a tabby on a busy rug often have none)."""
+
+
 def mask_flags(alpha: np.ndarray) -> list[str]:
     """Quality flags for one mask: 'empty', 'whole_frame', 'fragmented' (none means usable).
 

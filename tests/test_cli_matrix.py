@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from curation.config import IndexConfig, dump_config
 from curation.errors import CurateError
+from curation.records import Candidate
 from curation.workspace import Workspace
 from tests.fixtures.sample_concepts import small_config
 
@@ -42,6 +43,13 @@ def invoke(*args: str) -> tuple[int, str]:
     if exc is not None and not isinstance(exc, SystemExit):
         raise Traceback("".join(traceback.format_exception(exc)[-3:]))
     return result.exit_code, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _libraries_log_to_the_real_streams() -> None:
+    """FiftyOne binds a logging handler to sys.stdout on import; imported inside a CliRunner, it would
+    write to that runner's closed buffer in later cells ("--- Logging error ---")."""
+    import fiftyone  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +142,7 @@ def commands(root: Path, scratch: Path, photo: Path, state: str) -> list[list[st
         ["init", str(root)],
     ]
     if state not in ("indexed", "indexed_empty"):
-        cmds.insert(5, ["app", "--port", "0", *w])  # with a dataset the App would start and wait for Ctrl-C
+        cmds.insert(5, ["app", *w])  # with a dataset the App would start and wait for Ctrl-C
     return cmds
 
 
@@ -185,3 +193,36 @@ def test_half_built_errors_through_the_installed_script(tmp_path: Path) -> None:
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert "Traceback" not in result.stderr
     shutil.rmtree(tmp_path / "ws", ignore_errors=True)
+
+
+def test_damaged_records_are_named_and_made_again(
+    tmp_path: Path, concept_photos: dict[str, list[Path]], tiny_clip_name: str
+) -> None:
+    """Truncated or hand-broken files: each command names the file, and `generate` redoes what it owns."""
+    root = build_state("generated", tmp_path / "pets", concept_photos, tiny_clip_name)
+    w = ["-w", str(root)]
+    records = sorted((root / "candidates").glob("*/*.json"))
+    truncated, undecodable = records[0], records[1]
+    truncated.write_text(truncated.read_text()[:40])
+    undecodable.with_suffix(".png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+
+    code, shown = invoke("index", *w)
+    assert code == 0, shown
+    assert "1 added" in shown and "2 failed" in shown and f"unreadable record candidates/{truncated.parent.name}" in shown
+
+    code, shown = invoke("generate", "--workers", "1", *w)
+    assert code == 0 and "generated 1" in shown, shown  # the truncated record; an existing PNG is not re-decoded
+    assert Candidate.model_validate_json(truncated.read_text()).candidate_id == truncated.stem
+    undecodable.with_suffix(".png").unlink()
+    code, shown = invoke("generate", "--workers", "1", *w)
+    assert code == 0 and "generated 1" in shown, shown
+    code, shown = invoke("index", *w)
+    assert code == 0 and "2 added" in shown and "failed" not in shown, shown
+
+    plans = root / "plans" / "plans.jsonl"
+    plans.write_text(plans.read_text() + "{not json\n")
+    code, shown = invoke("generate", *w)
+    assert code == 1 and f"{plans} line 4 is not a valid layout plan record" in shown, shown
+    (root / "concepts" / "cat" / "concept.json").write_text("{}")
+    code, shown = invoke("concepts", "list", *w)
+    assert code == 1 and "concept.json is not a valid concept record (concept_id: Field required)" in shown, shown

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from pydantic import ValidationError
 
-from curation.concepts import MIN_PHOTO_SIDE, UNUSABLE_FLAGS, add_concept, choose_concept_id, concept_id_for
+from curation.concepts import MIN_PHOTO_SIDE, add_concept, choose_concept_id, concept_id_for
+from generators.segment import UNUSABLE_FLAGS
 from curation.errors import CurateError
 from curation.records import CONCEPT_ID, MAX_CLASS_NOUN_CHARS, Concept
 from curation.workspace import Workspace
@@ -490,3 +491,17 @@ def test_any_bytes_as_a_photo_ingest_or_are_one_error_line(
     path = ws.root.parent / f"bytes{suffix}"
     path.write_bytes(data)
     _ingest(ws, [path])
+
+
+def test_paste_never_picks_an_empty_or_whole_frame_mask() -> None:
+    """With no clean mask, the pick falls back to masks that still hold a subject, never to unusable ones."""
+    from generators.compose import pick_reference
+
+    refs = [f"concepts/cat/refs/{i}.png" for i in range(3)]
+    concept = Concept(concept_id="cat", name="cat", class_noun="cat", token="<c-cat>", refs=refs, masks=refs,
+                      mask_flags=[["empty"], ["fragmented"], ["whole_frame", "fragmented"]])  # fmt: skip
+    rng = np.random.default_rng(0)
+    assert {pick_reference(concept, rng) for _ in range(50)} == {1}
+    hopeless = concept.model_copy(update={"mask_flags": [["empty"], ["whole_frame"], ["empty"]]})
+    with pytest.raises(ValueError, match="no reference photo with a usable mask"):
+        pick_reference(hopeless, rng)
