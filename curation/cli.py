@@ -28,6 +28,7 @@ app = typer.Typer(
     help=(
         "Build a curated multi-concept personalization dataset, MyCanvas style.\n\n"
         "Steps: init -> concepts add -> plan -> generate -> index -> review serve/push/pull -> export.\n"
+        "`curate status` / `curate topup` plan more where review left a composition short of its target.\n"
         "`curate demo` runs them all on sample photos with offline defaults."
     ),
     no_args_is_help=True,

@@ -150,10 +150,13 @@ def _picks(
     config = ws.config.layout
     key = pool_key(list(ws.concepts().values()), config)
     k = len(plans)
+    backgrounds: dict[Composition, list[str]] = {}
+    for plan in plans:
+        backgrounds.setdefault(tuple(sorted(plan.concepts)), []).append(plan.background)
     picks = []
     for name, count in given.items():
         concepts = states[name].concepts
-        used = [p.background for p in plans if tuple(sorted(p.concepts)) == concepts]
+        used = backgrounds.get(concepts, [])
         rng = np.random.default_rng(int(content_id({"seed": config.seed, "composition": concepts}, 8), 16))
         scenes = [BACKGROUNDS[i] for i in rng.permutation(len(BACKGROUNDS))]
         fresh = [b for b in scenes if b not in used] or scenes
