@@ -90,8 +90,10 @@ def test_any_bytes_load_or_are_one_error_line(data: bytes) -> None:
         (b'[layout]\n"max\\nconcepts" = 3\n', r"layout\.'max\\nconcepts': Extra inputs are not permitted"),
         (b"x" * 1_000_001, "1,000,001 bytes is too large"),
         (b'[layout]\nwidth = "wide"\n', "layout.width: Input should be a valid integer"),
+        (b"[layout]\nmax_overlap = nan\n", "layout.max_overlap: Input should be a finite number"),
+        (b"[index]\ndetection_threshold = -inf\n", "index.detection_threshold: Input should be a finite number"),
     ],
-    ids=["latin1", "deep", "newline_key", "huge", "wrong_type"],
+    ids=["latin1", "deep", "newline_key", "huge", "wrong_type", "nan", "inf"],
 )
 def test_bad_files_name_the_problem_on_one_line(data: bytes, expected: str) -> None:
     outcome = _load(data)
