@@ -21,6 +21,7 @@ import yaml
 from curation.config import ExportConfig, dump_config, load_config
 from curation.errors import CurateError
 from exports.mycanvas import export_mycanvas
+from tests.fixtures.personalization_export import build_tiny_export
 from tests.test_export import EXPORTED, NOUNS, Built, _png, build_workspace, read_rows, tree_digest
 
 
@@ -236,3 +237,24 @@ def test_class_images_fill_the_lists_commands_and_survive_re_exports(tmp_path):
     from personalization.data import read_export
 
     assert all(len(c.class_images) == 2 for c in read_export(export).concepts.values())
+
+
+def test_cli_export_takes_class_images_and_train_takes_prior_preservation(tmp_path):
+    from typer.testing import CliRunner
+
+    from curation.cli import app
+
+    built = build_workspace(tmp_path / "ws")
+    priors = tmp_path / "priors"
+    for n, noun in enumerate(sorted(NOUNS)):
+        (priors / noun).mkdir(parents=True)
+        (priors / noun / "0.png").write_bytes(_png(8000 + n, 16))
+    args = ["export", "-w", str(built.ws.root), "--class-images-from", str(priors), "--class-images", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "5 class images in 5 class folders" in result.output
+    no_priors = build_tiny_export(tmp_path / "plain")  # the flag reaches the trainer, which checks first
+    args = ["train", str(no_priors), "-o", str(tmp_path / "run"), "--prior-preservation", "--cpu"]
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, CurateError)
+    assert "prior preservation needs class images" in str(result.exception)
