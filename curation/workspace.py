@@ -159,10 +159,16 @@ class Workspace:
         if "workspace" in tomllib.loads(text):
             config = self.config
             config.workspace.id = self.name
-            atomic_write_text(self.config_path, dump_config(config))
+            updated = dump_config(config)
         else:
-            section = tomli_w.dumps({"workspace": {"id": self.name}})
-            atomic_write_text(self.config_path, text.rstrip("\n") + "\n\n" + section)
+            updated = text.rstrip("\n") + "\n\n" + tomli_w.dumps({"workspace": {"id": self.name}})
+        try:
+            atomic_write_text(self.config_path, updated)
+        except PermissionError:
+            raise CurateError(
+                f"{self.config_path} has no workspace id and cannot be written here; "
+                f"add the line `id = {self.name!r}` under `[workspace]` (the folder name keeps its dataset)"
+            ) from None
 
     # -- paths ---------------------------------------------------------------------------------
     @property

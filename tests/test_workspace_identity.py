@@ -2,13 +2,19 @@
 id in curate.toml, not the folder name, so same-named workspaces never share and a renamed one keeps
 its dataset."""
 
+import os
 import shutil
+import tempfile
+import uuid
+from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from curation import dataset as ds
 from curation.cli import app
 from curation.config import load_config
+from curation.errors import CurateError
 from curation.index import index_workspace
 from curation.review import project_marker
 from curation.workspace import Workspace
@@ -80,3 +86,38 @@ def test_curate_init_writes_a_fresh_id(tmp_path):
     again = runner.invoke(app, ["init", str(tmp_path / "a" / "pets")])  # re-init keeps the id
     assert again.exit_code == 0
     assert load_config(tmp_path / "a" / "pets" / "curate.toml").workspace.id in ids
+
+
+def test_a_pre_id_workspace_another_account_cannot_write_is_a_clear_error():
+    """Opening a pre-id workspace writes its id; where that is not allowed, say what to add, no traceback.
+
+    The other account runs in a forked child (setuid), since this machine's interpreter lives in a
+    folder only root can reach."""
+    if os.geteuid() != 0:
+        pytest.skip("running as another account needs root")
+    folder = Path(tempfile.gettempdir()) / f"curate-readonly-{uuid.uuid4().hex[:10]}"
+    (folder / "pets").mkdir(parents=True)
+    folder.chmod(0o755)
+    (folder / "pets").chmod(0o755)
+    (folder / "pets" / "curate.toml").write_text("[layout]\nseed = 3\n")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the other account
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            Workspace.open(folder / "pets")
+            message = b"opened"
+        except CurateError as exc:
+            message = str(exc).encode()
+        except BaseException as exc:  # noqa: BLE001 - any other exception is what the test must catch
+            message = f"traceback: {exc!r}".encode()
+        os.write(write, message)
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as pipe:
+        message = pipe.read().decode()
+    shutil.rmtree(folder, ignore_errors=True)
+    assert "cannot be written here; add the line `id = 'pets'` under `[workspace]`" in message, message
+    assert "\n" not in message
