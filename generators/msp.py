@@ -51,6 +51,7 @@ import numpy as np
 from PIL import Image
 
 from curation.config import MSPSettings
+from curation.devices import resolve_device
 from curation.errors import CurateError
 from curation.progress import ProgressFn, no_progress
 from curation.records import Concept, LayoutPlan
@@ -213,11 +214,9 @@ class MSPGenerator:
         cls, model: str | Path, controlnet: str | Path | None = None, device: str | None = None
     ) -> MSPGenerator:
         """Load a pipeline (and ControlNet) by hub id or local folder; fp16 on CUDA, fp32 on CPU."""
-        import torch
         from diffusers import ControlNetModel, StableDiffusionPipeline
 
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        device, dtype = resolve_device(device or "auto", "auto")
         try:
             pipe = StableDiffusionPipeline.from_pretrained(
                 str(model), dtype=dtype, safety_checker=None, requires_safety_checker=False

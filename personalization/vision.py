@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from curation.devices import torch_device
 from curation.scores.presence import load_pretrained
 
 
@@ -36,10 +37,9 @@ class DinoEmbedder:
 
 
 def load_dino(model_id: str, device: str | None = None) -> DinoEmbedder:
-    import torch
     from transformers import AutoImageProcessor, AutoModel
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch_device(device)
     model = load_pretrained("DINO", model_id, lambda: AutoModel.from_pretrained(model_id))
     processor = load_pretrained("DINO", model_id, lambda: AutoImageProcessor.from_pretrained(model_id))
     return DinoEmbedder(model.to(device).eval(), processor, device)

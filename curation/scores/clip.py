@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from curation.devices import torch_device
 from curation.errors import CurateError
 
 if TYPE_CHECKING:
@@ -120,13 +121,6 @@ def clip_t(image_embeddings: np.ndarray, text_embeddings: np.ndarray) -> tuple[n
     return cosine, CLIPSCORE_W * np.clip(cosine, 0.0, None)
 
 
-def default_device() -> str:
-    """GPU when torch sees one, else CPU."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 RANDOM_FINGERPRINT = "random"
 """Seeded random init: the same weights for the same architecture in every process."""
 
@@ -217,7 +211,7 @@ def load_clip(
 
     if model_name not in open_clip.list_models():
         raise CurateError(f"unknown open_clip model {model_name!r} (see open_clip.list_models())")
-    device = device or default_device()
+    device = torch_device(device)
     if pretrained and not Path(pretrained).is_file():
         if _looks_like_path(pretrained):
             raise CurateError(f"CLIP checkpoint {pretrained} does not exist")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from curation.devices import torch_device
 from curation.errors import CurateError
 
 if TYPE_CHECKING:
@@ -145,12 +146,6 @@ def score_presence(
     return results
 
 
-def _device(device: str | None) -> str:
-    import torch
-
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def load_pretrained(kind: str, model_id: str, loader: Callable[[], Any]) -> Any:
     """Run a transformers `from_pretrained` call, turning a missing or unfit model into a CurateError."""
     try:
@@ -197,7 +192,7 @@ def load_detector(model_id: str, device: str | None = None) -> OwlDetector:
     """
     from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-    device = _device(device)
+    device = torch_device(device)
     model = load_pretrained(
         "detector", model_id, lambda: AutoModelForZeroShotObjectDetection.from_pretrained(model_id)
     )
