@@ -5,7 +5,8 @@ directory), fills in what the user would otherwise build by hand from every conc
 (Custom Diffusion's `--modifier_token` and `--initializer_token`, the advanced LoRA script's
 `--token_abstraction`), and turns on prior preservation when the export holds class images for every
 class it would regularise. Two things stay the user's, as shell variables with the command:
-`$DIFFUSERS`, a clone of github.com/huggingface/diffusers (its `examples/` are not in the pip package),
+`$DIFFUSERS`, the absolute path of a clone of github.com/huggingface/diffusers (its `examples/` are
+not in the pip package),
 and `$PRETRAINED`, the base pipeline (Stable Diffusion 1.5 unless set). The card and the JSON carry
 the same strings.
 
@@ -65,10 +66,10 @@ def initializer_word(class_noun: str) -> str:
     return class_noun.split()[-1].lower()
 
 
-def _prior(class_dirs: list[str], class_counts: dict[str, int], flag: str) -> list[str]:
-    """Prior-preservation flags when every class folder the list names holds images, else none."""
+def _prior(class_dirs: list[str], class_counts: dict[str, int], flag: str, at_least: int = 1) -> list[str]:
+    """Prior-preservation flags when every class folder the list names holds `at_least` images, else none."""
     counts = [class_counts.get(d, 0) for d in class_dirs]
-    if not counts or min(counts) == 0:
+    if not counts or min(counts) < at_least:
         return []
     return [flag, "--prior_loss_weight", f"{PRIOR_LOSS_WEIGHT:g}", "--num_class_images", str(min(counts))]
 
@@ -131,7 +132,9 @@ def train_commands(
         "--output_dir", str(runs / "dreambooth_multi_subject"),
         *common,
         "--learning_rate", "5e-6", "--max_train_steps", "800",
-        *_prior(concept_dirs, class_counts, "--with_prior_preservation"),
+        # the script indexes subject i's class images modulo i + 1 (the folder count), so every
+        # class folder needs an image per subject or its data loader runs out of range
+        *_prior(concept_dirs, class_counts, "--with_prior_preservation", at_least=len(concept_dirs)),
     ]  # fmt: skip
     commands.append(
         TrainCommand(
@@ -140,7 +143,8 @@ def train_commands(
             trains_on="each concept's reference photos, one subject per folder",
             note=(
                 "adds no tokens: export with a rare-token [export] token_format such as 'sks{n}' so the"
-                " token is not split into pieces that contain the class word"
+                " token is not split into pieces that contain the class word; prior preservation is on"
+                " only when every class folder holds an image per subject (the script needs that many)"
             ),
             command=_line(_script("multi_subject_dreambooth"), args),
         )
@@ -153,7 +157,7 @@ def train_commands(
         "--instance_prompt", f"photo of {phrases}",
         "--token_abstraction", ",".join(c.token for c in concepts),
         "--train_text_encoder_ti",
-        "--output_dir", str(runs / "dreambooth_lora_advanced"),
+        "--output_dir", "dreambooth_lora_advanced",
         *common,
         "--learning_rate", "1e-4", "--max_train_steps", "500",
     ]  # fmt: skip
@@ -163,17 +167,31 @@ def train_commands(
             consumer="diffusers " + _SCRIPTS["dreambooth_lora_advanced"],
             trains_on="the compositions with their per-image captions (train/metadata.jsonl)",
             note=(
-                "each token becomes new textual-inversion tokens; the SDXL script"
+                "each token becomes new textual-inversion tokens; the command cds into the runs folder"
+                " because the script saves its embeddings under `<output_dir>/<output_dir>_emb.safetensors`,"
+                " which only works for a relative --output_dir; the SDXL script"
                 " (train_dreambooth_lora_sdxl_advanced.py) takes the same flags with an SDXL base"
             ),
-            command=_line(_script("dreambooth_lora_advanced"), args),
+            command=_line(
+                [
+                    "mkdir",
+                    "-p",
+                    str(runs),
+                    _Raw("&&"),
+                    "cd",
+                    str(runs),
+                    _Raw("&&"),
+                    *_script("dreambooth_lora_advanced"),
+                ],
+                args,
+            ),
         )
     )
     args = [
         "train",
         str(root),
         "--output",
-        str(runs / "curate"),
+        str(runs / "curate_train"),
         "--pretrained",
         _Raw(_PRETRAINED),
         "--gen4gen",
@@ -199,7 +217,7 @@ def commands_json(root: Path, commands: list[TrainCommand]) -> str:
             {
                 "export": str(root),
                 "variables": {
-                    "DIFFUSERS": "a clone of github.com/huggingface/diffusers (its examples/ are not pip-installed)",
+                    "DIFFUSERS": "absolute path of a github.com/huggingface/diffusers clone (examples/ are not pip-installed)",
                     "PRETRAINED": f"base pipeline id or folder; {DEFAULT_PRETRAINED} when unset",
                 },
                 "commands": [asdict(c) for c in commands],
@@ -217,8 +235,9 @@ def card_section(commands: list[TrainCommand]) -> list[str]:
         "## Train on this set",
         "",
         (
-            "Each command runs as printed from any directory (paths are absolute; the same strings are in"
-            " `train_commands.json`). Set `DIFFUSERS` to a clone of github.com/huggingface/diffusers;"
+            "Each command runs as printed from any directory (paths are absolute, or it cds first; the same strings are in"
+            " `train_commands.json`). Set `DIFFUSERS` to the absolute path of a clone of"
+            " github.com/huggingface/diffusers;"
             f" `PRETRAINED` defaults to `{DEFAULT_PRETRAINED}`."
         ),
         "",

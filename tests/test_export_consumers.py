@@ -79,12 +79,14 @@ def test_card_and_json_carry_the_same_commands_with_tokens_filled_in(built, expo
         for row in read_rows(exported).values()
     )
     assert commands["curate_train"][:3] == ["curate", "train", str(exported.resolve())]
-    for argv in commands.values():
-        paths = [a for a in argv if a.startswith("/")]
-        assert paths and all(Path(p).is_absolute() for p in paths)
-        assert _flag(argv, "--output_dir" if "--output_dir" in argv else "--output").startswith(
-            str(built.ws.root.resolve() / "train" / "mycanvas")
-        )
+    runs = built.ws.root.resolve() / "train" / "mycanvas"
+    # the advanced script saves to f"{output_dir}/{output_dir}_emb.safetensors": relative, after a cd
+    assert lora[:6] == ["mkdir", "-p", str(runs), "&&", "cd", str(runs)]
+    assert _flag(lora, "--output_dir") == "dreambooth_lora_advanced"
+    for name, argv in commands.items():
+        if name != "dreambooth_lora_advanced":
+            output = _flag(argv, "--output_dir" if "--output_dir" in argv else "--output")
+            assert output == str(runs / name)
 
 
 def test_concepts_lists_open_from_any_directory(exported, tmp_path, monkeypatch):
@@ -223,6 +225,8 @@ def test_class_images_fill_the_lists_commands_and_survive_re_exports(tmp_path):
         "--with_prior_preservation" not in commands["custom_diffusion_compositions"]
     )  # none for 'cat and dog'
     assert "--prior-preservation" in commands["curate_train"]
+    # multi-subject DreamBooth indexes class images modulo the subject's position: 2 < 5 subjects
+    assert "--with_prior_preservation" not in commands["dreambooth_multi_subject"]
 
     # diffusers' script generates the composition classes into class_data_dir; the next export keeps all
     composed = json.loads((export / "concepts_list_compositions.json").read_text())
