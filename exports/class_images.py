@@ -46,7 +46,7 @@ def add_from_folder(source: Path, class_nouns: list[str], count: int, place: Pla
         raise CurateError(f"--class-images-from {source}: no such folder")
     for noun in sorted(set(class_nouns)):
         target = class_folder(noun)
-        candidates = [source / Path(target).name, source / noun]
+        candidates = [source / Path(target).name] + ([source / noun] if Path(noun).name == noun else [])
         found = next((images for images in map(_images, candidates) if images), [])
         if not found or len(found) < count:
             raise CurateError(

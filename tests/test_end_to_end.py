@@ -102,7 +102,7 @@ def test_chain_exports_exactly_the_accepted_candidates(workspace: Workspace, tmp
     for candidate_id, row in metadata.items():
         candidate: Candidate = candidates[candidate_id]
         assert row["caption"] == fixed.get(candidate_id, candidate.caption)
-        assert (export / row["file_name"]).read_bytes() == ws.resolve(candidate.image).read_bytes()
+        assert (export / "train" / row["file_name"]).read_bytes() == ws.resolve(candidate.image).read_bytes()
         assert [b["concept_id"] for b in row["boxes"]] == [b.concept_id for b in candidate.boxes]
         assert [[b["x"], b["y"], b["w"], b["h"]] for b in row["boxes"]] == [
             [b.x, b.y, b.w, b.h] for b in candidate.boxes
