@@ -42,17 +42,17 @@ def train_command(
     ] = "compositions",
     repeat: Annotated[int, typer.Option(help="Write each concept phrase this many times.")] = 1,
     separate_background: Annotated[
-        bool, typer.Option(help="Identity part and background as separate clauses.")
+        bool, typer.Option("--separate-background", help="Identity part and background as separate clauses.")
     ] = False,
     gen4gen: Annotated[
-        bool, typer.Option(help="Gen4Gen prompting preset: --repeat 2 --separate-background.")
+        bool, typer.Option("--gen4gen", help="Gen4Gen prompting preset: --repeat 2 --separate-background.")
     ] = False,
     seed: Annotated[int, typer.Option()] = 0,
-    cpu: Annotated[bool, typer.Option(help="Train on CPU even when a GPU is present.")] = False,
-    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint.")] = True,
+    cpu: Annotated[bool, typer.Option("--cpu", help="Train on CPU even when a GPU is present.")] = False,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the newest checkpoint.")] = True,
     prior_preservation: Annotated[
         bool,
-        typer.Option(help="Also denoise the export's class_images/ (Custom Diffusion's regularisation)."),
+        typer.Option("--prior-preservation", help="Also denoise the export's class_images/ (CD's regularisation)."),
     ] = False,
     prior_loss_weight: Annotated[float, typer.Option(help="Weight of the class images' loss.")] = 1.0,
 ) -> None:
