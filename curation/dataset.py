@@ -6,7 +6,7 @@ is an import error instead of a silently empty field.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from curation.errors import CurateError
 
@@ -87,6 +87,13 @@ def open_dataset(ws: Workspace, require_samples: bool = False) -> fo.Dataset:
             f"dataset {name!r} has no candidates yet: run `curate generate -w {ws.root}` and `curate index` first"
         )
     return dataset
+
+
+def field_values(collection: fo.Dataset | fo.DatasetView, name: str) -> list[Any]:
+    """A field's values, or Nones when no sample ever got the field (e.g. no dedup or review has run)."""
+    if collection.has_field(name):
+        return collection.values(name)
+    return [None] * len(collection)
 
 
 def accepted_view(dataset: fo.Dataset, min_quality: float | None = None) -> fo.DatasetView:

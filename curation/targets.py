@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 from curation import dataset as ds
 from curation.config import CurationConfig
@@ -166,10 +165,6 @@ def _row(name: str, c: Counts) -> str:
     return f"{label:<34} {c.accepted:>8} {c.pending:>8} {c.rejected:>8} {c.target:>7} {c.shortfall:>6}"
 
 
-def _values(dataset: Any, name: str) -> list[Any]:
-    return dataset.values(name) if dataset.has_field(name) else [None] * len(dataset)
-
-
 NEAR_DUPLICATE = "near-duplicate"
 """The reason recorded for an accepted candidate export drops as a copy of another accepted one."""
 
@@ -188,16 +183,22 @@ def read_reviews(ws: Workspace) -> dict[str, tuple[Composition, bool, list[str]]
     dataset = fo.load_dataset(name)
     min_quality = ws.config.export.min_quality
     columns = [
-        _values(dataset, f) for f in (ds.CANDIDATE_ID, ds.CONCEPTS, ds.REVIEW_DECISION, ds.REVIEW_QUALITY)
+        ds.field_values(dataset, f)
+        for f in (ds.CANDIDATE_ID, ds.CONCEPTS, ds.REVIEW_DECISION, ds.REVIEW_QUALITY)
     ]
-    extra = zip(_values(dataset, ds.REVIEW_REASONS), _values(dataset, ds.NEAR_DUP_OF), strict=True)
+    extra = zip(
+        ds.field_values(dataset, ds.REVIEW_REASONS),
+        ds.field_values(dataset, ds.NEAR_DUP_OF),
+        dataset.values("filepath"),
+        strict=True,
+    )
     reviews = {}
     copies = {}
-    for (cid, concepts, decision, quality), (why, original) in zip(
+    for (cid, concepts, decision, quality), (why, original, filepath) in zip(
         zip(*columns, strict=True), extra, strict=True
     ):
-        if decision is None or cid is None:
-            continue
+        if decision is None or cid is None or ws.is_stale(cid, filepath):
+            continue  # a stale candidate's review outlives it, but export skips it: it fills no target
         accepted = decision == ds.ACCEPT and quality is not None and quality >= min_quality
         reviews[cid] = (tuple(sorted(concepts or [])), accepted, list(why or []))
         if accepted and original is not None:

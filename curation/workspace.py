@@ -272,6 +272,16 @@ class Workspace:
     def shard_done(self, shard: str) -> bool:
         return (self.shard_dir(shard) / SUCCESS_MARKER).exists()
 
+    def is_stale(self, candidate_id: str, image: str) -> bool:
+        """Whether `curate generate` set the candidate aside under candidates/_stale/ (plans or generator
+        settings changed); its review outlives it in FiftyOne, but it is no longer part of the set."""
+        shard = Path(image).parent.name
+        record = f"{candidate_id}.json"
+        return (
+            not self.resolve(Path("candidates") / shard / record).exists()
+            and self.resolve(Path("candidates") / STALE_DIR / shard / record).exists()
+        )
+
     def candidates(self, include_failed: bool = False, unreadable: list[Path] | None = None) -> Iterator[Candidate]:
         """Candidates of finished shards, in shard then id order.
 

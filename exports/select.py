@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from curation.dataset import (
     CANDIDATE_ID,
@@ -22,11 +22,11 @@ from curation.dataset import (
     NEAR_DUP_OF,
     REVIEW_QUALITY,
     accepted_view,
+    field_values,
     open_dataset,
 )
 from curation.errors import CurateError
 from curation.records import Box, Candidate
-from curation.workspace import STALE_DIR
 
 if TYPE_CHECKING:
     import fiftyone as fo
@@ -76,23 +76,6 @@ class Selection:
     """Accepted candidates left out by `max_per_composition` (their concept set already had enough)."""
 
 
-def _values(collection: fo.DatasetView | fo.Dataset, name: str) -> list[Any]:
-    """A field's values, or Nones when no sample ever got the field (e.g. no dedup has run)."""
-    if collection.has_field(name):
-        return collection.values(name)
-    return [None] * len(collection)
-
-
-def _is_stale(ws: Workspace, candidate_id: str, filepath: str) -> bool:
-    """Whether the generator moved the candidate to candidates/_stale/ (its review outlives it in FiftyOne)."""
-    shard = Path(filepath).parent.name
-    record = f"{candidate_id}.json"
-    return (
-        not ws.resolve(Path("candidates") / shard / record).exists()
-        and ws.resolve(Path("candidates") / STALE_DIR / shard / record).exists()
-    )
-
-
 def _candidate(ws: Workspace, candidate_id: str, filepath: str) -> Candidate:
     """Read the candidate record from its shard (the image's folder name), under this workspace."""
     relative = Path("candidates") / Path(filepath).parent.name / f"{candidate_id}.json"
@@ -137,13 +120,13 @@ def select_candidates(
     chosen = accepted_view(base, min_quality).sort_by(CANDIDATE_ID)
     ids = chosen.values(CANDIDATE_ID)
     paths = chosen.values("filepath")
-    captions = _values(chosen, CAPTION)
-    fixed = _values(chosen, CAPTION_FIXED)
-    qualities = _values(chosen, REVIEW_QUALITY)
-    near_dups = _values(chosen, NEAR_DUP_OF)
-    clip_t = dict(zip(ids, _values(chosen, CLIP_T), strict=True))
+    captions = field_values(chosen, CAPTION)
+    fixed = field_values(chosen, CAPTION_FIXED)
+    qualities = field_values(chosen, REVIEW_QUALITY)
+    near_dups = field_values(chosen, NEAR_DUP_OF)
+    clip_t = dict(zip(ids, field_values(chosen, CLIP_T), strict=True))
 
-    stale = [c for c, path in zip(ids, paths, strict=True) if _is_stale(ws, c, path)]
+    stale = [c for c, path in zip(ids, paths, strict=True) if ws.is_stale(c, path)]
     selected = set(ids) - set(stale)  # a copy of a stale original is kept, as one of a rejected original
     items: list[ExportItem] = []
     dropped: list[str] = []
@@ -178,7 +161,7 @@ def select_candidates(
         items, capped = cap_per_composition(items, clip_t, max_per_composition)
     reviewed = [
         (int(n), float(q))
-        for n, q in zip(_values(base, N_CONCEPTS), _values(base, REVIEW_QUALITY), strict=True)
+        for n, q in zip(field_values(base, N_CONCEPTS), field_values(base, REVIEW_QUALITY), strict=True)
         if q is not None and n is not None
     ]
     return Selection(

@@ -30,7 +30,7 @@ from curation.review import connect, ensure_project, push
 from curation.review_pull import annotation_result, pull
 from curation.targets import read_shape
 from curation.topup import read_rounds, topup
-from curation.workspace import Workspace, atomic_write_text
+from curation.workspace import STALE_DIR, Workspace, atomic_write_text
 from exports.mycanvas import export_mycanvas
 from generators.layout import plan_layouts
 from generators.run import generate
@@ -230,6 +230,21 @@ def test_an_accepted_near_duplicate_counts_as_export_counts_it(direct_ws: Worksp
     ds.open_dataset(ws).set_values(ds.NEAR_DUP_OF, {copy: original}, key_field=ds.CANDIDATE_ID)
     [state] = [s for s in read_shape(ws).compositions if s.key == CM]
     assert (state.accepted, state.rejected, dict(state.reasons)) == (1, 1, {"near-duplicate": 1})
+
+
+def test_an_accepted_candidate_set_aside_as_stale_fills_no_target(direct_ws: Workspace) -> None:
+    """Status counts what export takes: a stale candidate's review stays in FiftyOne, but not in the set."""
+    ws = direct_ws
+    write_reviews(ws, {CM: [("accept", 4, []), ("accept", 5, [])]})
+    stale_id = by_composition(ws)[CM][0]
+    [record] = ws.candidates_dir.glob(f"*/{stale_id}.json")
+    target = ws.candidates_dir / STALE_DIR / record.parent.name
+    target.mkdir(parents=True)
+    for path in record.parent.glob(f"{stale_id}.*"):
+        path.rename(target / path.name)  # where `curate generate` moves candidates of changed plans
+    assert ws.is_stale(stale_id, ds.open_dataset(ws).match({ds.CANDIDATE_ID: stale_id}).first().filepath)
+    [state] = [s for s in read_shape(ws).compositions if s.key == CM]
+    assert (state.accepted, state.rejected) == (1, 0)
 
 
 def test_concepts_in_no_composition_are_listed_as_unreachable(concept_ws: Workspace) -> None:
