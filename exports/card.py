@@ -116,6 +116,7 @@ def render_card(
     formats: list[str],
     targets: dict[str, dict[str, int]] | None = None,
     consumers: list[str] | None = None,
+    train_bytes: int = 0,
 ) -> str:
     """The whole README.md; deterministic (no dates), so re-exports are byte-identical.
 
@@ -130,6 +131,9 @@ def render_card(
         targets: The `[curation]` targets by "composition", "bucket" and "concept" (each key ->
             images wanted); None when none is set. The card then shows the set's shape against them.
         consumers: The "Train on this set" section (see `exports.commands.card_section`).
+        train_bytes: Size of everything under train/, declared with the row count in `dataset_info`:
+            `datasets` keys its cache of `load_dataset(<this folder>)` on the card, not on the files,
+            so without it a re-export would load the previous export's rows from the cache.
     """
     shape: list[str] = []
     if targets:
@@ -156,6 +160,14 @@ def render_card(
             "- multi-concept-personalization",
             "- mycanvas",
             *_CONFIGS,
+            "dataset_info:",
+            "  config_name: default",
+            "  splits:",
+            "  - name: train",
+            f"    num_bytes: {train_bytes}",
+            f"    num_examples: {total}",
+            f"  download_size: {train_bytes}",
+            f"  dataset_size: {train_bytes}",
             "---",
             f"# {name}",
             "",

@@ -318,6 +318,7 @@ def export_mycanvas(
                 formats=chosen_formats,
                 targets=targets,
                 consumers=card_section(commands),
+                train_bytes=sum(p.stat().st_size for p in (tmp / "train").rglob("*") if p.is_file()),
             ),
         )
         atomic_write_json(

@@ -124,6 +124,21 @@ def test_datasets_loads_exactly_the_compositions_by_folder_and_by_imagefolder(ex
             assert example["image"].size == (64, 64)
 
 
+def test_a_re_export_loads_fresh_rows_not_the_datasets_cache(tmp_path):
+    """`load_dataset(<folder>)` caches by the card: the card's dataset_info changes with the rows."""
+    import datasets
+
+    built = build_workspace(tmp_path / "ws")
+    cache = str(tmp_path / "cache")
+    first = read_rows(export_mycanvas(built.ws, min_quality=5).path)
+    folder = str(built.ws.exports_dir / "mycanvas")
+    assert datasets.load_dataset(folder, split="train", cache_dir=cache).num_rows == len(first)
+    second = read_rows(export_mycanvas(built.ws, min_quality=1).path)
+    assert len(second) > len(first)
+    again = datasets.load_dataset(folder, split="train", cache_dir=cache)
+    assert sorted(again["candidate_id"]) == sorted(second)
+
+
 def test_webdataset_concept_shards_carry_references_and_masks(built, exported, tmp_path):
     import datasets
     import webdataset as wds
