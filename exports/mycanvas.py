@@ -88,6 +88,11 @@ class ExportReport:
             parts.append(
                 f"{sum(self.class_images.values())} class images in {len(self.class_images)} class folders"
             )
+        if not self.n_images:
+            parts.append(
+                "nothing accepted at this quality yet: review with `curate review push` and `curate review pull`,"
+                " or lower --min-quality"
+            )
         return "; ".join(parts)
 
 

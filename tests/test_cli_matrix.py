@@ -220,6 +220,8 @@ def test_damaged_records_are_named_and_made_again(
     assert code == 0 and "generated 1" in shown, shown
     code, shown = invoke("index", *w)
     assert code == 0 and "2 added" in shown and "failed" not in shown, shown
+    code, shown = invoke("export", *w)
+    assert code == 0 and "exported 0" in shown and "review with `curate review push`" in shown, shown
 
     plans = root / "plans" / "plans.jsonl"
     plans.write_text(plans.read_text() + "{not json\n")
