@@ -185,7 +185,7 @@ def add_concept(
         rgb = _read_photo(path, config.max_side)
         images.setdefault(_pixel_hash(rgb), rgb)  # the same photo twice is one reference
 
-    segmenter = load_segmenter(config.backend)
+    segmenter = load_segmenter(config.backend, config)
     final = ws.concept_dir(concept_id)
     staging_root = ws.concepts_dir / ".staging"
     staging_root.mkdir(parents=True, exist_ok=True)
@@ -198,7 +198,7 @@ def add_concept(
         (staged / "masks").mkdir()
         refs, masks, flags = [], [], []
         for done, (key, rgb) in enumerate(sorted(images.items()), start=1):
-            alpha = segmenter(rgb)
+            alpha = segmenter(rgb, class_noun)
             Image.fromarray(rgb).save(staged / "refs" / f"{key}.png")
             Image.fromarray(alpha).save(staged / "masks" / f"{key}.png")
             refs.append(f"concepts/{concept_id}/refs/{key}.png")

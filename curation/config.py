@@ -25,8 +25,19 @@ class _Section(BaseModel):
 
 
 class SegmentConfig(_Section):
-    backend: str = Field("classical", description="'classical' (offline) or a hub id / local folder of a model")
+    backend: str = Field(
+        "classical",
+        description="classical | auto | isnet[:FILE.onnx|NAME] | sam[:ID] | semantic:ID | birefnet[:ID] | "
+        "rmbg[:ID] (ID: hub id or local folder)",
+    )
     max_side: int = Field(1024, description="photos are downscaled to this longest side on ingest")
+    detector: str = Field(
+        "google/owlv2-base-patch16-ensemble", description="sam backend: the detector that finds the class noun"
+    )
+    trust_remote_code: bool = Field(
+        False, description="birefnet/rmbg run Python shipped with the checkpoint: true only if you trust it"
+    )
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1 ...")
 
 
 class LayoutConfig(_Section):

@@ -1,14 +1,18 @@
 """Foreground segmentation of concept photos into soft 8-bit alpha masks.
 
-Two backends share one contract (`Segmenter`: RGB uint8 HxWx3 -> alpha uint8 HxW):
+Every backend shares one contract (`Segmenter`: RGB uint8 HxWx3 + the concept's class noun ->
+alpha uint8 HxW) and is chosen by `segment.backend` through `load_segmenter`:
 
 - ``classical`` (offline default, no weights): key the background from the photo's border
   colours, refine with GrabCut seeded from that key, then soften the edge with a guided filter
   inside an eroded/dilated trimap band. pymatting's closed-form matting was measured and rejected
   as the default: 0.34 s per 450x300 photo is fine, but its numba import costs ~100 s on a fresh
   machine (4 s warm), which every worker and CI run would pay.
-- anything else: a transformers semantic-segmentation model named by hub id or local folder
-  (a salient-object model with a background/foreground head), loaded once and run per photo.
+- ``isnet``, ``sam``, ``semantic:<id>``, ``birefnet``, ``rmbg``: model backends
+  (`generators/segment_models.py`), each loaded by hub id, local folder or file through the
+  library's own loading call.
+- ``auto``: the first of `AUTO_ORDER` whose weights load, else classical; the concept records
+  which one ran (`Concept.segmenter`).
 
 Masks are checked, not trusted: `mask_flags` marks empty, whole-frame and fragmented masks so
 composition can avoid them instead of silently pasting a bad cut-out.
@@ -16,27 +20,34 @@ composition can avoid them instead of silently pasting a bad cut-out.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import cv2
 import numpy as np
 
+from curation.config import SegmentConfig
 from curation.errors import CurateError
 
 CLASSICAL = "classical"
+AUTO = "auto"
+AUTO_ORDER = ("birefnet", "isnet", "sam")
+"""What `auto` tries, best first: BiRefNet (only with trust_remote_code) leads the salient-object
+benchmarks, IS-Net is what Gen4Gen used, SAM needs two models and a detector hit."""
 _WORK_SIDE = 256
 """GrabCut runs at this longest side (then the mask is upscaled): at full 450x300 it took 2.4 s
 on a busy 2-core machine, at 256 px 0.1-0.6 s per photo."""
 
 
 class Segmenter(Protocol):
-    """Anything that turns an RGB photo into a soft foreground alpha of the same size."""
+    """Anything that turns an RGB photo into a soft foreground alpha of the same size.
+
+    `class_noun` says what the foreground is; backends that find any salient subject ignore it.
+    """
 
     name: str
 
-    def __call__(self, rgb: np.ndarray) -> np.ndarray: ...
+    def __call__(self, rgb: np.ndarray, class_noun: str = "") -> np.ndarray: ...
 
 
 # -- mask quality ------------------------------------------------------------------------------
@@ -146,7 +157,7 @@ class ClassicalSegmenter:
     name: str = CLASSICAL
     iterations: int = 4
 
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+    def __call__(self, rgb: np.ndarray, class_noun: str = "") -> np.ndarray:
         h, w = rgb.shape[:2]
         scale = min(1.0, _WORK_SIDE / max(h, w))
         small = cv2.resize(
@@ -179,52 +190,41 @@ class ClassicalSegmenter:
         return _largest_parts(fg)
 
 
-# -- transformers backend ----------------------------------------------------------------------
+# -- choosing a backend ------------------------------------------------------------------------
 
 
-@dataclass
-class HubSegmenter:
-    """A transformers semantic-segmentation model whose last label is 'foreground'.
+def _load_model(kind: str, model: str, settings: SegmentConfig) -> Segmenter:
+    from generators import segment_models as models
 
-    Loaded once by hub id or local folder through the same `from_pretrained` calls, so a model
-    saved with `save_pretrained` and a hub id run exactly the same code.
-    """
-
-    name: str
-    predict: Callable[[np.ndarray], np.ndarray]
-
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        prob = self.predict(rgb)
-        h, w = rgb.shape[:2]
-        prob = cv2.resize(prob.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-        return np.clip(np.rint(prob * 255), 0, 255).astype(np.uint8)
-
-
-def _load_hub_segmenter(model_id: str) -> HubSegmenter:
-    import torch
-    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
-
-    try:
-        processor = AutoImageProcessor.from_pretrained(model_id)
-        model = AutoModelForSemanticSegmentation.from_pretrained(model_id).eval()
-    except (OSError, ValueError) as exc:
-        raise CurateError(
-            f"segmentation backend {model_id!r} could not be loaded as a transformers "
-            f"semantic-segmentation model ({type(exc).__name__}); use 'classical' offline"
-        ) from exc
-
-    @torch.inference_mode()
-    def predict(rgb: np.ndarray) -> np.ndarray:
-        logits = model(**processor(images=np.array(rgb), return_tensors="pt")).logits[0]
-        if logits.shape[0] == 1:
-            return torch.sigmoid(logits[0]).numpy()
-        return torch.softmax(logits, dim=0)[-1].numpy()
-
-    return HubSegmenter(name=model_id, predict=predict)
+    model = model or models.DEFAULT_MODELS.get(kind, "")
+    if kind == "semantic" and model:
+        return models.load_semantic(model, settings)
+    if kind == "sam":
+        return models.load_sam(model, settings)
+    if kind == "isnet":
+        return models.load_isnet(model, settings)
+    if kind in ("birefnet", "rmbg"):
+        return models.load_remote_code(kind, model, settings)
+    raise CurateError(
+        f"unknown segment.backend {':'.join(filter(None, (kind, model)))!r}: use classical, auto, "
+        "isnet[:FILE.onnx|NAME], sam[:ID], semantic:ID, birefnet[:ID] or rmbg[:ID] "
+        "(ID: a hub id or a local folder)"
+    )
 
 
-def load_segmenter(backend: str) -> Segmenter:
-    """The segmenter named by `config.segment.backend`: 'classical' or a hub id / local model folder."""
+def load_segmenter(backend: str, settings: SegmentConfig | None = None) -> Segmenter:
+    """The segmenter `segment.backend` names, loaded once; `auto` falls back to classical offline."""
+    settings = settings or SegmentConfig(backend=backend)
     if backend == CLASSICAL:
         return ClassicalSegmenter()
-    return _load_hub_segmenter(backend)
+    if backend == AUTO:
+        for kind in AUTO_ORDER:
+            if kind == "birefnet" and not settings.trust_remote_code:
+                continue
+            try:
+                return _load_model(kind, "", settings)
+            except CurateError:
+                continue
+        return ClassicalSegmenter()
+    kind, _, model = backend.partition(":")
+    return _load_model(kind, model, settings)

@@ -183,7 +183,8 @@ def test_model_backend_loads_a_saved_model_by_path(
         hidden_sizes=[8, 16],
         num_attention_heads=[1, 1],
         decoder_hidden_size=16,
-        num_labels=2,
+        id2label={0: "background", 1: "cat"},
+        label2id={"background": 0, "cat": 1},
         patch_sizes=[7, 3],
         strides=[4, 2],
         mlp_ratios=[2, 2],
@@ -191,16 +192,16 @@ def test_model_backend_loads_a_saved_model_by_path(
     SegformerForSemanticSegmentation(config).save_pretrained(folder)
     SegformerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
 
-    segmenter = load_segmenter(str(folder))
-    alpha = segmenter(sample_photo("chelsea", 96))
+    segmenter = load_segmenter(f"semantic:{folder}")
+    alpha = segmenter(sample_photo("chelsea", 96), "cat")
     assert alpha.shape == sample_photo("chelsea", 96).shape[:2] and alpha.dtype == np.uint8
 
-    config_text = ws.config_path.read_text().replace('backend = "classical"', f'backend = "{folder}"')
+    config_text = ws.config_path.read_text().replace('backend = "classical"', f'backend = "semantic:{folder}"')
     ws.config_path.write_text(config_text)
     concept = add_concept(ws, "cat", concept_photos["cat"][:1], class_noun="cat")
-    assert concept.segmenter == str(folder)
-    with pytest.raises(CurateError, match="could not be loaded"):
-        load_segmenter(str(tmp_path / "no-such-model"))
+    assert concept.segmenter == f"semantic:{folder}"
+    with pytest.raises(CurateError, match="cannot load semantic segmentation model"):
+        load_segmenter(f"semantic:{tmp_path / 'no-such-model'}")
 
 
 # -- names, ids and class nouns ------------------------------------------------------------------
