@@ -168,3 +168,56 @@ def evaluate_command(
     typer.echo(
         f"{report.images} images; table {report.table_path}; numbers {report.json_path}; plot {report.plot_path}"
     )
+
+
+def train_segmenter_command(
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for segmenter.json, model.pt, checkpoint.pt.")
+    ],
+    workspace: Annotated[
+        Path,
+        typer.Option("--workspace", "-w", envvar="CURATE_WORKSPACE", help="The workspace folder (holds curate.toml)."),
+    ] = Path("."),
+    encoder: Annotated[str, typer.Option(help="smp encoder (the paper: resnet34).")] = "resnet34",
+    encoder_weights: Annotated[
+        str, typer.Option(help="Encoder init to try ('' = random); random when it cannot be loaded.")
+    ] = "imagenet",
+    size: Annotated[int, typer.Option(help="Training canvas side in pixels.")] = 512,
+    epochs: Annotated[int, typer.Option()] = 14,
+    batch_size: Annotated[int, typer.Option()] = 4,
+    learning_rate: Annotated[float, typer.Option()] = 1e-4,
+    cutouts_per_ref: Annotated[int, typer.Option(help="Augmented cut-outs per reference photo per epoch.")] = 4,
+    val_fraction: Annotated[float, typer.Option(help="Share of composites held out for validation IoU.")] = 0.15,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option(help="cuda / cpu; empty = GPU when present.")] = "",
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from checkpoint.pt.")] = True,
+) -> None:
+    """Train MSP's subject-aware segmenter (M_SAL) on the workspace's composites and reference cut-outs."""
+    from curation.progress import progress_bar
+    from curation.workspace import Workspace
+    from personalization.subject_segmenter import SegmenterSettings, train_segmenter
+
+    if size < 32 or size % 32 or epochs < 1 or batch_size < 1 or not 0 <= val_fraction < 1:
+        raise CurateError("--size must be a multiple of 32, --epochs/--batch-size >= 1, --val-fraction in [0, 1)")
+    settings = SegmenterSettings(
+        encoder=encoder,
+        encoder_weights=encoder_weights,
+        size=size,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=learning_rate,
+        cutouts_per_ref=cutouts_per_ref,
+        val_fraction=val_fraction,
+        seed=seed,
+    )
+    with progress_bar() as progress:
+        report = train_segmenter(
+            Workspace.open(workspace), output, settings, resume=resume, device=device or None, progress=progress
+        )
+    ious = ", ".join(f"{c} {'–' if v is None else f'{v:.2f}'}" for c, v in report.val_iou.items())
+    typer.echo(
+        f"trained {report.epochs_run} epochs on {report.train_composites} composites + "
+        f"{report.cutouts_per_epoch} cut-outs/epoch ({report.images_per_s:.1f} images/s; encoder "
+        f"{report.encoder_weights}); validation IoU on {report.val_composites} held-out composites: {ious}; "
+        f"segmenter: {report.out_dir}"
+    )
