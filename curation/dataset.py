@@ -45,6 +45,7 @@ VIEW_ACCEPTED_Q3 = "accepted_quality>=3"
 VIEW_HIGH_ARTIFACTS = "high_artifacts"
 VIEW_NEAR_DUPLICATES = "near_duplicates"
 VIEW_TOP_CANDIDATES = "top_candidates"
+VIEW_TRIAGED_OUT = "triaged_out"  # held back from review by a calibrated rule (`review push --triage`)
 
 # review (written by `curate review pull`)
 REVIEW_DECISION = "review_decision"  # "accept" | "reject" | None
@@ -53,6 +54,7 @@ REVIEW_ANNOTATORS = "review_annotators"
 REVIEW_AGREEMENT = "review_agreement"
 REVIEW_REASONS = "review_reasons"
 CAPTION_FIXED = "caption_fixed"  # annotator-corrected caption; export prefers it to CAPTION
+TRIAGE = "triage"  # the calibrated rule that held a candidate back from review, or None
 
 ACCEPT = "accept"
 REJECT = "reject"
@@ -67,6 +69,17 @@ def dataset_name(ws: Workspace) -> str:
     return ws.config.index.dataset_name or f"curate-{ws.workspace_id}"
 
 
+def find_dataset(ws: Workspace) -> fo.Dataset | None:
+    """The workspace's dataset, or None before the first `curate index`; checks which database first."""
+    import fiftyone as fo
+
+    from curation.database import check_database
+
+    check_database()
+    name = dataset_name(ws)
+    return fo.load_dataset(name) if fo.dataset_exists(name) else None
+
+
 def open_dataset(ws: Workspace, require_samples: bool = False) -> fo.Dataset:
     """The workspace's dataset; a clear error if `curate index` has not run yet.
 
@@ -75,12 +88,10 @@ def open_dataset(ws: Workspace, require_samples: bool = False) -> fo.Dataset:
         require_samples: Also refuse a dataset without samples (an index of a workspace with no
             candidates yet), for the steps that read sample fields.
     """
-    import fiftyone as fo
-
     name = dataset_name(ws)
-    if not fo.dataset_exists(name):
+    dataset = find_dataset(ws)
+    if dataset is None:
         raise CurateError(f"no FiftyOne dataset {name!r} yet: run `curate index -w {ws.root}` first")
-    dataset = fo.load_dataset(name)
     dataset.persistent = True
     if require_samples and not len(dataset):
         raise CurateError(

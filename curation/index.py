@@ -175,7 +175,7 @@ def index_workspace(
     if executor not in EXECUTORS:
         raise CurateError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
     name = ds.dataset_name(ws)
-    dataset = fo.load_dataset(name) if fo.dataset_exists(name) else fo.Dataset(name, persistent=True)
+    dataset = ds.find_dataset(ws) or fo.Dataset(name, persistent=True)
     dataset.persistent = True
     report = IndexReport(dataset=name)
 

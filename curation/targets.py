@@ -175,12 +175,9 @@ def read_reviews(ws: Workspace) -> dict[str, tuple[Composition, bool, list[str]]
     Like a default export, an accepted candidate marked as a near-duplicate of another accepted one
     does not count: it would not be exported, so it fills no target.
     """
-    import fiftyone as fo
-
-    name = ds.dataset_name(ws)
-    if not fo.dataset_exists(name):
+    dataset = ds.find_dataset(ws)
+    if dataset is None:
         return {}
-    dataset = fo.load_dataset(name)
     min_quality = ws.config.export.min_quality
     columns = [
         ds.field_values(dataset, f)

@@ -10,10 +10,14 @@ import tempfile
 from pathlib import Path
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="curate-tests-"))
-os.environ.setdefault("FIFTYONE_DATABASE_DIR", str(_SESSION_DIR / "fiftyone-db"))
+# FiftyOne attaches to the database service this account already runs, whatever the folder says, and
+# `curate` refuses a service running from another folder than configured (curation/database.py). So
+# every session of this account shares one database folder and isolates itself by database name,
+# dropped when the session ends.
+os.environ.setdefault(
+    "FIFTYONE_DATABASE_DIR", str(Path(tempfile.gettempdir()) / f"curate-tests-fiftyone-db-{os.getuid()}")
+)
 os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
-# FiftyOne reuses a database service already running on the machine whatever the folder says, so
-# a session also needs its own database name to never see another session's datasets.
 os.environ.setdefault("FIFTYONE_DATABASE_NAME", f"curate-tests-{_SESSION_DIR.name}")
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -21,3 +25,13 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 pytest_plugins = ["tests.fixtures.labelstudio", "tests.fixtures.sample_concepts", "tests.fixtures.tiny_clip", "tests.fixtures.candidate_workspace", "tests.fixtures.fake_llm", "tests.fixtures.ray_session"]
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Drop this session's database, so the shared test database folder does not grow run after run."""
+    import sys
+
+    if "fiftyone" in sys.modules:
+        from fiftyone.core.odm.database import drop_database
+
+        drop_database()
