@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from curation.embed_ray import Embedded
     from curation.scores.clip import ClipScorer
     from curation.workspace import Workspace
+    from personalization.subject_segmenter import SASScorer
 
 _WRITE_CHUNK = 256
 NEAR_DUP_THRESHOLD = 0.05
@@ -175,7 +176,9 @@ def index_workspace(
     if executor not in EXECUTORS:
         raise CurateError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
     name = ds.dataset_name(ws)
-    dataset = ds.find_dataset(ws) or fo.Dataset(name, persistent=True)
+    dataset = ds.find_dataset(ws)
+    if dataset is None:  # not `or`: an empty Dataset is falsy
+        dataset = fo.Dataset(name, persistent=True)
     dataset.persistent = True
     report = IndexReport(dataset=name)
 
@@ -219,6 +222,7 @@ def index_workspace(
             scorer.device,
         )
         report.presence_source = presence.source
+        sas = _load_sas(ws, config, todo, scorer.device)
         # recorded first: a run killed half-way leaves the dataset marked incomplete
         dataset.info.update(
             {INDEX_COMPLETE: False},
@@ -235,7 +239,13 @@ def index_workspace(
         for spec in ARTIFACT_SCORES.values():  # identity_drift may be None everywhere
             if not dataset.has_field(spec.name):
                 dataset.add_sample_field(spec.name, fo.FloatField)
-        _index(dataset, todo, scorer, presence, key, config.batch_size, report, progress, remote)
+        if sas is not None:
+            from personalization.subject_segmenter import SAS_FIELD, SAS_MEAN_FIELD
+
+            for name, kind in ((SAS_FIELD, fo.DictField), (SAS_MEAN_FIELD, fo.FloatField)):
+                if not dataset.has_field(name):
+                    dataset.add_sample_field(name, kind)
+        _index(dataset, todo, scorer, presence, key, config.batch_size, report, progress, remote, sas)
     if len(dataset) and (report.added or report.updated or not complete):
         progress(DATASET_STAGE, 0, 2)
         _diversity(dataset, report)
@@ -257,8 +267,20 @@ def models_key(config: IndexConfig, fingerprint: str) -> str:
             "clip_weights": fingerprint,
             "presence_detector": config.detector,
             "detection_threshold": config.detection_threshold,
+            **({"subject_segmenter": config.subject_segmenter} if config.subject_segmenter else {}),
         }
     )
+
+
+def _load_sas(ws: Workspace, config: IndexConfig, todo: list[_Todo], device: Any) -> SASScorer | None:
+    """MSP's SAS scorer when `index.subject_segmenter` names an M_SAL; one error if it lacks a concept."""
+    if not config.subject_segmenter:
+        return None
+    from personalization.subject_segmenter import SASScorer
+
+    concepts = {c for t in todo for c in t.candidate.concepts}
+    path = Path(config.subject_segmenter)
+    return SASScorer.for_workspace(path if path.is_absolute() else ws.root / path, ws, sorted(concepts), str(device))
 
 
 def _known_fingerprint(config: IndexConfig) -> str | None:
@@ -463,6 +485,7 @@ def _index(
     report: IndexReport,
     progress: ProgressFn,
     remote: Iterator[Embedded] | None = None,
+    sas: SASScorer | None = None,
 ) -> None:
     """Score and write every candidate of `todo`; `remote` yields its embeddings per batch (Ray)."""
     import torch
@@ -491,6 +514,8 @@ def _index(
             for k, item in enumerate(loaded):
                 row = _fields(item, images[k], float(score[k]), float(cosine[k])) | {ds.MODELS_KEY: key}
                 pending.append(row | P.presence_fields(found[k], item.image.size))
+                if sas is not None:
+                    pending[-1] |= sas.score(item.image, item.todo.candidate)
         done += len(batch)
         if len(pending) >= _WRITE_CHUNK:
             _write(dataset, pending, report)
