@@ -60,6 +60,8 @@ def _parse_sets(text: str, name: str) -> list[tuple[int, list[str]]]:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise CurateError(f"{name}: not valid JSON: {exc}") from exc
+        except RecursionError:
+            raise CurateError(f"{name}: nested too deeply; expected a JSON list of lists of concept ids") from None
         if not isinstance(data, list) or not all(
             isinstance(s, list) and all(isinstance(c, str) for c in s) for s in data
         ):
@@ -97,7 +99,13 @@ def load_allowed_sets(ws: Workspace, config: LayoutConfig, known: set[str]) -> l
     if not path.is_file():
         raise CurateError(f"layout.compositions_file {config.compositions_file!r} does not exist")
     allowed: list[tuple[str, ...]] = []
-    for number, ids in _parse_sets(path.read_text(), path.name):
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise CurateError(f"layout.compositions_file {config.compositions_file!r} is not UTF-8 text") from None
+    except OSError as exc:
+        raise CurateError(f"cannot read layout.compositions_file {config.compositions_file!r}: {exc.strerror}") from None
+    for number, ids in _parse_sets(text, path.name):
         if problem := check_set(ids, known, config):
             raise CurateError(f"{path.name} set {number}: {problem}")
         if tuple(sorted(ids)) not in allowed:

@@ -418,6 +418,30 @@ def test_composition_file_in_json(concept_ws: Workspace) -> None:
     assert Counter(tuple(sorted(p.concepts)) for p in plans) == {("astro", "cat"): 2, ("clock", "mug"): 2}
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "complaint"),
+    [
+        ("sets.json", b"[" * 100_000, "nested too deeply"),
+        ("sets.json", b'{"cat": 1}', "expected a JSON list of lists"),
+        ("sets.json", b"[['cat', 'mug'],]", "not valid JSON"),
+        ("sets.txt", b"cat m\xfcg\n", "is not UTF-8 text"),
+        ("sets.txt", b"# only a comment\n", "no concept sets listed"),
+        ("../outside.txt", b"cat mug\n", "escapes the workspace"),
+    ],
+    ids=["deep", "not_a_list", "single_quotes", "latin1", "empty", "outside"],
+)
+def test_a_bad_composition_file_is_one_error_line(
+    concept_ws: Workspace, name: str, content: bytes, complaint: str
+) -> None:
+    config = concept_ws.config
+    (concept_ws.root / name).write_bytes(content)
+    config.layout = config.layout.model_copy(update={"compositions_file": name})
+    atomic_write_text(concept_ws.config_path, dump_config(config))
+    with pytest.raises(CurateError, match=re.escape(complaint)) as raised:
+        plan_layouts(concept_ws, 2)
+    assert "\n" not in str(raised.value)
+
+
 def test_llm_suggests_which_concepts_go_together(concept_ws: Workspace, fake_llm: FakeLLM) -> None:
     configure(concept_ws, sets=None, llm_compositions=2)
     good = json.dumps({"sets": [["astro", "mug"], ["rocket", "cat", "clock"]]})
