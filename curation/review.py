@@ -23,6 +23,7 @@ from typing import Any, Literal, TypeVar, get_args
 import requests
 
 from curation import dataset as ds
+from curation.calibration import ScoreCalibration, load_rules, random_weights, rule_for
 from curation.errors import CurateError
 from curation.labelstudio_server import ServerInfo, read_server, serve, stop, use_server
 from curation.progress import ProgressFn, no_progress
@@ -191,7 +192,7 @@ def ensure_project(ws: Workspace, conn: Connection, overlap: int | None = None) 
                     description=marker,
                     label_config=xml_path.read_text(),
                     maximum_annotations=overlap or 1,
-                    show_collab_predictions=True,
+                    show_collab_predictions=False,
                 ),
             )
         except ApiError as exc:
@@ -248,32 +249,47 @@ class PushReport:
     in_view: int
     already: int
     pushed: int
+    held: int = 0
 
     def summary(self) -> str:
+        held = f", {self.held} held back by triage (view `{ds.VIEW_TRIAGED_OUT}`)" if self.held else ""
         return (
             f"review push: {self.pushed} new tasks ({self.already} already in project {self.project_id}, "
-            f"{self.in_view} in view) at {self.url}/projects/{self.project_id}"
+            f"{self.in_view} in view{held}) at {self.url}/projects/{self.project_id}"
         )
 
 
 def _score_fields(view: Any) -> list[str]:
-    """Numeric machine scores to show and predict from (clip_t first); review fields excluded."""
-    import fiftyone as fo
+    """Numeric machine scores to show and order by (clip_t first); review fields excluded."""
+    from curation.calibration import numeric_scores
 
-    review = {ds.REVIEW_QUALITY, ds.REVIEW_AGREEMENT, ds.REVIEW_ANNOTATORS, ds.SEED, ds.N_CONCEPTS}
-    schema = view.get_field_schema()
-    numeric = [n for n, f in schema.items() if isinstance(f, fo.FloatField) and n not in review]
-    return sorted(numeric, key=lambda n: (n != "clip_t", n))
+    return numeric_scores(view)
 
 
 def _refs_html(refs: list[dict[str, str]]) -> str:
+    """One row of fixed-size reference photos: five concepts fit the left column without wrapping."""
     cells = "".join(
-        f'<figure style="margin:0;text-align:center"><img src="{html.escape(r["url"])}" '
-        f'style="height:96px;max-width:120px;object-fit:contain"/><figcaption>{html.escape(r["name"])}'
-        "</figcaption></figure>"
+        f'<figure style="margin:0;width:60px;text-align:center"><img src="{html.escape(r["url"])}" '
+        f'style="width:60px;height:60px;object-fit:contain"/><figcaption style="font-size:11px;'
+        f'overflow:hidden;white-space:nowrap;text-overflow:ellipsis">{html.escape(r["name"])}</figcaption></figure>'
         for r in refs
     )
-    return f'<div style="display:flex;gap:8px;flex-wrap:wrap">{cells}</div>'
+    return f'<div class="refs" style="display:flex;flex-wrap:nowrap;gap:6px">{cells}</div>'
+
+
+def _scores_html(shown: dict[str, float], random: set[str], suggestion: str | None) -> str:
+    """Each score labelled with its name, its direction and whether its weights were random."""
+    from curation.calibration import higher_is_worse
+
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{value:.3g}</td>"
+        f"<td>{'lower is better' if higher_is_worse(name) else 'higher is better'}</td>"
+        f"<td>{'random weights: meaningless' if name in random else ''}</td></tr>"
+        for name, value in shown.items()
+    )
+    table = f'<table class="scores" style="font-size:11px;line-height:1.2">{rows}</table>' if rows else "(no machine scores)"
+    hint = f'<div style="font-size:11px">machine hint: {html.escape(suggestion)}</div>' if suggestion else ""
+    return f"{hint}{table}"
 
 
 def _order(rows: list[dict[str, Any]], order: Order, key: str | None) -> list[dict[str, Any]]:
@@ -297,6 +313,7 @@ def push(
     token: str | None = None,
     order: Order = "uncertain",
     overlap: int | None = None,
+    triage: bool = False,
     progress: ProgressFn = no_progress,
 ) -> PushReport:
     """Push the candidates of a saved FiftyOne view as tasks; only those not yet in the project.
@@ -307,6 +324,9 @@ def push(
         order: task order: `uncertain` (machine score nearest the median first), `score` (best
             first), `random` (seeded), `view` (as stored).
         overlap: annotators per task (the project's maximum_annotations).
+        triage: hold back the candidates `curate calibrate`'s rule is confident people would reject;
+            they get a `triage` field and the `triaged_out` view, nothing is deleted, and a push
+            without triage sends them (clearing the field).
     """
     conn = connect(ws, url, token)
     dataset = ds.open_dataset(ws)
@@ -324,14 +344,45 @@ def push(
     new = [r for r in rows if r[ds.CANDIDATE_ID] not in already]
     concepts = ws.concepts()
     key = scores[0] if scores else None
-    known_scores = [r[key] for r in new if r[key] is not None] if key else []
-    median = statistics.median(known_scores) if known_scores else None
-    tasks = [_task(conn, r, concepts, scores, key, median) for r in _order(new, order, key)]
+    random = {name for name in scores if random_weights(dataset, name)}
+    rules = load_rules(ws)
+    held: dict[str, str] = {}
+    if triage:
+        if not rules:
+            raise CurateError("no calibrated triage rule yet: run `curate calibrate` after pulling reviews")
+        for r in new:
+            rule = rule_for(rules, len(r[ds.CONCEPTS] or []))
+            if rule and rule.score not in random and rule.holds(r.get(rule.score)):
+                held[r[ds.CANDIDATE_ID]] = f"{rule.rule_text()} (calibrated on {rule.accepted + rule.rejected} reviews)"
+        new = [r for r in new if r[ds.CANDIDATE_ID] not in held]
+    tasks = [_task(conn, r, concepts, scores, random, rules) for r in _order(new, order, key)]
     batch = ws.config.review.batch_size
     for start in range(0, len(tasks), batch):
         _import_batch(conn, project_id, tasks[start : start + batch])
         progress("push tasks", min(start + batch, len(tasks)), len(tasks))
-    return PushReport(project_id, conn.url, len(rows), len(rows) - len(new), len(tasks))
+    _record_triage(dataset, held, [r[ds.CANDIDATE_ID] for r in new])
+    return PushReport(project_id, conn.url, len(rows), len(rows) - len(new) - len(held), len(tasks), len(held))
+
+
+def _record_triage(dataset: Any, held: dict[str, str], pushed: list[str]) -> None:
+    """Write who triage held back (and clear it on what was pushed), and keep the view of them."""
+    import fiftyone as fo
+    from fiftyone import ViewField as F
+
+    if not held and not dataset.has_field(ds.TRIAGE):
+        return
+    if not dataset.has_field(ds.TRIAGE):
+        dataset.add_sample_field(ds.TRIAGE, fo.StringField)
+    values: dict[str, str | None] = {**dict.fromkeys(pushed), **held}
+    if values:
+        dataset.set_values(ds.TRIAGE, values, key_field=ds.CANDIDATE_ID)
+    dataset.save_view(
+        ds.VIEW_TRIAGED_OUT,
+        dataset.match(F(ds.TRIAGE) != None),  # noqa: E711 (a MongoDB expression, not a Python test)
+        description="held back from review by a calibrated rule (`curate review push --triage`); "
+        "the `triage` field says which; push without --triage to review them",
+        overwrite=True,
+    )
 
 
 def _import_batch(conn: Connection, project_id: int, chunk: list[dict[str, Any]]) -> None:
@@ -359,10 +410,14 @@ def _task(
     row: dict[str, Any],
     concepts: dict[str, Any],
     scores: list[str],
-    key: str | None,
-    median: float | None,
+    random: set[str],
+    rules: dict[str, ScoreCalibration],
 ) -> dict[str, Any]:
-    """One task: image and references as local-files URLs, caption, scores; a prediction if scored."""
+    """One task: image and references as local-files URLs, caption, labelled scores.
+
+    No decision is ever pre-selected: a pre-filled choice turns the annotator's own hotkey into
+    "clear", so a calibrated rule shows up as a hint line in the scores panel instead.
+    """
     refs = [
         {
             "concept": cid,
@@ -373,7 +428,13 @@ def _task(
         if cid in concepts and concepts[cid].refs
     ]
     shown = {name: round(row[name], 4) for name in scores if row[name] is not None}
-    task: dict[str, Any] = {
+    rule = rule_for(rules, len(row[ds.CONCEPTS] or []))
+    suggestion = (
+        f"likely reject ({rule.rule_text()}, calibrated: {rule.accepted_lost} of {rule.accepted} accepted fell there)"
+        if rule and rule.score not in random and rule.holds(row.get(rule.score))
+        else None
+    )
+    return {
         "data": {
             ds.CANDIDATE_ID: row[ds.CANDIDATE_ID],
             IMAGE: _local_url(conn, Path(row["filepath"])),
@@ -381,23 +442,6 @@ def _task(
             ds.CONCEPTS: list(row[ds.CONCEPTS] or []),
             "refs": refs,
             "refs_html": _refs_html(refs),
-            "scores": "  ".join(f"{k}={v}" for k, v in shown.items()) or "(no machine scores)",
+            "scores": _scores_html(shown, random, suggestion),
         }
     }
-    if key and row.get(key) is not None and median is not None:
-        guess = ds.ACCEPT if row[key] >= median else ds.REJECT
-        task["predictions"] = [
-            {
-                "model_version": f"{key}>=median",
-                "score": float(row[key]),
-                "result": [
-                    {
-                        "from_name": DECISION,
-                        "to_name": IMAGE,
-                        "type": "choices",
-                        "value": {"choices": [guess]},
-                    }
-                ],
-            }
-        ]
-    return task

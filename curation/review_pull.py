@@ -108,11 +108,17 @@ class PullReport:
     rejected: int
     changed: int
     export_path: Path
+    unrated_accepts: int = 0
 
     def summary(self) -> str:
+        unrated = (
+            f"; {self.unrated_accepts} accepted without a quality rating: no --min-quality export includes them"
+            if self.unrated_accepts
+            else ""
+        )
         return (
             f"review pull: {self.annotated}/{self.tasks} tasks annotated, {self.accepted} accepted, "
-            f"{self.rejected} rejected, {self.changed} samples updated (raw export {self.export_path})"
+            f"{self.rejected} rejected, {self.changed} samples updated (raw export {self.export_path}){unrated}"
         )
 
 
@@ -202,6 +208,7 @@ def pull(
         decisions[ds.REJECT],
         len(changed),
         export_path,
+        sum(r[ds.REVIEW_DECISION] == ds.ACCEPT and r[ds.REVIEW_QUALITY] is None for r in reviews.values()),
     )
 
 

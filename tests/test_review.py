@@ -124,9 +124,10 @@ def test_push_serves_images_and_does_not_duplicate(
     ref = requests.get(labelstudio.url + task.data["refs"][0]["url"], headers=headers, timeout=30)
     assert ref.status_code == 200 and ref.content == (ws.concept_dir("cat") / "refs" / "0.png").read_bytes()
     assert [r["name"] for r in task.data["refs"]] == ["Cat", "Mug"] and "<img" in task.data["refs_html"]
-    # machine score as a prediction: the highest clip_t is above the median -> accept pre-filled
-    prediction = tasks["cand004"].predictions[0]
-    assert prediction.result[0]["value"]["choices"] == ["accept"] and prediction.score == pytest.approx(0.24)
+    # no decision is pre-filled (a pre-selected choice turns the annotator's hotkey into "clear");
+    # scores are shown labelled with their direction
+    assert not tasks["cand004"].predictions
+    assert "<td>clip_t</td><td>0.24</td><td>higher is better</td>" in tasks["cand004"].data["scores"]
 
     again = push(ws)
     assert (again.pushed, again.already) == (0, 5)

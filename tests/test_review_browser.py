@@ -34,7 +34,7 @@ def test_keyboard_review_in_the_browser_reaches_fiftyone(
     from playwright.sync_api import expect, sync_playwright
 
     ws = labelstudio_workspace()
-    build_candidates(ws, 2)  # cand000's clip_t is below the median: "reject" is pre-filled, so "a" must win
+    build_candidates(ws, 2)
     project_id = push(ws, order="view").project_id
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)

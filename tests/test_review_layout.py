@@ -1,0 +1,155 @@
+"""The real labeling page at 1280x800 and 900x700, for 2 and 5 concepts: every control in view,
+keyboard-only, no toggle trap, and a rating required before an accept can be submitted."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from curation import dataset as ds
+from curation.labelstudio_server import ServerInfo
+from curation.records import Concept
+from curation.review import push
+from curation.review_pull import pull
+from curation.workspace import Workspace
+from tests.test_review_browser import CHROMIUM, FLAGS
+
+CONCEPTS = ("cat", "mug", "lamp", "plant", "shoe")
+REASONS = ("missing concept", "identity changed", "artifacts", "bad layout", "wrong caption")
+
+
+def build_scene(ws: Workspace, n_concepts: int, n_candidates: int = 2) -> None:
+    """512 px candidates with n concepts each, 256 px references, CLIP scores from random weights."""
+    import fiftyone as fo
+    from fiftyone import ViewField as F
+
+    rng = np.random.default_rng(n_concepts)
+    for k, cid in enumerate(CONCEPTS[:n_concepts]):
+        ref = ws.concept_dir(cid) / "refs" / "0.png"
+        ref.parent.mkdir(parents=True)
+        Image.new("RGB", (256, 256), (40 * k, 200 - 30 * k, 90)).save(ref)
+        ws.save_concept(
+            Concept(concept_id=cid, name=cid.title(), class_noun=cid, token=f"<c-{cid}>", refs=[ws.relative(ref)])
+        )
+    dataset = fo.Dataset(ds.dataset_name(ws))
+    samples = []
+    for i in range(n_candidates):
+        path = ws.candidates_dir / "s000" / f"cand{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (512, 512, 3), dtype=np.uint8)).save(path)
+        samples.append(
+            fo.Sample(
+                filepath=str(path),
+                **{
+                    ds.CANDIDATE_ID: f"cand{i:03d}",
+                    ds.CAPTION: " and ".join(f"<c-{c}> {c}" for c in CONCEPTS[:n_concepts]) + f", scene {i}",
+                    ds.CONCEPTS: list(CONCEPTS[:n_concepts]),
+                    ds.CLIP_T: 0.0,
+                    "blur": 0.2 + 0.1 * i,
+                    "seam": 0.5,
+                    "cp_clip": 0.1,
+                },
+            )
+        )
+    dataset.add_samples(samples)
+    dataset.info["clip_weights"] = "random"
+    dataset.persistent = True
+    dataset.save()
+    dataset.save_view("unreviewed", dataset.match(F(ds.REVIEW_DECISION) == None))  # noqa: E711
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+def open_labeling(browser: Any, server: ServerInfo, project_id: int, width: int, height: int) -> Any:
+    """A logged-in page on the project's labeling stream, the candidate and references loaded."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.goto(f"{server.url}/user/login/")
+    page.fill("input[name=email]", server.email)
+    page.fill("input[name=password]", server.password)
+    page.keyboard.press("Enter")
+    page.wait_for_url(lambda url: "/user/login" not in url, timeout=60_000)
+    page.goto(f"{server.url}/projects/{project_id}/data?labeling=1")
+    expect(page.get_by_test_id("bottombar-submit-button")).to_be_visible(timeout=90_000)
+    page.wait_for_function(
+        "() => [512, 256].every(w => Array.from(document.images).some(i => i.complete && i.naturalWidth === w))",
+        timeout=60_000,
+    )
+    page.evaluate("document.activeElement && document.activeElement.blur()")  # hotkeys go to the page
+    return page
+
+
+def assert_in_view(page: Any, named: dict[str, Any], width: int, height: int) -> None:
+    """Each control's box lies inside the window and above the bar that holds Submit."""
+    bar = page.get_by_test_id("bottombar-submit-button").bounding_box()
+    assert bar is not None
+    for name, locator in named.items():
+        box = locator.bounding_box()
+        assert box is not None, f"{name} is not rendered"
+        assert box["x"] >= 0 and box["x"] + box["width"] <= width + 0.5, f"{name} is cut off sideways: {box}"
+        bottom = box["y"] + box["height"]
+        limit = height if name == "submit" else bar["y"] + 1
+        assert box["y"] >= 0 and bottom <= limit, f"{name} is below the fold ({bottom:.0f} > {limit:.0f}): {box}"
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("n_concepts", [2, 5])
+def test_every_control_is_in_view_and_keyboard_only_submits(
+    labelstudio_workspace: Callable[..., Workspace], labelstudio: ServerInfo, browser: Any, n_concepts: int
+) -> None:
+    ws = labelstudio_workspace()
+    build_scene(ws, n_concepts)
+    project_id = push(ws, order="view").project_id
+    for width, height in ((1280, 800), (900, 700)):
+        page = open_labeling(browser, labelstudio, project_id, width, height)
+        # no toggle trap: nothing is pre-selected, so one press of "a" selects accept
+        assert page.locator("input[type=radio]:checked").count() == 0
+        page.keyboard.press("a")
+        assert page.get_by_label("accept").is_checked()
+        decision_and_submit = {
+            "accept": page.get_by_label("accept"),
+            "reject": page.get_by_label("reject"),
+            "rating": page.locator(".ant-rate").first,
+            "submit": page.get_by_test_id("bottombar-submit-button"),
+        }
+        if width == 1280:
+            everything = {
+                **decision_and_submit,
+                "image": page.locator('img[src^="blob:"]').first,
+                "caption": page.get_by_text("scene 0", exact=False).first,
+                **{f"ref {c}": page.locator(f'img[src*="concepts/{c}/"]') for c in CONCEPTS[:n_concepts]},
+                **{f"reason {r}": page.get_by_label(r) for r in REASONS},
+                "caption box": page.get_by_role("textbox").first,
+                **{f"score {s}": page.locator("table.scores td", has_text=s).first for s in ("clip_t", "blur")},
+                "random-weights label": page.locator("table.scores td", has_text="random weights").first,
+            }
+            page.screenshot(path=str(ws.review_dir / f"layout-{n_concepts}-{width}.png"))
+            assert_in_view(page, everything, width, height)
+        else:
+            page.screenshot(path=str(ws.review_dir / f"layout-{n_concepts}-{width}.png"))
+            assert_in_view(page, decision_and_submit, width, height)
+            # an accept without a rating is refused; one q (one star) and Ctrl+Enter submit it
+            page.keyboard.press("Control+Enter")
+            page.wait_for_timeout(1500)
+            assert pull(ws).annotated == 0
+            page.keyboard.press("q")
+            page.keyboard.press("Control+Enter")
+            page.wait_for_timeout(2500)
+        page.close()
+    report = pull(ws)
+    assert (report.annotated, report.accepted, report.unrated_accepts) == (1, 1, 0)
+    sample = ds.open_dataset(ws).match({ds.CANDIDATE_ID: "cand000"}).first()
+    assert (sample[ds.REVIEW_DECISION], sample[ds.REVIEW_QUALITY]) == ("accept", 1.0)
