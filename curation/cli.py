@@ -175,6 +175,14 @@ def report(workspace: WorkspaceOpt = Path(".")) -> None:
 
 
 @app.command()
+def calibrate(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Each machine score against the pulled decisions: AUC, the 95%-recall triage rule, a ROC plot."""
+    from curation.calibration import calibrate as run_calibration
+
+    typer.echo(run_calibration(_workspace(workspace)).summary())
+
+
+@app.command()
 def status(workspace: WorkspaceOpt = Path(".")) -> None:
     """Accepted / pending / rejected against the [curation] targets, per composition, bucket and concept."""
     from curation.targets import read_shape
@@ -265,6 +273,9 @@ def review_push(
     view: Annotated[str, typer.Option(help="FiftyOne saved view to push.")] = "unreviewed",
     order: Annotated[str, typer.Option(help="Task order: uncertain | score | random | view.")] = "uncertain",
     overlap: Annotated[int, typer.Option(min=0, help="Annotators per task; 0 keeps the project's setting.")] = 0,
+    triage: Annotated[
+        bool, typer.Option("--triage", help="Hold back what `curate calibrate`'s rule would reject (view triaged_out).")
+    ] = False,
     url: UrlOpt = "",
     token: TokenOpt = "",
     workspace: WorkspaceOpt = Path("."),
@@ -277,7 +288,7 @@ def review_push(
         raise CurateError(f"unknown --order {order!r}: use one of {', '.join(ORDERS)}")
     with progress_bar() as progress:
         report = push(_workspace(workspace), view=view, url=url or None, token=token or None, order=order,
-                      overlap=overlap or None, progress=progress)  # fmt: skip
+                      overlap=overlap or None, triage=triage, progress=progress)  # fmt: skip
     typer.echo(report.summary())
 
 
