@@ -139,8 +139,11 @@ def read_evaluation(folder: Path, skip_incomplete: bool = False) -> Evaluation:
             )
         broken = []
         for key, row in first[config].items():
+            path = (folder / row["image"]).resolve()
             try:
-                with Image.open(folder / row["image"]) as image:
+                if folder not in path.parents:  # only the evaluator's own images are copied into the study
+                    raise OSError(f"{path} is outside {folder}")
+                with Image.open(path) as image:
                     image.verify()
             except (OSError, UnidentifiedImageError):
                 broken.append(key)

@@ -24,11 +24,12 @@ from curation.study import (
     create,
     label_config,
     pull,
+    read_annotation,
     read_evaluation,
     score_result,
     study_dir,
 )
-from curation.study_report import bootstrap_ci, krippendorff_interval, write_report
+from curation.study_report import _banner, bootstrap_ci, krippendorff_interval, write_report
 from curation.workspace import Workspace
 from personalization.metrics import bucket
 
@@ -120,6 +121,26 @@ def test_krippendorff_and_bootstrap_by_hand() -> None:
     assert bootstrap_ci([[2.0, 4.0], [6.0, 6.0]]) == (low, high)  # seeded
 
 
+def test_an_annotation_counts_whole_or_not_at_all() -> None:
+    result = score_result({"alignment": [7, 11], "fidelity": [None, 2]})
+    result[1]["value"]["number"] = 11
+    result.append(
+        {"from_name": "fidelity_1", "to_name": "image_1", "type": "number", "value": {"number": 7.5}}
+    )
+    scores, problems = read_annotation({"result": result}, [A, B], ["alignment", "fidelity"])
+    assert scores is None
+    assert problems == [
+        "alignment of image 2 is 11, not a whole number 1-10",
+        "fidelity of image 1 is 7.5, not a whole number 1-10",
+    ]
+    whole = score_result({"alignment": [7, 10], "fidelity": [1, 2]})
+    assert read_annotation({"result": whole}, [A, B], ["alignment", "fidelity"]) == (
+        {"alignment": {A: 7, B: 10}, "fidelity": {A: 1, B: 2}},
+        [],
+    )
+    assert _banner({"clip": "pretrained"}) == [] and "weights: random" in _banner({"clip": "random"})[0]
+
+
 def test_bad_evaluator_folders_are_refused_before_anything_is_pushed(tmp_path: Path) -> None:
     ws = Workspace.create(tmp_path / "ws")  # no Label Studio at all: the checks come first
     broken = write_evaluation(tmp_path / "broken")
@@ -145,6 +166,14 @@ def test_bad_evaluator_folders_are_refused_before_anything_is_pushed(tmp_path: P
         CurateError, match=re.escape(f"configuration {A!r} was evaluated on other prompts: it lacks 2 of 7")
     ):
         create(ws, other)
+    escaping = write_evaluation(tmp_path / "escaping")
+    results = json.loads((escaping / "results.json").read_text())
+    results["rows"][0]["image"] = f"../broken/images/{B}/0000_0.png"  # a readable PNG, outside
+    (escaping / "results.json").write_text(json.dumps(results))
+    with pytest.raises(
+        CurateError, match=re.escape(f"configuration {A!r} has no readable image for 1 prompts")
+    ):
+        create(ws, escaping)
     with pytest.raises(CurateError, match="no results.json"):
         create(ws, tmp_path)
     single = write_evaluation(tmp_path / "single", configs=(A,))
@@ -235,8 +264,10 @@ def test_study_create_pull_report_against_hand_computation(
     ]
     assert "not counted:" in first.summary()
     raw_pulls = sorted((folder / "pulls").glob("*.json"))
-    second = pull(ws)
-    assert not second.changed and sorted((folder / "pulls").glob("*.json")) == raw_pulls
+    second = CliRunner().invoke(app, ["study", "pull", "-w", str(ws.root)])
+    assert second.exit_code == 0, second.output
+    assert "nothing changed since the last pull" in second.output
+    assert sorted((folder / "pulls").glob("*.json")) == raw_pulls
 
     result = CliRunner().invoke(app, ["study", "report", "-w", str(ws.root)])
     assert result.exit_code == 0, result.output
