@@ -449,5 +449,7 @@ def main() -> None:
     try:
         app()
     except CurateError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        # one line whatever a wrapped library message holds (torch, transformers and PIL errors span several)
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        typer.echo(f"error: {message}", err=True)
         sys.exit(1)

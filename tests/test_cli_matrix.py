@@ -230,3 +230,22 @@ def test_damaged_records_are_named_and_made_again(
     (root / "concepts" / "cat" / "concept.json").write_text("{}")
     code, shown = invoke("concepts", "list", *w)
     assert code == 1 and "concept.json is not a valid concept record (concept_id: Field required)" in shown, shown
+
+
+def test_a_wrapped_multi_line_library_error_prints_as_one_line(tmp_path: Path) -> None:
+    """torch's refusal of a broken checkpoint spans several lines; the user still sees one `error:` line."""
+    root = tmp_path / "pets"
+    assert subprocess.run([CURATE, "init", str(root)], capture_output=True, timeout=300).returncode == 0
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    config = root / "curate.toml"
+    garbage = f'clip_pretrained = "{tmp_path / "garbage.pt"}"'
+    config.write_text(config.read_text().replace('clip_pretrained = "openai"', garbage))
+    from tests.fixtures.candidate_workspace import write_candidates
+
+    write_candidates(Workspace.open(root), 2)
+    result = subprocess.run([CURATE, "index", "-w", str(root)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("error: CLIP checkpoint"), result.stderr
+    assert "weights_only" not in result.stderr and "Traceback" not in result.stderr
+

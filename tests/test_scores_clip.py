@@ -65,8 +65,13 @@ def test_bad_model_names_and_paths_are_curate_errors(tiny_clip_name, tmp_path):
         load_clip(tiny_clip_name, str(tmp_path / "weights.pt"))
     wrong = tmp_path / "wrong.pt"
     torch.save({"not": torch.zeros(1)}, wrong)
-    with pytest.raises(CurateError, match="does not fit"):
+    with pytest.raises(CurateError, match="does not load as"):
         load_clip(tiny_clip_name, str(wrong))
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CurateError, match="does not load as") as raised:
+        load_clip(tiny_clip_name, str(garbage))
+    assert "\n" not in str(raised.value) and "weights_only" not in str(raised.value).split("(")[0]
 
 
 def test_clip_t_follows_clipscore_convention():

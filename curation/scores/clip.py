@@ -229,7 +229,11 @@ def load_clip(
             weights = "pretrained"
         except Exception as exc:  # any download/cache failure means: no real weights on this machine
             if Path(pretrained).is_file():
-                raise CurateError(f"CLIP checkpoint {pretrained} does not fit {model_name}: {exc}") from exc
+                # the first sentence only: torch's next ones suggest weights_only=False, unsafe for a stray file
+                first = str(exc).strip().split(". ")[0].splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise CurateError(
+                    f"CLIP checkpoint {pretrained} does not load as {model_name} weights ({first})"
+                ) from exc
             _log.warning(
                 "CLIP weights %s/%s unavailable (%s); using random weights", model_name, pretrained, exc
             )
