@@ -96,6 +96,11 @@ class MSPSettings(_Section):
     negative_prompt: str = ""
     controlnet_scale: float = Field(1.0, ge=0.0)
     max_unet_batch: int = Field(0, ge=0, description="rows per UNet forward; 0 means all at once")
+    sal_model: str = Field(
+        "", description="a `curate train-segmenter` folder: subject-aware segmentation loss guidance; empty = off"
+    )
+    sal_scale: float = Field(1.0, ge=0.0, description="weight of the SAL gradient added to the noise prediction")
+    sal_steps: int = Field(10, ge=0, description="SAL guides the first sal_steps steps that run")
 
     def n_composition(self, steps_run: int) -> int:
         """How many of the steps that run are composition steps (half rounds up, capped at steps_run)."""
@@ -141,6 +146,9 @@ class IndexConfig(_Section):
         "local", description="where CLIP embeddings run: this process, or Ray actors (RAY_ADDRESS picks a cluster)"
     )
     ray_actors: int = Field(0, ge=0, description="Ray embedding actors; 0 means one per cluster GPU (1 without)")
+    subject_segmenter: str = Field(
+        "", description="a `curate train-segmenter` folder: scores SAS per concept (`sas`, `sas_mean`); empty = off"
+    )
 
 
 class ReviewConfig(_Section):

@@ -30,9 +30,16 @@ runs, chosen by ``scaffold_strength`` exactly as diffusers' img2img chooses it.
 **ControlNet** (e.g. OpenPose, as in the paper) adds a ControlNetModel's residuals to every UNet
 call of both phases when a ControlNet and one control image per plan are given.
 
-**Subject-aware segmentation guidance** (the paper's SAL) is not built in. Its seam is the
-``guidance`` hook: it receives every step's state and returns a corrected noise prediction, which is
-where the gradient of a segmentation loss on the predicted clean image enters as classifier guidance.
+**Subject-aware segmentation loss** (the paper's SAL, appendix A.4) runs through the ``guidance``
+hook, which receives every step's state and returns a corrected noise prediction. `SALGuidance`, on
+when ``[generate.msp] sal_model`` names a `curate train-segmenter` folder (M_SAL), does at each of
+the first ``sal_steps`` steps: x0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t) with the guided,
+composited eps; decode x0_hat with the VAE; for each subject segment j, M_SAL segments
+``x0_hat * m_j`` and the loss is the binary cross-entropy of M_SAL's class-j probability against
+"is subject j" on the segment's pixels (our reading of the paper's ``1 - BCE(M(x), M(x))``, which as
+printed is constant); the loss's gradient g w.r.t. x_t (eps held fixed) enters as classifier
+guidance, eps + sal_scale * sqrt(1 - a_t) * g, which moves x0_hat against g, i.e. lowers the loss.
+Schedulers without ``alphas_cumprod`` (a_t = 1) get no SAL correction.
 
 Heavy libraries are imported inside functions so importing this module stays cheap. `MSPSettings`
 lives in `curation.config` (it is the `[generate.msp]` section of curate.toml) and is re-exported here.
@@ -59,6 +66,8 @@ from generators.phrases import join_phrases
 
 if TYPE_CHECKING:
     import torch
+
+    from personalization.subject_segmenter import SubjectSegmenter
 
 BACKGROUND = "<background>"
 """Name of the background segment; angle brackets keep it apart from any concept id."""
@@ -93,6 +102,84 @@ class StepState:
 
 GuidanceHook = Callable[[StepState], "torch.Tensor"]
 """Returns the (possibly corrected) noise prediction; the seam for subject-aware segmentation loss."""
+
+
+def sal_loss(
+    segmenter: SubjectSegmenter, pixels: torch.Tensor, masks: list[torch.Tensor], names: list[list[str]]
+) -> torch.Tensor:
+    """SAL summed over every subject segment of every image (background segments are not scored).
+
+    Args:
+        segmenter: M_SAL.
+        pixels: decoded x0_hat in 0..1, [B, 3, H, W].
+        masks: per image, its one-hot segment map [S, h, w] (latent size; upsampled nearest here).
+        names: per image, its segment names (concept ids, BACKGROUND last).
+
+    Returns:
+        Scalar: per segment, mean over its pixels of -log p(class j), where p is M_SAL's softmax.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from personalization.subject_segmenter import masked
+
+    inputs, regions, classes = [], [], []
+    for index, (seg_map, seg_names) in enumerate(zip(masks, names)):
+        for j, name in enumerate(seg_names):
+            if name == BACKGROUND or not bool(seg_map[j].any()):
+                continue
+            region = seg_map[j][None, None].float()
+            inputs.append(masked(pixels[index : index + 1], region))
+            regions.append(region)
+            classes.append(segmenter.class_of(name))
+    if not inputs:
+        return pixels.sum() * 0.0
+    logits = segmenter.logits(torch.cat(inputs))
+    log_p = F.log_softmax(logits.float(), dim=1)
+    total = log_p.new_zeros(())
+    for k, (region, cls) in enumerate(zip(regions, classes)):
+        weight = F.interpolate(region.to(log_p.device), size=log_p.shape[-2:], mode="nearest")[0, 0]
+        total = total - (log_p[k, cls] * weight).sum() / weight.sum().clamp(min=1.0)
+    return total
+
+
+class SALGuidance:
+    """The `guidance` hook that adds the SAL gradient (see the module docstring).
+
+    Args:
+        pipe: the pipeline whose VAE decodes x0_hat.
+        segmenter: M_SAL, with a class for every subject it will see.
+        scale: weight of the gradient; 0 returns the noise prediction untouched.
+        steps: how many of the first steps that run are guided.
+    """
+
+    def __init__(self, pipe: Any, segmenter: SubjectSegmenter, scale: float, steps: int):
+        self.pipe, self.segmenter, self.scale, self.steps = pipe, segmenter, scale, steps
+
+    def x0_pixels(self, latents: torch.Tensor, noise_pred: torch.Tensor, alpha: float) -> torch.Tensor:
+        """Decoded x0_hat in 0..1, differentiable w.r.t. `latents`."""
+        vae = self.pipe.vae
+        x0 = (latents - math.sqrt(1.0 - alpha) * noise_pred) / math.sqrt(alpha)
+        pixels = vae.decode(x0.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        return (pixels.float() / 2 + 0.5).clamp(0, 1)
+
+    def loss_and_grad(self, state: StepState) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAL at this step and its gradient w.r.t. the latents (the noise prediction held fixed)."""
+        import torch
+
+        with torch.enable_grad():
+            latents = state.latents.detach().float().requires_grad_(True)
+            pixels = self.x0_pixels(latents, state.noise_pred.detach().float(), state.alpha_cumprod)
+            loss = sal_loss(self.segmenter, pixels, state.masks, state.segment_names)
+            (grad,) = torch.autograd.grad(loss, latents, allow_unused=True)
+        return loss.detach(), torch.zeros_like(latents) if grad is None else grad
+
+    def __call__(self, state: StepState) -> torch.Tensor:
+        if self.scale == 0 or state.step_index >= self.steps or state.alpha_cumprod >= 1.0:
+            return state.noise_pred
+        _, grad = self.loss_and_grad(state)
+        step = self.scale * math.sqrt(1.0 - state.alpha_cumprod) * grad
+        return state.noise_pred + step.to(state.noise_pred.dtype)
 
 
 @dataclass
@@ -175,6 +262,15 @@ def _mask_at(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return small >= 0.5
 
 
+def _load_sal(path: str, subjects: Sequence[str], device: str | None) -> SubjectSegmenter:
+    """M_SAL from a `curate train-segmenter` folder, with a class for every subject (else one CurateError)."""
+    from personalization.subject_segmenter import SubjectSegmenter
+
+    segmenter = SubjectSegmenter.load(path, device)
+    segmenter.check_concepts(subjects, source=path)
+    return segmenter
+
+
 def segment_prompts(plan: LayoutPlan, concepts: dict[str, Concept]) -> tuple[list[str], str]:
     """Local prompt per segment (same order as `render_segment_map`) and the global prompt.
 
@@ -198,15 +294,23 @@ class MSPGenerator:
         model_id: what provenance records as the model.
         controlnet: an optional loaded ControlNetModel.
         controlnet_id: what provenance records as the ControlNet.
+        sal: an optional loaded M_SAL for SAL guidance (else loaded by the first call whose settings
+            name one; a call naming another folder loads that one).
     """
 
     def __init__(
-        self, pipe: Any, model_id: str = "", controlnet: Any = None, controlnet_id: str = ""
+        self,
+        pipe: Any,
+        model_id: str = "",
+        controlnet: Any = None,
+        controlnet_id: str = "",
+        sal: SubjectSegmenter | None = None,
     ) -> None:
         self.pipe = pipe
         self.model_id = model_id or str(getattr(pipe, "name_or_path", "") or "")
         self.controlnet = controlnet
         self.controlnet_id = controlnet_id
+        self.sal = sal
         self._control_processor = None
 
     @classmethod
@@ -232,9 +336,20 @@ class MSPGenerator:
         return cls(pipe, model_id=str(model), controlnet=net, controlnet_id=str(controlnet or ""))
 
     @classmethod
-    def from_settings(cls, settings: MSPSettings, device: str | None = None) -> MSPGenerator:
-        """Load the model and ControlNet that the settings name (what a runner worker does once)."""
-        return cls.from_pretrained(settings.model, controlnet=settings.controlnet or None, device=device)
+    def from_settings(
+        cls, settings: MSPSettings, device: str | None = None, subjects: Sequence[str] = ()
+    ) -> MSPGenerator:
+        """Load the model, ControlNet and M_SAL that the settings name (what a runner worker does once).
+
+        M_SAL is loaded and checked against `subjects` first, so a missing or mismatched segmenter
+        is one error before the diffusion model loads and before any image is made.
+        """
+        sal = _load_sal(settings.sal_model, subjects, device) if settings.sal_model else None
+        generator = cls.from_pretrained(settings.model, controlnet=settings.controlnet or None, device=device)
+        if sal is not None:
+            sal.model.to(generator.pipe.device)
+        generator.sal = sal
+        return generator
 
     def __call__(
         self,
@@ -268,6 +383,13 @@ class MSPGenerator:
 
         settings = settings or MSPSettings()
         self._check_batch(plans, seeds, scaffolds, masks, control_images)
+        sal_on = bool(settings.sal_model) and guidance is None
+        if sal_on:
+            subjects = [box.concept_id for plan in plans for box in plan.boxes]
+            if self.sal is None or self.sal.source != settings.sal_model:
+                self.sal = _load_sal(settings.sal_model, subjects, str(self.pipe.device))
+            self.sal.check_concepts(subjects, source=settings.sal_model)
+            guidance = SALGuidance(self.pipe, self.sal, settings.sal_scale, settings.sal_steps)
         pipe, device = self.pipe, self.pipe.device
         dtype = pipe.unet.dtype
         height, width = plans[0].height, plans[0].width
@@ -338,6 +460,11 @@ class MSPGenerator:
                     "segment_prompts": locals_[index],
                     "global_prompt": globals_[index],
                     "segment_pixels": [int(v) for v in maps[index].sum(dim=(1, 2)).tolist()],
+                    **(
+                        {"sal": {"model": settings.sal_model, "scale": settings.sal_scale, "steps": settings.sal_steps}}
+                        if sal_on
+                        else {}
+                    ),
                 },
             )
             for index, image in enumerate(images)

@@ -121,14 +121,16 @@ def generator_config(config: GenerateConfig) -> dict[str, object]:
     """Everything besides plan and seed that determines a candidate's pixels and caption.
 
     MSP leaves the repaint settings out (it does not repaint) and `max_unet_batch` (it only moves
-    pixels by rounding, like the batch size), so neither re-ids finished MSP candidates.
+    pixels by rounding, like the batch size), so neither re-ids finished MSP candidates; the SAL
+    settings count only when SAL is on, so workspaces made before it existed keep their ids.
     """
     if config.generator == "msp":
+        sal_off = {"sal_model", "sal_scale", "sal_steps"} if not config.msp.sal_model else set()
         return {
             "generator": config.generator,
             "version": GENERATOR_VERSION,
             "recaption": config.recaption,
-            "msp": config.msp.model_dump(exclude={"max_unet_batch"}),
+            "msp": config.msp.model_dump(exclude={"max_unet_batch", *sal_off}),
             **caption_settings(config),
         }
     return {
@@ -222,7 +224,9 @@ class _Generator:
                     "does not make; leave it empty here and call generators.msp.MSPGenerator directly"
                 )
             device, _ = resolve_device(self.config.device, "auto")
-            self.msp = MSPGenerator.from_settings(self.config.msp, device=device)
+            # every planned subject needs a class in M_SAL: checked once here, before any image
+            subjects = sorted({c for plan in self.ws.plans() for c in plan.concepts})
+            self.msp = MSPGenerator.from_settings(self.config.msp, device=device, subjects=subjects)
         else:
             self.repainter = load_repainter(self.config.repaint, self.config)
         self.captioner: Captioner = load_captioner(self.config.recaption, self.config)

@@ -12,6 +12,8 @@ functions safe on raw features such as DINO's CLS). Definitions, as we read the 
 - CP-CLIP (Gen4Gen): per concept, the crop of its best detection compared with its references (mean
   cosine); a concept not detected scores 0; mean over the prompt's concepts.
 - DINO: as CLIP-I on DINOv2 CLS embeddings.
+- SAS (MSP): as CP-CLIP on the subject-aware segmenter's encoder features, each subject's region
+  isolated (the image zeroed outside it) before embedding.
 - Detect-and-Compare (MuDI): 0 unless the detector finds exactly as many subjects as the prompt names;
   otherwise the crop-vs-subject similarity matrix S (clipped to [0, 1]), rows matched to subjects by
   the assignment maximising the trace, scores `1 - mean((S - I)^2)`: high when every crop resembles its
@@ -78,6 +80,18 @@ def cp_clip(
         for crop, refs in zip(crops, concept_refs)
     ]
     return float(np.mean(scores))
+
+
+def sas(
+    regions: Sequence[np.ndarray | None], concept_refs: Sequence[np.ndarray], reduce: RefReduce = "mean"
+) -> float:
+    """SAS (MSP, A.6) for one image: `regions[i]` is the M_SAL encoder embedding of subject i's region
+    (None when the subject is not there), `concept_refs[i]` those of its source images.
+
+    The same reduction as CP-CLIP on other features: mean (or max) cosine over the references, 0 for
+    a missing subject, mean over the image's subjects.
+    """
+    return cp_clip(regions, concept_refs, reduce)
 
 
 def detect_and_compare(

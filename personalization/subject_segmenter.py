@@ -232,7 +232,7 @@ def to_tensor(rgb: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
     """uint8 HxWx3 (or a list of them) -> float [B, 3, H, W] in 0..1."""
     import torch
 
-    batch = np.stack(list(rgb)) if not isinstance(rgb, np.ndarray) or rgb.ndim == 4 else rgb[None]
+    batch = np.stack(list(rgb)) if not isinstance(rgb, np.ndarray) or rgb.ndim == 4 else np.array(rgb[None])
     return torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0
 
 
@@ -244,13 +244,22 @@ class SubjectSegmenter:
         concepts: concept ids; concept k is class k + 1, class 0 is background.
         size: the side the model was trained at; inputs are resized to it.
         config: what `segmenter.json` holds.
+        source: the folder it was loaded from, as given.
     """
 
-    def __init__(self, model: Any, concepts: Sequence[str], size: int, config: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        model: Any,
+        concepts: Sequence[str],
+        size: int,
+        config: dict[str, Any] | None = None,
+        source: str = "",
+    ):
         self.model = model.eval()
         self.concepts = list(concepts)
         self.size = size
         self.config = config or {}
+        self.source = source
 
     @property
     def device(self) -> torch.device:
@@ -320,7 +329,7 @@ class SubjectSegmenter:
         except RuntimeError as exc:
             raise CurateError(f"subject segmenter at {folder}: weights do not fit its config: {exc}") from exc
         model.requires_grad_(False)
-        return cls(model.to(device or "cpu"), concepts, settings.size, config)
+        return cls(model.to(device or "cpu"), concepts, settings.size, config, source=str(path))
 
 
 def iou_per_class(pred: np.ndarray, target: np.ndarray, classes: int) -> list[float | None]:
@@ -438,7 +447,6 @@ def train_segmenter(
         progress("segmenter epochs", epoch + 1, settings.epochs)
 
     val_iou = _validate(segmenter, val, settings.batch_size)
-    atomic_write_bytes(out_dir / WEIGHTS_FILE, _torch_bytes(model.state_dict()))
     report = TrainReport(
         out_dir=str(out_dir),
         epochs_run=settings.epochs - start_epoch,
@@ -450,19 +458,29 @@ def train_segmenter(
         encoder_weights=weights,
     )
     known = [v for v in val_iou.values() if v is not None]
-    atomic_write_json(
-        out_dir / CONFIG_FILE,
-        {
-            **signature,
-            "encoder_weights": weights,
-            "workspace_id": ws.workspace_id,
-            "val_iou": val_iou,
-            "val_miou": float(np.mean(known)) if known else None,
-            "train_composites": len(train),
-            "val_composites": len(val),
-        },
+    save_segmenter(
+        out_dir,
+        model,
+        concepts,
+        settings,
+        encoder_weights=weights,
+        workspace_id=ws.workspace_id,
+        val_iou=val_iou,
+        val_miou=float(np.mean(known)) if known else None,
+        train_composites=len(train),
+        val_composites=len(val),
     )
     return report
+
+
+def save_segmenter(
+    out_dir: Path, model: Any, concepts: Sequence[str], settings: SegmenterSettings, **record: Any
+) -> None:
+    """Write the folder `SubjectSegmenter.load` reads: weights first, then the config that names them."""
+    atomic_write_bytes(Path(out_dir) / WEIGHTS_FILE, _torch_bytes(model.state_dict()))
+    atomic_write_json(
+        Path(out_dir) / CONFIG_FILE, {"concepts": list(concepts), "settings": asdict(settings), **record}
+    )
 
 
 def _torch_bytes(obj: Any) -> bytes:
@@ -528,3 +546,54 @@ def concept_regions(candidate: Candidate, height: int, width: int) -> dict[str, 
         region[max(y0, 0) : math.ceil((box.y + box.h) * sy), max(x0, 0) : math.ceil((box.x + box.w) * sx)] = True
         regions[box.concept_id] = region
     return regions
+
+
+SAS_FIELD = "sas"
+"""Index field: concept_id -> SAS of that concept's region in the candidate (a dict)."""
+SAS_MEAN_FIELD = "sas_mean"
+"""Index field: the candidate's SAS, mean over its concepts."""
+
+
+class SASScorer:
+    """SAS for workspace candidates: each concept's region (kept silhouette, else box) vs its references.
+
+    The references are the concept's photos isolated by their soft masks, embedded once.
+
+    Args:
+        segmenter: a loaded M_SAL.
+        refs: concept_id -> SAS embeddings of its references [R, C].
+    """
+
+    def __init__(self, segmenter: SubjectSegmenter, refs: dict[str, np.ndarray]):
+        self.segmenter = segmenter
+        self.refs = refs
+
+    @classmethod
+    def for_workspace(
+        cls, path: str | Path, ws: Workspace, concepts: Sequence[str], device: str | None = None
+    ) -> SASScorer:
+        """Load M_SAL from `path`; one CurateError when it lacks a class for any of `concepts`."""
+        segmenter = SubjectSegmenter.load(path, device)
+        needed = sorted(set(concepts))
+        segmenter.check_concepts(needed, source=str(path))
+        known = ws.concepts()
+        refs = {
+            c: reference_embeddings(
+                segmenter, [(ws.resolve(r), ws.resolve(m)) for r, m in zip(known[c].refs, known[c].masks)]
+            )
+            for c in needed
+            if c in known
+        }
+        return cls(segmenter, refs)
+
+    def score(self, image: Image.Image, candidate: Candidate) -> dict[str, Any]:
+        """{SAS_FIELD: {concept: SAS}, SAS_MEAN_FIELD: mean}; an empty region scores 0, as in CP-CLIP."""
+        from personalization.metrics import reference_similarity
+
+        rgb = np.asarray(image.convert("RGB"))
+        regions = concept_regions(candidate, *rgb.shape[:2])
+        concepts = [c for c in candidate.concepts if c in self.refs]
+        present = [c for c in concepts if regions.get(c) is not None and regions[c].any()]
+        embs = dict(zip(present, region_embeddings(self.segmenter, rgb, [regions[c] for c in present])))
+        per = {c: reference_similarity(embs[c], self.refs[c]) if c in embs else 0.0 for c in concepts}
+        return {SAS_FIELD: per, SAS_MEAN_FIELD: float(np.mean(list(per.values()))) if per else None}
