@@ -323,7 +323,7 @@ def study_create(
     criteria: Annotated[str, typer.Option(help="Comma list; each image gets a 1-10 score per criterion.")] = (
         "alignment,fidelity"
     ),
-    raters: Annotated[int, typer.Option(min=1, help="Annotators per task.")] = 2,
+    raters: Annotated[int, typer.Option(min=0, help="Annotators per task; 0 keeps the study's (new: 2).")] = 0,
     per_bucket: Annotated[int, typer.Option(min=0, help="Prompts per bucket (<=3, 4, 5); 0 = the smallest's.")] = 0,
     name: Annotated[str, typer.Option(help="Study name (folder under study/); default the folder's name.")] = "",
     seed: Annotated[int, typer.Option(help="Seed of the sampling and of each task's image order.")] = 0,
@@ -340,7 +340,7 @@ def study_create(
 
     with progress_bar() as progress:
         report = create(_workspace(workspace), evaluation, name=name or None,
-                        criteria=[c.strip() for c in criteria.split(",") if c.strip()], raters=raters,
+                        criteria=[c.strip() for c in criteria.split(",") if c.strip()], raters=raters or None,
                         per_bucket=per_bucket or None, seed=seed, skip_incomplete=skip_incomplete,
                         url=url or None, token=token or None, progress=progress)  # fmt: skip
     typer.echo(report.summary())

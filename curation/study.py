@@ -44,6 +44,7 @@ TASK_KEY = "study_task"
 """The task data field that joins a Label Studio task to its entry in mapping.json."""
 SCORE_MIN, SCORE_MAX = 1, 10
 DEFAULT_CRITERIA = ("alignment", "fidelity")
+DEFAULT_RATERS = 2
 CRITERION_TITLES = {
     "alignment": "Alignment: does the image show what the prompt says?",
     "fidelity": "Fidelity: do the objects look like the reference photos?",
@@ -383,7 +384,7 @@ def create(
     evaluation_dir: Path,
     name: str | None = None,
     criteria: list[str] | None = None,
-    raters: int = 2,
+    raters: int | None = None,
     per_bucket: int | None = None,
     seed: int = 0,
     skip_incomplete: bool = False,
@@ -397,13 +398,14 @@ def create(
         evaluation_dir: a `curate evaluate -o` folder (results.json, images/<configuration>/).
         name: the study's folder under study/ and its project title; default the folder's name.
         criteria: one 1-10 score per image for each (default alignment, fidelity).
-        raters: annotators per task (the project's maximum_annotations).
+        raters: annotators per task (the project's maximum_annotations); default the study's
+            earlier setting, 2 for a new study.
         per_bucket: prompts per concept-count bucket; default the smallest bucket's size.
         seed: sampling and the per-task image order.
         skip_incomplete: leave out prompts a configuration has no image for, instead of refusing.
     """
     criteria = check_criteria(list(criteria or DEFAULT_CRITERIA))
-    if raters < 1:
+    if raters is not None and raters < 1:
         raise CurateError(f"--raters must be at least 1, got {raters}")
     evaluation = read_evaluation(evaluation_dir, skip_incomplete)
     name = name or evaluation.root.name
@@ -413,13 +415,16 @@ def create(
     state_path, mapping_path = folder / "study.json", folder / "mapping.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     configurations = sorted(evaluation.configurations)
-    if state and (state["criteria"] != criteria or state["configurations"] != configurations):
+    if state and (
+        state["criteria"] != criteria or state["configurations"] != configurations or state["seed"] != seed
+    ):
         raise CurateError(
-            f"study {name!r} was created with criteria {','.join(state['criteria'])} and configurations "
-            f"{', '.join(state['configurations'])}: pass another --name for a different study"
+            f"study {name!r} was created with criteria {','.join(state['criteria'])}, configurations "
+            f"{', '.join(state['configurations'])} and seed {state['seed']}: pass another --name for a different study"
         )
     chosen = sample(evaluation.items, per_bucket, seed)
     conn = connect(ws, url, token)
+    references = {item.key: _references(ws, conn, folder, item.concepts) for item in chosen}
     mapping: dict[str, Any] = json.loads(mapping_path.read_text()) if mapping_path.exists() else {}
     for index, item in enumerate(chosen):
         if item.key in mapping:
@@ -440,7 +445,6 @@ def create(
             "sources": {c: item.images[c].relative_to(evaluation.root).as_posix() for c in configurations},
         }
         progress("copy images", index + 1, len(chosen))
-    references = {item.key: _references(ws, conn, folder, item.concepts) for item in chosen}
     atomic_write_json(mapping_path, mapping)  # before any task exists: a pushed task always has its mapping
     state = {
         "name": name,
@@ -448,12 +452,12 @@ def create(
         "criteria": criteria,
         "configurations": configurations,
         "seed": seed,
-        "raters": raters,
+        "raters": raters or state.get("raters") or DEFAULT_RATERS,
         "weights": evaluation.weights,
         "url": conn.url,
         "project_id": state.get("project_id") if state.get("url") == conn.url else None,
     }
-    project_id = _project(ws, conn, name, state, len(configurations), criteria, raters)
+    project_id = _project(ws, conn, name, state, len(configurations), criteria, state["raters"])
     state["project_id"] = project_id
     atomic_write_json(state_path, state)
     already = task_keys(conn, project_id)

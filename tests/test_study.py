@@ -196,7 +196,7 @@ def test_study_create_pull_report_against_hand_computation(
     ws = labelstudio_workspace()
     add_concepts(ws)
     evaluation = write_evaluation(tmp_path / "eval-out")  # outside the document root: images are copied in
-    report = create(ws, evaluation, raters=2)
+    report = create(ws, evaluation, raters=3)
     # balanced: each bucket gives as many prompts as the smallest has
     assert report.per_bucket == {"<=3": 2, "4": 2, "5": 2} and report.pushed == 6
     folder = study_dir(ws, "eval-out")
@@ -222,18 +222,21 @@ def test_study_create_pull_report_against_hand_computation(
         assert requests.get(labelstudio.url + ref, headers=headers, timeout=30).status_code == 200
     assert len(orders) > 1  # shuffled per task
     project = connect(ws).get_json(f"/api/projects/{report.project_id}", "test")
-    assert project["maximum_annotations"] == 2
+    assert project["maximum_annotations"] == 3  # --raters
 
-    again = CliRunner().invoke(app, ["study", "create", str(evaluation), "--raters", "2", "-w", str(ws.root)])
+    again = CliRunner().invoke(app, ["study", "create", str(evaluation), "-w", str(ws.root)])
     assert again.exit_code == 0, again.output
     assert "0 new tasks (6 already there" in again.output
     assert json.loads((folder / "mapping.json").read_text()) == mapping
-    more = create(ws, evaluation, raters=2, per_bucket=3)  # only <=3 has a third prompt
+    more = create(ws, evaluation, per_bucket=3)  # only <=3 has a third prompt
     assert (more.pushed, more.already) == (1, 6)
     assert set(mapping) < set(json.loads((folder / "mapping.json").read_text()))
     mapping = json.loads((folder / "mapping.json").read_text())
     tasks = tasks_by_key(ws, report.project_id)
     assert len(tasks) == 7
+    assert (
+        connect(ws).get_json(f"/api/projects/{report.project_id}", "test")["maximum_annotations"] == 3
+    )  # kept
 
     client = connect(ws).client
     users = [
@@ -321,6 +324,8 @@ def test_recreating_with_other_criteria_is_refused(
     create(ws, evaluation, criteria=["alignment"], raters=1, per_bucket=1)
     with pytest.raises(CurateError, match="created with criteria alignment"):
         create(ws, evaluation, criteria=["alignment", "fidelity"])
+    with pytest.raises(CurateError, match="and seed 0: pass another --name"):
+        create(ws, evaluation, criteria=["alignment"], seed=1)
     copy = tmp_path / "run-copy"
     shutil.copytree(evaluation, copy)
     with pytest.raises(CurateError, match="no ratings yet"):
