@@ -34,7 +34,7 @@ import requests
 
 from curation.errors import CurateError
 from curation.progress import ProgressFn, no_progress
-from curation.records import content_id
+from curation.records import Concept, content_id
 from curation.review import CONFIG_DIR, Connection, _local_url, connect
 from curation.workspace import Workspace, atomic_write_bytes, atomic_write_json
 from personalization.evaluate import BUCKET_TITLES
@@ -272,11 +272,12 @@ class CreateReport:
         return "\n".join(lines)
 
 
-def _references(ws: Workspace, conn: Connection, folder: Path, concepts: tuple[str, ...]) -> str:
+def _references(
+    ws: Workspace, conn: Connection, folder: Path, known: dict[str, Concept], concepts: tuple[str, ...]
+) -> str:
     """A row of the concepts' first reference photos (copied into the study) with their names."""
     import html
 
-    known = ws.concepts()
     cells = []
     for cid in concepts:
         concept = known.get(cid)
@@ -424,7 +425,8 @@ def create(
         )
     chosen = sample(evaluation.items, per_bucket, seed)
     conn = connect(ws, url, token)
-    references = {item.key: _references(ws, conn, folder, item.concepts) for item in chosen}
+    known = ws.concepts()
+    references = {item.key: _references(ws, conn, folder, known, item.concepts) for item in chosen}
     mapping: dict[str, Any] = json.loads(mapping_path.read_text()) if mapping_path.exists() else {}
     for index, item in enumerate(chosen):
         if item.key in mapping:
