@@ -9,13 +9,13 @@ writes them to FiftyOne itself, so the dataset ends up exactly as with the local
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from curation.errors import CurateError
+from curation.ray_cluster import connect_ray
 
 Item = tuple[str, str]
 """(image path, CLIP-T text) of one candidate."""
@@ -34,14 +34,6 @@ class Embedded:
     ok: list[bool]
     images: np.ndarray
     texts: np.ndarray
-
-
-def connect_ray() -> None:
-    """Join the cluster `RAY_ADDRESS` names, else start a local Ray; a caller's own `ray.init` wins."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False, log_to_driver=False)
 
 
 class _ClipActor:

@@ -516,7 +516,7 @@ def _ray_batches(
     import ray
     from ray.util import ActorPool
 
-    from curation.embed_ray import connect_ray
+    from curation.ray_cluster import connect_ray
 
     connect_ray()
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= workers else 0
