@@ -138,8 +138,11 @@ def evaluate_command(
         str, typer.Option(help="CLIP-T convention: clipscore (2.5*max(cos,0)) | cosine.")
     ] = "clipscore",
     device: Annotated[str, typer.Option(help="cuda / cpu; empty = GPU when present.")] = "",
+    subject_segmenter: Annotated[
+        str, typer.Option(help="A `curate train-segmenter` folder: adds SAS (MSP); empty = no SAS.")
+    ] = "",
 ) -> None:
-    """Generate held-out compositions per configuration and score CP-CLIP, TI-CLIP, CLIP-I/T, DINO, D&C."""
+    """Generate held-out compositions per configuration and score CP-CLIP, TI-CLIP, CLIP-I/T, DINO, D&C, SAS."""
     from curation.progress import progress_bar
     from personalization.evaluate import EvalSettings, evaluate
 
@@ -159,6 +162,7 @@ def evaluate_command(
         detection_threshold=detection_threshold,
         ref_reduce=ref_reduce,
         clip_t_convention=clip_t,  # type: ignore[arg-type]
+        subject_segmenter=subject_segmenter,
     )
     with progress_bar() as progress:
         report = evaluate(

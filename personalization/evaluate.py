@@ -20,6 +20,11 @@ Choices the papers leave open, all parameters of `evaluate`:
 - Detect-and-Compare counts class-agnostic NMS survivors (IoU 0.5) over all queried nouns and
   compares their crops with the references in DINO space (MuDI used DreamSim/DINOv2).
 - Columns follow the poster: <=3, 4 and 5 concepts (more than 5 counted as 5).
+- SAS (MSP) runs when `subject_segmenter` names a `curate train-segmenter` folder whose classes cover
+  the export's concepts: a subject's region is where M_SAL's argmax is its class (the images carry no
+  paste record); an empty region scores 0. References are the export's refs isolated by their masks.
+  Without a segmenter the SAS cells read "–".
+- The MSP paper's Table 1 is printed too: CLIP-I, CLIP-T and SAS for 1, 2, 3 and more than 3 subjects.
 
 Numbers computed with random CLIP weights are labelled `weights: random` in every output: they show
 the pipeline runs, not how good a model is.
@@ -42,7 +47,7 @@ from personalization import metrics as M
 from personalization.data import Export, read_export
 from personalization.prompts import HELDOUT_BACKGROUNDS, EvalPrompt, PromptStrategy, heldout_prompts
 
-METRICS = ("cp_clip", "ti_clip", "clip_i", "clip_t", "dino", "dnc")
+METRICS = ("cp_clip", "ti_clip", "clip_i", "clip_t", "dino", "dnc", "sas")
 LABELS = {
     "cp_clip": "CP-CLIP",
     "ti_clip": "TI-CLIP",
@@ -50,8 +55,11 @@ LABELS = {
     "clip_t": "CLIP-T",
     "dino": "DINO",
     "dnc": "D&C",
+    "sas": "SAS",
 }
 BUCKET_TITLES = {"<=3": "≤3", "4": "4", "5": "5"}
+MSP_BUCKET_TITLES = {b: f"n={b}" for b in M.MSP_BUCKETS}
+MSP_METRICS = ("clip_i", "clip_t", "sas")
 
 
 @dataclass
@@ -73,6 +81,7 @@ class EvalSettings:
     min_box_px: int = 4
     ref_reduce: M.RefReduce = "mean"
     clip_t_convention: M.ClipTConvention = "clipscore"
+    subject_segmenter: str = ""
 
 
 @dataclass
@@ -157,6 +166,7 @@ def _generate(
                     "concepts": list(prompt.concepts),
                     "n_concepts": len(prompt.concepts),
                     "bucket": M.bucket(len(prompt.concepts)),
+                    "msp_bucket": M.msp_bucket(len(prompt.concepts)),
                 }
             )
             progress(f"generate {label}", len(rows), total)
@@ -203,6 +213,7 @@ def _score(
         refs = [open_rgb(p) for p in concept.refs]
         clip_refs[cid] = clip.embed_images(refs)
         dino_refs[cid] = dino.embed(refs)
+    msal, sas_refs = _load_sas(export, settings, device)
 
     for index, row in enumerate(rows):
         image = open_rgb(out_dir / row["image"])
@@ -234,6 +245,7 @@ def _score(
             dnc=M.detect_and_compare(dnc_embs, drefs, settings.ref_reduce),
             detected=[None if d is None else {"box": list(d.box), "score": d.score} for d in best],
             n_detected=len(kept),
+            sas=_sas(msal, sas_refs, image, row["concepts"], settings.ref_reduce) if msal else None,
         )
         progress("score", index + 1, len(rows))
     return {
@@ -241,14 +253,70 @@ def _score(
         "clip_model": f"{settings.clip_model}/{settings.clip_pretrained}",
         "detector": settings.detector,
         "dino": settings.dino,
+        "subject_segmenter": settings.subject_segmenter,
     }
+
+
+def _load_sas(export: Export, settings: EvalSettings, device: str | None):
+    """M_SAL and each concept's reference SAS embeddings (refs isolated by the export's masks)."""
+    if not settings.subject_segmenter:
+        return None, {}
+    from personalization.subject_segmenter import SubjectSegmenter, reference_embeddings
+
+    msal = SubjectSegmenter.load(settings.subject_segmenter, device)
+    msal.check_concepts(list(export.concepts), source=settings.subject_segmenter)
+    refs = {}
+    for cid, concept in export.concepts.items():
+        folder = export.root / "concepts" / cid
+        card = json.loads((folder / "concept.json").read_text()) if (folder / "concept.json").exists() else {}
+        # concept.json pairs refs and masks by position; without it, masks/ holds the ref's file name
+        paired = dict(zip((Path(r).name for r in card.get("refs", [])), card.get("masks", [])))
+        masks = [export.root / paired[r.name] if r.name in paired else folder / "masks" / r.name for r in concept.refs]
+        refs[cid] = reference_embeddings(
+            msal, [(ref, mask if mask.is_file() else None) for ref, mask in zip(concept.refs, masks)]
+        )
+    return msal, refs
+
+
+def _sas(msal, refs: dict[str, np.ndarray], image, concepts: list[str], reduce: M.RefReduce) -> float:
+    """SAS of one generated image: each subject where M_SAL finds it, vs its references."""
+    from personalization.subject_segmenter import region_embeddings
+
+    rgb = np.asarray(image)
+    found = msal.regions(rgb, concepts)
+    present = [c for c in concepts if found[c].any()]
+    embs = dict(zip(present, region_embeddings(msal, rgb, [found[c] for c in present])))
+    return M.sas([embs.get(c) for c in concepts], [refs[c] for c in concepts], reduce)
 
 
 def _cell(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
-def render_table(aggregates: dict[str, dict], weights: dict[str, str], settings: EvalSettings) -> str:
+def render_msp_table(msp_aggregates: dict[str, dict], weights: dict[str, str]) -> list[str]:
+    """The MSP paper's Table 1: rows = configurations, columns = n subjects x (CLIP-I, CLIP-T, SAS)."""
+    buckets = list(MSP_BUCKET_TITLES)
+    head = (
+        ["Configuration"]
+        + [f"{MSP_BUCKET_TITLES[b]} {LABELS[m]}" for b in buckets for m in MSP_METRICS]
+        + ["n (1/2/3/>3)"]
+    )
+    lines = ["### MSP Table 1 (CLIP-I / CLIP-T / SAS by number of subjects)", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for config, agg in msp_aggregates.items():
+        cells = [_cell(agg[m][b]["mean"]) for b in buckets for m in MSP_METRICS]
+        counts = "/".join(str(agg["clip_i"][b]["n"]) for b in buckets)
+        lines.append("| " + " | ".join([config, *cells, counts]) + " |")
+    segmenter = weights.get("subject_segmenter") or "none (SAS not computed)"
+    return lines + ["", f"SAS: M_SAL {segmenter}.", ""]
+
+
+def render_table(
+    aggregates: dict[str, dict],
+    weights: dict[str, str],
+    settings: EvalSettings,
+    msp_aggregates: dict[str, dict] | None = None,
+) -> str:
     """Markdown: the poster's CP-CLIP / TI-CLIP table, then the other metrics in the same column layout."""
     buckets = list(BUCKET_TITLES)
     convention = "2.5·max(cos,0)" if settings.clip_t_convention == "clipscore" else "raw cosine"
@@ -274,9 +342,10 @@ def render_table(aggregates: dict[str, dict], weights: dict[str, str], settings:
         ]
     lines += table("Personalization alignment (Gen4Gen: CP-CLIP / TI-CLIP)", ["cp_clip", "ti_clip"])
     lines += table(
-        "Subject fidelity and text alignment (CLIP-I, CLIP-T, DINO, Detect-and-Compare)",
-        ["clip_i", "clip_t", "dino", "dnc"],
+        "Subject fidelity and text alignment (CLIP-I, CLIP-T, DINO, Detect-and-Compare, SAS)",
+        ["clip_i", "clip_t", "dino", "dnc", "sas"],
     )
+    lines += render_msp_table(msp_aggregates or {}, weights)
     lines += [
         f"CLIP: {weights['clip_model']} ({weights['clip']}); detector: {weights['detector']}; DINO: {weights['dino']}.",
         (
@@ -297,7 +366,7 @@ def render_plot(aggregates: dict[str, dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
+    fig, axes = plt.subplots(2, 4, figsize=(15, 6.5))
     buckets = list(BUCKET_TITLES)
     width = 0.8 / max(1, len(aggregates))
     for ax, metric in zip(axes.flat, METRICS):
@@ -309,6 +378,8 @@ def render_plot(aggregates: dict[str, dict], path: Path) -> None:
         )
         ax.set_title(LABELS[metric])
         ax.set_xlabel("concepts")
+    for ax in list(axes.flat)[len(METRICS) :]:
+        ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -351,6 +422,12 @@ def evaluate(
         label: M.aggregate([r for r in rows if r["configuration"] == label], METRICS)
         for label in configurations
     }
+    msp_aggregates = {
+        label: M.aggregate(
+            [r for r in rows if r["configuration"] == label], MSP_METRICS, M.MSP_BUCKETS, "msp_bucket"
+        )
+        for label in configurations
+    }
     json_path, table_path, plot_path = out_dir / "results.json", out_dir / "table.md", out_dir / "plot.png"
     atomic_write_json(
         json_path,
@@ -359,10 +436,11 @@ def evaluate(
             "weights": weights,
             "configurations": {k: str(v) for k, v in configurations.items()},
             "aggregates": aggregates,
+            "msp_aggregates": msp_aggregates,
             "rows": rows,
         },
     )
-    atomic_write_text(table_path, render_table(aggregates, weights, settings))
+    atomic_write_text(table_path, render_table(aggregates, weights, settings, msp_aggregates))
     render_plot(aggregates, plot_path)
     return EvalReport(
         out_dir=str(out_dir),

@@ -34,6 +34,8 @@ from curation.scores.presence import Detection, best_per_label  # noqa: F401 - p
 RefReduce = Literal["mean", "max"]
 ClipTConvention = Literal["cosine", "clipscore"]
 BUCKETS = ("<=3", "4", "5")
+MSP_BUCKETS = ("1", "2", "3", ">3")
+"""The MSP paper's Table 1 columns: n personalized subjects."""
 
 
 def normalise(rows: np.ndarray) -> np.ndarray:
@@ -134,16 +136,21 @@ def bucket(n_concepts: int) -> str:
     return "<=3" if n_concepts <= 3 else ("4" if n_concepts == 4 else "5")
 
 
+def msp_bucket(n_concepts: int) -> str:
+    """MSP's columns: 1, 2, 3 subjects, and more than 3."""
+    return str(n_concepts) if n_concepts <= 3 else ">3"
+
+
 def aggregate(
-    rows: Sequence[dict], metrics: Sequence[str]
+    rows: Sequence[dict], metrics: Sequence[str], buckets: Sequence[str] = BUCKETS, field: str = "bucket"
 ) -> dict[str, dict[str, dict[str, float | int | None]]]:
-    """Mean of each metric by concept-count bucket and overall: {metric: {bucket|"all": {mean, n}}}."""
+    """Mean of each metric by bucket (row[field]) and overall: {metric: {bucket|"all": {mean, n}}}."""
     out: dict[str, dict[str, dict[str, float | int | None]]] = {}
     for metric in metrics:
         out[metric] = {}
-        for key in (*BUCKETS, "all"):
+        for key in (*buckets, "all"):
             values = [
-                r[metric] for r in rows if r.get(metric) is not None and (key == "all" or r["bucket"] == key)
+                r[metric] for r in rows if r.get(metric) is not None and (key == "all" or r[field] == key)
             ]
             out[metric][key] = {"mean": float(np.mean(values)) if values else None, "n": len(values)}
     return out

@@ -297,6 +297,20 @@ class SubjectSegmenter:
         """SAS embedding: the deepest encoder feature map, averaged over space, [B, C]."""
         return self.model.encoder(self._prepare(pixels))[-1].mean(dim=(2, 3))
 
+    def regions(self, rgb: np.ndarray, concepts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Where M_SAL sees each concept in an HxWx3 uint8 image (its argmax class), bool HxW each.
+
+        What SAS isolates in images that carry no paste record (the evaluator's generations).
+        """
+        import torch
+        import torch.nn.functional as F
+
+        with torch.no_grad():
+            logits = self.logits(to_tensor(rgb))
+            labels = F.interpolate(logits, size=rgb.shape[:2], mode="bilinear", align_corners=False).argmax(1)
+        labels = labels[0].cpu().numpy()
+        return {c: labels == self.class_of(c) for c in concepts}
+
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> SubjectSegmenter:
         """Load a `curate train-segmenter` folder; a missing or mismatched one is one CurateError."""

@@ -48,6 +48,7 @@ def _invoke(cli, args: list[str]):
 
 def test_train_then_evaluate_writes_the_gen4gen_table(cli, models, tmp_path):
     export = build_tiny_export(tmp_path / "export")
+    msal = _tiny_segmenter(tmp_path / "msal", sorted(p.name for p in (export / "concepts").iterdir()))
     common = ["--pretrained", models["sd"], "--steps", "2", "--resolution", "64", "--cpu"]
     _invoke(cli, ["train", str(export), "-o", str(tmp_path / "src"), "--source", "sources", *common])
     _invoke(cli, ["train", str(export), "-o", str(tmp_path / "ours"), "--gen4gen", *common])
@@ -85,9 +86,11 @@ def test_train_then_evaluate_writes_the_gen4gen_table(cli, models, tmp_path):
             "0.0",
             "--device",
             "cpu",
+            "--subject-segmenter",
+            str(msal),
         ],
     )
-    assert "CP-CLIP" in result.output
+    assert "CP-CLIP" in result.output and "MSP Table 1" in result.output
 
     table = (out / "table.md").read_text()
     assert "weights: random" in table
@@ -95,7 +98,11 @@ def test_train_then_evaluate_writes_the_gen4gen_table(cli, models, tmp_path):
         "| Configuration | ≤3 CP-CLIP | ≤3 TI-CLIP | 4 CP-CLIP | 4 TI-CLIP | 5 CP-CLIP | 5 TI-CLIP |" in table
     )
     for label in ("CD + Source Images", "Ours + MyCanvas", "SD"):
-        assert table.count(f"| {label} |") == 2  # one row in each of the two tables
+        assert table.count(f"| {label} |") == 3  # one row in each of the three tables
+    assert (
+        "| Configuration | n=1 CLIP-I | n=1 CLIP-T | n=1 SAS | n=2 CLIP-I | n=2 CLIP-T | n=2 SAS | n=3 CLIP-I |"
+        in table
+    )
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     results = json.loads((out / "results.json").read_text())
@@ -114,6 +121,10 @@ def test_train_then_evaluate_writes_the_gen4gen_table(cli, models, tmp_path):
         assert all(d is None or d["score"] >= 0.0 for d in row["detected"])
         assert (row["cp_clip"] == 0.0) == all(d is None for d in row["detected"])
         assert row["dnc"] == 0.0 or row["n_detected"] == row["n_concepts"]
+        assert -1.0 <= row["sas"] <= 1.0 and row["msp_bucket"] == (str(row["n_concepts"]) if row["n_concepts"] <= 3 else ">3")
+    msp = results["msp_aggregates"]["SD"]
+    assert sum(msp["sas"][b]["n"] for b in ("1", "2", "3", ">3")) == 3
+    assert msp["sas"]["all"]["mean"] == pytest.approx(np.mean([r["sas"] for r in rows if r["configuration"] == "SD"]))
     assert any(any(d is not None for d in r["detected"]) for r in rows), "no crop ever scored"
 
     # TI-CLIP recomputed independently from the saved image and text with the same CLIP
@@ -130,6 +141,20 @@ def test_train_then_evaluate_writes_the_gen4gen_table(cli, models, tmp_path):
     assert agg == pytest.approx(
         next(r["ti_clip"] for r in rows if r["configuration"] == "SD" and r["bucket"] == "<=3")
     )
+
+
+def _tiny_segmenter(folder, concepts: list[str]):
+    """A random-init M_SAL folder for `concepts`, written the way `curate train-segmenter` writes one."""
+    import torch
+
+    from personalization.subject_segmenter import SegmenterSettings, build_unet, save_segmenter
+
+    settings = SegmenterSettings(
+        encoder="resnet18", encoder_depth=3, decoder_channels=(16, 8, 4), encoder_weights="", size=32
+    )
+    torch.manual_seed(0)
+    save_segmenter(folder, build_unet(settings, len(concepts) + 1), concepts, settings, encoder_weights="random")
+    return folder
 
 
 def test_bad_inputs_fail_with_one_line(cli, models, tmp_path):
