@@ -192,8 +192,10 @@ def _score(
     out_dir: Path,
     device: str | None,
     progress: ProgressFn,
+    msal: Any = None,
+    sas_refs: dict[str, np.ndarray] | None = None,
 ) -> dict[str, str]:
-    """Fill every row's metrics in place; return which weights the scores came from."""
+    """Fill every row's metrics in place (SAS when `msal` is given); return which weights they came from."""
     from PIL import Image
 
     from curation.scores.clip import load_clip
@@ -213,7 +215,6 @@ def _score(
         refs = [open_rgb(p) for p in concept.refs]
         clip_refs[cid] = clip.embed_images(refs)
         dino_refs[cid] = dino.embed(refs)
-    msal, sas_refs = _load_sas(export, settings, device)
 
     for index, row in enumerate(rows):
         image = open_rgb(out_dir / row["image"])
@@ -245,7 +246,7 @@ def _score(
             dnc=M.detect_and_compare(dnc_embs, drefs, settings.ref_reduce),
             detected=[None if d is None else {"box": list(d.box), "score": d.score} for d in best],
             n_detected=len(kept),
-            sas=_sas(msal, sas_refs, image, row["concepts"], settings.ref_reduce) if msal else None,
+            sas=_sas(msal, sas_refs or {}, image, row["concepts"], settings.ref_reduce) if msal else None,
         )
         progress("score", index + 1, len(rows))
     return {
@@ -414,10 +415,11 @@ def evaluate(
         raise CurateError(f"configuration labels must be non-empty and contain no '/': {bad[0]!r}")
     export = read_export(Path(export_dir))
     out_dir = Path(out_dir)
+    msal, sas_refs = _load_sas(export, settings, device)  # a bad segmenter fails before any image
     rows: list[dict] = []
     for label, source in configurations.items():
         rows += _generate(label, source, export, settings, out_dir, device, progress)
-    weights = _score(rows, export, settings, out_dir, device, progress)
+    weights = _score(rows, export, settings, out_dir, device, progress, msal, sas_refs)
     aggregates = {
         label: M.aggregate([r for r in rows if r["configuration"] == label], METRICS)
         for label in configurations

@@ -165,6 +165,14 @@ def test_bad_inputs_fail_with_one_line(cli, models, tmp_path):
         _invoke(cli, ["train", str(tmp_path), "-o", str(tmp_path / "t"), "--pretrained", models["sd"]])
     with pytest.raises(CurateError, match="unknown method"):
         _invoke(cli, ["train", str(export), "-o", str(tmp_path / "t"), "--method", "dreambooth"])
+    narrow = _tiny_segmenter(tmp_path / "narrow", ["zebra"])
+    with pytest.raises(CurateError, match="has no class for"):
+        _invoke(
+            cli,
+            ["evaluate", str(export), "-o", str(tmp_path / "e"), "--run", f"SD={models['sd']}",
+             "--subject-segmenter", str(narrow)],
+        )
+    assert not (tmp_path / "e" / "images").exists()
     with pytest.raises(CurateError, match="cannot load pipeline"):
         _invoke(
             cli, ["train", str(export), "-o", str(tmp_path / "t"), "--pretrained", str(tmp_path / "nope")]
