@@ -106,6 +106,22 @@ def concepts_list(workspace: WorkspaceOpt = Path(".")) -> None:
         )
 
 
+@concepts_app.command("show")
+def concepts_show(
+    name: Annotated[str, typer.Argument(help="The concept's name or id.")],
+    workspace: WorkspaceOpt = Path("."),
+) -> None:
+    """Where a concept's preview is (photo | mask | cut-out per photo), its segmenter and mask flags."""
+    from curation.concepts import show_concept
+
+    ws = _workspace(workspace)
+    concept, preview = show_concept(ws, name)
+    typer.echo(f"{concept.concept_id}: {len(concept.refs)} photos, segmenter {concept.segmenter}")
+    for ref, flags in zip(concept.refs, concept.mask_flags):
+        typer.echo(f"  {ref}: {', '.join(flags) or 'ok'}")
+    typer.echo(f"preview: {preview}")
+
+
 @app.command()
 def plan(
     n: Annotated[int, typer.Option("--n", help="How many layout plans (compositions x backgrounds).")] = 24,

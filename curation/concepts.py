@@ -1,4 +1,4 @@
-"""`curate concepts add`: a concept's photos -> downscaled references, soft masks and a token.
+"""`curate concepts add`: a concept's photos -> downscaled references, soft masks, a token and a preview.
 
 The concept folder is built in `concepts/.staging/` and renamed into place only when every photo
 was read and segmented, so a bad photo or a kill leaves the previous concept (if any) untouched
@@ -135,6 +135,52 @@ def _read_photo(path: Path, max_side: int) -> np.ndarray:
     return np.asarray(image)
 
 
+PREVIEW_ROW_HEIGHT = 160
+PREVIEW_NAME = "preview.png"
+
+
+def preview_path(ws: Workspace, concept_id: str) -> Path:
+    """Where `concepts add` leaves the concept's preview (one row per photo)."""
+    return ws.concept_dir(concept_id) / PREVIEW_NAME
+
+
+def write_preview(rows: list[tuple[np.ndarray, np.ndarray]], path: Path) -> None:
+    """photo | mask | cut-out on a checkerboard, one row per photo: what will be pasted, seen before
+    10K candidates are generated from it."""
+    panels = []
+    for rgb, alpha in rows:
+        h, w = alpha.shape
+        scale = PREVIEW_ROW_HEIGHT / h
+        size = (max(1, round(w * scale)), PREVIEW_ROW_HEIGHT)
+        photo = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR), np.float32)
+        a = np.asarray(Image.fromarray(alpha).resize(size, Image.Resampling.BILINEAR), np.float32)[..., None] / 255
+        yy, xx = np.mgrid[0 : size[1], 0 : size[0]]
+        checker = np.where(((yy // 12 + xx // 12) % 2 == 0)[..., None], 230.0, 170.0)
+        cutout = a * photo + (1 - a) * checker
+        gap = np.full((PREVIEW_ROW_HEIGHT, 4, 3), 255.0)
+        panels.append(np.concatenate([photo, gap, np.repeat(a * 255, 3, axis=2), gap, cutout], axis=1))
+    width = max(p.shape[1] for p in panels)
+    padded = [np.pad(p, ((0, 4), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in panels]
+    Image.fromarray(np.rint(np.concatenate(padded)).astype(np.uint8)).save(path, compress_level=1)
+
+
+def show_concept(ws: Workspace, name: str) -> tuple[Concept, Path]:
+    """The concept a typed name or id stands for, and its preview (drawn from the stored refs and masks
+    when the concept predates previews)."""
+    concept = ws.concept(concept_id_for(_checked("concept name", name, MAX_NAME_CHARS)))
+    if concept is None:
+        known = ", ".join(sorted(ws.concepts())) or "none yet"
+        raise CurateError(f"no concept named {name!r} (concepts: {known})")
+    path = preview_path(ws, concept.concept_id)
+    if not path.exists():
+        rows = [
+            (np.asarray(Image.open(ws.resolve(ref)).convert("RGB")), np.asarray(Image.open(ws.resolve(mask)).convert("L")))
+            for ref, mask in zip(concept.refs, concept.masks)
+        ]
+        write_preview(rows, path)
+    return concept, path
+
+
 def _pixel_hash(rgb: np.ndarray) -> str:
     digest = hashlib.sha256(str(rgb.shape).encode())
     digest.update(np.ascontiguousarray(rgb).tobytes())
@@ -196,7 +242,7 @@ def add_concept(
     try:
         (staged / "refs").mkdir()
         (staged / "masks").mkdir()
-        refs, masks, flags = [], [], []
+        refs, masks, flags, rows = [], [], [], []
         for done, (key, rgb) in enumerate(sorted(images.items()), start=1):
             alpha = segmenter(rgb, class_noun)
             Image.fromarray(rgb).save(staged / "refs" / f"{key}.png")
@@ -204,6 +250,7 @@ def add_concept(
             refs.append(f"concepts/{concept_id}/refs/{key}.png")
             masks.append(f"concepts/{concept_id}/masks/{key}.png")
             flags.append(mask_flags(alpha))
+            rows.append((rgb, alpha))
             progress(f"segment {concept_id}", done, len(images))
         if all(UNUSABLE_FLAGS.intersection(photo_flags) for photo_flags in flags):
             counts = Counter(flag for photo_flags in flags for flag in photo_flags)
@@ -222,6 +269,7 @@ def add_concept(
             mask_flags=flags,
             segmenter=segmenter.name,
         )
+        write_preview(rows, staged / PREVIEW_NAME)
         atomic_write_json(staged / "concept.json", concept.model_dump())  # same file ws.save_concept writes
         _replace_dir(staged, final)
     finally:

@@ -506,3 +506,42 @@ def test_paste_never_picks_an_empty_or_whole_frame_mask() -> None:
     hopeless = concept.model_copy(update={"mask_flags": [["empty"], ["whole_frame"], ["empty"]]})
     with pytest.raises(ValueError, match="no reference photo with a usable mask"):
         pick_reference(hopeless, rng)
+
+
+# -- previews --------------------------------------------------------------------------------------
+
+
+def test_concepts_add_writes_a_preview_and_show_prints_where(
+    tmp_path: Path, concept_photos: dict[str, list[Path]]
+) -> None:
+    """photo | mask | cut-out per photo, written with the concept; `concepts show` names it and
+    draws it again for a concept that has none (made before previews existed)."""
+    from curation.concepts import PREVIEW_ROW_HEIGHT
+
+    root = tmp_path / "ws"
+    assert _curate("init", str(root)).returncode == 0
+    assert _curate("concepts", "add", "cat", *map(str, concept_photos["cat"]), "--class", "cat", "-w", str(root)).returncode == 0
+    shown = _curate("concepts", "show", "cat", "-w", str(root))
+    assert shown.returncode == 0, shown.stderr
+    preview = root / "concepts" / "cat" / "preview.png"
+    assert f"preview: {preview}" in shown.stdout and "segmenter classical" in shown.stdout
+    concept = Workspace.open(root).concept("cat")
+    assert concept is not None and len(concept.refs) == 2
+    for ref, flags in zip(concept.refs, concept.mask_flags):
+        assert f"  {ref}: {', '.join(flags) or 'ok'}" in shown.stdout
+    image = np.asarray(Image.open(preview))
+    assert image.shape[0] == 2 * (PREVIEW_ROW_HEIGHT + 4)  # one row per photo
+    rgb = np.asarray(Image.open(root / concept.refs[0]))
+    width = round(rgb.shape[1] * PREVIEW_ROW_HEIGHT / rgb.shape[0])
+    mask_panel = image[:PREVIEW_ROW_HEIGHT, width + 4 : 2 * width + 4, 0].astype(float) / 255
+    alpha = np.asarray(Image.open(root / concept.masks[0])).astype(float) / 255
+    assert abs(mask_panel.mean() - alpha.mean()) < 0.02, "the middle panel is the mask"
+    cutout = image[:PREVIEW_ROW_HEIGHT, 2 * width + 8 : 3 * width + 8]
+    assert len(np.unique(cutout[mask_panel == 0].reshape(-1, 3), axis=0)) == 2, "background is a checkerboard"
+
+    before = preview.read_bytes()
+    preview.unlink()
+    again = _curate("concepts", "show", "cat", "-w", str(root))
+    assert again.returncode == 0 and preview.read_bytes() == before
+    missing = _curate("concepts", "show", "dog", "-w", str(root))
+    assert missing.returncode == 1 and missing.stderr.strip() == "error: no concept named 'dog' (concepts: cat)"
