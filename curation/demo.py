@@ -28,6 +28,11 @@ DEMO_CONCEPTS: dict[str, tuple[str, str]] = {
 }
 
 
+DEMO_FRAMING: dict[str, tuple[float, float, float, float]] = {"rocket": (0.05, 1.0, 0.38, 0.62)}
+"""Sample -> (top, bottom, left, right) fractions framing its subject as a user would shoot it: the full
+rocket photo is mostly sky and towers, and the classical backend cut out a sky rectangle from it."""
+
+
 def _views_of(photo: np.ndarray) -> list[np.ndarray]:
     """Three 'photos' of one concept: as shot, mirrored, and a closer crop (several refs per concept)."""
     h, w = photo.shape[:2]
@@ -44,6 +49,10 @@ def write_sample_photos(folder: Path) -> dict[str, list[Path]]:
         image = np.asarray(getattr(skimage.data, sample)())
         if image.ndim == 2:
             image = np.stack([image] * 3, axis=-1)
+        if sample in DEMO_FRAMING:
+            top, bottom, left, right = DEMO_FRAMING[sample]
+            h, w = image.shape[:2]
+            image = image[round(top * h) : round(bottom * h), round(left * w) : round(right * w)]
         target = folder / concept_id
         target.mkdir(parents=True, exist_ok=True)
         photos[concept_id] = []

@@ -254,3 +254,18 @@ def test_mask_flags_for_frame_cuts_uncertainty_and_holes() -> None:
     ring = disc.copy()
     cv2.circle(ring, (48, 48), 10, 0, -1)
     assert mask_flags(ring) == ["holes"]
+
+
+def test_demo_rocket_photos_cut_out_the_rocket_not_the_sky(tmp_path: Path) -> None:
+    """The demo frames its rocket as a user would shoot it; from the full photo (mostly sky and
+    towers) the classical backend cut out a sky rectangle half the photo wide."""
+    from PIL import Image
+
+    from curation.demo import write_sample_photos
+
+    for path in write_sample_photos(tmp_path)["rocket"]:
+        rgb = np.asarray(Image.open(path))
+        hard = ClassicalSegmenter()(rgb) >= 128
+        xs = np.flatnonzero(hard.any(0))
+        assert hard.any() and (xs.max() - xs.min() + 1) < 0.3 * rgb.shape[1], path.name  # a thin upright body
+        assert hard[:, : rgb.shape[1] // 4].sum() < 0.05 * hard.sum(), "no sky beside it"
