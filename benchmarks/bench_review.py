@@ -98,6 +98,7 @@ def main() -> None:
             data = {
                 "candidate_id": f"single{i}",
                 "image": "/data/local-files/?d=x.png",
+                "thumb": "/data/local-files/?d=x.jpg",
                 "caption": "c",
                 "refs_html": "",
                 "scores": "",

@@ -10,6 +10,7 @@ review/pulls/ so a decision can always be traced back to what Label Studio said 
 from __future__ import annotations
 
 import html
+import io
 import json
 import random
 import statistics
@@ -27,7 +28,7 @@ from curation.calibration import ScoreCalibration, load_rules, random_weights, r
 from curation.errors import CurateError
 from curation.labelstudio_server import ServerInfo, read_server, serve, stop, use_server
 from curation.progress import ProgressFn, no_progress
-from curation.workspace import Workspace, atomic_write_json
+from curation.workspace import Workspace, atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "ServerInfo",
@@ -41,9 +42,11 @@ __all__ = [
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "review_ui_config"
 # control names in review_ui_config/review.xml: the export's `from_name`s
 DECISION, QUALITY, REASONS, CAPTION_BOX, IMAGE = "decision", "quality", "reasons", "caption_fixed", "image"
+THUMB = "thumb"  # the Data Manager's image column
 Order = Literal["uncertain", "score", "random", "view"]
 ORDERS: tuple[str, ...] = get_args(Order)
 RETRIES = 3
+THUMB_SIDE = 128  # px: a Data Manager cell or a 60 px reference, sharp on a 2x screen
 T = TypeVar("T")
 
 
@@ -198,6 +201,7 @@ def ensure_project(ws: Workspace, conn: Connection, overlap: int | None = None) 
         except ApiError as exc:
             raise CurateError(f"Label Studio rejected the project ({xml_path.name}): {exc.body}") from exc
         project_id = project.id
+        _data_manager_tab(conn, project_id)
         atomic_write_json(path, {"url": conn.url, "project_id": project_id})
     elif overlap:
         conn.call(
@@ -205,7 +209,8 @@ def ensure_project(ws: Workspace, conn: Connection, overlap: int | None = None) 
         )
     storages = conn.call("storage listing", lambda: client.import_storage.local.list(project=project_id))
     have = {Path(s.path) for s in storages}
-    for folder in (ws.candidates_dir, ws.concepts_dir):
+    thumbs_dir(ws).mkdir(parents=True, exist_ok=True)
+    for folder in (ws.candidates_dir, ws.concepts_dir, thumbs_dir(ws)):
         if folder.exists() and folder.resolve() not in have:
             conn.call(
                 "storage creation",
@@ -214,6 +219,57 @@ def ensure_project(ws: Workspace, conn: Connection, overlap: int | None = None) 
                 ),
             )
     return project_id
+
+
+def _data_manager_tab(conn: Connection, project_id: int) -> None:
+    """The project's first Data Manager tab: thumbnails and caption, without full images or raw HTML.
+
+    Without it the task list loads every full-size candidate as a 50 px cell and prints the
+    reference strip and score table as HTML source.
+    """
+    hidden = [f"tasks:data.{key}" for key in (IMAGE, "refs", "refs_html", "scores", ds.CONCEPTS)] + [
+        f"tasks:{column}"
+        for column in (
+            "inner_id", "cancelled_annotations", "total_predictions", "annotations_ids", "predictions_score",
+            "predictions_model_versions", "predictions_results", "file_upload", "storage_filename",
+            "created_at", "updated_at", "updated_by", "avg_lead_time", "draft_exists", "comment_count",
+            "unresolved_comment_count", "last_comment_updated_at", "total_annotations",
+        )
+    ]  # fmt: skip
+    body = {
+        "project": project_id,
+        "data": {
+            "title": "review",
+            "type": "list",
+            "target": "tasks",
+            "hiddenColumns": {"explore": hidden, "labeling": hidden},
+            "filters": {"conjunction": "and", "items": []},
+        },
+    }
+
+    def create() -> None:
+        response = requests.post(f"{conn.url}/api/dm/views/", json=body, headers=conn.headers, timeout=30)
+        response.raise_for_status()
+
+    conn.call("data manager tab", create)
+
+
+def thumbs_dir(ws: Workspace) -> Path:
+    return ws.review_dir / "thumbs"
+
+
+def thumbnail(source: Path, target: Path) -> Path:
+    """A THUMB_SIDE px JPEG of an image, written once: pages list many, each a few KB, not a full PNG."""
+    if not target.exists():
+        from PIL import Image
+
+        with Image.open(source) as image:
+            small = image.convert("RGB")
+            small.thumbnail((THUMB_SIDE, THUMB_SIDE))
+        buffer = io.BytesIO()
+        small.save(buffer, format="JPEG", quality=85)
+        atomic_write_bytes(target, buffer.getvalue())
+    return target
 
 
 def existing_candidates(conn: Connection, project_id: int, page_size: int = 5000) -> set[str]:
@@ -269,7 +325,7 @@ def _score_fields(view: Any) -> list[str]:
 def _refs_html(refs: list[dict[str, str]]) -> str:
     """One row of fixed-size reference photos: five concepts fit the left column without wrapping."""
     cells = "".join(
-        f'<figure style="margin:0;width:60px;text-align:center"><img src="{html.escape(r["url"])}" '
+        f'<figure style="margin:0;width:60px;text-align:center"><img src="{html.escape(r["thumb"])}" '
         f'style="width:60px;height:60px;object-fit:contain"/><figcaption style="font-size:11px;'
         f'overflow:hidden;white-space:nowrap;text-overflow:ellipsis">{html.escape(r["name"])}</figcaption></figure>'
         for r in refs
@@ -355,7 +411,7 @@ def push(
             if rule and rule.score not in random and rule.holds(r.get(rule.score)):
                 held[r[ds.CANDIDATE_ID]] = f"{rule.rule_text()} (calibrated on {rule.accepted + rule.rejected} reviews)"
         new = [r for r in new if r[ds.CANDIDATE_ID] not in held]
-    tasks = [_task(conn, r, concepts, scores, random, rules) for r in _order(new, order, key)]
+    tasks = [_task(ws, conn, r, concepts, scores, random, rules) for r in _order(new, order, key)]
     batch = ws.config.review.batch_size
     for start in range(0, len(tasks), batch):
         _import_batch(conn, project_id, tasks[start : start + batch])
@@ -406,6 +462,7 @@ def _import_batch(conn: Connection, project_id: int, chunk: list[dict[str, Any]]
 
 
 def _task(
+    ws: Workspace,
     conn: Connection,
     row: dict[str, Any],
     concepts: dict[str, Any],
@@ -423,6 +480,9 @@ def _task(
             "concept": cid,
             "name": concepts[cid].name,
             "url": _local_url(conn, conn.workspace_root / concepts[cid].refs[0]),
+            "thumb": _local_url(
+                conn, thumbnail(conn.workspace_root / concepts[cid].refs[0], thumbs_dir(ws) / "refs" / f"{cid}.jpg")
+            ),
         }
         for cid in row[ds.CONCEPTS] or []
         if cid in concepts and concepts[cid].refs
@@ -438,6 +498,7 @@ def _task(
         "data": {
             ds.CANDIDATE_ID: row[ds.CANDIDATE_ID],
             IMAGE: _local_url(conn, Path(row["filepath"])),
+            THUMB: _local_url(conn, thumbnail(Path(row["filepath"]), thumbs_dir(ws) / f"{row[ds.CANDIDATE_ID]}.jpg")),
             ds.CAPTION: row[ds.CAPTION] or "",
             ds.CONCEPTS: list(row[ds.CONCEPTS] or []),
             "refs": refs,

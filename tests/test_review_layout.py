@@ -85,7 +85,7 @@ def open_labeling(browser: Any, server: ServerInfo, project_id: int, width: int,
     page.goto(f"{server.url}/projects/{project_id}/data?labeling=1")
     expect(page.get_by_test_id("bottombar-submit-button")).to_be_visible(timeout=90_000)
     page.wait_for_function(
-        "() => [512, 256].every(w => Array.from(document.images).some(i => i.complete && i.naturalWidth === w))",
+        "() => [512, 128].every(w => Array.from(document.images).some(i => i.complete && i.naturalWidth === w))",
         timeout=60_000,
     )
     page.evaluate("document.activeElement && document.activeElement.blur()")  # hotkeys go to the page
@@ -103,6 +103,29 @@ def assert_in_view(page: Any, named: dict[str, Any], width: int, height: int) ->
         bottom = box["y"] + box["height"]
         limit = height if name == "submit" else bar["y"] + 1
         assert box["y"] >= 0 and bottom <= limit, f"{name} is below the fold ({bottom:.0f} > {limit:.0f}): {box}"
+
+
+def assert_data_manager_lists_thumbnails(browser: Any, server: ServerInfo, project_id: int) -> None:
+    """The task list shows 128 px thumbnails, never a full candidate, and no HTML source as text."""
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(f"{server.url}/user/login/")
+    page.fill("input[name=email]", server.email)
+    page.fill("input[name=password]", server.password)
+    page.keyboard.press("Enter")
+    page.wait_for_url(lambda url: "/user/login" not in url, timeout=60_000)
+    page.goto(f"{server.url}/projects/{project_id}/data")
+    page.wait_for_function(
+        "() => Array.from(document.images).filter(i => i.src.includes('thumbs/')).length >= 2"
+        " && Array.from(document.images).filter(i => i.src.includes('thumbs/')).every(i => i.complete)",
+        timeout=60_000,
+    )
+    page.wait_for_timeout(1000)
+    widths = page.evaluate("Array.from(document.images).filter(i => i.src).map(i => [i.src, i.naturalWidth])")
+    page.screenshot(path="/tmp/h17-dm.png")
+    assert not [src for src, w in widths if "candidates/" in src or w >= 256], widths
+    text = page.locator("body").inner_text()
+    assert "<figure" not in text and "<table" not in text and "<div" not in text
+    page.close()
 
 
 @pytest.mark.timeout(600)
@@ -130,7 +153,7 @@ def test_every_control_is_in_view_and_keyboard_only_submits(
                 **decision_and_submit,
                 "image": page.locator('img[src^="blob:"]').first,
                 "caption": page.get_by_text("scene 0", exact=False).first,
-                **{f"ref {c}": page.locator(f'img[src*="concepts/{c}/"]') for c in CONCEPTS[:n_concepts]},
+                **{f"ref {c}": page.locator(f'img[src*="thumbs/refs/{c}."]') for c in CONCEPTS[:n_concepts]},
                 **{f"reason {r}": page.get_by_label(r) for r in REASONS},
                 "caption box": page.get_by_role("textbox").first,
                 **{f"score {s}": page.locator("table.scores td", has_text=s).first for s in ("clip_t", "blur")},
@@ -151,5 +174,6 @@ def test_every_control_is_in_view_and_keyboard_only_submits(
         page.close()
     report = pull(ws)
     assert (report.annotated, report.accepted, report.unrated_accepts) == (1, 1, 0)
+    assert_data_manager_lists_thumbnails(browser, labelstudio, project_id)
     sample = ds.open_dataset(ws).match({ds.CANDIDATE_ID: "cand000"}).first()
     assert (sample[ds.REVIEW_DECISION], sample[ds.REVIEW_QUALITY]) == ("accept", 1.0)
