@@ -45,6 +45,7 @@ VIEW_ACCEPTED_Q3 = "accepted_quality>=3"
 VIEW_HIGH_ARTIFACTS = "high_artifacts"
 VIEW_NEAR_DUPLICATES = "near_duplicates"
 VIEW_TOP_CANDIDATES = "top_candidates"
+VIEW_DISPUTED = "disputed"  # annotators disagreed on the decision (`review pull` keeps it)
 VIEW_TRIAGED_OUT = "triaged_out"  # held back from review by a calibrated rule (`review push --triage`)
 
 # review (written by `curate review pull`)

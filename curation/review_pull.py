@@ -100,6 +100,80 @@ def aggregate(annotations: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def krippendorff_alpha(units: list[list[Any]], interval: bool = False) -> float | None:
+    """Krippendorff's alpha over units (tasks) holding each annotator's value; nominal or interval.
+
+    Units with fewer than two values cannot be paired and are left out, as the coefficient defines.
+    None when nothing is pairable or every value is the same (agreement is then undefined, not 1).
+    """
+    def delta(c: Any, k: Any) -> float:
+        return float(c - k) ** 2 if interval else float(c != k)
+
+    pairable = [u for u in units if len(u) >= 2]
+    coincidences: Counter[tuple[Any, Any]] = Counter()
+    for unit in pairable:
+        for i, c in enumerate(unit):
+            for j, k in enumerate(unit):
+                if i != j:
+                    coincidences[c, k] += 1 / (len(unit) - 1)
+    totals: Counter[Any] = Counter()
+    for (c, _), weight in coincidences.items():
+        totals[c] += weight
+    n = sum(totals.values())
+    expected = sum(totals[c] * totals[k] * delta(c, k) for c in totals for k in totals)
+    if n < 2 or expected == 0:
+        return None
+    observed = sum(weight * delta(c, k) for (c, k), weight in coincidences.items())
+    return 1 - (n - 1) * observed / expected
+
+
+@dataclass
+class Agreement:
+    """Agreement beyond the majority vote, from one raw export: alpha per question, who did what."""
+
+    decision_alpha: float | None
+    quality_alpha: float | None
+    overlapped: int  # tasks with two or more votes
+    per_annotator: dict[str, tuple[int, int]]  # annotator -> (annotations, accepts)
+
+    def lines(self) -> list[str]:
+        def fmt(alpha: float | None) -> str:
+            return "n/a" if alpha is None else f"{alpha:.3f}"
+
+        if not self.overlapped:
+            return ["agreement: no task has two votes yet (push with --overlap K to measure it)"]
+        lines = [
+            f"Krippendorff's alpha on {self.overlapped} tasks with >= 2 votes: decision {fmt(self.decision_alpha)}"
+            f" (nominal), quality {fmt(self.quality_alpha)} (interval); disputed ones: view `{ds.VIEW_DISPUTED}`"
+        ]
+        lines += [f"  {who}: {n} annotations, {acc} accepts" for who, (n, acc) in sorted(self.per_annotator.items())]
+        return lines
+
+
+def agreement(tasks: list[dict[str, Any]]) -> Agreement:
+    """Alpha for decision and quality, and per-annotator counts, over a raw export's tasks."""
+    decisions: list[list[str]] = []
+    ratings: list[list[float]] = []
+    per: dict[str, list[int]] = {}
+    for task in tasks:
+        votes = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+        answers = [(a, _values(a)) for a in votes]
+        decisions.append([v[DECISION][0] for _, v in answers if v.get(DECISION)])
+        ratings.append([v[QUALITY] for _, v in answers if QUALITY in v])
+        for annotation, v in answers:
+            who = annotation.get("completed_by")
+            name = str(who.get("email") or who.get("id")) if isinstance(who, dict) else f"user {who}"
+            counts = per.setdefault(name, [0, 0])
+            counts[0] += 1
+            counts[1] += (v.get(DECISION) or [None])[0] == ds.ACCEPT
+    return Agreement(
+        krippendorff_alpha(decisions),
+        krippendorff_alpha(ratings, interval=True),
+        sum(len(d) >= 2 for d in decisions),
+        {k: (n, acc) for k, (n, acc) in per.items()},
+    )
+
+
 @dataclass
 class PullReport:
     tasks: int
@@ -199,6 +273,12 @@ def pull(
     if changed:
         for name in REVIEW_FIELDS:
             dataset.set_values(name, {cid: r[name] for cid, r in changed.items()}, key_field=ds.CANDIDATE_ID)
+    dataset.save_view(
+        ds.VIEW_DISPUTED,
+        dataset.match(F(ds.REVIEW_AGREEMENT) < 1),
+        description="annotators disagreed on the decision (review_agreement < 1): the majority decided",
+        overwrite=True,
+    )
     progress("pull reviews", len(reviews), len(reviews))
     decisions = Counter(r[ds.REVIEW_DECISION] for r in reviews.values())
     return PullReport(
@@ -223,6 +303,7 @@ class StatusReport:
     rejected: int
     mean_agreement: float | None
     per_concept: dict[str, tuple[int, int]]  # concept -> (accepted, reviewed), as of the last pull
+    agreement: Agreement | None = None  # from the last pull's raw export; None before any pull
 
     def summary(self) -> str:
         agreement = "n/a" if self.mean_agreement is None else f"{self.mean_agreement:.2f}"
@@ -231,6 +312,7 @@ class StatusReport:
             f"last pull: {self.accepted} accepted, {self.rejected} rejected, mean annotator agreement {agreement}",
         ]
         lines += [f"  {c}: {a}/{r} accepted" for c, (a, r) in sorted(self.per_concept.items())]
+        lines += self.agreement.lines() if self.agreement else []
         return "\n".join(lines)
 
 
@@ -254,6 +336,7 @@ def status(ws: Workspace, url: str | None = None, token: str | None = None) -> S
             counts[0] += decision == ds.ACCEPT
             counts[1] += 1
     given = [a for a in agreements if a is not None]
+    pulls = sorted((ws.review_dir / "pulls").glob("*.json"), key=lambda p: p.stat().st_mtime)
     return StatusReport(
         url=conn.url,
         project_id=project_id,
@@ -263,4 +346,5 @@ def status(ws: Workspace, url: str | None = None, token: str | None = None) -> S
         rejected=decisions.count(ds.REJECT),
         mean_agreement=statistics.fmean(given) if given else None,
         per_concept={k: (a, r) for k, (a, r) in per_concept.items()},
+        agreement=agreement(json.loads(pulls[-1].read_text())) if pulls else None,
     )

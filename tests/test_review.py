@@ -23,7 +23,7 @@ from curation.labelstudio_server import ServerInfo, read_server, serve, server_f
 from curation.ports import free_port
 from curation.records import Concept
 from curation.review import connect, existing_candidates, push
-from curation.review_pull import REVIEW_FIELDS, aggregate, annotation_result, pull, status
+from curation.review_pull import REVIEW_FIELDS, aggregate, annotation_result, krippendorff_alpha, pull, status
 from curation.workspace import Workspace
 from tests.fixtures.labelstudio import seeded_home
 
@@ -214,8 +214,24 @@ def test_several_annotators_with_disagreement(labelstudio_workspace: Callable[..
     summary = status(ws)
     assert (summary.tasks, summary.annotated, summary.accepted, summary.rejected) == (2, 2, 1, 1)
     assert summary.per_concept == {"cat": (1, 2), "mug": (1, 2)}
+    # by hand: decisions [a a r], [a r] -> alpha = 1 - 4 * 4/12 = -1/3; ratings [5 3 1], [3 3] -> 1 - 4 * 24/80
+    agreement = summary.agreement
+    assert agreement is not None and agreement.overlapped == 2
+    assert agreement.decision_alpha == pytest.approx(-1 / 3) and agreement.quality_alpha == pytest.approx(-0.2)
+    assert sorted(agreement.per_annotator.values()) == [(1, 0), (2, 1), (2, 2)]
+    assert "Krippendorff's alpha on 2 tasks" in summary.summary()
+    disputed = ds.open_dataset(ws).load_saved_view(ds.VIEW_DISPUTED)
+    assert sorted(disputed.values(ds.CANDIDATE_ID)) == ["cand000", "cand001"]
     project = connect(ws).get_json(f"/api/projects/{summary.project_id}", "test")
     assert project["maximum_annotations"] == 3  # --overlap
+
+
+def test_krippendorff_alpha_by_hand() -> None:
+    # 3 units, 2 coders: o_aa = 2, o_ar = o_ra = 1, o_rr = 2; n_a = n_r = 3 -> 1 - 5 * 2 / 18
+    assert krippendorff_alpha([["a", "a"], ["a", "r"], ["r", "r"]]) == pytest.approx(1 - 10 / 18)
+    assert krippendorff_alpha([["a", "a"], ["r", "r"]]) == 1.0
+    assert krippendorff_alpha([["a", "a"], ["a"]]) is None  # no variation: undefined, not perfect
+    assert krippendorff_alpha([[1.0, 2.0], [4.0, 5.0]], interval=True) == pytest.approx(1 - 3 * 4 / 80)
 
 
 def test_aggregate_ignores_skips_and_keeps_latest_caption() -> None:
