@@ -177,3 +177,43 @@ def test_every_control_is_in_view_and_keyboard_only_submits(
     assert_data_manager_lists_thumbnails(browser, labelstudio, project_id)
     sample = ds.open_dataset(ws).match({ds.CANDIDATE_ID: "cand000"}).first()
     assert (sample[ds.REVIEW_DECISION], sample[ds.REVIEW_QUALITY]) == ("accept", 1.0)
+
+
+FOCUS_IS_CAPTION_BOX = (
+    "() => { const e = document.activeElement;"
+    " return !!e && ['INPUT', 'TEXTAREA'].includes(e.tagName) && !['radio', 'checkbox'].includes(e.type); }"
+)
+
+
+@pytest.mark.timeout(300)
+def test_caption_fix_by_keyboard_only(
+    labelstudio_workspace: Callable[..., Workspace], labelstudio: ServerInfo, browser: Any
+) -> None:
+    """Shift+Tab reaches the caption box (Label Studio's TextArea takes no hotkey), Enter keeps the
+    text, Escape leaves the box so hotkeys work again, Ctrl+Enter submits."""
+    ws = labelstudio_workspace()
+    build_scene(ws, 2)
+    project_id = push(ws, order="view").project_id
+    page = open_labeling(browser, labelstudio, project_id, 1280, 800)
+    page.keyboard.press("r")
+    page.keyboard.press("w")
+    tabs = 0
+    while not page.evaluate(FOCUS_IS_CAPTION_BOX):
+        assert tabs < 40, "the caption box is not reachable by Shift+Tab"
+        page.keyboard.press("Shift+Tab")
+        tabs += 1
+    print(f"Shift+Tab presses to the caption box: {tabs}")
+    page.keyboard.type("<c-cat> cat beside <c-mug> mug")
+    page.keyboard.press("Enter")
+    page.keyboard.press("Escape")
+    left = not page.evaluate(FOCUS_IS_CAPTION_BOX)
+    page.keyboard.press("x")  # a hotkey again once out of the box
+    page.keyboard.press("Control+Enter")
+    page.wait_for_timeout(2500)
+    page.close()
+    report = pull(ws)
+    assert (report.annotated, report.rejected) == (1, 1)
+    sample = ds.open_dataset(ws).match({ds.CANDIDATE_ID: "cand000"}).first()
+    assert sample[ds.CAPTION_FIXED] == "<c-cat> cat beside <c-mug> mug"
+    assert left and sample[ds.REVIEW_REASONS] == ["artifacts", "wrong caption"]
+    assert tabs <= 12
