@@ -70,7 +70,9 @@ def main() -> None:
     print(f"plain MSP: {base:.3f} s/image")
     print("sal_steps  s/image  ratio  extra s per guided step")
     for sal_steps in (int(s) for s in args.sal_steps.split(",")):
-        settings = base_settings.model_copy(update={"sal_model": str(msal), "sal_scale": 1.0, "sal_steps": sal_steps})
+        settings = base_settings.model_copy(
+            update={"sal_model": str(msal), "sal_scale": 1.0, "sal_steps": sal_steps}
+        )
         cost = timed(lambda settings=settings: gen([plan], concepts, [0], settings), args.repeats, clock)
         guided = min(sal_steps, args.steps)
         print(f"{sal_steps:9d}  {cost:7.3f}  {cost / base:5.2f}  {(cost - base) / guided:.3f}")

@@ -461,7 +461,13 @@ class MSPGenerator:
                     "global_prompt": globals_[index],
                     "segment_pixels": [int(v) for v in maps[index].sum(dim=(1, 2)).tolist()],
                     **(
-                        {"sal": {"model": settings.sal_model, "scale": settings.sal_scale, "steps": settings.sal_steps}}
+                        {
+                            "sal": {
+                                "model": settings.sal_model,
+                                "scale": settings.sal_scale,
+                                "steps": settings.sal_steps,
+                            }
+                        }
                         if sal_on
                         else {}
                     ),

@@ -180,7 +180,9 @@ def train_segmenter_command(
     ],
     workspace: Annotated[
         Path,
-        typer.Option("--workspace", "-w", envvar="CURATE_WORKSPACE", help="The workspace folder (holds curate.toml)."),
+        typer.Option(
+            "--workspace", "-w", envvar="CURATE_WORKSPACE", help="The workspace folder (holds curate.toml)."
+        ),
     ] = Path("."),
     encoder: Annotated[str, typer.Option(help="smp encoder (the paper: resnet34).")] = "resnet34",
     encoder_weights: Annotated[
@@ -190,8 +192,12 @@ def train_segmenter_command(
     epochs: Annotated[int, typer.Option()] = 14,
     batch_size: Annotated[int, typer.Option()] = 4,
     learning_rate: Annotated[float, typer.Option()] = 1e-4,
-    cutouts_per_ref: Annotated[int, typer.Option(help="Augmented cut-outs per reference photo per epoch.")] = 4,
-    val_fraction: Annotated[float, typer.Option(help="Share of composites held out for validation IoU.")] = 0.15,
+    cutouts_per_ref: Annotated[
+        int, typer.Option(help="Augmented cut-outs per reference photo per epoch.")
+    ] = 4,
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of composites held out for validation IoU.")
+    ] = 0.15,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="cuda / cpu; empty = GPU when present.")] = "",
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from checkpoint.pt.")] = True,
@@ -202,7 +208,9 @@ def train_segmenter_command(
     from personalization.subject_segmenter import SegmenterSettings, train_segmenter
 
     if size < 32 or size % 32 or epochs < 1 or batch_size < 1 or not 0 <= val_fraction < 1:
-        raise CurateError("--size must be a multiple of 32, --epochs/--batch-size >= 1, --val-fraction in [0, 1)")
+        raise CurateError(
+            "--size must be a multiple of 32, --epochs/--batch-size >= 1, --val-fraction in [0, 1)"
+        )
     settings = SegmenterSettings(
         encoder=encoder,
         encoder_weights=encoder_weights,
@@ -216,7 +224,12 @@ def train_segmenter_command(
     )
     with progress_bar() as progress:
         report = train_segmenter(
-            Workspace.open(workspace), output, settings, resume=resume, device=device or None, progress=progress
+            Workspace.open(workspace),
+            output,
+            settings,
+            resume=resume,
+            device=device or None,
+            progress=progress,
         )
     ious = ", ".join(f"{c} {'–' if v is None else f'{v:.2f}'}" for c, v in report.val_iou.items())
     typer.echo(

@@ -272,7 +272,10 @@ def _load_sas(export: Export, settings: EvalSettings, device: str | None):
         card = json.loads((folder / "concept.json").read_text()) if (folder / "concept.json").exists() else {}
         # concept.json pairs refs and masks by position; without it, masks/ holds the ref's file name
         paired = dict(zip((Path(r).name for r in card.get("refs", [])), card.get("masks", [])))
-        masks = [export.root / paired[r.name] if r.name in paired else folder / "masks" / r.name for r in concept.refs]
+        masks = [
+            export.root / paired[r.name] if r.name in paired else folder / "masks" / r.name
+            for r in concept.refs
+        ]
         refs[cid] = reference_embeddings(
             msal, [(ref, mask if mask.is_file() else None) for ref, mask in zip(concept.refs, masks)]
         )

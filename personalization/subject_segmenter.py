@@ -117,7 +117,9 @@ def _fresh_unet(settings: SegmenterSettings, classes: int) -> tuple[Any, str]:
             return build_unet(settings, classes, settings.encoder_weights), settings.encoder_weights
         except Exception as exc:  # noqa: BLE001 - any download/hub failure means: no weights here
             reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-            return build_unet(settings, classes), f"random (could not load {settings.encoder_weights}: {reason})"
+            return build_unet(
+                settings, classes
+            ), f"random (could not load {settings.encoder_weights}: {reason})"
     return build_unet(settings, classes), "random"
 
 
@@ -159,15 +161,20 @@ def _rgb(path: Path, size: int | None = None) -> np.ndarray:
 def read_composites(
     ws: Workspace, classes: dict[str, int], size: int, val_fraction: float
 ) -> tuple[list[Sample], list[Sample]]:
-    """(training, held-out) composites of the workspace with their paste labels."""
-    train, val = [], []
+    """(training, held-out) composites of the workspace with their paste labels.
+
+    The held-out ones are the ceil(val_fraction * n) with the lowest id hash (at least one when
+    val_fraction > 0 and there are two or more), so the split is stable and never empty by chance.
+    """
+    labelled = []
     for candidate in ws.candidates():
         labels = composite_labels(candidate, classes, size)
-        if labels is None:
-            continue
-        sample = Sample(_rgb(ws.resolve(candidate.image), size), labels)
-        (val if _id_fraction(candidate.candidate_id) < val_fraction else train).append(sample)
-    return train, val
+        if labels is not None:
+            labelled.append((_id_fraction(candidate.candidate_id), candidate, labels))
+    labelled.sort(key=lambda item: item[0])
+    n_val = math.ceil(val_fraction * len(labelled)) if len(labelled) > 1 else 0
+    samples = [Sample(_rgb(ws.resolve(c.image), size), labels) for _, c, labels in labelled]
+    return samples[n_val:], samples[:n_val]
 
 
 def read_cutouts(ws: Workspace, concepts: Sequence[str]) -> list[tuple[int, np.ndarray, np.ndarray]]:
@@ -366,7 +373,9 @@ def _validate(segmenter: SubjectSegmenter, val: list[Sample], batch_size: int) -
         for start in range(0, len(val), batch_size):
             part = val[start : start + batch_size]
             preds.append(segmenter.logits(to_tensor([s.rgb for s in part])).argmax(1).cpu().numpy())
-    ious = iou_per_class(np.concatenate(preds), np.stack([s.labels for s in val]), len(segmenter.concepts) + 1)
+    ious = iou_per_class(
+        np.concatenate(preds), np.stack([s.labels for s in val]), len(segmenter.concepts) + 1
+    )
     return dict(zip(segmenter.concepts, ious[1:]))
 
 
@@ -530,7 +539,9 @@ def region_embeddings(
         return segmenter.features(masked(pixels, mask).to(segmenter.device)).cpu().numpy()
 
 
-def reference_embeddings(segmenter: SubjectSegmenter, sources: Sequence[tuple[Path, Path | None]]) -> np.ndarray:
+def reference_embeddings(
+    segmenter: SubjectSegmenter, sources: Sequence[tuple[Path, Path | None]]
+) -> np.ndarray:
     """SAS embeddings of a concept's source images, each isolated by its mask when one is given."""
     rows = []
     for image_path, mask_path in sources:
@@ -557,7 +568,9 @@ def concept_regions(candidate: Candidate, height: int, width: int) -> dict[str, 
     for box in candidate.boxes:
         region = np.zeros((height, width), bool)
         y0, x0 = math.floor(box.y * sy), math.floor(box.x * sx)
-        region[max(y0, 0) : math.ceil((box.y + box.h) * sy), max(x0, 0) : math.ceil((box.x + box.w) * sx)] = True
+        region[max(y0, 0) : math.ceil((box.y + box.h) * sy), max(x0, 0) : math.ceil((box.x + box.w) * sx)] = (
+            True
+        )
         regions[box.concept_id] = region
     return regions
 

@@ -121,10 +121,14 @@ def test_train_then_evaluate_writes_the_gen4gen_table(cli, models, tmp_path):
         assert all(d is None or d["score"] >= 0.0 for d in row["detected"])
         assert (row["cp_clip"] == 0.0) == all(d is None for d in row["detected"])
         assert row["dnc"] == 0.0 or row["n_detected"] == row["n_concepts"]
-        assert -1.0 <= row["sas"] <= 1.0 and row["msp_bucket"] == (str(row["n_concepts"]) if row["n_concepts"] <= 3 else ">3")
+        assert -1.0 <= row["sas"] <= 1.0 and row["msp_bucket"] == (
+            str(row["n_concepts"]) if row["n_concepts"] <= 3 else ">3"
+        )
     msp = results["msp_aggregates"]["SD"]
     assert sum(msp["sas"][b]["n"] for b in ("1", "2", "3", ">3")) == 3
-    assert msp["sas"]["all"]["mean"] == pytest.approx(np.mean([r["sas"] for r in rows if r["configuration"] == "SD"]))
+    assert msp["sas"]["all"]["mean"] == pytest.approx(
+        np.mean([r["sas"] for r in rows if r["configuration"] == "SD"])
+    )
     assert any(any(d is not None for d in r["detected"]) for r in rows), "no crop ever scored"
 
     # TI-CLIP recomputed independently from the saved image and text with the same CLIP
@@ -153,7 +157,9 @@ def _tiny_segmenter(folder, concepts: list[str]):
         encoder="resnet18", encoder_depth=3, decoder_channels=(16, 8, 4), encoder_weights="", size=32
     )
     torch.manual_seed(0)
-    save_segmenter(folder, build_unet(settings, len(concepts) + 1), concepts, settings, encoder_weights="random")
+    save_segmenter(
+        folder, build_unet(settings, len(concepts) + 1), concepts, settings, encoder_weights="random"
+    )
     return folder
 
 
@@ -169,8 +175,16 @@ def test_bad_inputs_fail_with_one_line(cli, models, tmp_path):
     with pytest.raises(CurateError, match="has no class for"):
         _invoke(
             cli,
-            ["evaluate", str(export), "-o", str(tmp_path / "e"), "--run", f"SD={models['sd']}",
-             "--subject-segmenter", str(narrow)],
+            [
+                "evaluate",
+                str(export),
+                "-o",
+                str(tmp_path / "e"),
+                "--run",
+                f"SD={models['sd']}",
+                "--subject-segmenter",
+                str(narrow),
+            ],
         )
     assert not (tmp_path / "e" / "images").exists()
     with pytest.raises(CurateError, match="cannot load pipeline"):

@@ -63,7 +63,12 @@ def concepts() -> dict[str, Concept]:
 def plan() -> LayoutPlan:
     boxes = [Box(concept_id="cat", x=0, y=0, w=16, h=32), Box(concept_id="mug", x=16, y=8, w=16, h=16)]
     return LayoutPlan(
-        concepts=["cat", "mug"], background="a beach", boxes=boxes, width=CANVAS, height=CANVAS, planner="rules"
+        concepts=["cat", "mug"],
+        background="a beach",
+        boxes=boxes,
+        width=CANVAS,
+        height=CANVAS,
+        planner="rules",
     ).with_id()
 
 
@@ -101,11 +106,15 @@ def test_sal_gradient_flows_only_through_the_segments_pixels(msal) -> None:
 def test_scale_zero_is_exactly_no_guidance(gen, plan, concepts, msal) -> None:
     base = MSPSettings(steps=3, kappa=0.5)
     plain = gen([plan], concepts, [7], settings=base)[0]
-    zero = gen([plan], concepts, [7], settings=base.model_copy(update={"sal_model": str(msal), "sal_scale": 0.0}))[0]
+    zero = gen(
+        [plan], concepts, [7], settings=base.model_copy(update={"sal_model": str(msal), "sal_scale": 0.0})
+    )[0]
     assert np.array_equal(np.asarray(plain.image), np.asarray(zero.image))
     assert zero.provenance["sal"] == {"model": str(msal), "scale": 0.0, "steps": 10}
     assert "sal" not in plain.provenance
-    guided = gen([plan], concepts, [7], settings=base.model_copy(update={"sal_model": str(msal), "sal_scale": 50.0}))[0]
+    guided = gen(
+        [plan], concepts, [7], settings=base.model_copy(update={"sal_model": str(msal), "sal_scale": 50.0})
+    )[0]
     assert not np.array_equal(np.asarray(plain.image), np.asarray(guided.image))
 
 
@@ -158,9 +167,17 @@ def test_sas_metric_by_hand() -> None:
     assert M.sas([np.array([1.0, 1.0]), None], [refs_a, refs_b]) == pytest.approx(0.5 / math.sqrt(2))
     # b found at (4,-3): cos with (3,4) = 0; max over a's refs = 1
     assert M.sas([np.array([2.0, 0.0]), np.array([4.0, -3.0])], [refs_a, refs_b], "max") == pytest.approx(0.5)
+    # MSP Table 1 columns: 1, 2, 3 and more than 3 subjects
+    assert [M.msp_bucket(n) for n in (1, 2, 3, 4, 7)] == ["1", "2", "3", ">3", ">3"]
+    rows = [{"sas": v, "msp_bucket": M.msp_bucket(n)} for v, n in ((0.2, 1), (0.4, 1), (0.9, 5), (None, 2))]
+    agg = M.aggregate(rows, ["sas"], M.MSP_BUCKETS, "msp_bucket")["sas"]
+    assert agg["1"] == {"mean": pytest.approx(0.3), "n": 2} and agg[">3"]["n"] == 1
+    assert agg["2"] == {"mean": None, "n": 0} and agg["all"]["n"] == 3
 
 
-def test_train_generate_with_sal_index_with_sas(concept_ws: Workspace, tiny_clip_name: str, tmp_path: Path) -> None:
+def test_train_generate_with_sal_index_with_sas(
+    concept_ws: Workspace, tiny_clip_name: str, tmp_path: Path
+) -> None:
     from curation.index import index_workspace
     from generators.layout import plan_layouts
     from generators.run import generate
@@ -180,7 +197,9 @@ def test_train_generate_with_sal_index_with_sas(concept_ws: Workspace, tiny_clip
     config.generate = config.generate.model_copy(
         update={
             "batch_size": 2,
-            "msp": MSPSettings(model=str(sd), steps=2, kappa=0.5, sal_model=str(msal_dir), sal_scale=5.0, sal_steps=1),
+            "msp": MSPSettings(
+                model=str(sd), steps=2, kappa=0.5, sal_model=str(msal_dir), sal_scale=5.0, sal_steps=1
+            ),
         }
     )
     config.index = config.index.model_copy(
