@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from pathlib import Path
@@ -220,12 +221,39 @@ def test_train_generate_with_sal_index_with_sas(
     import fiftyone as fo
 
     dataset = fo.load_dataset(config.index.dataset_name)
-    for sample in dataset:
+    for sample in dataset.iter_samples(autosave=True):
         per = sample[SAS_FIELD]
         assert sorted(per) == sorted(sample[ds.CONCEPTS])
         assert all(-1.0 <= v <= 1.0 for v in per.values())
         assert sample[SAS_MEAN_FIELD] == pytest.approx(float(np.mean(list(per.values()))))
+        accepted = sample[ds.GENERATOR] == "msp"
+        sample[ds.REVIEW_DECISION] = ds.ACCEPT if accepted else ds.REJECT
+        sample[ds.REVIEW_QUALITY] = 4.0
+
+    # ... export the accepted SAL candidates and evaluate a baseline with SAS: the MSP table prints
+    from exports.mycanvas import export_mycanvas
+    from personalization.evaluate import EvalSettings, evaluate
+    from tests.fixtures.tiny_pipelines import build_tiny_dinov2, build_tiny_owlvit
+
+    exported = export_mycanvas(concept_ws, min_quality=3, include_near_duplicates=True)
+    assert exported.n_images == 4
     dataset.delete()
+    eval_settings = EvalSettings(
+        clip_model=tiny_clip_name,
+        clip_pretrained="",
+        detector=str(build_tiny_owlvit(tmp_path / "owl")),
+        dino=str(build_tiny_dinov2(tmp_path / "dino")),
+        prompts_per_set=1,
+        images_per_prompt=1,
+        steps=1,
+        resolution=64,
+        subject_segmenter=str(msal_dir),
+    )
+    result = evaluate({"SD": str(sd)}, exported.path, tmp_path / "eval", eval_settings, device="cpu")
+    table = Path(result.table_path).read_text()
+    assert "### MSP Table 1" in table and table.count("| SD |") == 3
+    assert f"SAS: M_SAL {msal_dir}." in table
+    assert all(r["sas"] is not None for r in json.loads(Path(result.json_path).read_text())["rows"])
 
     # a segmenter that lacks a planned concept stops generate before any image, with one error
     narrow = _segmenter_folder(tmp_path / "narrow", sorted(concept_ws.concepts())[:1])
