@@ -11,8 +11,8 @@ alpha uint8 HxW) and is chosen by `segment.backend` through `load_segmenter`:
 - ``isnet``, ``sam``, ``semantic:<id>``, ``birefnet``, ``rmbg``: model backends
   (`generators/segment_models.py`), each loaded by hub id, local folder or file through the
   library's own loading call.
-- ``auto``: the first of `AUTO_ORDER` whose weights load, else classical; the concept records
-  which one ran (`Concept.segmenter`).
+- ``auto``: the first of `AUTO_ORDER` whose weights are already on the machine, else classical;
+  the concept records which one ran (`Concept.segmenter`).
 
 Masks are checked, not trusted: `mask_flags` marks empty, whole-frame, fragmented, frame-cut,
 uncertain and holed masks so composition can avoid them instead of silently pasting a bad cut-out.
@@ -272,18 +272,18 @@ class ClassicalSegmenter:
 # -- choosing a backend ------------------------------------------------------------------------
 
 
-def _load_model(kind: str, model: str, settings: SegmentConfig) -> Segmenter:
+def _load_model(kind: str, model: str, settings: SegmentConfig, local_only: bool = False) -> Segmenter:
     from generators import segment_models as models
 
     model = model or models.DEFAULT_MODELS.get(kind, "")
     if kind == "semantic" and model:
         return models.load_semantic(model, settings)
     if kind == "sam":
-        return models.load_sam(model, settings)
+        return models.load_sam(model, settings, local_only)
     if kind == "isnet":
-        return models.load_isnet(model, settings)
+        return models.load_isnet(model, settings, local_only)
     if kind in ("birefnet", "rmbg"):
-        return models.load_remote_code(kind, model, settings)
+        return models.load_remote_code(kind, model, settings, local_only)
     raise CurateError(
         f"unknown segment.backend {':'.join(filter(None, (kind, model)))!r}: use classical, auto, "
         "isnet[:FILE.onnx|NAME], sam[:ID], semantic:ID, birefnet[:ID] or rmbg[:ID] "
@@ -292,7 +292,11 @@ def _load_model(kind: str, model: str, settings: SegmentConfig) -> Segmenter:
 
 
 def load_segmenter(backend: str, settings: SegmentConfig | None = None) -> Segmenter:
-    """The segmenter `segment.backend` names, loaded once; `auto` falls back to classical offline."""
+    """The segmenter `segment.backend` names, loaded once.
+
+    `auto` takes the first of `AUTO_ORDER` whose weights are already here (hub cache, rembg's cache)
+    and never downloads: offline it falls back to classical at once instead of retrying the hub.
+    """
     settings = settings or SegmentConfig(backend=backend)
     if backend == CLASSICAL:
         return ClassicalSegmenter()
@@ -301,7 +305,7 @@ def load_segmenter(backend: str, settings: SegmentConfig | None = None) -> Segme
             if kind == "birefnet" and not settings.trust_remote_code:
                 continue
             try:
-                return _load_model(kind, "", settings)
+                return _load_model(kind, "", settings, local_only=True)
             except CurateError:
                 continue
         return ClassicalSegmenter()

@@ -1,6 +1,7 @@
 """Model backends for `generators/segment.py`: one small class per backend, each loaded by hub id or path.
 
-Every loader takes the same string a user writes after the backend's name in `segment.backend` and
+Every loader takes the same string a user writes after the backend's name in `segment.backend`
+(and `local_only`: `auto` uses only weights already on the machine, never starting a download) and
 hands it to the library's own loading call (`from_pretrained`, `onnxruntime.InferenceSession`), so a
 real checkpoint and a tiny model saved to a folder in the tests run exactly the same code:
 
@@ -74,6 +75,16 @@ def _from_pretrained(kind: str, model_id: str, loader: Callable[[], Any]) -> Any
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CurateError(f"cannot load {kind} segmentation model {model_id!r}: {first}") from exc
+
+
+def _require_local(kind: str, model_id: str) -> None:
+    """For `auto`: refuse a hub id whose files are not in the hub cache, before transformers asks the
+    network (its adapter lookup retries the hub for ~40 s offline even with local_files_only)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if Path(model_id).is_dir() or isinstance(try_to_load_from_cache(model_id, "config.json"), str):
+        return
+    raise CurateError(f"{kind} model {model_id!r} is not on this machine")
 
 
 def _alpha(prob: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -213,17 +224,21 @@ class DetectSamSegmenter:
         return _alpha(np.where(keep, prob, 0.0), h, w)
 
 
-def load_sam(model_id: str, settings: SegmentConfig) -> DetectSamSegmenter:
+def load_sam(model_id: str, settings: SegmentConfig, local_only: bool = False) -> DetectSamSegmenter:
     from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor, SamModel, SamProcessor
 
     device = torch_device(settings.device)
     detector_id = settings.detector
+    if local_only:
+        _require_local("detector", detector_id)
+        _require_local("SAM", model_id)
     detector = _from_pretrained(
-        "detector", detector_id, lambda: AutoModelForZeroShotObjectDetection.from_pretrained(detector_id)
+        "detector", detector_id, lambda: AutoModelForZeroShotObjectDetection.from_pretrained(detector_id, local_files_only=local_only)
     )
-    detector_processor = _from_pretrained("detector", detector_id, lambda: AutoProcessor.from_pretrained(detector_id))
-    sam = _from_pretrained("SAM", model_id, lambda: SamModel.from_pretrained(model_id))
-    sam_processor = _from_pretrained("SAM", model_id, lambda: SamProcessor.from_pretrained(model_id))
+    detector_processor = _from_pretrained("detector", detector_id, lambda: AutoProcessor.from_pretrained(detector_id, local_files_only=local_only)
+    )
+    sam = _from_pretrained("SAM", model_id, lambda: SamModel.from_pretrained(model_id, local_files_only=local_only))
+    sam_processor = _from_pretrained("SAM", model_id, lambda: SamProcessor.from_pretrained(model_id, local_files_only=local_only))
     return DetectSamSegmenter(
         f"sam:{model_id}+{detector_id}",
         detector.to(device).eval(),
@@ -259,7 +274,7 @@ class OnnxMatteSegmenter:
         return _alpha(pred, h, w)
 
 
-def _onnx_file(model: str) -> Path:
+def _onnx_file(model: str, download: bool) -> Path:
     """A path as given; a bare name is rembg's model of that name, downloaded into rembg's cache once."""
     if model.endswith(".onnx") or os.sep in model:
         path = Path(model).expanduser()
@@ -270,6 +285,8 @@ def _onnx_file(model: str) -> Path:
     path = cache / f"{model}.onnx"
     if path.is_file():
         return path
+    if not download:
+        raise CurateError(f"isnet model {model!r} is not in {cache}")
     url = REMBG_URL.format(name=model)
     try:
         cache.mkdir(parents=True, exist_ok=True)
@@ -286,12 +303,12 @@ def _onnx_file(model: str) -> Path:
     return path
 
 
-def load_isnet(model: str, settings: SegmentConfig) -> OnnxMatteSegmenter:
+def load_isnet(model: str, settings: SegmentConfig, local_only: bool = False) -> OnnxMatteSegmenter:
     try:
         import onnxruntime
     except ImportError as exc:
         raise CurateError("the isnet backend needs onnxruntime: pip install onnxruntime") from exc
-    path = _onnx_file(model)
+    path = _onnx_file(model, download=not local_only)
     providers = ["CPUExecutionProvider"]
     if torch_device(settings.device).startswith("cuda") and "CUDAExecutionProvider" in (
         onnxruntime.get_available_providers()
@@ -329,7 +346,9 @@ class RemoteCodeSegmenter:
         return _alpha(pred.sigmoid()[0, 0].float().cpu().numpy(), *rgb.shape[:2])
 
 
-def load_remote_code(kind: str, model_id: str, settings: SegmentConfig) -> RemoteCodeSegmenter:
+def load_remote_code(
+    kind: str, model_id: str, settings: SegmentConfig, local_only: bool = False
+) -> RemoteCodeSegmenter:
     if not settings.trust_remote_code:
         raise CurateError(
             f"segment.backend {kind!r} runs Python code shipped with {model_id!r}: set "
@@ -338,9 +357,13 @@ def load_remote_code(kind: str, model_id: str, settings: SegmentConfig) -> Remot
     from transformers import AutoModelForImageSegmentation
 
     device = torch_device(settings.device)
+    if local_only:
+        _require_local(kind, model_id)
     model = _from_pretrained(
         kind,
         model_id,
-        lambda: AutoModelForImageSegmentation.from_pretrained(model_id, trust_remote_code=True),
+        lambda: AutoModelForImageSegmentation.from_pretrained(
+            model_id, trust_remote_code=True, local_files_only=local_only
+        ),
     )
     return RemoteCodeSegmenter(f"{kind}:{model_id}", model.to(device).eval(), device)

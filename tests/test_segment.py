@@ -195,18 +195,20 @@ def test_isnet_backend_runs_an_onnx_model_from_a_file_and_from_rembgs_cache(
     (cache / "isnet-general-use.onnx").write_bytes(onnx_file.read_bytes())
     monkeypatch.setenv("U2NET_HOME", str(cache))
     assert load_segmenter("isnet").name == "isnet:isnet-general-use"
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert load_segmenter("auto").name == "isnet:isnet-general-use"  # auto: the first backend that loads
 
     with pytest.raises(CurateError, match="isnet model file not found"):
         load_segmenter(f"isnet:{tmp_path / 'missing.onnx'}")
 
 
-def test_auto_falls_back_to_classical_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "empty"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    (tmp_path / "empty").touch()  # a file where the cache folder should be: nothing can be stored
+def test_auto_falls_back_to_classical_without_downloading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No weights in rembg's cache or the hub cache: classical, and nothing fetched into either."""
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "u2net"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     assert isinstance(load_segmenter("auto"), ClassicalSegmenter)
+    assert not (tmp_path / "u2net").exists() and not list((tmp_path / "hf").rglob("*.json"))
+    with pytest.raises(CurateError, match="isnet model 'isnet-general-use' is not in .*could not be downloaded"):
+        load_segmenter("isnet")  # named explicitly, it is fetched (here: no internet, a clear error)
 
 
 # -- birefnet / rmbg ---------------------------------------------------------------------------
