@@ -70,6 +70,31 @@ def test_index_writes_every_field_and_saved_view(candidate_ws):
     assert len(dataset.load_saved_view(ds.VIEW_ACCEPTED)) == 0
 
 
+def test_app_sidebar_groups_readable_views_and_no_rejected_top_candidate(candidate_ws):
+    from curation.index import save_views
+
+    ws, _ = candidate_ws
+    index_workspace(ws)
+    dataset = ds.open_dataset(ws)
+    groups = {g.name: g.paths for g in dataset.app_config.sidebar_groups}
+    assert {"scores", "presence", "review", "provenance"} <= set(groups)
+    assert ds.CLIP_T in groups["scores"] and "blur" in groups["scores"] and ds.PLAN_ID in groups["provenance"]
+    assert ds.CLIP_T not in groups["primitives"]
+    assert "RANDOM" in dataset.get_field(ds.CLIP_T).description
+    assert "seam > 0.7" in dataset.get_saved_view_info(ds.VIEW_HIGH_ARTIFACTS)["description"]
+    assert "not rejected" in dataset.get_saved_view_info(ds.VIEW_TOP_CANDIDATES)["description"]
+    # a clean candidate is a top candidate until a human rejects it
+    best = dataset.first()
+    for spec in ARTIFACT_SCORES.values():
+        best[spec.name] = spec.low if spec.higher_is_worse else spec.high
+    best.save()
+    assert best[ds.CANDIDATE_ID] in dataset.load_saved_view(ds.VIEW_TOP_CANDIDATES).values(ds.CANDIDATE_ID)
+    best[ds.REVIEW_DECISION] = ds.REJECT
+    best.save()
+    save_views(dataset)
+    assert best[ds.CANDIDATE_ID] not in dataset.load_saved_view(ds.VIEW_TOP_CANDIDATES).values(ds.CANDIDATE_ID)
+
+
 def test_rerun_on_unchanged_workspace_loads_no_model_and_writes_nothing(candidate_ws):
     ws, _ = candidate_ws
     index_workspace(ws)
