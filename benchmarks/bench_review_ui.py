@@ -35,7 +35,9 @@ def p90(values: list[float]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=20, help="decisions to time")
     parser.add_argument("--concepts", type=int, default=2, choices=range(1, 6))
     parser.add_argument("--width", type=int, default=1280)
@@ -79,11 +81,15 @@ def main() -> None:
             browser.close()
         report = pull(ws)
         assert report.annotated == args.n, report.summary()
-        assert (report.accepted, report.rejected) == (len(times[ds.ACCEPT]), len(times[ds.REJECT])), report.summary()
+        assert (report.accepted, report.rejected) == (len(times[ds.ACCEPT]), len(times[ds.REJECT])), (
+            report.summary()
+        )
         every = times[ds.ACCEPT] + times[ds.REJECT]
         print(f"{args.n} decisions, {args.concepts} concepts, {args.width}x{args.height}, keyboard only")
         for name, values in ((ds.ACCEPT, times[ds.ACCEPT]), (ds.REJECT, times[ds.REJECT]), ("all", every)):
-            print(f"  {name:7s} median {statistics.median(values):.3f} s  p90 {p90(values):.3f} s  (n={len(values)})")
+            print(
+                f"  {name:7s} median {statistics.median(values):.3f} s  p90 {p90(values):.3f} s  (n={len(values)})"
+            )
         print(f"  mouse actions: {mouse}   (pulled: {report.summary()})")
     finally:
         import fiftyone as fo

@@ -135,7 +135,11 @@ class CalibrationReport:
             lines.append(f"{group} concepts: {head.accepted} accepted, {head.rejected} rejected")
             for r in sorted(rows, key=lambda r: -(r.auc or 0)):
                 auc = "n/a" if r.auc is None else f"{r.auc:.3f}"
-                rule = f"hold {r.rule_text()}: spares {r.spared} ({r.accepted_lost} accepted lost)" if r.op else ""
+                rule = (
+                    f"hold {r.rule_text()}: spares {r.spared} ({r.accepted_lost} accepted lost)"
+                    if r.op
+                    else ""
+                )
                 note = "  [random weights: never a rule]" if r.random_weights else ""
                 lines.append(f"  {r.score:18s} AUC(rejected) {auc}  {rule}{note}")
             best = self.rules.get(group)
@@ -234,7 +238,11 @@ def _plot(
     for row in (r for r in rows if r.group == ALL and r.auc is not None):
         sign = 1.0 if higher_is_worse(row.score) else -1.0
         pairs = sorted(
-            ((sign * float(v), d == ds.REJECT) for v, d in zip(by_score[row.score], decisions, strict=True) if v is not None),
+            (
+                (sign * float(v), d == ds.REJECT)
+                for v, d in zip(by_score[row.score], decisions, strict=True)
+                if v is not None
+            ),
             reverse=True,
         )
         n_rej = sum(r for _, r in pairs)

@@ -434,7 +434,7 @@ def _record_triage(dataset: Any, held: dict[str, str], pushed: list[str]) -> Non
         dataset.set_values(ds.TRIAGE, values, key_field=ds.CANDIDATE_ID)
     dataset.save_view(
         ds.VIEW_TRIAGED_OUT,
-        dataset.match(F(ds.TRIAGE) != None),  # noqa: E711 (a MongoDB expression, not a Python test)
+        dataset.match(F(ds.TRIAGE) != None),  # a MongoDB expression, not a Python test
         description="held back from review by a calibrated rule (`curate review push --triage`); "
         "the `triage` field says which; push without --triage to review them",
         overwrite=True,

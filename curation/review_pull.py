@@ -143,8 +143,11 @@ class Agreement:
         if not self.overlapped:
             return ["agreement: no task has two votes yet (push with --overlap K to measure it)"]
         lines = [
-            f"Krippendorff's alpha on {self.overlapped} tasks with >= 2 votes: decision {fmt(self.decision_alpha)}"
-            f" (nominal), quality {fmt(self.quality_alpha)} (interval); disputed ones: view `{ds.VIEW_DISPUTED}`"
+            (
+                f"Krippendorff's alpha on {self.overlapped} tasks with >= 2 votes: decision "
+                f"{fmt(self.decision_alpha)} (nominal), quality {fmt(self.quality_alpha)} (interval); "
+                f"disputed ones: view `{ds.VIEW_DISPUTED}`"
+            )
         ]
         lines += [f"  {who}: {n} annotations, {acc} accepts" for who, (n, acc) in sorted(self.per_annotator.items())]
         return lines

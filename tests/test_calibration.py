@@ -90,7 +90,10 @@ def test_calibration_reports_aucs_and_the_rule_that_spares_most(tmp_path: Path) 
 
     result = CliRunner().invoke(app, ["calibrate", "-w", str(ws.root)])
     assert result.exit_code == 0, result.output
-    assert "AUC(rejected) 1.000" in result.output and "triage rule: blur > 0.19 spares 11 reviews" in result.output
+    assert (
+        "AUC(rejected) 1.000" in result.output
+        and "triage rule: blur > 0.19 spares 11 reviews" in result.output
+    )
     assert "random weights: never a rule" in result.output
 
 
@@ -102,7 +105,9 @@ def test_pretrained_clip_t_can_become_the_rule(tmp_path: Path) -> None:
     # blur spares 11 (one accepted lost): the rule spares the most
     assert (rule.score, rule.spared) == ("blur", 11)
     clip = next(r for r in calibrate(ws, plot=False).rows if (r.score, r.group) == ("clip_t", "2"))
-    assert not clip.random_weights and clip.usable and (clip.op, clip.spared, clip.accepted_lost) == ("<", 10, 0)
+    assert (
+        not clip.random_weights and clip.usable and (clip.op, clip.spared, clip.accepted_lost) == ("<", 10, 0)
+    )
 
 
 def test_calibrate_without_reviews_says_what_to_run(tmp_path: Path) -> None:
@@ -123,7 +128,7 @@ def test_push_triage_holds_back_records_and_reverses(
     calibrate(ws, plot=False)  # rules: blur > 0.19 for 2 concepts and overall
     dataset = ds.open_dataset(ws)
     dataset.set_values(ds.REVIEW_DECISION, [None] * len(dataset))  # as if none had been reviewed yet
-    dataset.save_view("unreviewed", dataset.match(F(ds.REVIEW_DECISION) == None))  # noqa: E711
+    dataset.save_view("unreviewed", dataset.match(F(ds.REVIEW_DECISION) == None))
     held = {"cand019", *ids[20:30], "cand033"}  # blur 0.20, 0.50..0.59, and 0.7 (3 concepts: overall rule)
 
     report = push(ws, order="view", triage=True)

@@ -33,7 +33,9 @@ def build_scene(ws: Workspace, n_concepts: int, n_candidates: int = 2) -> None:
         ref.parent.mkdir(parents=True)
         Image.new("RGB", (256, 256), (40 * k, 200 - 30 * k, 90)).save(ref)
         ws.save_concept(
-            Concept(concept_id=cid, name=cid.title(), class_noun=cid, token=f"<c-{cid}>", refs=[ws.relative(ref)])
+            Concept(
+                concept_id=cid, name=cid.title(), class_noun=cid, token=f"<c-{cid}>", refs=[ws.relative(ref)]
+            )
         )
     dataset = fo.Dataset(ds.dataset_name(ws))
     samples = []
@@ -59,7 +61,7 @@ def build_scene(ws: Workspace, n_concepts: int, n_candidates: int = 2) -> None:
     dataset.info["clip_weights"] = "random"
     dataset.persistent = True
     dataset.save()
-    dataset.save_view("unreviewed", dataset.match(F(ds.REVIEW_DECISION) == None))  # noqa: E711
+    dataset.save_view("unreviewed", dataset.match(F(ds.REVIEW_DECISION) == None))
 
 
 @pytest.fixture
@@ -102,7 +104,9 @@ def assert_in_view(page: Any, named: dict[str, Any], width: int, height: int) ->
         assert box["x"] >= 0 and box["x"] + box["width"] <= width + 0.5, f"{name} is cut off sideways: {box}"
         bottom = box["y"] + box["height"]
         limit = height if name == "submit" else bar["y"] + 1
-        assert box["y"] >= 0 and bottom <= limit, f"{name} is below the fold ({bottom:.0f} > {limit:.0f}): {box}"
+        assert box["y"] >= 0 and bottom <= limit, (
+            f"{name} is below the fold ({bottom:.0f} > {limit:.0f}): {box}"
+        )
 
 
 def assert_data_manager_lists_thumbnails(browser: Any, server: ServerInfo, project_id: int) -> None:
@@ -156,7 +160,10 @@ def test_every_control_is_in_view_and_keyboard_only_submits(
                 **{f"ref {c}": page.locator(f'img[src*="thumbs/refs/{c}."]') for c in CONCEPTS[:n_concepts]},
                 **{f"reason {r}": page.get_by_label(r) for r in REASONS},
                 "caption box": page.get_by_role("textbox").first,
-                **{f"score {s}": page.locator("table.scores td", has_text=s).first for s in ("clip_t", "blur")},
+                **{
+                    f"score {s}": page.locator("table.scores td", has_text=s).first
+                    for s in ("clip_t", "blur")
+                },
                 "random-weights label": page.locator("table.scores td", has_text="random weights").first,
             }
             page.screenshot(path=str(ws.review_dir / f"layout-{n_concepts}-{width}.png"))
