@@ -86,6 +86,21 @@ class Sample:
 
 
 @dataclass
+class Composite:
+    """A labelled composite on disk, decoded only when a batch needs it (memory stays flat at 10K)."""
+
+    path: Path
+    candidate: Candidate
+    classes: dict[str, int]
+    size: int
+
+    def load(self) -> Sample:
+        labels = composite_labels(self.candidate, self.classes, self.size)
+        assert labels is not None  # read_composites keeps only candidates with a silhouette map
+        return Sample(_rgb(self.path, self.size), labels)
+
+
+@dataclass
 class TrainReport:
     out_dir: str
     epochs_run: int
@@ -160,21 +175,20 @@ def _rgb(path: Path, size: int | None = None) -> np.ndarray:
 
 def read_composites(
     ws: Workspace, classes: dict[str, int], size: int, val_fraction: float
-) -> tuple[list[Sample], list[Sample]]:
+) -> tuple[list[Composite], list[Composite]]:
     """(training, held-out) composites of the workspace with their paste labels.
 
     The held-out ones are the ceil(val_fraction * n) with the lowest id hash (at least one when
     val_fraction > 0 and there are two or more), so the split is stable and never empty by chance.
     """
-    labelled = []
-    for candidate in ws.candidates():
-        labels = composite_labels(candidate, classes, size)
-        if labels is not None:
-            labelled.append((_id_fraction(candidate.candidate_id), candidate, labels))
-    labelled.sort(key=lambda item: item[0])
+    labelled = [
+        Composite(ws.resolve(c.image), c, classes, size)
+        for c in ws.candidates()
+        if c.extra.get(PASTE_SILHOUETTES) and c.generator != "msp"
+    ]
+    labelled.sort(key=lambda composite: _id_fraction(composite.candidate.candidate_id))
     n_val = math.ceil(val_fraction * len(labelled)) if len(labelled) > 1 else 0
-    samples = [Sample(_rgb(ws.resolve(c.image), size), labels) for _, c, labels in labelled]
-    return samples[n_val:], samples[:n_val]
+    return labelled[n_val:], labelled[:n_val]
 
 
 def read_cutouts(ws: Workspace, concepts: Sequence[str]) -> list[tuple[int, np.ndarray, np.ndarray]]:
@@ -363,19 +377,18 @@ def iou_per_class(pred: np.ndarray, target: np.ndarray, classes: int) -> list[fl
     return out
 
 
-def _validate(segmenter: SubjectSegmenter, val: list[Sample], batch_size: int) -> dict[str, float | None]:
+def _validate(segmenter: SubjectSegmenter, val: list[Composite], batch_size: int) -> dict[str, float | None]:
     import torch
 
     if not val:
         return {c: None for c in segmenter.concepts}
-    preds = []
+    preds, targets = [], []
     with torch.no_grad():
         for start in range(0, len(val), batch_size):
-            part = val[start : start + batch_size]
+            part = [composite.load() for composite in val[start : start + batch_size]]
             preds.append(segmenter.logits(to_tensor([s.rgb for s in part])).argmax(1).cpu().numpy())
-    ious = iou_per_class(
-        np.concatenate(preds), np.stack([s.labels for s in val]), len(segmenter.concepts) + 1
-    )
+            targets += [s.labels for s in part]
+    ious = iou_per_class(np.concatenate(preds), np.stack(targets), len(segmenter.concepts) + 1)
     return dict(zip(segmenter.concepts, ious[1:]))
 
 
@@ -438,16 +451,21 @@ def train_segmenter(
     seen, busy = 0, 0.0
     for epoch in range(start_epoch, settings.epochs):
         rng = np.random.default_rng([settings.seed, epoch])
-        samples = list(train)
+        samples: list[Composite | Sample] = list(train)
         for _ in range(n_cutouts):
             cls, rgb, alpha = cutouts[int(rng.integers(len(cutouts)))]
-            canvas = train[int(rng.integers(len(train)))] if train else _plain_canvas(settings.size, rng)
+            canvas = (
+                train[int(rng.integers(len(train)))].load() if train else _plain_canvas(settings.size, rng)
+            )
             samples.append(augment_cutout(rgb, alpha, cls, canvas, rng, settings))
         order = rng.permutation(len(samples))
         model.train()
         began = time.perf_counter()
         for start in range(0, len(order), settings.batch_size):
-            part = [samples[i] for i in order[start : start + settings.batch_size]]
+            part = [
+                s if isinstance(s, Sample) else s.load()
+                for s in (samples[i] for i in order[start : start + settings.batch_size])
+            ]
             logits = segmenter.logits(to_tensor([s.rgb for s in part]))
             target = torch.from_numpy(np.stack([s.labels for s in part])).to(logits.device)
             loss = F.cross_entropy(logits, target)
