@@ -191,6 +191,19 @@ def report(workspace: WorkspaceOpt = Path(".")) -> None:
 
 
 @app.command()
+def judge(
+    model: Annotated[str, typer.Option(help="Vision model at OPENAI_BASE_URL (any OpenAI-compatible endpoint).")],
+    workspace: WorkspaceOpt = Path("."),
+) -> None:
+    """Score every candidate with a VLM judge (presence, identity, artifacts, overall); cached per image."""
+    from curation.progress import progress_bar
+    from curation.scores.judge import judge as run_judge
+
+    with progress_bar() as progress:
+        typer.echo(run_judge(_workspace(workspace), model, progress=progress).summary())
+
+
+@app.command()
 def calibrate(workspace: WorkspaceOpt = Path(".")) -> None:
     """Each machine score against the pulled decisions: AUC, the 95%-recall triage rule, a ROC plot."""
     from curation.calibration import calibrate as run_calibration

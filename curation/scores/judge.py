@@ -1,0 +1,158 @@
+"""A VLM judge as one more machine score: per candidate, are the concepts there, kept, clean, good?
+
+Strong synthetic multi-subject pipelines filter with a VLM quality assessment; here its verdict is
+just more numeric fields on the samples (`judge_present`, `judge_identity`, `judge_artifacts`,
+`judge_overall`, all "higher is better", plus `judge_reason`), so `curate calibrate` measures it
+against human decisions like any other score before it may triage anything. Any OpenAI-compatible
+vision endpoint works (OPENAI_BASE_URL / OPENAI_API_KEY). Replies are cached by (model, image
+hash, concepts), so a re-run sends nothing; a reply that is not a valid verdict, even after
+`json_repair`, is logged to index/judge_rejections.jsonl and the candidate is skipped, not guessed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from curation import dataset as ds
+from curation.errors import CurateError
+from curation.progress import ProgressFn, no_progress
+from curation.workspace import Workspace, atomic_write_json
+
+PRESENT, IDENTITY, ARTIFACTS, OVERALL, REASON = (
+    "judge_present",
+    "judge_identity",
+    "judge_artifacts",
+    "judge_overall",
+    "judge_reason",
+)
+Rank = Annotated[int, Field(ge=1, le=5)]
+PROMPT = (
+    "You check a synthetic training image for multi-concept personalization. Concepts that must appear: "
+    "{concepts}. Caption: {caption!r}. Answer with one JSON object: "
+    '{{"present": {{"<concept>": true|false, ...}}, "identity": 1-5 (5 = every concept looks like itself), '
+    '"artifacts": 1-5 (5 = no visible artifacts, seams or distortions), "overall": 1-5, '
+    '"reason": "<one line>"}}'
+)
+
+
+class Verdict(BaseModel):
+    present: dict[str, bool]
+    identity: Rank
+    artifacts: Rank
+    overall: Rank
+    reason: Annotated[str, Field(max_length=300)]
+
+
+@dataclass
+class JudgeReport:
+    judged: int
+    cached: int
+    malformed: int
+
+    def summary(self) -> str:
+        return (
+            f"judge: {self.judged} candidates scored ({self.cached} replies from cache), {self.malformed} malformed "
+            "replies skipped (index/judge_rejections.jsonl); calibrate with `curate calibrate`"
+        )
+
+
+def parse_verdict(text: str, concepts: list[str]) -> Verdict:
+    """The verdict in a reply, repaired when it is almost JSON; ValueError when it is not a verdict."""
+    import json_repair
+
+    start = text.find("{")
+    if start < 0:
+        raise ValueError("no JSON object in the reply")
+    try:
+        verdict = Verdict.model_validate(json_repair.loads(text[start:]))
+    except ValidationError as exc:
+        raise ValueError(str(exc).splitlines()[0]) from None
+    if set(verdict.present) != set(concepts):
+        raise ValueError(f"present names {sorted(verdict.present)}, expected {sorted(concepts)}")
+    return verdict
+
+
+def judge(ws: Workspace, model: str, progress: ProgressFn = no_progress) -> JudgeReport:
+    """Ask the VLM about every candidate of the dataset and write its verdict fields."""
+    import fiftyone as fo
+    import openai
+
+    if not os.environ.get("OPENAI_API_KEY"):
+        raise CurateError("the judge needs OPENAI_API_KEY (any value for a local server) and OPENAI_BASE_URL")
+    client = openai.OpenAI(max_retries=3, timeout=120)
+    dataset = ds.open_dataset(ws, require_samples=True)
+    names = {cid: c.name for cid, c in ws.concepts().items()}
+    cache = ws.root / "index" / "judge_cache"
+    rejections = ws.root / "index" / "judge_rejections.jsonl"
+    fields = [ds.CANDIDATE_ID, "filepath", ds.CONCEPTS, ds.CAPTION]
+    rows = list(zip(*dataset.values(fields), strict=True))
+    verdicts: dict[str, Verdict] = {}
+    cached = malformed = 0
+    for done, (cid, filepath, concepts, caption) in enumerate(rows, 1):
+        image = Path(filepath).read_bytes()
+        labels = [names.get(c, c) for c in concepts or []]
+        key = hashlib.sha256(
+            json.dumps([model, hashlib.sha256(image).hexdigest(), labels]).encode()
+        ).hexdigest()
+        path = cache / f"{key}.json"
+        if path.exists():
+            reply, cached = json.loads(path.read_text())["reply"], cached + 1
+        else:
+            try:
+                response = client.chat.completions.create(
+                    model=model,
+                    temperature=0,
+                    messages=[_message(image, labels, caption or "")],
+                )
+            except openai.APIConnectionError as exc:
+                raise CurateError(f"cannot reach the judge endpoint {client.base_url}: {exc}") from exc
+            except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError) as exc:
+                _log(rejections, cid, f"{type(exc).__name__} after retries", "")
+                malformed += 1
+                continue
+            reply = response.choices[0].message.content or ""
+            atomic_write_json(path, {"model": model, "candidate_id": cid, "reply": reply})
+        try:
+            verdicts[cid] = parse_verdict(reply, labels)
+        except ValueError as exc:
+            _log(rejections, cid, str(exc), reply)
+            malformed += 1
+        progress("judge", done, len(rows))
+    for name, kind in ((PRESENT, fo.FloatField), (IDENTITY, fo.IntField), (ARTIFACTS, fo.IntField),
+                       (OVERALL, fo.IntField), (REASON, fo.StringField)):  # fmt: skip
+        if not dataset.has_field(name):
+            dataset.add_sample_field(name, kind)
+    columns: dict[str, dict[str, Any]] = {
+        PRESENT: {c: sum(v.present.values()) / max(len(v.present), 1) for c, v in verdicts.items()},
+        IDENTITY: {c: v.identity for c, v in verdicts.items()},
+        ARTIFACTS: {c: v.artifacts for c, v in verdicts.items()},
+        OVERALL: {c: v.overall for c, v in verdicts.items()},
+        REASON: {c: v.reason for c, v in verdicts.items()},
+    }
+    if verdicts:
+        for name, values in columns.items():
+            dataset.set_values(name, values, key_field=ds.CANDIDATE_ID)
+    return JudgeReport(len(verdicts), cached, malformed)
+
+
+def _message(image: bytes, labels: list[str], caption: str) -> dict[str, Any]:
+    url = "data:image/png;base64," + base64.b64encode(image).decode()
+    text = PROMPT.format(concepts=", ".join(labels) or "(none)", caption=caption)
+    return {
+        "role": "user",
+        "content": [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url}}],
+    }
+
+
+def _log(path: Path, cid: str, problem: str, reply: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as out:
+        out.write(json.dumps({"candidate_id": cid, "problem": problem, "reply": reply[:2000]}) + "\n")
