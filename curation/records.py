@@ -69,7 +69,7 @@ class Concept(BaseModel):
     refs: list[str] = Field(default_factory=list, description="reference images, relative to the workspace")
     masks: list[str] = Field(default_factory=list, description="soft masks (8-bit alpha), same order as refs")
     mask_flags: list[list[str]] = Field(
-        default_factory=list, description="quality flags per mask (empty, whole_frame, fragmented)"
+        default_factory=list, description="quality flags per mask (see generators.segment.mask_flags)"
     )
     segmenter: str = ""
 

@@ -14,6 +14,7 @@ COMMANDS = [
     ["init"],
     ["concepts", "add"],
     ["concepts", "list"],
+    ["concepts", "show"],
     ["plan"],
     ["generate"],
     ["index"],
@@ -26,6 +27,12 @@ COMMANDS = [
     ["train"],
     ["evaluate"],
     ["review", "status"],
+    ["status"],
+    ["topup"],
+    ["study"],
+    ["study", "create"],
+    ["study", "pull"],
+    ["study", "report"],
     ["demo"],
 ]
 

@@ -123,12 +123,16 @@ def commands(root: Path, scratch: Path, photo: Path, state: str) -> list[list[st
     export = root / "exports" / "mycanvas"
     cmds = [
         ["concepts", "list", *w],
+        ["concepts", "show", "cat", *w],
         ["review", "status", *w],
         ["review", "pull", *w],
         ["review", "push", *w],
         ["review", "stop", *w],
         ["report", *w],
         ["status", *w],
+        ["study", "pull", *w],
+        ["study", "report", *w],
+        ["study", "create", str(scratch / "no-evaluation"), *w],
         ["export", *w],
         ["export", "--name", "../../escape", *w],
         ["train", str(export), "-o", str(scratch / "train"), "--pretrained", str(scratch / "no-pipeline"),
