@@ -92,17 +92,54 @@ class Connection:
                     before_retry()
         raise AssertionError("unreachable")
 
+    def check_token(self, status_code: int) -> None:
+        """A refused token is the user's to fix, not a retry's."""
+        if status_code in (401, 403):
+            raise CurateError(f"Label Studio at {self.url} refused the API token ({status_code})")
+
     def get_json(self, path: str, what: str, **params: Any) -> Any:
         def fetch() -> Any:
             response = requests.get(f"{self.url}{path}", params=params, headers=self.headers, timeout=300)
-            if response.status_code in (401, 403):
-                raise CurateError(
-                    f"Label Studio at {self.url} refused the API token ({response.status_code})"
-                )
+            self.check_token(response.status_code)
             response.raise_for_status()
             return response.content
 
         return json.loads(self.call(what, fetch))
+
+    def project_exists(self, project_id: int) -> bool:
+        """Whether a recorded project is still on the server (one deleted there is made again by the caller)."""
+
+        def status() -> int:
+            return requests.get(
+                f"{self.url}/api/projects/{project_id}", headers=self.headers, timeout=30
+            ).status_code
+
+        code = self.call("project lookup", status)
+        self.check_token(code)
+        return code == 200
+
+    def export_tasks(self, project_id: int, gone: str) -> bytes:
+        """Every task of a project with its annotations, as Label Studio's JSON export.
+
+        Args:
+            project_id: The project.
+            gone: The error to show when the project no longer exists on the server.
+        """
+
+        def fetch() -> bytes:
+            response = requests.get(
+                f"{self.url}/api/projects/{project_id}/export",
+                headers=self.headers,
+                timeout=600,
+                params={"exportType": "JSON", "download_all_tasks": "true"},
+            )
+            if response.status_code == 404:
+                raise CurateError(gone)
+            self.check_token(response.status_code)
+            response.raise_for_status()
+            return response.content
+
+        return self.call("export", fetch)
 
 
 def connect(ws: Workspace, url: str | None = None, token: str | None = None) -> Connection:
@@ -163,18 +200,8 @@ def ensure_project(ws: Workspace, conn: Connection, overlap: int | None = None) 
     path = project_file(ws)
     recorded = json.loads(path.read_text()) if path.exists() else {}
     project_id = recorded.get("project_id") if recorded.get("url") == conn.url else None
-    if project_id is not None:
-        code = conn.call(
-            "project lookup",
-            lambda: (
-                requests.get(
-                    f"{conn.url}/api/projects/{project_id}", headers=conn.headers, timeout=30
-                ).status_code
-            ),
-        )
-        if code in (401, 403):
-            raise CurateError(f"Label Studio at {conn.url} refused the API token ({code})")
-        project_id = project_id if code == 200 else None  # deleted on the server: create it again
+    if project_id is not None and not conn.project_exists(project_id):
+        project_id = None  # deleted on the server: create it again
     config = ws.config.review
     client = conn.client
     marker = project_marker(ws)

@@ -15,8 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from curation import dataset as ds
 from curation.errors import CurateError
 from curation.progress import ProgressFn, no_progress
@@ -242,21 +240,7 @@ def pull(
         raise CurateError(f"nothing pushed yet from {ws.root}: run `curate review push` first")
     project_id = json.loads(path.read_text())["project_id"]
 
-    def fetch() -> bytes:
-        response = requests.get(
-            f"{conn.url}/api/projects/{project_id}/export",
-            headers=conn.headers,
-            timeout=600,
-            params={"exportType": "JSON", "download_all_tasks": "true"},
-        )
-        if response.status_code == 404:
-            raise CurateError(
-                f"project {project_id} no longer exists at {conn.url}; push again to recreate it"
-            )
-        response.raise_for_status()
-        return response.content
-
-    raw = conn.call("export", fetch)
+    raw = conn.export_tasks(project_id, f"project {project_id} no longer exists at {conn.url}; push again to recreate it")
     export_path = _save_raw(ws, raw)
     reviews = {
         t["data"][ds.CANDIDATE_ID]: aggregate(t.get("annotations") or [])

@@ -30,8 +30,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from curation.errors import CurateError
 from curation.progress import ProgressFn, no_progress
 from curation.records import Concept, content_id
@@ -313,18 +311,8 @@ def _project(
     client = conn.client
     marker = f"curate study: {ws.workspace_id}/{name}"
     project_id = state.get("project_id") if state.get("url") == conn.url else None
-    if project_id is not None:
-        code = conn.call(
-            "project lookup",
-            lambda: (
-                requests.get(
-                    f"{conn.url}/api/projects/{project_id}", headers=conn.headers, timeout=30
-                ).status_code
-            ),
-        )
-        if code in (401, 403):
-            raise CurateError(f"Label Studio at {conn.url} refused the API token ({code})")
-        project_id = project_id if code == 200 else None
+    if project_id is not None and not conn.project_exists(project_id):
+        project_id = None
     if project_id is None:
         found = conn.call(
             "project listing", lambda: [p.id for p in client.projects.list() if p.description == marker]
@@ -591,23 +579,9 @@ def pull(
     conn = connect(ws, url, token)
     project_id = state["project_id"]
 
-    def fetch() -> bytes:
-        response = requests.get(
-            f"{conn.url}/api/projects/{project_id}/export",
-            headers=conn.headers,
-            timeout=600,
-            params={"exportType": "JSON", "download_all_tasks": "true"},
-        )
-        if response.status_code == 404:
-            raise CurateError(
-                f"study project {project_id} no longer exists at {conn.url}: run `curate study create` again"
-            )
-        if response.status_code in (401, 403):
-            raise CurateError(f"Label Studio at {conn.url} refused the API token ({response.status_code})")
-        response.raise_for_status()
-        return response.content
-
-    raw = conn.call("export", fetch)
+    raw = conn.export_tasks(
+        project_id, f"study project {project_id} no longer exists at {conn.url}: run `curate study create` again"
+    )
     ratings, incomplete, tasks = [], [], 0
     for task in json.loads(raw):
         key = task.get("data", {}).get(TASK_KEY)
