@@ -21,11 +21,10 @@ from PIL import Image
 from pydantic import ValidationError
 
 from curation.concepts import MIN_PHOTO_SIDE, add_concept, choose_concept_id, concept_id_for
-from generators.segment import UNUSABLE_FLAGS
 from curation.errors import CurateError
 from curation.records import CONCEPT_ID, MAX_CLASS_NOUN_CHARS, Concept
 from curation.workspace import Workspace
-from generators.segment import load_segmenter, mask_flags
+from generators.segment import UNUSABLE_FLAGS, load_segmenter, mask_flags
 from tests.fixtures.sample_concepts import sample_photo, small_config
 
 CURATE = str(Path(sys.executable).with_name("curate"))

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from curation import dataset as ds
 from curation.cli import app
-from curation.errors import CurateError
 from curation.config import dump_config
+from curation.errors import CurateError
 from curation.index import DATASET_STAGE, INDEX_COMPLETE, VISUALIZATION_KEY, index_workspace, launch_app
 from curation.ports import choose_port, free_port, moved_note, port_free
 from curation.scores.artifacts import ARTIFACT_SCORES, SEAM_BOX, SEAM_SOURCE

@@ -19,7 +19,15 @@ from curation import dataset as ds
 from curation.cli import app
 from curation.config import CurateConfig, ReviewConfig
 from curation.errors import CurateError
-from curation.labelstudio_server import ServerInfo, read_server, serve, server_file, stop, use_server, write_server
+from curation.labelstudio_server import (
+    ServerInfo,
+    read_server,
+    serve,
+    server_file,
+    stop,
+    use_server,
+    write_server,
+)
 from curation.ports import free_port
 from curation.records import Concept
 from curation.review import connect, existing_candidates, push
