@@ -6,6 +6,7 @@ so `curate --help` answers at once.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -472,6 +473,9 @@ _register_personalization()
 
 def main() -> None:
     """Console entry point: user-fixable errors become one line on stderr and exit code 1."""
+    # ours first: label_studio_sdk's converter calls basicConfig(INFO) on import, which would echo every
+    # library's INFO lines a second time under a "INFO:module:" prefix
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     if not os.environ.get("FIFTYONE_DATABASE_URI"):
         # the embedded mongod (6.0) is the oldest FiftyOne supports: its notice is noise for a local run
         os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")

@@ -73,3 +73,20 @@ def test_init_keeps_an_edited_config(tmp_path: Path) -> None:
     config.write_text(edited)
     assert run("init", str(tmp_path / "ws")).returncode == 0
     assert config.read_text() == edited
+
+
+def test_library_info_logs_are_not_echoed_twice(tmp_path: Path) -> None:
+    """label_studio_sdk's converter calls logging.basicConfig(INFO) on import; the CLI's own config wins."""
+    code = (
+        "import logging, sys\n"
+        "from curation import cli\n"
+        f"sys.argv = ['curate', 'init', {str(tmp_path / 'ws')!r}]\n"
+        "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+        "import label_studio_sdk.converter.main\n"
+        "logging.getLogger('fiftyone.brain.visualization').info('hello-info')\n"
+        "logging.getLogger('curation.scores.clip').warning('hello-warning')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "hello-info" not in result.stderr and "WARNING: hello-warning" in result.stderr
+
