@@ -141,6 +141,48 @@ class Connection:
 
         return self.call("export", fetch)
 
+    def task_keys(self, project_id: int, key: str, page_size: int = 5000) -> set[str]:
+        """The `key` values of the project's tasks: the server is the truth, so an interrupted push is seen.
+
+        Pages are followed until the server's total is reached, counting the tasks it actually sent: a
+        server may cap `page_size` (TASK_API_PAGE_SIZE_MAX), and missing a page would push its tasks again.
+        """
+        found: set[str] = set()
+        seen, page = 0, 1
+        while True:
+            payload = self.get_json(
+                "/api/tasks/",
+                "task listing",
+                project=project_id,
+                fields="task_only",
+                page_size=page_size,
+                page=page,
+            )
+            found.update(t["data"].get(key) for t in payload["tasks"])
+            seen += len(payload["tasks"])
+            if not payload["tasks"] or seen >= payload["total"]:
+                return found - {None}
+            page += 1
+
+    def import_tasks(self, project_id: int, tasks: list[dict[str, Any]], key: str) -> None:
+        """Import one batch; after a dropped connection, re-import only what the server does not hold.
+
+        The import may have been committed even though its answer was lost, so a blind retry could
+        duplicate tasks: the server's tasks, identified by their `key` field, decide what is still missing.
+        """
+        pending = tasks
+
+        def send() -> None:
+            if pending:
+                self.client.projects.import_tasks(id=project_id, request=pending)
+
+        def drop_imported() -> None:
+            nonlocal pending
+            present = self.task_keys(project_id, key)
+            pending = [t for t in pending if t["data"][key] not in present]
+
+        self.call("task import", send, before_retry=drop_imported)
+
 
 def connect(ws: Workspace, url: str | None = None, token: str | None = None) -> Connection:
     """The explicit server if given (argument, else review.url in curate.toml), else the one recorded
@@ -299,31 +341,6 @@ def thumbnail(source: Path, target: Path) -> Path:
     return target
 
 
-def existing_candidates(conn: Connection, project_id: int, page_size: int = 5000) -> set[str]:
-    """candidate_ids of the project's tasks: the server is the truth, so an interrupted push is seen.
-
-    Pages are followed until the server's total is reached, counting the tasks it actually sent: a
-    server may cap `page_size` (TASK_API_PAGE_SIZE_MAX), and missing a page would push its tasks again.
-    """
-    found: set[str] = set()
-    seen = 0
-    page = 1
-    while True:
-        payload = conn.get_json(
-            "/api/tasks/",
-            "task listing",
-            project=project_id,
-            fields="task_only",
-            page_size=page_size,
-            page=page,
-        )
-        found.update(t["data"].get(ds.CANDIDATE_ID) for t in payload["tasks"])
-        seen += len(payload["tasks"])
-        if not payload["tasks"] or seen >= payload["total"]:
-            return found - {None}
-        page += 1
-
-
 # -- push --------------------------------------------------------------------------------------
 @dataclass
 class PushReport:
@@ -423,7 +440,7 @@ def push(
     fields = [ds.CANDIDATE_ID, "filepath", ds.CAPTION, ds.CONCEPTS, *scores]
     columns = samples.values(fields)
     rows = [dict(zip(fields, values, strict=True)) for values in zip(*columns, strict=True)]
-    already = existing_candidates(conn, project_id)
+    already = conn.task_keys(project_id, ds.CANDIDATE_ID)
     new = [r for r in rows if r[ds.CANDIDATE_ID] not in already]
     concepts = ws.concepts()
     key = scores[0] if scores else None
@@ -441,7 +458,7 @@ def push(
     tasks = [_task(ws, conn, r, concepts, scores, random, rules) for r in _order(new, order, key)]
     batch = ws.config.review.batch_size
     for start in range(0, len(tasks), batch):
-        _import_batch(conn, project_id, tasks[start : start + batch])
+        conn.import_tasks(project_id, tasks[start : start + batch], ds.CANDIDATE_ID)
         progress("push tasks", min(start + batch, len(tasks)), len(tasks))
     _record_triage(dataset, held, [r[ds.CANDIDATE_ID] for r in new])
     return PushReport(project_id, conn.url, len(rows), len(rows) - len(new) - len(held), len(tasks), len(held))
@@ -466,26 +483,6 @@ def _record_triage(dataset: Any, held: dict[str, str], pushed: list[str]) -> Non
         "the `triage` field says which; push without --triage to review them",
         overwrite=True,
     )
-
-
-def _import_batch(conn: Connection, project_id: int, chunk: list[dict[str, Any]]) -> None:
-    """Import one batch; after a dropped connection, re-import only what the server does not hold.
-
-    The import may have been committed even though its answer was lost, so a blind retry could
-    duplicate tasks: the server's task list decides what is still missing.
-    """
-    pending = chunk
-
-    def send() -> None:
-        if pending:
-            conn.client.projects.import_tasks(id=project_id, request=pending)
-
-    def drop_imported() -> None:
-        nonlocal pending
-        present = existing_candidates(conn, project_id)
-        pending = [t for t in pending if t["data"][ds.CANDIDATE_ID] not in present]
-
-    conn.call("task import", send, before_retry=drop_imported)
 
 
 def _task(

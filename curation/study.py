@@ -348,26 +348,6 @@ def _project(
     return project_id
 
 
-def task_keys(conn: Connection, project_id: int, page_size: int = 5000) -> set[str]:
-    """The study_task keys the project holds, every page followed (the server may cap page_size)."""
-    found: set[str] = set()
-    seen, page = 0, 1
-    while True:
-        payload = conn.get_json(
-            "/api/tasks/",
-            "task listing",
-            project=project_id,
-            fields="task_only",
-            page_size=page_size,
-            page=page,
-        )
-        found.update(t["data"].get(TASK_KEY) for t in payload["tasks"])
-        seen += len(payload["tasks"])
-        if not payload["tasks"] or seen >= payload["total"]:
-            return found - {None}
-        page += 1
-
-
 def create(
     ws: Workspace,
     evaluation_dir: Path,
@@ -450,7 +430,7 @@ def create(
     project_id = _project(ws, conn, name, state, len(configurations), criteria, state["raters"])
     state["project_id"] = project_id
     atomic_write_json(state_path, state)
-    already = task_keys(conn, project_id)
+    already = conn.task_keys(project_id, TASK_KEY)
     tasks = []
     for item in chosen:
         if item.key in already:
@@ -460,7 +440,7 @@ def create(
             data[f"image_{slot}"] = _local_url(conn, folder / file)
         tasks.append({"data": data})
     for start in range(0, len(tasks), BATCH):
-        _import(conn, project_id, tasks[start : start + BATCH])
+        conn.import_tasks(project_id, tasks[start : start + BATCH], TASK_KEY)
         progress("push tasks", min(start + BATCH, len(tasks)), len(tasks))
     counts = Counter(item.bucket for item in chosen)
     return CreateReport(
@@ -472,22 +452,6 @@ def create(
         len(tasks),
         evaluation.dropped,
     )
-
-
-def _import(conn: Connection, project_id: int, chunk: list[dict[str, Any]]) -> None:
-    """Import one batch; after a dropped connection, re-import only what the server does not hold."""
-    pending = chunk
-
-    def send() -> None:
-        if pending:
-            conn.client.projects.import_tasks(id=project_id, request=pending)
-
-    def drop_imported() -> None:
-        nonlocal pending
-        present = task_keys(conn, project_id)
-        pending = [t for t in pending if t["data"][TASK_KEY] not in present]
-
-    conn.call("task import", send, before_retry=drop_imported)
 
 
 # -- pull --------------------------------------------------------------------------------------

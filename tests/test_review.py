@@ -30,7 +30,7 @@ from curation.labelstudio_server import (
 )
 from curation.ports import free_port
 from curation.records import Concept
-from curation.review import connect, existing_candidates, push
+from curation.review import connect, push
 from curation.review_pull import REVIEW_FIELDS, aggregate, annotation_result, krippendorff_alpha, pull, status
 from curation.workspace import Workspace
 from tests.fixtures.labelstudio import seeded_home
@@ -139,7 +139,7 @@ def test_push_serves_images_and_does_not_duplicate(
 
     again = push(ws)
     assert (again.pushed, again.already) == (0, 5)
-    assert len(existing_candidates(connect(ws), report.project_id)) == 5
+    assert len(connect(ws).task_keys(report.project_id, ds.CANDIDATE_ID)) == 5
     assert len(tasks_by_candidate(ws)) == 5
 
 
@@ -437,7 +437,7 @@ def test_push_follows_a_capped_page_size_and_serve_says_the_port_moved(
             ids = build_candidates(ws, 10)
             first = push(ws)
             assert first.pushed == 10
-            assert existing_candidates(connect(ws), first.project_id) == set(ids)
+            assert connect(ws).task_keys(first.project_id, ds.CANDIDATE_ID) == set(ids)
             again = push(ws)
             assert (again.pushed, again.already) == (0, 10)
             project_tasks = connect(ws).client.tasks.list(project=first.project_id, fields="task_only")
