@@ -171,25 +171,11 @@ def test_model_backend_loads_a_saved_model_by_path(
 ) -> None:
     """A folder written by save_pretrained goes through the same from_pretrained code as a hub id."""
     import torch
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    from tests.fixtures.tiny_pipelines import save_segformer, tiny_segformer
 
     torch.manual_seed(1)  # random weights; this seed's mask of the cat is usable (ingest refuses empty/whole-frame)
-    folder = tmp_path / "tiny-segformer"
-    config = SegformerConfig(
-        num_encoder_blocks=2,
-        depths=[1, 1],
-        sr_ratios=[2, 1],
-        hidden_sizes=[8, 16],
-        num_attention_heads=[1, 1],
-        decoder_hidden_size=16,
-        id2label={0: "background", 1: "cat"},
-        label2id={"background": 0, "cat": 1},
-        patch_sizes=[7, 3],
-        strides=[4, 2],
-        mlp_ratios=[2, 2],
-    )
-    SegformerForSemanticSegmentation(config).save_pretrained(folder)
-    SegformerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
+    folder = save_segformer(tiny_segformer(["background", "cat"]), tmp_path / "tiny-segformer")
 
     segmenter = load_segmenter(f"semantic:{folder}")
     alpha = segmenter(sample_photo("chelsea", 96), "cat")

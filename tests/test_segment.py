@@ -43,31 +43,16 @@ def _iou(alpha: np.ndarray, truth: np.ndarray) -> float:
 def tiny_segformer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-block SegFormer with ADE20K-like labels whose head says 'animal' everywhere, 'sky' nowhere."""
     import torch
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    from tests.fixtures.tiny_pipelines import save_segformer, tiny_segformer
 
     torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("segformer")
-    config = SegformerConfig(
-        num_encoder_blocks=2,
-        depths=[1, 1],
-        sr_ratios=[2, 1],
-        hidden_sizes=[8, 16],
-        num_attention_heads=[1, 1],
-        decoder_hidden_size=16,
-        patch_sizes=[7, 3],
-        strides=[4, 2],
-        mlp_ratios=[2, 2],
-        id2label=dict(enumerate(ADE_LIKE)),
-        label2id={name: i for i, name in enumerate(ADE_LIKE)},
-    )
-    model = SegformerForSemanticSegmentation(config)
+    model = tiny_segformer(ADE_LIKE)
     with torch.no_grad():
         model.decode_head.classifier.weight.zero_()
         model.decode_head.classifier.bias.fill_(-10.0)
         model.decode_head.classifier.bias[ADE_LIKE.index("animal")] = 10.0
-    model.save_pretrained(folder)
-    SegformerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
-    return folder
+    return save_segformer(model, tmp_path_factory.mktemp("segformer"))
 
 
 def test_label_matching_uses_names_then_synonyms() -> None:
