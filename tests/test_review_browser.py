@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,17 @@ FLAGS = [
 ]
 
 
+def logged_in_page(browser: Any, server: ServerInfo, width: int, height: int) -> Any:
+    """A page of the given window size, logged in as the server's admin."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.goto(f"{server.url}/user/login/")
+    page.fill("input[name=email]", server.email)
+    page.fill("input[name=password]", server.password)
+    page.keyboard.press("Enter")
+    page.wait_for_url(lambda url: "/user/login" not in url, timeout=60_000)
+    return page
+
+
 @pytest.mark.timeout(300)
 def test_keyboard_review_in_the_browser_reaches_fiftyone(
     labelstudio_workspace: Callable[..., Workspace], labelstudio: ServerInfo
@@ -38,12 +50,7 @@ def test_keyboard_review_in_the_browser_reaches_fiftyone(
     project_id = push(ws, order="view").project_id
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(f"{labelstudio.url}/user/login/")
-        page.fill("input[name=email]", labelstudio.email)
-        page.fill("input[name=password]", labelstudio.password)
-        page.keyboard.press("Enter")
-        page.wait_for_url(lambda url: "/user/login" not in url, timeout=60_000)
+        page = logged_in_page(browser, labelstudio, 1280, 900)
         page.goto(f"{labelstudio.url}/projects/{project_id}/data?labeling=1")
         submit = page.get_by_test_id("bottombar-submit-button")
         expect(submit).to_be_visible(timeout=90_000)

@@ -16,7 +16,7 @@ from curation.records import Concept
 from curation.review import push
 from curation.review_pull import pull
 from curation.workspace import Workspace
-from tests.test_review_browser import CHROMIUM, FLAGS
+from tests.test_review_browser import CHROMIUM, FLAGS, logged_in_page
 
 CONCEPTS = ("cat", "mug", "lamp", "plant", "shoe")
 REASONS = ("missing concept", "identity changed", "artifacts", "bad layout", "wrong caption")
@@ -78,12 +78,7 @@ def open_labeling(browser: Any, server: ServerInfo, project_id: int, width: int,
     """A logged-in page on the project's labeling stream, the candidate and references loaded."""
     from playwright.sync_api import expect
 
-    page = browser.new_page(viewport={"width": width, "height": height})
-    page.goto(f"{server.url}/user/login/")
-    page.fill("input[name=email]", server.email)
-    page.fill("input[name=password]", server.password)
-    page.keyboard.press("Enter")
-    page.wait_for_url(lambda url: "/user/login" not in url, timeout=60_000)
+    page = logged_in_page(browser, server, width, height)
     page.goto(f"{server.url}/projects/{project_id}/data?labeling=1")
     expect(page.get_by_test_id("bottombar-submit-button")).to_be_visible(timeout=90_000)
     page.wait_for_function(
@@ -111,12 +106,7 @@ def assert_in_view(page: Any, named: dict[str, Any], width: int, height: int) ->
 
 def assert_data_manager_lists_thumbnails(browser: Any, server: ServerInfo, project_id: int) -> None:
     """The task list shows 128 px thumbnails, never a full candidate, and no HTML source as text."""
-    page = browser.new_page(viewport={"width": 1280, "height": 800})
-    page.goto(f"{server.url}/user/login/")
-    page.fill("input[name=email]", server.email)
-    page.fill("input[name=password]", server.password)
-    page.keyboard.press("Enter")
-    page.wait_for_url(lambda url: "/user/login" not in url, timeout=60_000)
+    page = logged_in_page(browser, server, 1280, 800)
     page.goto(f"{server.url}/projects/{project_id}/data")
     page.wait_for_function(
         "() => Array.from(document.images).filter(i => i.src.includes('thumbs/')).length >= 2"

@@ -12,7 +12,7 @@ from curation.labelstudio_server import ServerInfo
 from curation.review import connect
 from curation.study import TASK_KEY, create, pull, study_dir
 from curation.workspace import Workspace
-from tests.test_review_browser import CHROMIUM, FLAGS
+from tests.test_review_browser import CHROMIUM, FLAGS, logged_in_page
 from tests.test_study import CONFIGS, add_concepts, write_evaluation
 
 
@@ -33,13 +33,8 @@ def test_study_page_is_blind_shuffled_and_keyboard_scored(
     typed = {"alignment": [7, 3, 10], "fidelity": [2, 9, 5]}  # per slot, as the rater sees them
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = logged_in_page(browser, labelstudio, 1400, 1000)
         try:
-            page.goto(f"{labelstudio.url}/user/login/")
-            page.fill("input[name=email]", labelstudio.email)
-            page.fill("input[name=password]", labelstudio.password)
-            page.keyboard.press("Enter")
-            page.wait_for_url(lambda url: "/user/login" not in url, timeout=60_000)
             page.goto(f"{labelstudio.url}/projects/{report.project_id}/data?task={task.id}")
             first = page.locator("input[name=alignment_1]")
             expect(first).to_be_visible(timeout=90_000)
