@@ -115,6 +115,12 @@ class GenerateConfig(_Section):
     recaption: str = Field("template", description="'template' (offline) or a VLM id")
     shard_size: int = 200
     workers: int = 1
+    gpu_per_worker: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Ray: GPUs per actor (0.5: two share one); empty: 1/ceil(workers/GPUs) if a model is used",
+    )
     seeds_per_plan: int = 1
     # diffusion repaint (used when `repaint` names a pipeline); defaults are Gen4Gen's s3 script's
     guidance_scale: float = 6.0

@@ -5,6 +5,7 @@ Kept out of the stages (repaint, recaption, MSP) so none of them imports another
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -25,3 +26,28 @@ def resolve_device(device: str, dtype: str) -> tuple[str, Any]:
     if dtype == "auto":
         dtype = "float16" if device.startswith("cuda") else "float32"
     return device, getattr(torch, dtype)
+
+
+def visible_cuda_devices() -> list[str]:
+    """The CUDA devices this process may use ('cuda:0', ...), as `CUDA_VISIBLE_DEVICES` numbers them.
+
+    Counting does not create a CUDA context, so a driver can ask before it spawns its workers.
+    """
+    import torch
+
+    return [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+
+
+def worker_devices(device: str, workers: int, visible: Sequence[str]) -> list[str]:
+    """The device each of `workers` local worker processes loads its models on.
+
+    'auto' or a bare 'cuda' spreads the workers round-robin over the visible GPUs (two workers on one
+    GPU when there are more workers than GPUs), so four workers on two GPUs are not four copies of the
+    model on `cuda:0`; 'auto' without a GPU is the CPU. A named device ('cuda:1', 'cpu') is every
+    worker's: the user pinned it.
+    """
+    if device in ("auto", "", "cuda") and visible:
+        return [visible[index % len(visible)] for index in range(workers)]
+    if device in ("auto", ""):
+        return ["cpu"] * workers
+    return [device] * workers

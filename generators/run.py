@@ -12,11 +12,17 @@ are removed, and failed ones are retried. Stale candidates (of plans no longer i
 made under another generator config) are moved to candidates/_stale/, never deleted: with a
 diffusion repaint they cost GPU hours.
 A candidate that fails is written as a JSON record with status "failed" and counted by reason.
+
+Models (diffusion repaint, MSP, a VLM captioner) are loaded once per worker and never by the driver
+when workers do the work: a second copy of SDXL in the driver costs ~7 GB of GPU memory for nothing.
+Local workers are spread round-robin over the visible GPUs (`curation.devices.worker_devices`); Ray
+actors ask for a fraction of a GPU (`ray_gpus_per_worker`), so more workers than GPUs share them.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import multiprocessing
 import os
 import shutil
@@ -25,13 +31,13 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from curation.config import GenerateConfig
-from curation.devices import resolve_device
+from curation.devices import resolve_device, visible_cuda_devices, worker_devices
 from curation.errors import CurateError
 from curation.paste_record import PASTE_SILHOUETTES, PASTE_THUMBS, encode_silhouettes, paste_thumbnails
 from curation.progress import ProgressFn, no_progress
@@ -46,8 +52,16 @@ from curation.workspace import (
     read_record,
 )
 from generators.compose import compose, pick_reference, procedural_background
-from generators.recaption import Captioner, caption_settings, load_captioner, template_caption
+from generators.recaption import (
+    OPENAI_PREFIX,
+    TEMPLATE,
+    Captioner,
+    caption_settings,
+    load_captioner,
+    template_caption,
+)
 from generators.repaint import (
+    CLASSICAL,
     Repainter,
     RepaintJob,
     load_repainter,
@@ -143,6 +157,48 @@ def generator_config(config: GenerateConfig) -> dict[str, object]:
     }
 
 
+def loads_model(config: GenerateConfig) -> bool:
+    """Whether a worker loads a torch model (diffusion repaint, MSP, a local VLM) and so wants a GPU."""
+    local_vlm = config.recaption != TEMPLATE and not config.recaption.startswith(OPENAI_PREFIX)
+    return config.generator == "msp" or config.repaint != CLASSICAL or local_vlm
+
+
+def batch_size(config: GenerateConfig) -> int:
+    """Candidates per repaint or MSP call; the classical repaint takes one at a time."""
+    return config.batch_size if config.generator == "msp" or config.repaint != CLASSICAL else 1
+
+
+def check_settings(config: GenerateConfig) -> None:
+    """Settings errors found without loading anything, in the driver, before any worker starts."""
+    if config.generator == "msp" and config.msp.controlnet:
+        raise CurateError(
+            "generate.msp.controlnet needs one control image per plan, which `curate generate` "
+            "does not make; leave it empty here and call generators.msp.MSPGenerator directly"
+        )
+
+
+def ray_gpus_per_worker(config: GenerateConfig, workers: int, cluster_gpus: float) -> float:
+    """The GPUs each Ray actor asks for: none unless it loads a model.
+
+    `gpu_per_worker` when set; else 1/k of a GPU with k = ceil(workers / GPUs), so every actor is placed
+    and Ray packs k of them on each GPU (a fraction such as 2/3 would leave the third of three actors
+    on two GPUs waiting forever: Ray places a fractional request on one GPU, never across two).
+
+    Raises:
+        CurateError: the requests cannot all be placed on the cluster's GPUs (the run would hang).
+    """
+    if not loads_model(config) or (config.gpu_per_worker is None and cluster_gpus < 1):
+        return 0.0
+    share = config.gpu_per_worker or 1 / math.ceil(workers / math.floor(cluster_gpus))
+    fits = math.floor(1 / share + 1e-9) * math.floor(cluster_gpus)
+    if workers > fits:
+        raise CurateError(
+            f"{workers} Ray workers asking for {share:g} GPU each do not fit on the cluster's "
+            f"{cluster_gpus:g} GPUs; lower --workers or generate.gpu_per_worker"
+        )
+    return share
+
+
 def generate_config(ws: Workspace, generator: str | None = None) -> GenerateConfig:
     """The workspace's [generate] section, with the generator overridden when one is named."""
     config = ws.config.generate
@@ -209,20 +265,18 @@ class _Generator:
     scaffold and segments by its pasted silhouettes, so one plan gives comparable candidates.
     """
 
-    def __init__(self, root: Path, generator: str | None = None):
+    def __init__(self, root: Path, generator: str | None = None, device: str | None = None):
         self.ws = Workspace(root)
         self.config = generate_config(self.ws, generator)
+        if device is not None:  # this worker's GPU, in place of the configured 'auto' or 'cuda'
+            self.config = self.config.model_copy(update={"device": device})
+        check_settings(self.config)
         self.concepts: dict[str, Concept] = self.ws.concepts()
         self.repainter: Repainter | None = None
         self.msp: MSPGenerator | None = None
         if self.config.generator == "msp":
             from generators.msp import MSPGenerator
 
-            if self.config.msp.controlnet:
-                raise CurateError(
-                    "generate.msp.controlnet needs one control image per plan, which `curate generate` "
-                    "does not make; leave it empty here and call generators.msp.MSPGenerator directly"
-                )
             device, _ = resolve_device(self.config.device, "auto")
             # every planned subject needs a class in M_SAL: checked once here, before any image
             subjects = sorted({c for plan in self.ws.plans() for c in plan.concepts})
@@ -231,11 +285,6 @@ class _Generator:
             self.repainter = load_repainter(self.config.repaint, self.config)
         self.captioner: Captioner = load_captioner(self.config.recaption, self.config)
         self.gen_config = generator_config(self.config)
-
-    @property
-    def batch_size(self) -> int:
-        """Candidates per diffusion call."""
-        return self.repainter.batch_size if self.repainter is not None else self.config.batch_size
 
     def _paths(self, item: WorkItem) -> tuple[Path, Path]:
         folder = self.ws.shard_dir(item.shard)
@@ -255,7 +304,7 @@ class _Generator:
                 ready.append((item, *self._prepare(item, record)))
             except Exception as exc:  # noqa: BLE001 - a failed candidate is data: recorded, counted, retried
                 reasons[item.candidate_id] = self._fail(item, record, exc)
-        for batch in _batches(ready, self.batch_size):
+        for batch in _batches(ready, batch_size(self.config)):
             try:
                 painted = self._paint(batch)
             except Exception as exc:  # noqa: BLE001
@@ -385,17 +434,24 @@ class _Generator:
         atomic_write_text(meta, record.model_dump_json(indent=2))
 
 
-_WORKER: _Generator | None = None
+_WORKER: _Generator | Exception | None = None
+"""This worker process's generator, or why it could not be loaded (raised with every chunk)."""
 
 
-def _init_worker(root: Path, generator: str | None = None) -> None:
+def _init_worker(root: Path, generator: str | None = None, devices: Any = None) -> None:
+    """Load this worker's models once; `devices` (a queue) hands each pool worker its own device."""
     global _WORKER
     cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
-    _WORKER = _Generator(root, generator)
+    try:
+        _WORKER = _Generator(root, generator, devices.get() if devices is not None else None)
+    except Exception as exc:  # noqa: BLE001 - a failing pool initializer only reports a broken pool
+        _WORKER = exc
 
 
 def _run_chunk(items: list[WorkItem], generator: _Generator | None = None) -> list[tuple[str, str | None]]:
     generator = generator or _WORKER
+    if isinstance(generator, Exception):
+        raise generator
     assert generator is not None, "worker used before _init_worker"
     return list(zip([item.shard for item in items], generator.run(items), strict=True))
 
@@ -481,18 +537,30 @@ Results = list[tuple[str, str | None]]
 
 
 def _process_batches(
-    root: Path, chunks: list[list[WorkItem]], workers: int, generator: str | None
+    root: Path, chunks: list[list[WorkItem]], config: GenerateConfig, workers: int, generator: str | None
 ) -> Iterator[Results]:
-    """Local worker processes (spawned, so no state leaks from the caller); one model load each."""
+    """Local worker processes (spawned, so no state leaks from the caller); one model load each.
+
+    A worker that loads a model takes its own device from a queue (round-robin over the visible GPUs).
+    """
     context = multiprocessing.get_context("spawn")
+    devices = None
+    if loads_model(config):
+        devices = context.Queue()
+        for device in worker_devices(config.device, workers, visible_cuda_devices()):
+            devices.put(device)
     with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=(root, generator)
+        workers, mp_context=context, initializer=_init_worker, initargs=(root, generator, devices)
     ) as pool:
         futures: set[Future] = {pool.submit(_run_chunk, chunk) for chunk in chunks}
-        while futures:
-            finished, futures = wait(futures, return_when=FIRST_COMPLETED)
-            for future in finished:
-                yield future.result()
+        try:
+            while futures:
+                finished, futures = wait(futures, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    yield future.result()
+        finally:  # after an error, chunks not yet started are dropped instead of run for nothing
+            for future in futures:
+                future.cancel()
 
 
 class _RayWorker:
@@ -505,13 +573,19 @@ class _RayWorker:
         return _run_chunk(items)
 
 
+def ray_actor_class(config: GenerateConfig, workers: int, cluster_gpus: float) -> Any:
+    """The Ray actor class of a generate worker, with its CPU and (fractional) GPU request."""
+    import ray
+
+    return ray.remote(num_cpus=1, num_gpus=ray_gpus_per_worker(config, workers, cluster_gpus))(_RayWorker)
+
+
 def _ray_batches(
-    root: Path, chunks: list[list[WorkItem]], workers: int, generator: str | None
+    root: Path, chunks: list[list[WorkItem]], config: GenerateConfig, workers: int, generator: str | None
 ) -> Iterator[Results]:
     """Ray actors, one per worker; `RAY_ADDRESS` (or `ray start`) picks a cluster, else a local one.
 
-    A worker gets a GPU when the cluster has one for every worker, so diffusion repaint scales
-    across GPUs without code changes; the classical path needs none.
+    Ray pins each GPU-requesting actor to its GPU (`CUDA_VISIBLE_DEVICES`), so 'auto' finds it.
     """
     import ray
     from ray.util import ActorPool
@@ -519,10 +593,14 @@ def _ray_batches(
     from curation.ray_cluster import connect_ray
 
     connect_ray()
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= workers else 0
-    actor = ray.remote(num_cpus=1, num_gpus=gpus)(_RayWorker)
+    actor = ray_actor_class(config, workers, ray.cluster_resources().get("GPU", 0))
     pool = ActorPool([actor.remote(str(root), generator) for _ in range(workers)])
-    yield from pool.map_unordered(lambda a, chunk: a.run_chunk.remote(chunk), chunks)
+    try:
+        yield from pool.map_unordered(lambda a, chunk: a.run_chunk.remote(chunk), chunks)
+    except ray.exceptions.RayTaskError as exc:  # a worker that could not load its model says why
+        if isinstance(exc.cause, CurateError):
+            raise CurateError(str(exc.cause)) from None
+        raise
 
 
 EXECUTORS = ("local", "ray")
@@ -556,7 +634,9 @@ def generate(
     items = plan_work(ws, generator)
     if not items:
         raise CurateError(f"no layout plans in {ws.plans_path}; run `curate plan` first")
-    local = _Generator(ws.root, generator)  # validates the config here, with a clear error, before any worker starts
+    check_settings(config)
+    # in-process runs load here, first, so a model that cannot load is one clear error before any file
+    local = _Generator(ws.root, generator) if workers == 1 and executor == "local" else None
     report = GenerateReport(total=len(items))
     shards: dict[str, list[WorkItem]] = {}
     for item in items:
@@ -571,14 +651,16 @@ def generate(
         if not work and not ws.shard_done(shard):  # everything was on disk, only the marker was missing
             _close_shard(ws, shard, shards[shard], 0)
 
-    size = max(_CHUNK, local.batch_size)  # a chunk fills at least one repaint batch
+    size = max(_CHUNK, batch_size(config))  # a chunk fills at least one repaint batch
     chunks = [work[i : i + size] for work in todo.values() for i in range(0, len(work), size)]
     if executor == "ray" and chunks:
-        batches = _ray_batches(ws.root, chunks, workers, generator)
+        batches = _ray_batches(ws.root, chunks, config, workers, generator)
     elif workers == 1 or len(chunks) <= 1:
+        if chunks and local is None:
+            local = _Generator(ws.root, generator)
         batches = (_run_chunk(chunk, local) for chunk in chunks)
     else:
-        batches = _process_batches(ws.root, chunks, workers, generator)
+        batches = _process_batches(ws.root, chunks, config, workers, generator)
     for results in batches:
         for shard, reason in results:
             pending[shard] -= 1

@@ -15,11 +15,29 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from curation.config import dump_config
+from curation.config import GenerateConfig, dump_config
+from curation.devices import worker_devices
 from curation.errors import CurateError
 from curation.workspace import Workspace, atomic_write_text
 from generators.layout import plan_layouts
-from generators.run import generate, plan_work
+from generators.run import generate, plan_work, ray_actor_class, ray_gpus_per_worker
+from tests.fixtures.tiny_pipelines import build_tiny_sdxl_inpaint
+
+REPO = Path(__file__).resolve().parents[1]
+LOAD_WATCH = """
+import os, sys
+
+def _record_unet_loads(event, args):
+    # every from_pretrained of the pipeline reads its unet/config.json once, with Python's open()
+    if event == "open" and isinstance(args[0], (str, os.PathLike)) and os.fspath(args[0]) == os.environ["WATCH"]:
+        with open(os.environ["LOAD_LOG"], "a") as log:
+            log.write(f"{os.getpid()}\\n")
+
+if os.environ.get("WATCH"):
+    sys.addaudithook(_record_unet_loads)
+"""
+"""A `sitecustomize` for the processes of one test: each appends its pid when it loads the watched
+pipeline, observed through Python's audit hooks while the real loading code runs."""
 
 
 def _files(ws: Workspace) -> dict[str, str]:
@@ -179,7 +197,9 @@ def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(concept_ws: Wor
             image.load()
 
 
-def test_ray_executor_makes_the_same_candidates(concept_ws: Workspace, tmp_path: Path, ray_session: None) -> None:
+def test_ray_executor_makes_the_same_candidates(
+    concept_ws: Workspace, tmp_path: Path, ray_session: None
+) -> None:
     plan_layouts(concept_ws, 10)
     other = Workspace.open(Path(shutil.copytree(concept_ws.root, tmp_path / "other")))
     generate(concept_ws, workers=1)
@@ -198,3 +218,59 @@ def test_unknown_backends_and_executors_are_clear_errors(concept_ws: Workspace) 
     with pytest.raises(CurateError, match="needs the diffusion repaint"):
         generate(concept_ws)
     assert not concept_ws.candidates_dir.exists()
+
+
+def test_workers_load_the_model_once_each_and_the_driver_never(concept_ws: Workspace, tmp_path: Path) -> None:
+    # stands in for diffusers/stable-diffusion-xl-1.0-inpainting-0.1: same classes, random weights
+    pipeline = build_tiny_sdxl_inpaint(tmp_path / "models")
+    _set_generate(concept_ws, repaint=str(pipeline), steps=2, batch_size=4)
+    plan_layouts(concept_ws, 10)  # chunks of 8: two, one per worker
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(LOAD_WATCH)
+    log = tmp_path / "loads.log"
+    env = os.environ | {
+        "PYTHONPATH": f"{hook}:{REPO}",
+        "WATCH": str(pipeline / "unet" / "config.json"),
+        "LOAD_LOG": str(log),
+    }
+    command = [sys.executable, "-c", "from curation.cli import main; main()", "generate", "--workers", "2"]
+    driver = subprocess.Popen(
+        [*command, "-w", str(concept_ws.root)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output, _ = driver.communicate(timeout=600)
+    assert driver.returncode == 0, output
+    assert "generated 10" in output, output
+    pids = log.read_text().split()
+    assert len(pids) == 2 and len(set(pids)) == 2, f"one load per worker, got {pids}"
+    assert str(driver.pid) not in pids, "the driver loaded the pipeline it never runs"
+    assert all(c.extra["repaint"]["device"] == "cpu" for c in concept_ws.candidates())
+
+
+def test_local_workers_go_round_robin_over_the_visible_gpus() -> None:
+    two = ["cuda:0", "cuda:1"]
+    assert worker_devices("auto", 3, two) == ["cuda:0", "cuda:1", "cuda:0"]
+    assert worker_devices("cuda", 4, two) == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert worker_devices("cuda:1", 2, two) == ["cuda:1", "cuda:1"], "a named device is kept"
+    assert worker_devices("auto", 2, []) == ["cpu", "cpu"]
+    assert worker_devices("cpu", 2, two) == ["cpu", "cpu"]
+
+
+def test_ray_actors_ask_for_a_share_of_a_gpu_when_workers_outnumber_gpus() -> None:
+    diffusion = GenerateConfig(repaint="diffusers/stable-diffusion-xl-1.0-inpainting-0.1")
+    assert ray_actor_class(diffusion, 4, 2.0)._default_options["num_gpus"] == 0.5
+    assert ray_actor_class(diffusion, 2, 2.0)._default_options["num_gpus"] == 1
+    assert ray_gpus_per_worker(diffusion, 3, 2.0) == 0.5, "2/3 of a GPU would leave the third actor unplaced"
+    assert ray_gpus_per_worker(diffusion, 3, 0.0) == 0, "no GPU in the cluster: CPU actors"
+    msp = GenerateConfig(generator="msp", gpu_per_worker=0.25)
+    assert ray_actor_class(msp, 4, 1.0)._default_options["num_gpus"] == 0.25
+    vlm = GenerateConfig(recaption="llava-hf/llava-1.5-7b-hf")
+    assert ray_gpus_per_worker(vlm, 8, 8.0) == 1
+    assert ray_gpus_per_worker(GenerateConfig(), 4, 2.0) == 0, "the classical path needs no GPU"
+    assert ray_gpus_per_worker(GenerateConfig(recaption="openai:gpt-4o-mini"), 4, 2.0) == 0
+    with pytest.raises(CurateError, match="do not fit on the cluster's 2 GPUs"):
+        ray_gpus_per_worker(diffusion.model_copy(update={"gpu_per_worker": 1.0}), 3, 2.0)
