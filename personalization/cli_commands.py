@@ -49,10 +49,14 @@ def train_command(
     ] = False,
     seed: Annotated[int, typer.Option()] = 0,
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on CPU even when a GPU is present.")] = False,
-    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the newest checkpoint.")] = True,
+    resume: Annotated[
+        bool, typer.Option("--resume/--no-resume", help="Continue from the newest checkpoint.")
+    ] = True,
     prior_preservation: Annotated[
         bool,
-        typer.Option("--prior-preservation", help="Also denoise the export's class_images/ (CD's regularisation)."),
+        typer.Option(
+            "--prior-preservation", help="Also denoise the export's class_images/ (CD's regularisation)."
+        ),
     ] = False,
     prior_loss_weight: Annotated[float, typer.Option(help="Weight of the class images' loss.")] = 1.0,
 ) -> None:
@@ -112,9 +116,6 @@ def _configurations(runs: list[str]) -> dict[str, str]:
 
 def evaluate_command(
     export: Annotated[Path, typer.Argument(help="The export the runs were trained on.")],
-    run: Annotated[
-        list[str], typer.Option(help="LABEL=PATH of a `curate train` folder or pipeline id; repeat per row.")
-    ],
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Folder for images, table.md, results.json, plot.png.")
     ],
@@ -139,15 +140,46 @@ def evaluate_command(
     ] = "clipscore",
     device: Annotated[str, typer.Option(help="cuda / cpu; empty = GPU when present.")] = "",
     subject_segmenter: Annotated[
-        str, typer.Option(help="A `curate train-segmenter` folder: adds SAS (MSP); empty = no SAS.")
+        str,
+        typer.Option(
+            help="A `curate train-segmenter` folder: adds SAS, and guides the SAL rows; empty = no SAS."
+        ),
     ] = "",
+    run: Annotated[
+        list[str] | None,
+        typer.Option(help="LABEL=PATH of a `curate train` folder or pipeline id; repeat per row."),
+    ] = None,
+    msp: Annotated[
+        str,
+        typer.Option(help="`curate train` folder or pipeline id the MSP rows run on; empty = no MSP rows."),
+    ] = "",
+    msp_configs: Annotated[
+        str,
+        typer.Option(help="MSP rows, comma-separated: msp, msp-noscaffold, msp-sal, msp-noscaffold-sal."),
+    ] = "msp,msp-noscaffold",
+    kappa: Annotated[
+        float, typer.Option(help="MSP rows: fraction of the steps run that are composition.")
+    ] = 0.1,
+    sal_scale: Annotated[float, typer.Option(help="MSP SAL rows: weight of the SAL gradient.")] = 1.0,
+    sal_steps: Annotated[int, typer.Option(help="MSP SAL rows: guided steps, from the first one.")] = 10,
 ) -> None:
     """Generate held-out compositions per configuration and score CP-CLIP, TI-CLIP, CLIP-I/T, DINO, D&C, SAS."""
     from curation.progress import progress_bar
-    from personalization.evaluate import EvalSettings, evaluate
+    from personalization.evaluate import EvalSettings, MSPConfiguration, evaluate, msp_configurations
 
     if ref_reduce not in ("mean", "max") or clip_t not in ("clipscore", "cosine"):
         raise CurateError("--ref-reduce takes mean|max and --clip-t takes clipscore|cosine")
+    if not 0.0 <= kappa <= 1.0 or sal_scale < 0 or sal_steps < 0:
+        raise CurateError("--kappa takes 0..1, --sal-scale and --sal-steps at least 0")
+    configurations: dict[str, str | Path | MSPConfiguration] = dict(_configurations(run or []))
+    if msp:
+        names = [name.strip() for name in msp_configs.split(",") if name.strip()]
+        for label, config in msp_configurations(msp, names).items():
+            if label in configurations:
+                raise CurateError(f"configuration label {label!r} given twice")
+            configurations[label] = config
+    if not configurations:
+        raise CurateError("nothing to evaluate: give --run LABEL=PATH and/or --msp PATH")
     settings = EvalSettings(
         clip_model=clip_model,
         clip_pretrained=clip_pretrained,
@@ -163,10 +195,18 @@ def evaluate_command(
         ref_reduce=ref_reduce,
         clip_t_convention=clip_t,  # type: ignore[arg-type]
         subject_segmenter=subject_segmenter,
+        kappa=kappa,
+        sal_scale=sal_scale,
+        sal_steps=sal_steps,
     )
     with progress_bar() as progress:
         report = evaluate(
-            _configurations(run), export, output, settings, device=device or None, progress=progress
+            configurations,
+            export,
+            output,
+            settings,
+            device=device or None,
+            progress=progress,
         )
     typer.echo(Path(report.table_path).read_text())
     typer.echo(

@@ -25,6 +25,13 @@ Choices the papers leave open, all parameters of `evaluate`:
   paste record); an empty region scores 0. References are the export's refs isolated by their masks.
   Without a segmenter the SAS cells read "–".
 - The MSP paper's Table 1 is printed too: CLIP-I, CLIP-T and SAS for 1, 2, 3 and more than 3 subjects.
+- MSP rows (`MSPConfiguration`) run `generators.msp.MSPGenerator` on a pipeline instead of a plain
+  text-to-image call: each held-out prompt gets a rules-planner layout on the pipeline's canvas, and
+  the export's references pasted by it on a procedural background are the scaffold and the segments
+  (`personalization.heldout_layouts`), exactly as `curate generate --generator msp` makes a
+  candidate. The rows differ only by scaffold on/off and SAL on/off; they share layouts and seeds,
+  and SAL uses the same M_SAL as SAS (`subject_segmenter`), as the paper does. Their prompts are
+  MSP's own (a local prompt per segment, a global one), not the training strategy's.
 
 Numbers computed with random CLIP weights are labelled `weights: random` in every output: they show
 the pipeline runs, not how good a model is.
@@ -40,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from curation.config import MSPSettings
 from curation.errors import CurateError
 from curation.progress import ProgressFn, no_progress
 from curation.workspace import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -62,6 +70,38 @@ MSP_BUCKET_TITLES = {b: f"n={b}" for b in M.MSP_BUCKETS}
 MSP_METRICS = ("clip_i", "clip_t", "sas")
 
 
+@dataclass(frozen=True)
+class MSPConfiguration:
+    """A row made by the MSP loop on `model` (a `curate train` folder, pipeline folder or hub id)."""
+
+    model: str
+    scaffold: bool = True
+    sal: bool = False
+
+    def __str__(self) -> str:
+        return f"msp (scaffold {'on' if self.scaffold else 'off'}, SAL {'on' if self.sal else 'off'}): {self.model}"
+
+
+MSP_VARIANTS: dict[str, tuple[str, bool, bool]] = {
+    "msp": ("MSP", True, False),
+    "msp-noscaffold": ("MSP without scaffold", False, False),
+    "msp-sal": ("MSP + SAL", True, True),
+    "msp-noscaffold-sal": ("MSP without scaffold + SAL", False, True),
+}
+"""Name -> (row label, scaffold, SAL): the MSP paper's ablation rows."""
+
+
+def msp_configurations(model: str, names: list[str]) -> dict[str, MSPConfiguration]:
+    """Row label -> MSP configuration on `model` for each named variant of MSP_VARIANTS."""
+    unknown = [name for name in names if name not in MSP_VARIANTS]
+    if unknown:
+        raise CurateError(f"unknown MSP configuration {unknown[0]!r}: use {', '.join(MSP_VARIANTS)}")
+    return {
+        MSP_VARIANTS[name][0]: MSPConfiguration(model, MSP_VARIANTS[name][1], MSP_VARIANTS[name][2])
+        for name in dict.fromkeys(names)
+    }
+
+
 @dataclass
 class EvalSettings:
     """Everything that changes a number; saved beside the results."""
@@ -82,6 +122,11 @@ class EvalSettings:
     ref_reduce: M.RefReduce = "mean"
     clip_t_convention: M.ClipTConvention = "clipscore"
     subject_segmenter: str = ""
+    # MSP rows only (steps and guidance above apply to them too)
+    kappa: float = MSPSettings().kappa
+    scaffold_strength: float = MSPSettings().scaffold_strength
+    sal_scale: float = MSPSettings().sal_scale
+    sal_steps: int = MSPSettings().sal_steps
 
 
 @dataclass
@@ -125,6 +170,35 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _row(label: str, path: Path, out_dir: Path, prompt: EvalPrompt, text: str) -> dict:
+    """An image's row before scoring: what made it and its concept-count buckets."""
+    return {
+        "configuration": label,
+        "image": path.relative_to(out_dir).as_posix(),
+        "prompt": text,
+        "plain_text": prompt.plain_text,
+        "background": prompt.background,
+        "concepts": list(prompt.concepts),
+        "n_concepts": len(prompt.concepts),
+        "bucket": M.bucket(len(prompt.concepts)),
+        "msp_bucket": M.msp_bucket(len(prompt.concepts)),
+    }
+
+
+def _seed(settings: EvalSettings, p_index: int, k: int) -> int:
+    """Image k of prompt p: the same seed in every configuration, so rows differ by the model only."""
+    return settings.seed + 1000 * p_index + k
+
+
+def _release_memory() -> None:
+    """Return a dropped pipeline's memory before the next configuration loads its own."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _generate(
     label: str,
     source: str | Path,
@@ -146,7 +220,7 @@ def _generate(
     total = len(prompts) * settings.images_per_prompt
     for p_index, prompt in enumerate(prompts):
         for k in range(settings.images_per_prompt):
-            generator = torch.Generator().manual_seed(settings.seed + 1000 * p_index + k)
+            generator = torch.Generator().manual_seed(_seed(settings, p_index, k))
             image = pipe(
                 prompt.prompt,
                 num_inference_steps=settings.steps,
@@ -156,24 +230,71 @@ def _generate(
             ).images[0]
             path = out_dir / "images" / label / f"{p_index:04d}_{k}.png"
             _save_png(image, path)
-            rows.append(
-                {
-                    "configuration": label,
-                    "image": path.relative_to(out_dir).as_posix(),
-                    "prompt": prompt.prompt,
-                    "plain_text": prompt.plain_text,
-                    "background": prompt.background,
-                    "concepts": list(prompt.concepts),
-                    "n_concepts": len(prompt.concepts),
-                    "bucket": M.bucket(len(prompt.concepts)),
-                    "msp_bucket": M.msp_bucket(len(prompt.concepts)),
-                }
-            )
+            rows.append(_row(label, path, out_dir, prompt, prompt.prompt))
             progress(f"generate {label}", len(rows), total)
     del pipe
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    _release_memory()
+    return rows
+
+
+def _generate_msp(
+    label: str,
+    config: MSPConfiguration,
+    export: Export,
+    settings: EvalSettings,
+    out_dir: Path,
+    device: str | None,
+    progress: ProgressFn,
+    msal: Any = None,
+) -> list[dict]:
+    """Generate every held-out image of one MSP row: one MSP call per prompt, its images batched."""
+    from PIL import Image
+
+    from generators.msp import MSPGenerator, masks_from_layers
+    from personalization.heldout_layouts import concept_records, heldout_plans, paste_composition
+
+    pipe, _ = _load_pipeline(config.model, device)
+    size = settings.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    concepts = concept_records(export)
+    prompts = heldout_prompts(export, PromptStrategy(), settings.backgrounds, settings.prompts_per_set)
+    plans = heldout_plans(export, prompts, concepts, size, settings.seed)
+    if config.sal:
+        msal.model.to(pipe.device)
+    generator = MSPGenerator(pipe, model_id=config.model, sal=msal if config.sal else None)
+    msp = MSPSettings(
+        model=config.model,
+        scaffold=config.scaffold,
+        kappa=settings.kappa,
+        steps=settings.steps,
+        guidance_scale=settings.guidance,
+        scaffold_strength=settings.scaffold_strength,
+        sal_model=msal.source if config.sal else "",
+        sal_scale=settings.sal_scale,
+        sal_steps=settings.sal_steps,
+    )
+    rows = []
+    total = len(prompts) * settings.images_per_prompt
+    for p_index, (prompt, plan) in enumerate(zip(prompts, plans, strict=True)):
+        images = range(settings.images_per_prompt)
+        pasted = [paste_composition(export, plan, k, concepts) for k in images]
+        results = generator(
+            [plan] * len(pasted),
+            concepts,
+            [_seed(settings, p_index, k) for k in images],
+            settings=msp,
+            scaffolds=[Image.fromarray(c.image) for c in pasted] if config.scaffold else None,
+            masks=[masks_from_layers(c.layers, plan.width, plan.height) for c in pasted],
+        )
+        for k, result in zip(images, results, strict=True):
+            path = out_dir / "images" / label / f"{p_index:04d}_{k}.png"
+            _save_png(result.image, path)
+            rows.append(
+                _row(label, path, out_dir, prompt, result.provenance["global_prompt"])
+                | {"plan": plan.model_dump(mode="json"), "msp": result.provenance}
+            )
+            progress(f"generate {label}", len(rows), total)
+    del generator, pipe
+    _release_memory()
     return rows
 
 
@@ -262,23 +383,12 @@ def _load_sas(export: Export, settings: EvalSettings, device: str | None):
     """M_SAL and each concept's reference SAS embeddings (refs isolated by the export's masks)."""
     if not settings.subject_segmenter:
         return None, {}
+    from personalization.heldout_layouts import reference_masks
     from personalization.subject_segmenter import SubjectSegmenter, reference_embeddings
 
     msal = SubjectSegmenter.load(settings.subject_segmenter, device)
     msal.check_concepts(list(export.concepts), source=settings.subject_segmenter)
-    refs = {}
-    for cid, concept in export.concepts.items():
-        folder = export.root / "concepts" / cid
-        card = json.loads((folder / "concept.json").read_text()) if (folder / "concept.json").exists() else {}
-        # concept.json pairs refs and masks by position; without it, masks/ holds the ref's file name
-        paired = dict(zip((Path(r).name for r in card.get("refs", [])), card.get("masks", [])))
-        masks = [
-            export.root / paired[r.name] if r.name in paired else folder / "masks" / r.name
-            for r in concept.refs
-        ]
-        refs[cid] = reference_embeddings(
-            msal, [(ref, mask if mask.is_file() else None) for ref, mask in zip(concept.refs, masks)]
-        )
+    refs = {cid: reference_embeddings(msal, reference_masks(export, cid)) for cid in export.concepts}
     return msal, refs
 
 
@@ -393,7 +503,7 @@ def render_plot(aggregates: dict[str, dict], path: Path) -> None:
 
 
 def evaluate(
-    configurations: dict[str, str | Path],
+    configurations: dict[str, str | Path | MSPConfiguration],
     export_dir: Path,
     out_dir: Path,
     settings: EvalSettings | None = None,
@@ -404,7 +514,8 @@ def evaluate(
 
     Args:
         configurations: row label -> `curate train` output folder (its prompting strategy is read from
-            run.json) or a plain pipeline folder / hub id (a baseline row, plain prompts).
+            run.json) or a plain pipeline folder / hub id (a baseline row, plain prompts), or an
+            `MSPConfiguration` (a row made by the MSP loop; SAL needs `settings.subject_segmenter`).
         export_dir: the export the models were trained on (concept sets, tokens, references).
         out_dir: receives images/<label>/*.png, results.json (settings, weights, every row, aggregates),
             table.md and plot.png; files are replaced atomically, so a failed run keeps the old ones.
@@ -416,12 +527,22 @@ def evaluate(
     bad = [label for label in configurations if not label or "/" in label]
     if bad:
         raise CurateError(f"configuration labels must be non-empty and contain no '/': {bad[0]!r}")
+    msp_rows = {label: c for label, c in configurations.items() if isinstance(c, MSPConfiguration)}
+    if any(c.sal for c in msp_rows.values()) and not settings.subject_segmenter:
+        raise CurateError("MSP rows with SAL need a subject segmenter (M_SAL): pass --subject-segmenter")
     export = read_export(Path(export_dir))
     out_dir = Path(out_dir)
     msal, sas_refs = _load_sas(export, settings, device)  # a bad segmenter fails before any image
+    if msp_rows:
+        from personalization.heldout_layouts import concept_records
+
+        concept_records(export)  # an export MSP cannot paste fails before any image too
     rows: list[dict] = []
     for label, source in configurations.items():
-        rows += _generate(label, source, export, settings, out_dir, device, progress)
+        if isinstance(source, MSPConfiguration):
+            rows += _generate_msp(label, source, export, settings, out_dir, device, progress, msal)
+        else:
+            rows += _generate(label, source, export, settings, out_dir, device, progress)
     weights = _score(rows, export, settings, out_dir, device, progress, msal, sas_refs)
     aggregates = {
         label: M.aggregate([r for r in rows if r["configuration"] == label], METRICS)

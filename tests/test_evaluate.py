@@ -147,6 +147,91 @@ def test_train_then_evaluate_writes_the_gen4gen_table(cli, models, tmp_path):
     )
 
 
+def _msp_table(table: str) -> list[list[str]]:
+    """The cells of the MSP Table 1 rows in table.md (header and rule left out)."""
+    section = table.split("### MSP Table 1")[1].split("\n\n")[1]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()[2:]]
+
+
+# 12 images through the MSP loop and three scorers: ~4.5 min on a loaded 2-core machine
+@pytest.mark.timeout(600)
+def test_msp_rows_fill_table_1(cli, models, tmp_path):
+    """MSP with/without scaffold and with SAL as rows beside a baseline: same prompts, layouts, seeds."""
+    from PIL import Image
+
+    from personalization.data import read_export
+    from personalization.heldout_layouts import concept_records, heldout_plans
+    from personalization.prompts import PromptStrategy, heldout_prompts
+
+    export = build_tiny_export(tmp_path / "export")
+    for mask in export.glob("concepts/*/masks/*.png"):  # 8-bit alpha, as `curate export` writes them
+        alpha = np.zeros((64, 64), np.uint8)
+        alpha[8:56, 16:48] = 255
+        Image.fromarray(alpha).save(mask)
+    msal = _tiny_segmenter(tmp_path / "msal", sorted(p.name for p in (export / "concepts").iterdir()))
+    out = tmp_path / "eval"
+    result = _invoke(
+        cli,
+        ["evaluate", str(export), "-o", str(out), "--run", f"SD={models['sd']}", "--msp", models["sd"]]
+        + ["--msp-configs", "msp,msp-noscaffold,msp-sal", "--sal-scale", "50", "--kappa", "0.5"]
+        + ["--clip-model", models["clip"], "--clip-pretrained", "", "--detector", models["owl"]]
+        + ["--dino", models["dino"], "--prompts-per-set", "1", "--images-per-prompt", "1", "--steps", "3"]
+        + ["--resolution", "64", "--device", "cpu", "--subject-segmenter", str(msal)],
+    )
+    assert "MSP Table 1" in result.output
+    table = _msp_table((out / "table.md").read_text())
+    assert [r[0] for r in table] == ["SD", "MSP", "MSP without scaffold", "MSP + SAL"]
+    for cells in table:
+        # the export's sets have 2, 4 and 5 concepts: nothing in n=1 and n=3, two prompts in >3
+        assert cells[-1] == "0/1/0/2"
+        assert cells[1:4] == ["–", "–", "–"] and cells[7:10] == ["–", "–", "–"]
+        assert all(c != "–" for c in cells[4:7] + cells[10:13])
+
+    results = json.loads((out / "results.json").read_text())
+    rows = {c: [r for r in results["rows"] if r["configuration"] == c] for c, *_ in table}
+    assert [len(r) for r in rows.values()] == [3, 3, 3, 3]
+    assert results["configurations"]["MSP + SAL"] == f"msp (scaffold on, SAL on): {models['sd']}"
+    exp = read_export(export)
+    prompts = heldout_prompts(exp, PromptStrategy(), per_set=1)
+    plans = heldout_plans(exp, prompts, concept_records(exp), 64, 0)
+    for index, base in enumerate(rows["SD"]):
+        msp_rows = [rows[c][index] for c in ("MSP", "MSP without scaffold", "MSP + SAL")]
+        for row in msp_rows:  # the same held-out prompt as the baseline's, so the study can pair them
+            assert (row["plain_text"], row["background"], row["concepts"]) == (
+                base["plain_text"],
+                base["background"],
+                base["concepts"],
+            )
+            assert (
+                row["msp_bucket"]
+                == base["msp_bucket"]
+                == (str(len(base["concepts"])) if len(base["concepts"]) <= 3 else ">3")
+            )
+            # the layout is the rules planner's for this prompt and seed, shared by every MSP row
+            assert row["plan"]["plan_id"] == plans[index].plan_id
+            assert row["msp"]["segments"] == [b.concept_id for b in plans[index].boxes] + ["<background>"]
+            assert row["msp"]["segment_source"] == "masks" and row["prompt"] == row["msp"]["global_prompt"]
+            assert row["image"].startswith(f"images/{row['configuration']}/")
+        plain, unscaffolded, guided = msp_rows
+        assert (plain["msp"]["scaffold"], unscaffolded["msp"]["scaffold"], guided["msp"]["scaffold"]) == (
+            True,
+            False,
+            True,
+        )
+        assert "sal" not in plain["msp"] and guided["msp"]["sal"]["scale"] == 50.0
+        assert plain["msp"]["seed"] == guided["msp"]["seed"] == unscaffolded["msp"]["seed"]
+        pixels = [np.asarray(Image.open(out / r["image"]), dtype=np.int16) for r in msp_rows]
+        assert np.abs(pixels[0] - pixels[2]).max() > 0, "SAL on vs off must change the image"
+        assert np.abs(pixels[0] - pixels[1]).max() > 0, "the scaffold must change the image"
+        assert plain["clip_i"] != guided["clip_i"] and plain["sas"] != guided["sas"]
+    assert [p.plan_id for p in heldout_plans(exp, prompts, concept_records(exp), 64, 1)] != [
+        p.plan_id for p in plans
+    ], "the layouts follow the seed"
+    msp = results["msp_aggregates"]["MSP + SAL"]
+    assert msp["clip_i"]["2"]["mean"] == pytest.approx(rows["MSP + SAL"][0]["clip_i"])
+    assert msp["sas"][">3"]["n"] == 2 and msp["sas"]["1"]["n"] == 0
+
+
 def _tiny_segmenter(folder, concepts: list[str]):
     """A random-init M_SAL folder for `concepts`, written the way `curate train-segmenter` writes one."""
     import torch
@@ -186,6 +271,14 @@ def test_bad_inputs_fail_with_one_line(cli, models, tmp_path):
                 str(narrow),
             ],
         )
+    assert not (tmp_path / "e" / "images").exists()
+    msp = ["evaluate", str(export), "-o", str(tmp_path / "e"), "--msp", models["sd"]]
+    with pytest.raises(CurateError, match="need a subject segmenter"):
+        _invoke(cli, [*msp, "--msp-configs", "msp,msp-sal"])
+    with pytest.raises(CurateError, match="unknown MSP configuration 'msp-xl'"):
+        _invoke(cli, [*msp, "--msp-configs", "msp-xl"])
+    with pytest.raises(CurateError, match="'MSP' given twice"):
+        _invoke(cli, [*msp, "--run", f"MSP={models['sd']}"])
     assert not (tmp_path / "e" / "images").exists()
     with pytest.raises(CurateError, match="cannot load pipeline"):
         _invoke(
