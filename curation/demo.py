@@ -20,23 +20,37 @@ from curation.workspace import Workspace
 
 # concept id -> (class noun, scikit-image sample function)
 DEMO_CONCEPTS: dict[str, tuple[str, str]] = {
-    "cat": ("cat", "chelsea"),
     "mug": ("mug", "coffee"),
     "rocket": ("rocket", "rocket"),
-    "astronaut": ("person", "astronaut"),
-    "clock": ("clock", "clock"),
+    "shuttle": ("space shuttle", "astronaut"),
+    "coin": ("coin", "coins"),
 }
+"""Subjects that stand whole in scikit-image's photos and cut out whole with the offline backend.
+Not the cat (`chelsea` is a face filling the frame: no whole cat to cut out), nor the astronaut herself
+(the frame cuts her body and her black collar matches the helmet beside her, so head and suit come
+apart), nor the clock (`clock` is a motion-blurred grey blob)."""
 
 
-DEMO_FRAMING: dict[str, tuple[float, float, float, float]] = {"rocket": (0.05, 1.0, 0.38, 0.62)}
+DEMO_FRAMING: dict[str, tuple[float, float, float, float]] = {
+    "rocket": (0.05, 1.0, 0.38, 0.62),
+    "astronaut": (0.0, 0.58, 0.66, 1.0),
+    "coins": (0.0, 0.28, 0.765, 0.975),
+}
 """Sample -> (top, bottom, left, right) fractions framing its subject as a user would shoot it: the full
-rocket photo is mostly sky and towers, and the classical backend cut out a sky rectangle from it."""
+rocket photo is mostly sky and towers (the classical backend cut out a sky rectangle from it), the
+shuttle model stands beside the astronaut, and the coins photo holds 24 coins, of which one is framed."""
 
 
-def _views_of(photo: np.ndarray) -> list[np.ndarray]:
-    """Three 'photos' of one concept: as shot, mirrored, and a closer crop (several refs per concept)."""
+DEMO_CLOSER: dict[str, int] = {"coffee": 24}
+"""Sample -> the closer view trims 1/N of each side (12 unless named): the coffee's saucer nearly fills
+its photo, and at 1/12 it ran out of the frame and the cut-out lost the cup's middle; the rocket's
+lit launch pad, at 1/24, ran into the bottom edge and was cut out with it."""
+
+
+def _views_of(photo: np.ndarray, closer: int) -> list[np.ndarray]:
+    """Three 'photos' of one concept: as shot, mirrored, and a step closer (several refs per concept)."""
     h, w = photo.shape[:2]
-    crop = photo[h // 12 : h - h // 12, w // 12 : w - w // 12]
+    crop = photo[h // closer : h - h // closer, w // closer : w - w // closer]
     return [photo, photo[:, ::-1], crop]
 
 
@@ -56,7 +70,7 @@ def write_sample_photos(folder: Path) -> dict[str, list[Path]]:
         target = folder / concept_id
         target.mkdir(parents=True, exist_ok=True)
         photos[concept_id] = []
-        for i, view in enumerate(_views_of(image[..., :3])):
+        for i, view in enumerate(_views_of(image[..., :3], DEMO_CLOSER.get(sample, 12))):
             path = target / f"{sample}_{i}.png"
             if not path.exists():
                 Image.fromarray(np.ascontiguousarray(view)).save(path)
