@@ -1,8 +1,9 @@
 """Paste concept cut-outs into their layout boxes with soft alpha, onto a background.
 
-Offline, the background is procedural: a lit wall and a textured floor whose colours are keyed
-from the words of the plan's background text ("wooden table" -> brown floor, "blue sky" -> blue
-wall), so the same text always gives the same picture. Objects are drawn back to front (higher
+Offline, the background is built from scikit-image's sample photos: a floor in perspective and a
+wall or sky behind it, each a real photographed surface (table wood, grass, gravel, brick) picked
+and coloured by the words of the plan's background text ("wooden table" -> the coffee photo's table
+in brown, "garden" -> sky over a treeline), so the same text always gives the same picture. Objects are drawn back to front (higher
 box bottom = farther away), each with a soft contact shadow, and the result keeps every layer so
 a repaint backend can re-blend or inpaint around them.
 """
@@ -22,40 +23,57 @@ from curation.records import Box, Concept
 from curation.workspace import Workspace
 from generators.segment import UNUSABLE_FLAGS
 
-SURFACE_COLOURS: dict[str, tuple[int, int, int]] = {
-    "wooden": (150, 105, 65),
-    "marble": (226, 224, 218),
-    "concrete": (140, 140, 138),
-    "lawn": (82, 140, 62),
-    "grass": (86, 146, 64),
-    "sandy": (214, 194, 150),
-    "brick": (160, 78, 58),
-    "carpet": (200, 182, 152),
-    "stone": (150, 146, 136),
-    "desk": (236, 236, 232),
-    "snowy": (240, 244, 250),
-    "tiled": (200, 210, 222),
-    "blanket": (182, 62, 62),
-    "deck": (132, 96, 62),
-    "gravel": (166, 152, 126),
-    "shelf": (86, 60, 40),
+SURFACES: dict[str, tuple[tuple[int, int, int], str]] = {
+    "wooden": ((150, 105, 65), "wood"),
+    "marble": ((226, 224, 218), "plaster"),
+    "concrete": ((140, 140, 138), "plaster"),
+    "lawn": ((82, 140, 62), "grass"),
+    "grass": ((86, 146, 64), "grass"),
+    "sandy": ((214, 194, 150), "sand"),
+    "brick": ((160, 78, 58), "brick"),
+    "carpet": ((200, 182, 152), "carpet"),
+    "stone": ((150, 146, 136), "gravel"),
+    "desk": ((236, 236, 232), "plaster"),
+    "snowy": ((240, 244, 250), "sand"),
+    "tiled": ((200, 210, 222), "brick"),
+    "blanket": ((182, 62, 62), "carpet"),
+    "deck": ((132, 96, 62), "wood"),
+    "gravel": ((166, 152, 126), "gravel"),
+    "shelf": ((86, 60, 40), "wood"),
 }
-SETTING_COLOURS: dict[str, tuple[int, int, int]] = {
-    "kitchen": (238, 228, 208),
-    "loft": (172, 166, 160),
-    "garden": (118, 168, 108),
-    "sky": (140, 190, 236),
-    "wall": (190, 120, 96),
-    "living": (222, 202, 172),
-    "bedroom": (212, 202, 218),
-    "park": (196, 150, 90),
-    "office": (232, 234, 236),
-    "winter": (204, 218, 232),
-    "library": (92, 72, 54),
-    "bathroom": (122, 162, 204),
-    "sunset": (242, 164, 112),
-    "desert": (232, 196, 146),
+"""Surface word -> (colour, photo texture): the first such word of the text's surface part (`_scene_words`)."""
+SETTINGS: dict[str, tuple[tuple[int, int, int], str]] = {
+    "kitchen": ((238, 228, 208), "plaster"),
+    "loft": ((172, 166, 160), "brick"),
+    "garden": ((150, 196, 236), "sky"),
+    "sky": ((140, 190, 236), "sky"),
+    "wall": ((190, 120, 96), "brick"),
+    "living": ((222, 202, 172), "plaster"),
+    "bedroom": ((212, 202, 218), "plaster"),
+    "park": ((160, 200, 236), "sky"),
+    "office": ((232, 234, 236), "plaster"),
+    "winter": ((204, 218, 232), "sky"),
+    "library": ((92, 72, 54), "wood"),
+    "bathroom": ((122, 162, 204), "brick"),
+    "sunset": ((242, 164, 112), "sky"),
+    "desert": ((232, 196, 146), "sky"),
 }
+"""Setting word -> (colour, texture) of what stands behind the floor: a sky over a far treeline outdoors,
+a wall indoors. Text naming no known word gets a seeded colour and `FALLBACK_TEXTURES`."""
+TEXTURES: dict[str, tuple[str, slice, slice, float, float]] = {
+    "wood": ("coffee", slice(None), slice(490, None), 0.0, 0.7),
+    "grass": ("grass", slice(None), slice(None), 0.0, 0.8),
+    "gravel": ("gravel", slice(None), slice(None), 0.0, 0.7),
+    "sand": ("gravel", slice(None), slice(None), 2.0, 0.5),
+    "carpet": ("grass", slice(None), slice(None), 1.5, 0.4),
+    "brick": ("brick", slice(None), slice(None), 0.0, 0.6),
+    "plaster": ("gravel", slice(None), slice(None), 3.0, 0.15),
+    "sky": ("grass", slice(None), slice(None), 24.0, 0.6),
+}
+"""Texture -> (scikit-image photo, rows, columns, blur sigma, contrast): the brightness detail of a real
+surface photographed (the coffee photo's table, grass, gravel, brick; blurred: gravel as sand and plaster,
+grass as carpet and, far more, as clouds); the colour comes from the words. The photos ship with scikit-image:
+no download."""
 
 
 @dataclass
@@ -109,13 +127,71 @@ def _hash_rng(*parts: object) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def _keyed_colour(
-    words: list[str], table: dict[str, tuple[int, int, int]], rng: np.random.Generator
-) -> np.ndarray:
-    for word in words:
-        if word.strip(",.") in table:
-            return np.array(table[word.strip(",.")], np.float32)
-    return rng.uniform(90, 230, size=3).astype(np.float32)
+FALLBACK_TEXTURES = ("sand", "plaster")
+"""(floor, backdrop) textures for text that names no known surface or setting (the colour is then seeded)."""
+
+
+_SETTING_PREPOSITIONS = frozenset({"in", "under", "beside", "by", "on", "at"})
+
+
+def _scene_words(text: str) -> tuple[list[str], list[str]]:
+    """The words naming the surface (up to the second preposition: 'on a rug *in* a room', 'on snow *on* a
+    winter day') and those naming the setting."""
+    words = [w.strip(",.") for w in text.lower().split()]
+    split = next((i for i, w in enumerate(words) if i and w in _SETTING_PREPOSITIONS), len(words))
+    return words[:split], words[split:]
+
+
+def _lookup(
+    words: list[str], table: dict[str, tuple[tuple[int, int, int], str]]
+) -> tuple[tuple[int, int, int], str] | None:
+    return next((table[word] for word in words if word in table), None)
+
+
+def scene_textures(text: str) -> tuple[str, str]:
+    """The (floor, backdrop) textures a background text picks: its first known surface and setting word,
+    else `FALLBACK_TEXTURES`."""
+    surface, setting = _scene_words(text)
+    floor, backdrop = _lookup(surface, SURFACES), _lookup(setting, SETTINGS)
+    return (floor[1] if floor else FALLBACK_TEXTURES[0], backdrop[1] if backdrop else FALLBACK_TEXTURES[1])
+
+
+@lru_cache(maxsize=16)
+def _texture_source(name: str) -> np.ndarray:
+    """A texture's photo as brightness relative to its mean (float32, mean 1), mirrored 2x2 so tiling
+    has no seams."""
+    import skimage.data
+
+    sample, rows, cols, sigma, _ = TEXTURES[name]
+    photo = np.asarray(getattr(skimage.data, sample)())[rows, cols]
+    grey = (cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY) if photo.ndim == 3 else photo).astype(np.float32)
+    if sigma:
+        grey = cv2.GaussianBlur(grey, (0, 0), sigma)
+    grey /= max(float(grey.mean()), 1.0)
+    if grey.shape[0] > 2 * grey.shape[1]:  # a narrow strip (the table beside the cup): grain along the floor
+        grey = cv2.resize(grey.T, (2 * grey.shape[0], 2 * grey.shape[1]), interpolation=cv2.INTER_LINEAR)
+    tile = np.concatenate([grey, grey[:, ::-1]], axis=1)
+    return np.concatenate([tile, tile[::-1]], axis=0)
+
+
+def _texture(name: str, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """`height` x `width` of the texture's photo (tiled from a seeded offset), as 1 + contrast * detail."""
+    source = _texture_source(name)
+    sh, sw = source.shape
+    y0, x0 = int(rng.integers(sh)), int(rng.integers(sw))
+    rows, cols = (np.arange(height) + y0) % sh, (np.arange(width) + x0) % sw
+    return 1.0 + TEXTURES[name][4] * (source[np.ix_(rows, cols)] - 1.0)
+
+
+def _floor(name: str, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """The floor texture in perspective: the far edge (at the horizon) squeezes three widths of it into
+    the canvas, the near edge shows it at its own scale, so its grain shrinks towards the horizon as a
+    real floor's does."""
+    flat = _texture(name, 2 * height, 3 * width, rng)
+    src = np.float32([[0, 0], [3 * width, 0], [3 * width, 2 * height], [0, 2 * height]])
+    dst = np.float32([[0, 0], [width, 0], [2 * width, height], [-width, height]])
+    warp = cv2.getPerspectiveTransform(src, dst)
+    return cv2.warpPerspective(flat, warp, (width, height), borderMode=cv2.BORDER_REFLECT)
 
 
 def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:
@@ -125,24 +201,35 @@ def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int)
 
 @lru_cache(maxsize=64)
 def procedural_background(text: str, width: int, height: int, seed: int = 0) -> np.ndarray:
-    """A deterministic wall + floor picture for a background description (read-only, cached)."""
+    """A deterministic picture of the place a background text names (read-only, cached).
+
+    The floor and what stands behind it are real surfaces photographed (scikit-image's sample photos,
+    `TEXTURES`) coloured by the words ("wooden table" -> the coffee photo's table grain in brown, "blue
+    sky" -> clouds over a treeline), lit from above, with a lens vignette; the same text and seed always
+    give the same picture, other seeds other crops of the same surfaces.
+    """
     rng = _hash_rng(text, width, height, seed)
-    words = text.lower().split()
-    split = next((i for i, w in enumerate(words) if w in {"in", "under", "beside", "by"}), len(words))
-    floor = _keyed_colour(words[:split], SURFACE_COLOURS, rng)
-    wall = _keyed_colour(words[split:], SETTING_COLOURS, rng)
+    surface, setting = _scene_words(text)
+    floor_texture, wall_texture = scene_textures(text)
+    floor_colour, wall_colour = (
+        np.array(found[0], np.float32) if found else rng.uniform(90, 230, size=3).astype(np.float32)
+        for found in (_lookup(surface, SURFACES), _lookup(setting, SETTINGS))
+    )
     horizon = int(height * rng.uniform(0.5, 0.6))
     ys = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
     light = rng.uniform(0.85, 1.1)
     image = np.empty((height, width, 3), np.float32)
-    image[:horizon] = wall * (light - 0.18 * ys[:horizon] / max(ys[horizon], 1e-6))
+    image[horizon:] = floor_colour * _floor(floor_texture, height - horizon, width, rng)[..., None]
     floor_depth = (ys[horizon:] - ys[horizon]) / max(1.0 - float(ys[horizon, 0, 0]), 1e-6)
-    image[horizon:] = floor * (0.8 + 0.25 * floor_depth)
-    texture = 14 * _smooth_noise(rng, height, width, 6) + 5 * _smooth_noise(rng, height, width, 48)
-    if "wooden" in words or "deck" in words or "shelf" in words:  # grain along the floor
-        grain = np.sin(np.linspace(0, rng.uniform(30, 60), height, dtype=np.float32))[:, None] * 6
-        texture[horizon:] += grain[horizon:]
-    image += texture[..., None]
+    image[horizon:] *= 0.8 + 0.25 * floor_depth
+    wall = wall_colour * _texture(wall_texture, horizon, width, rng)[..., None]
+    if wall_texture == "sky":  # paler towards the horizon, over a far treeline of grass
+        wall = wall + (255 - wall) * (0.45 * ys[:horizon] / max(ys[horizon], 1e-6))
+        ridge = horizon - (0.08 + 0.04 * _smooth_noise(rng, 1, width, 5)[0]) * height
+        trees = np.arange(horizon)[:, None] >= ridge[None, :]
+        green = np.array((52, 78, 48), np.float32) * _texture("grass", horizon, width, rng)[..., None]
+        wall[trees] = green[trees]
+    image[:horizon] = wall * (light - 0.18 * ys[:horizon] / max(ys[horizon], 1e-6))
     xs = np.linspace(-1.0, 1.0, width, dtype=np.float32)[None, :, None]
     image *= 1.0 - 0.12 * xs**2  # soft vignette, as a lens gives
     image = cv2.GaussianBlur(image, (0, 0), 0.7)
