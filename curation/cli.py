@@ -273,6 +273,7 @@ def review_serve(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Start a local Label Studio serving the workspace's images (or record --url); prints URL and login."""
+    from curation.labelstudio_server import invite_url
     from curation.ports import moved_note
     from curation.review import serve, use_server
 
@@ -288,6 +289,7 @@ def review_serve(
     if note := moved_note(port or ws.config.review.port, info.url):
         typer.echo(note, err=True)
     typer.echo(f"Label Studio: {info.url}  login {info.email} / {info.password}  (credentials in {info.path})")
+    typer.echo(f"annotators sign up at {invite_url(info)}  (one account each; share it like a password)")
 
 
 @review_app.command("stop")

@@ -6,7 +6,12 @@ password and legacy API token are fixed at first start and reused on every resta
 Studio keeps its users in the data dir and would otherwise refuse the new ones. On a shared machine
 the credentials travel in the server's environment (a command line is readable by every account),
 the data dir (its database holds the token) is owner-only, and sign-up is closed: the recorded
-admin is the only login.
+admin is the only login; annotators join through the organization's invite link (`invite_url`).
+
+A team keeps Label Studio's data in PostgreSQL (`deploy/postgres.sh` prints the `DJANGO_DB` /
+`POSTGRE_*` variables its settings read); the server inherits them from `serve`'s environment.
+Which database a server used is recorded too: restarted without those variables, Label Studio
+would quietly start over on an empty SQLite file in the data dir, so `serve` refuses instead.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,6 +54,7 @@ class ServerInfo:
     pid: int | None = None
     document_root: str = ""
     managed: bool = True
+    database: str = ""  # "" = SQLite in the data dir, else `database_in`'s address of a managed server
 
     def to_json(self) -> str:
         payload = asdict(self)
@@ -73,6 +80,37 @@ def write_server(ws: Workspace, info: ServerInfo) -> ServerInfo:
     info.path = server_file(ws)
     atomic_write_text(info.path, info.to_json(), secret=True)
     return info
+
+
+def _settings_env(env: Mapping[str, str], name: str, default: str) -> str:
+    """A setting as Label Studio's `get_env` reads it (LABEL_STUDIO_ and HEARTEX_ prefixes first)."""
+    for key in (f"LABEL_STUDIO_{name}", f"HEARTEX_{name}", name):
+        if key in env:
+            return env[key]
+    return default
+
+
+def database_in(env: Mapping[str, str]) -> str:
+    """Where a Label Studio started with `env` keeps its data, without the password.
+
+    "" for its default, SQLite in the data dir; else e.g. `postgresql://labelstudio@127.0.0.1:5433/labelstudio`
+    (`DJANGO_DB=default` means PostgreSQL in Label Studio's settings).
+    """
+    kind = _settings_env(env, "DJANGO_DB", "sqlite")
+    if kind == "sqlite":
+        return ""
+    if kind not in ("default", "postgresql"):
+        raise CurateError(f"DJANGO_DB={kind}: curate runs Label Studio on SQLite or PostgreSQL only")
+    user, host, port, name = (
+        _settings_env(env, f"POSTGRE_{key}", default)
+        for key, default in (
+            ("USER", "postgres"),
+            ("HOST", "localhost"),
+            ("PORT", "5432"),
+            ("NAME", "postgres"),
+        )
+    )
+    return f"postgresql://{user}@{host}:{port}/{name}"
 
 
 def is_healthy(url: str, timeout: float = 3.0) -> bool:
@@ -228,6 +266,13 @@ def serve(ws: Workspace, port: int | None = None, timeout: float = START_TIMEOUT
     data_dir = ws.review_dir / "labelstudio-data"
     if known and _is_our_server(known.pid, data_dir) and is_healthy(known.url):
         return known
+    database = database_in(os.environ)
+    if known and known.database != database:
+        raise CurateError(
+            f"this workspace's Label Studio keeps its data in {known.database or 'SQLite, in ' + str(data_dir)}, "
+            f"but this environment points it at {database or 'SQLite'}: set the same DJANGO_DB/POSTGRE_* "
+            "variables as at its first start (deploy/postgres.sh start DIR prints them)"
+        )
     chosen = choose_port(port or ws.config.review.port)
     email = known.email if known else ADMIN_EMAIL
     password = known.password if known else secrets.token_urlsafe(12)
@@ -251,6 +296,7 @@ def serve(ws: Workspace, port: int | None = None, timeout: float = START_TIMEOUT
         path=server_file(ws),
         pid=pid,
         document_root=str(ws.root),
+        database=database,
     )
     return write_server(ws, info)
 
@@ -280,6 +326,23 @@ def use_server(ws: Workspace, url: str, token: str, document_root: Path | None =
         managed=False,
     )
     return write_server(ws, info)
+
+
+def invite_url(info: ServerInfo) -> str:
+    """The sign-up link for annotators: each gets an account (and an API token) of their own.
+
+    Sign-up without it is closed on servers `serve` starts; anyone holding the link can join, so
+    share it like a password (Label Studio's `/api/invite/reset-token` changes it).
+    """
+    try:
+        reply = requests.get(
+            f"{info.url}/api/invite", headers={"Authorization": f"Token {info.token}"}, timeout=30
+        )
+    except requests.RequestException as exc:
+        raise CurateError(f"Label Studio is not reachable at {info.url}: {exc}") from exc
+    if reply.status_code != 200:
+        raise CurateError(f"Label Studio refused the invite link ({reply.status_code}): {reply.text[:200]}")
+    return info.url + reply.json()["invite_url"]
 
 
 def stop(ws: Workspace) -> bool:

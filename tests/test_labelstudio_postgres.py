@@ -1,0 +1,222 @@
+"""Label Studio on PostgreSQL as a team runs it, real processes throughout.
+
+`deploy/postgres.sh` starts a cluster in a folder, `curate review serve` starts Label Studio on it
+with the variables the script prints, two annotators sign up through the invite link `serve`
+prints and review the same tasks with tokens of their own, `curate review pull` brings back both
+votes, and the rows are in PostgreSQL: the data dir holds no SQLite file.
+
+Label Studio's ~400 migrations take 1-3 minutes on PostgreSQL on 2 cores, so the migrated empty
+database is dumped once per machine and Label Studio version and restored into each fresh cluster
+(a fresh CI machine therefore runs the migrations on PostgreSQL every time).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+import requests
+from label_studio_sdk.client import LabelStudio
+from typer.testing import CliRunner
+
+from curation import dataset as ds
+from curation.cli import app
+from curation.config import CurateConfig
+from curation.errors import CurateError
+from curation.labelstudio_server import ServerInfo, database_in, read_server, stop, use_server
+from curation.ports import free_port
+from curation.review_pull import annotation_result
+from curation.workspace import Workspace
+from tests.test_review import build_candidates
+
+POSTGRES_SH = Path(__file__).resolve().parents[1] / "deploy" / "postgres.sh"
+ANNOTATORS = ("ann-a@example.com", "ann-b@example.com")
+
+
+def start_postgres(folder: Path, port: int) -> dict[str, str]:
+    """Run the deploy script; returns the variables it prints for Label Studio."""
+    out = subprocess.run(
+        ["bash", str(POSTGRES_SH), "start", str(folder), str(port)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    ).stdout
+    return dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines())
+
+
+def _client_args(db: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """psql/pg_dump arguments reaching the database as Label Studio does (the password in their env)."""
+    return ["-d", database_in(db)], {**os.environ, "PGPASSWORD": db["POSTGRE_PASSWORD"]}
+
+
+def psql(db: dict[str, str], sql: str) -> str:
+    target, env = _client_args(db)
+    return subprocess.run(
+        ["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", *target, "-c", sql],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+
+
+def migrate(db: dict[str, str], scratch: Path) -> None:
+    """Bring the empty database to Label Studio's schema: restore the machine's dump, or migrate and dump."""
+    import label_studio
+
+    dump = Path(tempfile.gettempdir()) / f"curate-labelstudio-{version('label-studio')}-migrated-postgres.sql"
+    target, env = _client_args(db)
+    if dump.exists():
+        subprocess.run(
+            ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", *target, "-f", str(dump)],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=300,
+        )
+        return
+    manage = Path(label_studio.__file__).parent / "manage.py"
+    subprocess.run(
+        [sys.executable, str(manage), "migrate", "--noinput"],
+        env={
+            **env,
+            **db,
+            "LABEL_STUDIO_BASE_DATA_DIR": str(scratch),
+            "LATEST_VERSION_CHECK": "false",
+            "DJANGO_SETTINGS_MODULE": "core.settings.label_studio",
+        },
+        check=True,
+        cwd=manage.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=900,
+    )
+    partial = dump.with_name(f"{dump.name}.{os.getpid()}")
+    subprocess.run(
+        ["pg_dump", "--no-owner", "--no-privileges", *target, "-f", str(partial)],
+        env=env,
+        check=True,
+        timeout=300,
+    )
+    partial.replace(dump)  # atomic: a concurrent session sees the whole dump or none
+
+
+def sign_up(invite: str, email: str) -> str:
+    """What an annotator does with the invite link: sign up (which logs in), then read their API token."""
+    session = requests.Session()
+    session.get(invite, timeout=60).raise_for_status()
+    reply = session.post(
+        invite,
+        data={
+            "email": email,
+            "password": "annotator-pass-1",
+            "csrfmiddlewaretoken": session.cookies["csrftoken"],
+        },
+        headers={"Referer": invite},
+        timeout=60,
+    )
+    reply.raise_for_status()
+    base = invite.split("/user/signup", 1)[0]
+    return session.get(f"{base}/api/current-user/token", timeout=60).json()["token"]
+
+
+@dataclass
+class TeamServer:
+    home: Workspace  # owns the server; its root is the document root holding the team's workspaces
+    db: dict[str, str]
+    info: ServerInfo
+    serve_output: str
+
+
+@pytest.fixture(scope="module")
+def team_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamServer]:
+    # as root the cluster runs as `postgres`, which cannot enter pytest's root-only temp folders
+    pg_parent = Path(tempfile.mkdtemp(prefix="curate-pg-"))
+    pg_parent.chmod(0o711)
+    pg_dir = pg_parent / "cluster"
+    home = Workspace.create(tmp_path_factory.mktemp("team"))
+    try:
+        db = start_postgres(pg_dir, free_port())
+        migrate(db, tmp_path_factory.mktemp("migrate-scratch"))
+        result = CliRunner().invoke(
+            app, ["review", "serve", "--port", str(free_port()), "-w", str(home.root)], env=db
+        )
+        assert result.exit_code == 0, result.output
+        info = read_server(home)
+        assert info is not None
+        yield TeamServer(home, db, info, result.output)
+    finally:
+        stop(home)
+        if (pg_dir / "data" / "PG_VERSION").exists():
+            subprocess.run(["bash", str(POSTGRES_SH), "stop", str(pg_dir)], check=False, timeout=120)
+        shutil.rmtree(pg_parent, ignore_errors=True)
+
+
+def test_two_annotators_review_on_postgres(team_server: TeamServer) -> None:
+    home, db, info = team_server.home, team_server.db, team_server.info
+    assert info.database == f"postgresql://labelstudio@127.0.0.1:{db['POSTGRE_PORT']}/labelstudio"
+    invite = next(
+        word
+        for word in team_server.serve_output.split()
+        if word.startswith(f"{info.url}/user/signup/?token=")
+    )
+    tokens = {email: sign_up(invite, email) for email in ANNOTATORS}
+    assert len(set(tokens.values()) | {info.token}) == 3  # each annotator acts as themselves
+
+    config = CurateConfig()
+    config.index.dataset_name = f"review-postgres-{home.root.name}"
+    ws = Workspace.create(home.root / "researcher", config)
+    use_server(ws, info.url, info.token, document_root=home.root)
+    ids = build_candidates(ws, 3)
+    runner = CliRunner()
+    pushed = runner.invoke(app, ["review", "push", "--overlap", "2", "-w", str(ws.root)])
+    assert pushed.exit_code == 0, pushed.output
+
+    votes = {ANNOTATORS[0]: ["accept", "accept", "accept"], ANNOTATORS[1]: ["accept", "reject", "accept"]}
+    user_ids = {}
+    for email, decisions in votes.items():
+        client = LabelStudio(base_url=info.url, api_key=tokens[email])
+        user_ids[email] = client.users.whoami().id
+        (project,) = client.projects.list()
+        tasks = {
+            t.data[ds.CANDIDATE_ID]: t.id for t in client.tasks.list(project=project.id, fields="task_only")
+        }
+        for cid, decision in zip(ids, decisions, strict=True):
+            client.annotations.create(id=tasks[cid], result=annotation_result(decision, 4))
+
+    pulled = runner.invoke(app, ["review", "pull", "-w", str(ws.root)])
+    assert pulled.exit_code == 0, pulled.output
+    samples = ds.open_dataset(ws)
+    assert samples.values(ds.REVIEW_ANNOTATORS) == [2, 2, 2]
+    assert sorted(samples.values(ds.REVIEW_DECISION)) == ["accept", "accept", "reject"]  # a 1-1 tie rejects
+    shown = runner.invoke(app, ["review", "status", "-w", str(ws.root)])
+    assert shown.exit_code == 0, shown.output
+    # the export names annotators by user id
+    assert f"user {user_ids[ANNOTATORS[0]]}: 3 annotations, 3 accepts" in shown.output
+    assert f"user {user_ids[ANNOTATORS[1]]}: 3 annotations, 2 accepts" in shown.output
+
+    # the rows are PostgreSQL's: tasks, both annotators' votes, their accounts; no SQLite beside them
+    project_id = psql(db, "SELECT id FROM project")
+    assert psql(db, f"SELECT count(*) FROM task WHERE project_id = {project_id}") == "3"
+    assert psql(db, "SELECT count(*), count(DISTINCT completed_by_id) FROM task_completion") == "6|2"
+    emails = set(psql(db, "SELECT email FROM htx_user").split())
+    assert emails == {info.email, *ANNOTATORS}
+    data_dir = home.review_dir / "labelstudio-data"
+    assert not [p for p in data_dir.rglob("*") if p.suffix.startswith(".sqlite")]
+
+    # restarted without the database variables, Label Studio would start over on an empty SQLite file
+    stop(home)
+    refused = runner.invoke(app, ["review", "serve", "-w", str(home.root)])
+    assert isinstance(refused.exception, CurateError)  # the CLI prints it as one `error:` line
+    assert f"keeps its data in {info.database}" in str(refused.exception)
+    assert not [p for p in data_dir.rglob("*") if p.suffix.startswith(".sqlite")]
