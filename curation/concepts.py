@@ -9,6 +9,7 @@ of the downscaled pixels, so re-adding the same photos rewrites identical files.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -28,7 +29,7 @@ from curation.records import (
     Concept,
     printable_line,
 )
-from curation.workspace import Workspace, atomic_write_json, make_temp_dir
+from curation.workspace import Workspace, atomic_write_bytes, atomic_write_json, make_temp_dir
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 MAX_PIXELS = 40_000_000
@@ -179,6 +180,42 @@ def show_concept(ws: Workspace, name: str) -> tuple[Concept, Path]:
         ]
         write_preview(rows, path)
     return concept, path
+
+
+CUTOUTS_DIR = "cutouts"
+CUTOUT_MIN_ALPHA = 16
+"""The cut-out is cropped to where the mask reaches this alpha (as the paste crops it: generators/compose.py)."""
+
+
+def cutout_paths(ws: Workspace, concept: Concept) -> list[Path]:
+    """One RGBA PNG per reference photo, cropped to its mask (written on first use): the cut-outs the
+    review page's reference strip and the FiftyOne concepts dataset show, i.e. what will be pasted.
+
+    They live in the concept's folder, named like their reference, so re-adding the concept (a new
+    folder) or new photos (new names) never shows a stale cut-out.
+    """
+    folder = ws.concept_dir(concept.concept_id) / CUTOUTS_DIR
+    paths = []
+    for ref, mask in zip(concept.refs, concept.masks, strict=True):
+        path = folder / Path(ref).name
+        if not path.exists():
+            rgb = np.asarray(Image.open(ws.resolve(ref)).convert("RGB"))
+            alpha = np.asarray(Image.open(ws.resolve(mask)).convert("L"))
+            ys, xs = np.nonzero(alpha >= CUTOUT_MIN_ALPHA)
+            crop = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)) if len(xs) else (slice(None),) * 2
+            buffer = io.BytesIO()
+            Image.fromarray(np.dstack([rgb, alpha])[crop], "RGBA").save(buffer, format="PNG", compress_level=6)
+            folder.mkdir(exist_ok=True)
+            atomic_write_bytes(path, buffer.getvalue())
+        paths.append(path)
+    return paths
+
+
+def cover_cutout(ws: Workspace, concept: Concept) -> Path:
+    """The cut-out that stands for the concept where one is shown: the first reference whose mask has
+    no flag, else the first."""
+    paths = cutout_paths(ws, concept)
+    return next((p for p, flags in zip(paths, concept.mask_flags, strict=False) if not flags), paths[0])
 
 
 def _pixel_hash(rgb: np.ndarray) -> str:

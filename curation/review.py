@@ -25,6 +25,7 @@ import requests
 
 from curation import dataset as ds
 from curation.calibration import ScoreCalibration, load_rules, random_weights, rule_for
+from curation.concepts import cover_cutout
 from curation.errors import CurateError
 from curation.labelstudio_server import ServerInfo, read_server, serve, stop, use_server
 from curation.progress import ProgressFn, no_progress
@@ -333,7 +334,8 @@ def thumbnail(source: Path, target: Path) -> Path:
         from PIL import Image
 
         with Image.open(source) as image:
-            small = image.convert("RGB")
+            small = Image.new("RGB", image.size, "white")  # a cut-out's transparent surround shows white
+            small.paste(image.convert("RGBA"), mask=image.convert("RGBA"))
             small.thumbnail((THUMB_SIDE, THUMB_SIDE))
         buffer = io.BytesIO()
         small.save(buffer, format="JPEG", quality=85)
@@ -499,18 +501,19 @@ def _task(
     No decision is ever pre-selected: a pre-filled choice turns the annotator's own hotkey into
     "clear", so a calibrated rule shows up as a hint line in the scores panel instead.
     """
-    refs = [
-        {
-            "concept": cid,
-            "name": concepts[cid].name,
-            "url": _local_url(conn, conn.workspace_root / concepts[cid].refs[0]),
-            "thumb": _local_url(
-                conn, thumbnail(conn.workspace_root / concepts[cid].refs[0], thumbs_dir(ws) / "refs" / f"{cid}.jpg")
-            ),
-        }
-        for cid in row[ds.CONCEPTS] or []
-        if cid in concepts and concepts[cid].refs
-    ]
+    refs = []
+    for cid in row[ds.CONCEPTS] or []:
+        if cid in concepts and concepts[cid].refs:
+            cutout = cover_cutout(ws, concepts[cid])  # what is pasted, not the photo around it
+            thumb = thumbnail(cutout, thumbs_dir(ws) / "refs" / f"{cid}-{cutout.stem}.jpg")
+            refs.append(
+                {
+                    "concept": cid,
+                    "name": concepts[cid].name,
+                    "url": _local_url(conn, conn.workspace_root / concepts[cid].refs[0]),
+                    "thumb": _local_url(conn, thumb),
+                }
+            )
     shown = {name: round(row[name], 4) for name in scores if row[name] is not None}
     rule = rule_for(rules, len(row[ds.CONCEPTS] or []))
     suggestion = (

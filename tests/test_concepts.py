@@ -530,3 +530,62 @@ def test_concepts_add_writes_a_preview_and_show_prints_where(
     assert again.returncode == 0 and preview.read_bytes() == before
     missing = _curate("concepts", "show", "dog", "-w", str(root))
     assert missing.returncode == 1 and missing.stderr.strip() == "error: no concept named 'dog' (concepts: cat)"
+
+
+# -- cut-outs: review strip and FiftyOne ---------------------------------------------------------
+
+
+def test_cutouts_are_the_masked_references_and_the_review_strip_shows_them(
+    ws: Workspace, concept_photos: dict[str, list[Path]]
+) -> None:
+    """The review page's reference strip shows what is pasted (the cut-out on white), not the photo
+    around it; before, its thumbnail was the first reference photo, background and all."""
+    from curation.concepts import cover_cutout, cutout_paths
+    from curation.review import Connection, _task
+
+    concept = add_concept(ws, "mug", concept_photos["mug"], class_noun="mug")
+    paths = cutout_paths(ws, concept)
+    assert [p.name for p in paths] == [Path(r).name for r in concept.refs]
+    for path, ref, mask in zip(paths, concept.refs, concept.masks, strict=True):
+        rgba = np.asarray(Image.open(path))
+        alpha = np.asarray(Image.open(ws.resolve(mask)))
+        ys, xs = np.nonzero(alpha >= 16)
+        crop = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+        assert rgba.shape == (*alpha[crop].shape, 4)  # cropped to the mask
+        assert np.array_equal(rgba[..., 3], alpha[crop])
+        assert np.array_equal(rgba[..., :3], np.asarray(Image.open(ws.resolve(ref)))[crop])
+    flagged = concept.model_copy(update={"mask_flags": [["holes"], []]})
+    assert cover_cutout(ws, flagged) == paths[1]  # the first clean mask stands for the concept
+
+    conn = Connection("http://127.0.0.1:9", "token", ws.root.resolve(), ws.root)
+    row = {"candidate_id": "c1", "filepath": str(ws.resolve(concept.refs[0])), "caption": "", "concepts": ["mug"]}
+    ref = _task(ws, conn, row, {"mug": concept}, [], set(), {})["data"]["refs"][0]
+    thumb = np.asarray(Image.open(ws.root / ref["thumb"].split("?d=")[1]).convert("RGB")).astype(int)
+    cut = Image.open(cover_cutout(ws, concept))
+    assert abs(thumb.shape[1] / thumb.shape[0] - cut.width / cut.height) < 0.05  # the cut-out's frame
+    outside = np.asarray(cut.resize(thumb.shape[1::-1]))[..., 3] == 0
+    assert outside.any() and (thumb[outside].min(1) >= 235).mean() > 0.95, "white where the cut-out is transparent"
+
+
+def test_index_writes_the_concepts_cutouts_as_a_fiftyone_dataset(
+    ws: Workspace, concept_photos: dict[str, list[Path]]
+) -> None:
+    import fiftyone as fo
+
+    from curation.concepts import cutout_paths
+    from curation.concepts_dataset import concepts_dataset_name, index_concepts
+
+    cat = add_concept(ws, "cat", concept_photos["cat"], class_noun="cat", name="Tabby")
+    mug = add_concept(ws, "mug", concept_photos["mug"], class_noun="mug")
+    dataset = index_concepts(ws)
+    try:
+        assert dataset.name == concepts_dataset_name(ws) and dataset.persistent
+        expected = [str(p) for c in (cat, mug) for p in cutout_paths(ws, c)]
+        assert sorted(dataset.values("filepath")) == sorted(expected)
+        sample = dataset.match(fo.ViewField("filepath") == expected[0]).first()
+        assert (sample.concept_id, sample.concept_name, sample.class_noun, sample.token) == ("cat", "Tabby", "cat", "<c-cat>")
+        assert sample.tags == cat.mask_flags[0] and sample.reference == str(ws.resolve(cat.refs[0]))
+        ws.concept_dir("mug").joinpath("concept.json").unlink()  # a concept gone: its cut-outs go too
+        assert sorted(index_concepts(ws).distinct("concept_id")) == ["cat"]
+    finally:
+        dataset.delete()
