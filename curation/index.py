@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from curation import dataset as ds
+from curation.concepts_dataset import index_concepts
 from curation.errors import CurateError
 from curation.ports import choose_port
 from curation.progress import ProgressFn, no_progress
@@ -253,6 +254,7 @@ def index_workspace(
         report.visualization = visualize(dataset)
         progress(DATASET_STAGE, 2, 2)
     save_views(dataset)
+    index_concepts(ws)  # the cut-outs, as the dataset `<name>-concepts`
     if dataset.info.get(INDEX_COMPLETE) is not True:  # last: every step above has finished
         dataset.info[INDEX_COMPLETE] = True
         dataset.save()
