@@ -187,7 +187,9 @@ def press_access_key(page: Any, key: str) -> None:
     accesskey, and Playwright's `keyboard.press("Alt+c")` sends none."""
     cdp = page.context.new_cdp_session(page)
     code = {"key": key, "code": f"Key{key.upper()}", "modifiers": 1, "isSystemKey": True}  # 1: Alt
-    cdp.send("Input.dispatchKeyEvent", {"type": "rawKeyDown", "windowsVirtualKeyCode": ord(key.upper()), **code})
+    cdp.send(
+        "Input.dispatchKeyEvent", {"type": "rawKeyDown", "windowsVirtualKeyCode": ord(key.upper()), **code}
+    )
     cdp.send("Input.dispatchKeyEvent", {"type": "char", "text": key, "unmodifiedText": key, **code})
     cdp.send("Input.dispatchKeyEvent", {"type": "keyUp", "windowsVirtualKeyCode": ord(key.upper()), **code})
     cdp.detach()
