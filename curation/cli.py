@@ -168,6 +168,13 @@ def index(
     executor: Annotated[
         str | None, typer.Option(help="Where CLIP embeddings run: 'local' or 'ray'; default index.executor.")
     ] = None,
+    diversity: Annotated[
+        bool,
+        typer.Option(
+            "--diversity",
+            help="Recompute uniqueness and the embedding map now (else when index.diversity_growth is reached).",
+        ),
+    ] = False,
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Index candidates in FiftyOne: CLIP, CLIP-T, concept presence (CP-CLIP), artifact scores, views."""
@@ -176,7 +183,7 @@ def index(
 
     ws = _workspace(workspace)
     with progress_bar() as progress:
-        report = index_workspace(ws, progress=progress, executor=executor)
+        report = index_workspace(ws, progress=progress, executor=executor, diversity=diversity)
     typer.echo(report.summary())
 
 

@@ -80,7 +80,7 @@ class MSPSettings(_Section):
 
     model: str = Field(
         "stable-diffusion-v1-5/stable-diffusion-v1-5",
-        description="SD 1.x/2.x pipeline id or folder (e.g. `curate train` output)",
+        description="SD 1.x/2.x or SDXL pipeline id or folder (e.g. `curate train` output)",
     )
     controlnet: str = Field("", description="ControlNet id or folder; empty means none")
     scaffold: bool = Field(True, description="runner: start from the paste composition of the plan")
@@ -154,6 +154,14 @@ class IndexConfig(_Section):
     ray_actors: int = Field(0, ge=0, description="Ray embedding actors; 0 means one per cluster GPU (1 without)")
     subject_segmenter: str = Field(
         "", description="a `curate train-segmenter` folder: scores SAS per concept (`sas`, `sas_mean`); empty = off"
+    )
+    diversity_growth: float = Field(
+        0.2,
+        ge=0,
+        description=(
+            "recompute uniqueness and the embedding map when the dataset grew by this fraction since they"
+            " last ran (0: on every run that adds samples); `curate index --diversity` forces it"
+        ),
     )
 
 

@@ -36,6 +36,7 @@ CLIP_T = "clip_t"  # CLIPScore convention: 2.5 * max(cos, 0)
 CLIP_T_COS = "clip_t_cos"  # raw image-caption cosine
 UNIQUENESS = "uniqueness"
 NEAR_DUP_OF = "near_dup_of"  # candidate_id of the better-scored copy, on the lower-scored one
+NEAR_DUP_CHECKED = "near_dup_checked"  # False until this sample was compared with every other one
 
 # saved views
 VIEW_UNREVIEWED = "unreviewed"

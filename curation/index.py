@@ -14,9 +14,18 @@ written in bulk every `_WRITE_CHUNK` candidates. Review fields written by `curat
 With `index.executor = "ray"` the CLIP embeddings are computed by Ray actors (`curation.embed_ray`);
 everything else, and every write, stays in this process. After (re)indexing, a 2-D map of the CLIP
 embeddings is computed for the App's Embeddings panel (UMAP when umap-learn is installed, else PCA).
-The run is marked complete (`dataset.info["index_complete"]`) only after near-duplicates, uniqueness
-and that map: a run killed before them leaves the mark off, and the next run redoes them even when
-no candidate changed.
+
+The cost of a run that adds K candidates to N does not grow with N beyond listing and stat-ing files
+and one read of five short fields per sample: files whose size, mtime and inode are unchanged are
+neither hashed nor parsed again (`curation.file_memo`); samples are matched through a database
+index on `candidate_id`; near-duplicates compare only new or re-embedded samples with the others
+(`curation.near_duplicates`, O(N x d) per new sample, never N x N). Uniqueness and the embedding map
+are dataset-wide by nature: they are recomputed on demand (`curate index --diversity`) or when the
+dataset has grown by `index.diversity_growth` since they last ran (`dataset.info["diversity"]`
+says when and at which size), so new samples have no uniqueness until then.
+The run is marked complete (`dataset.info["index_complete"]`) only after near-duplicates and, when
+due, uniqueness and the map: a run killed before them leaves the mark off, and the next run finishes
+them even when no candidate changed.
 """
 
 from __future__ import annotations
@@ -34,11 +43,14 @@ import numpy as np
 from curation import dataset as ds
 from curation.concepts_dataset import index_concepts
 from curation.errors import CurateError
+from curation.file_memo import FileMemo, file_stat
+from curation.near_duplicates import mark_new_near_duplicates
 from curation.ports import choose_port
 from curation.progress import ProgressFn, no_progress
 from curation.records import Candidate, content_id
 from curation.scores import presence as P
 from curation.scores.artifacts import ARTIFACT_SCORES, artifact_scores
+from curation.workspace import read_record
 
 if TYPE_CHECKING:
     import fiftyone as fo
@@ -62,6 +74,8 @@ INDEX_COMPLETE = "index_complete"
 """dataset.info key: False from a run's first write, True after its last step."""
 DATASET_STAGE = "near-duplicates, uniqueness, embedding map"
 """The progress stage of the dataset-wide steps (0, 1, 2 of 2)."""
+DIVERSITY = "diversity"
+"""dataset.info key: when uniqueness and the map last ran ({"samples", "clip_fingerprint", "uniqueness", "map"})."""
 _TOKEN = re.compile(r"<[^<>\s]+>\s*")
 """Personal tokens such as `<c-cat>` mean nothing to CLIP; CLIP-T scores the caption without them."""
 
@@ -78,10 +92,15 @@ class IndexReport:
         moved: unchanged candidates whose file path changed (only the path was rewritten).
         orphaned: samples whose candidate is no longer in the workspace (kept: they may carry reviews).
         failed: (candidate_id, reason) for images that could not be read.
+        hashed: images whose bytes this run read and hashed (the others' size, mtime and inode were known).
+        parsed: candidate records this run parsed (likewise).
         clip_loaded: whether a CLIP model was loaded (False on a run with nothing to do).
         clip_weights: "pretrained" | "random" when loaded.
         presence_source: "detector" | "plan" when models were loaded.
         near_duplicates: samples marked `near_dup_of` (None when not computed).
+        near_duplicate_queries: samples compared with the dataset by this run (new, re-embedded,
+            or pointing at a re-embedded one); the others were not touched.
+        uniqueness: whether this run recomputed uniqueness over the whole dataset.
         visualization: the method of the embedding map computed by this run ("umap" | "pca"), or None.
     """
 
@@ -92,10 +111,14 @@ class IndexReport:
     moved: int = 0
     orphaned: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    hashed: int = 0
+    parsed: int = 0
     clip_loaded: bool = False
     clip_weights: str | None = None
     presence_source: str | None = None
     near_duplicates: int | None = None
+    near_duplicate_queries: int = 0
+    uniqueness: bool = False
     visualization: str | None = None
 
     def summary(self) -> str:
@@ -154,6 +177,7 @@ def index_workspace(
     progress: ProgressFn = no_progress,
     scorer: ClipScorer | None = None,
     executor: str | None = None,
+    diversity: bool = False,
 ) -> IndexReport:
     """Create or update the workspace's FiftyOne dataset from its finished candidates.
 
@@ -163,6 +187,7 @@ def index_workspace(
         scorer: an already loaded CLIP model to use (benchmarks, long-lived processes); by default
             the configured one is loaded, and only if some candidate needs it.
         executor: where the CLIP embeddings run, "local" or "ray"; None means `index.executor`.
+        diversity: recompute uniqueness and the embedding map now, however little the dataset grew.
 
     Returns:
         Counts of added / updated / unchanged candidates and whether a model was loaded.
@@ -181,6 +206,9 @@ def index_workspace(
     if dataset is None:  # not `or`: an empty Dataset is falsy
         dataset = fo.Dataset(name, persistent=True)
     dataset.persistent = True
+    if not dataset.has_field(ds.CANDIDATE_ID):
+        dataset.add_sample_field(ds.CANDIDATE_ID, fo.StringField)
+    dataset.create_index(ds.CANDIDATE_ID)  # idempotent; every upsert and lookup is keyed on it
     report = IndexReport(dataset=name)
 
     complete = dataset.info.get(INDEX_COMPLETE) is True
@@ -247,11 +275,12 @@ def index_workspace(
                 if not dataset.has_field(name):
                     dataset.add_sample_field(name, kind)
         _index(dataset, todo, scorer, presence, key, config.batch_size, report, progress, remote, sas)
-    if len(dataset) and (report.added or report.updated or not complete):
+    if len(dataset) and (report.added or report.updated or not complete or diversity):
         progress(DATASET_STAGE, 0, 2)
-        _diversity(dataset, report)
+        _near_duplicates(ws, dataset, report)
         progress(DATASET_STAGE, 1, 2)
-        report.visualization = visualize(dataset)
+        if diversity or diversity_due(dataset, config.diversity_growth):
+            _diversity(dataset, report)
         progress(DATASET_STAGE, 2, 2)
     save_views(dataset)
     index_concepts(ws)  # the cut-outs, as the dataset `<name>-concepts`
@@ -303,7 +332,7 @@ def _stored_keys(dataset: fo.Dataset) -> set[str | None]:
         return set()
     if not dataset.has_field(ds.MODELS_KEY):
         return {None}
-    return set(dataset.values(ds.MODELS_KEY))
+    return set(dataset.distinct(ds.MODELS_KEY))  # samples without a key are re-indexed anyway
 
 
 def _ray_embeddings(todo: list[_Todo], config: IndexConfig, weights: str) -> Iterator[Embedded]:
@@ -323,8 +352,8 @@ def _ray_embeddings(todo: list[_Todo], config: IndexConfig, weights: str) -> Ite
     )
 
 
-def _diversity(dataset: fo.Dataset, report: IndexReport) -> None:
-    """Near-duplicates and uniqueness over the whole dataset from the stored CLIP embeddings.
+def _near_duplicates(ws: Workspace, dataset: fo.Dataset, report: IndexReport) -> None:
+    """Near-duplicates of the samples not yet compared with the others, from the stored CLIP embeddings.
 
     Skipped with random weights: their distances say nothing about what images show, and every
     candidate would end up someone's duplicate.
@@ -333,8 +362,38 @@ def _diversity(dataset: fo.Dataset, report: IndexReport) -> None:
         dataset.info["near_duplicates"] = "skipped: random CLIP weights"
         dataset.save()
         return
-    report.near_duplicates = mark_near_duplicates(dataset)
+    report.near_duplicate_queries, report.near_duplicates = mark_new_near_duplicates(
+        dataset, ws.index_dir / "near_duplicates", NEAR_DUP_THRESHOLD
+    )
     dataset.info["near_duplicates"] = f"cosine distance <= {NEAR_DUP_THRESHOLD}"
+    dataset.save()
+
+
+def diversity_due(dataset: fo.Dataset, growth: float) -> bool:
+    """Whether uniqueness and the map are missing, from other weights, or the dataset grew by `growth`."""
+    last = dataset.info.get(DIVERSITY)
+    if not isinstance(last, dict) or last.get("clip_fingerprint") != dataset.info.get("clip_fingerprint"):
+        return True
+    return len(dataset) > last.get("samples", 0) * (1 + growth)
+
+
+def _diversity(dataset: fo.Dataset, report: IndexReport) -> None:
+    """Uniqueness (pretrained weights only, as near-duplicates) and the embedding map, over every sample."""
+    import fiftyone.brain as fob
+
+    n = len(dataset)
+    if dataset.info.get("clip_weights") == "pretrained" and n > 1:
+        fob.compute_uniqueness(
+            dataset, uniqueness_field=ds.UNIQUENESS, embeddings=ds.CLIP_EMBEDDING, progress=False
+        )
+        report.uniqueness = True
+    report.visualization = visualize(dataset)
+    dataset.info[DIVERSITY] = {
+        "samples": n,
+        "clip_fingerprint": dataset.info.get("clip_fingerprint"),
+        "uniqueness": report.uniqueness,
+        "map": report.visualization,
+    }
     dataset.save()
 
 
@@ -372,44 +431,13 @@ def visualize(dataset: fo.Dataset) -> str | None:
     return method
 
 
-def mark_near_duplicates(dataset: fo.Dataset, threshold: float = NEAR_DUP_THRESHOLD) -> int:
-    """Set `near_dup_of` on every lower-CLIP-T copy of a near-duplicate group, and `uniqueness`.
-
-    Groups come from FiftyOne Brain on the `clip_embedding` field; in each, the copy with the best
-    CLIP-T (ties: smallest candidate_id) is kept and the others point at its candidate_id.
-
-    Returns:
-        How many samples were marked.
-    """
-    import fiftyone as fo
-    import fiftyone.brain as fob
-
-    if not dataset.has_field(ds.NEAR_DUP_OF):  # all None when nothing is duplicated: no type to infer
-        dataset.add_sample_field(ds.NEAR_DUP_OF, fo.StringField)
-    ids, candidate_ids, scores = dataset.values(["id", ds.CANDIDATE_ID, ds.CLIP_T])
-    by_id = {i: (c, s if s is not None else float("-inf")) for i, c, s in zip(ids, candidate_ids, scores)}
-    index = fob.compute_near_duplicates(
-        dataset, embeddings=ds.CLIP_EMBEDDING, threshold=threshold, progress=False
-    )
-    marks: dict[str, str | None] = dict.fromkeys(ids)
-    for anchor, neighbours in index.neighbors_map.items():
-        group = [anchor, *(dup for dup, _ in neighbours)]
-        keeper = min(group, key=lambda i: (-by_id[i][1], by_id[i][0]))
-        for member in group:
-            if member != keeper:
-                marks[member] = by_id[keeper][0]
-    dataset.set_values(ds.NEAR_DUP_OF, [marks[i] for i in ids])
-    if len(ids) > 1:
-        fob.compute_uniqueness(
-            dataset, uniqueness_field=ds.UNIQUENESS, embeddings=ds.CLIP_EMBEDDING, progress=False
-        )
-    return sum(1 for m in marks.values() if m is not None)
-
-
 def _plan(
     ws: Workspace, dataset: fo.Dataset, key: str, report: IndexReport, progress: ProgressFn
 ) -> tuple[list[_Todo], dict[str, str]]:
-    """Decide what to (re)index by comparing hashes and models keys with what the dataset holds."""
+    """Decide what to (re)index by comparing hashes and models keys with what the dataset holds.
+
+    Records and images whose stat the file memo recognises are neither parsed nor hashed again.
+    """
     existing: dict[str, tuple[str, str, str, str | None]] = {}
     if len(dataset):
         ids, paths, image_hashes, record_hashes = dataset.values(
@@ -417,33 +445,66 @@ def _plan(
         )
         keys = dataset.values(ds.MODELS_KEY) if dataset.has_field(ds.MODELS_KEY) else [None] * len(ids)
         existing = {c: (p, i, r, k) for c, p, i, r, k in zip(ids, paths, image_hashes, record_hashes, keys)}
-    unreadable: list[Path] = []
-    candidates = list(ws.candidates(unreadable=unreadable))
-    report.failed.extend(
-        (path.stem, f"unreadable record {ws.relative(path)} (`curate generate` redoes it)") for path in unreadable
-    )
+    records = list(ws.candidate_record_paths())
     todo: list[_Todo] = []
     moved: dict[str, str] = {}
-    for done, candidate in enumerate(candidates, start=1):
-        path = ws.resolve(candidate.image)
-        try:
-            digest = image_hash(path)
-        except OSError as exc:
-            report.failed.append((candidate.candidate_id, f"cannot read {candidate.image}: {exc.strerror}"))
-            continue
-        record = content_id(candidate.model_dump())
-        old = existing.get(candidate.candidate_id)
-        if old is None or old[1:] != (digest, record, key):
-            todo.append(_Todo(candidate, path, digest, record, is_new=old is None))
-        else:
-            report.unchanged += 1
-            if old[0] != str(path):
-                moved[candidate.candidate_id] = str(path)
-        progress("checking candidates", done, len(candidates))
-    seen = {c.candidate_id for c in candidates}
+    seen: set[str] = set()
+    memo = FileMemo(ws.index_dir / "files.sqlite")
+    try:
+        for done, record_path in enumerate(records, start=1):
+            progress("checking candidates", done, len(records))
+            relative = record_path.relative_to(ws.root).as_posix()
+            unreadable = f"unreadable record {relative} (`curate generate` redoes it)"
+            candidate, info = None, None
+            try:
+                stat = file_stat(record_path)
+                info = memo.get(relative, stat)
+                if info is None:
+                    candidate = _read(record_path)
+                    report.parsed += 1
+                    info = {"id": candidate.candidate_id, "image": candidate.image, "ok": candidate.status == "ok",
+                            "record": content_id(candidate.model_dump())}  # fmt: skip
+                    memo.put(relative, stat, info)
+            except (OSError, CurateError):
+                report.failed.append((record_path.stem, unreadable))
+                continue
+            if not info["ok"]:
+                continue
+            seen.add(info["id"])
+            path = ws.resolve(info["image"])
+            try:
+                image_stat = file_stat(path)
+                digest = memo.get(info["image"], image_stat)
+                if digest is None:
+                    digest = image_hash(path)
+                    report.hashed += 1
+                    memo.put(info["image"], image_stat, digest)
+            except OSError as exc:
+                report.failed.append((info["id"], f"cannot read {info['image']}: {exc.strerror}"))
+                continue
+            old = existing.get(info["id"])
+            if old is None or old[1:] != (digest, info["record"], key):
+                try:
+                    if candidate is None:
+                        candidate = _read(record_path)
+                        report.parsed += 1
+                except CurateError:
+                    report.failed.append((info["id"], unreadable))
+                    continue
+                todo.append(_Todo(candidate, path, digest, info["record"], is_new=old is None))
+            else:
+                report.unchanged += 1
+                if old[0] != str(path):
+                    moved[info["id"]] = str(path)
+    finally:
+        memo.save()
     report.orphaned = sum(1 for c in existing if c not in seen)
     report.moved = len(moved)
     return todo, moved
+
+
+def _read(path: Path) -> Candidate:
+    return read_record(Candidate, path, str(path), "`curate generate` redoes it")
 
 
 def _load(todo: _Todo, scorer: ClipScorer | None) -> _Loaded | str:
@@ -552,6 +613,7 @@ def _fields(item: _Loaded, embedding: np.ndarray, score: float, cosine: float) -
         ds.IMAGE_HASH: item.todo.image_hash,
         ds.RECORD_HASH: item.todo.record_hash,
         ds.CLIP_EMBEDDING: embedding,
+        ds.NEAR_DUP_CHECKED: False,
         ds.CLIP_T: score,
         ds.CLIP_T_COS: cosine,
         **item.scores,

@@ -196,6 +196,11 @@ class Workspace:
         return self.root / "exports"
 
     @property
+    def index_dir(self) -> Path:
+        """What `curate index` keeps beside the dataset to skip unchanged files and old samples."""
+        return self.root / "index"
+
+    @property
     def name(self) -> str:
         return self.root.name
 
@@ -290,16 +295,20 @@ class Workspace:
             unreadable: Where to collect records that do not parse (they are skipped, and
                 `curate generate` redoes them); None makes the first one an error.
         """
+        for path in self.candidate_record_paths():
+            try:
+                candidate = read_record(Candidate, path, str(path), "`curate generate` redoes it")
+            except CurateError:
+                if unreadable is None:
+                    raise
+                unreadable.append(path)
+                continue
+            if include_failed or candidate.status == "ok":
+                yield candidate
+
+    def candidate_record_paths(self) -> Iterator[Path]:
+        """The candidate JSON files of finished shards, in shard then id order, unread."""
         if not self.candidates_dir.exists():
             return
         for marker in sorted(self.candidates_dir.glob(f"*/{SUCCESS_MARKER}")):
-            for path in sorted(marker.parent.glob("*.json")):
-                try:
-                    candidate = read_record(Candidate, path, str(path), "`curate generate` redoes it")
-                except CurateError:
-                    if unreadable is None:
-                        raise
-                    unreadable.append(path)
-                    continue
-                if include_failed or candidate.status == "ok":
-                    yield candidate
+            yield from sorted(marker.parent.glob("*.json"))
