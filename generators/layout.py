@@ -67,6 +67,8 @@ SIZE_PRIORS: dict[str, float] = {
     "candle": 0.2,
     "sunglasses": 0.12,
     "hat": 0.2,
+    "coin": 0.12,
+    "shuttle": 0.45,
 }
 """Relative real-world height by class noun; unknown nouns get DEFAULT_SIZE."""
 DEFAULT_SIZE = 0.4
