@@ -200,22 +200,31 @@ class OpenAICaptioner(VLMCaptioner):
 
 
 class TransformersCaptioner(VLMCaptioner):
-    """A transformers VLM (LLaVA-1.5 and kin), loaded once per worker, on GPU in fp16 when present."""
+    """A transformers VLM (LLaVA-1.5 and kin) with its processor, already loaded on its device.
 
-    def __init__(self, name: str, settings: GenerateConfig):
+    `from_pretrained` is what a worker calls, once; benchmarks hand in a model built in memory.
+    """
+
+    def __init__(self, name: str, settings: GenerateConfig, processor: Any, model: Any):
+        if not getattr(processor, "chat_template", None):
+            raise CurateError(f"captioning model {name!r} has no chat template in its processor")
+        self.name, self.settings, self.processor = name, settings, processor
+        self.model: Any = model.eval()
+        self.device = str(model.device)
+
+    @classmethod
+    def from_pretrained(cls, name: str, settings: GenerateConfig) -> TransformersCaptioner:
+        """Load by hub id or folder, on GPU in fp16 when present."""
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        self.name, self.settings = name, settings
-        self.device, dtype = resolve_device(settings.device, settings.dtype)
+        device, dtype = resolve_device(settings.device, settings.dtype)
         try:
-            self.processor = AutoProcessor.from_pretrained(name)
+            processor = AutoProcessor.from_pretrained(name)
             model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype)
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CurateError(f"cannot load captioning model {name!r}: {first}") from exc
-        if not getattr(self.processor, "chat_template", None):
-            raise CurateError(f"captioning model {name!r} has no chat template in its processor")
-        self.model: Any = model.to(self.device).eval()
+        return cls(name, settings, processor, model.to(device))
 
     def describe(self, image: np.ndarray) -> str:
         import torch
@@ -253,4 +262,4 @@ def load_captioner(name: str, settings: GenerateConfig | None = None) -> Caption
         if not model:
             raise CurateError("recaption 'openai:' needs a model name, e.g. 'openai:gpt-4o-mini'")
         return OpenAICaptioner(model, settings)
-    return TransformersCaptioner(name, settings)
+    return TransformersCaptioner.from_pretrained(name, settings)
