@@ -277,6 +277,10 @@ def review_serve(
     ] = 0,
     url: Annotated[str, typer.Option(envvar="LABEL_STUDIO_URL", help="Record this running server instead.")] = "",
     token: TokenOpt = "",
+    document_root: Annotated[
+        Path | None,
+        typer.Option(help="With --url: the server's LOCAL_FILES_DOCUMENT_ROOT, a folder holding the workspace."),
+    ] = None,
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Start a local Label Studio serving the workspace's images (or record --url); prints URL and login."""
@@ -288,9 +292,11 @@ def review_serve(
     if url:
         if not token:
             raise CurateError(f"a token is needed for {url}: pass --token or set LABEL_STUDIO_TOKEN")
-        info = use_server(ws, url, token)
+        info = use_server(ws, url, token, document_root=document_root)
         typer.echo(f"Label Studio: {info.url} recorded in {info.path}")
         return
+    if document_root:
+        raise CurateError("--document-root describes a running server: pass it with --url")
     typer.echo("starting Label Studio (the first start migrates its database: about a minute)...", err=True)
     info = serve(ws, port=port or None)
     if note := moved_note(port or ws.config.review.port, info.url):

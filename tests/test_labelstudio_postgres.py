@@ -31,7 +31,7 @@ from curation import dataset as ds
 from curation.cli import app
 from curation.config import CurateConfig
 from curation.errors import CurateError
-from curation.labelstudio_server import ServerInfo, database_in, read_server, stop, use_server
+from curation.labelstudio_server import ServerInfo, database_in, read_server, stop
 from curation.ports import free_port
 from curation.review_pull import annotation_result
 from curation.workspace import Workspace
@@ -176,9 +176,14 @@ def test_two_annotators_review_on_postgres(team_server: TeamServer) -> None:
     config = CurateConfig()
     config.index.dataset_name = f"review-postgres-{home.root.name}"
     ws = Workspace.create(home.root / "researcher", config)
-    use_server(ws, info.url, info.token, document_root=home.root)
-    ids = build_candidates(ws, 3)
     runner = CliRunner()
+    recorded = runner.invoke(
+        app,
+        ["review", "serve", "--url", info.url, "--token", info.token, "--document-root", str(home.root)]
+        + ["-w", str(ws.root)],
+    )
+    assert recorded.exit_code == 0, recorded.output
+    ids = build_candidates(ws, 3)
     pushed = runner.invoke(app, ["review", "push", "--overlap", "2", "-w", str(ws.root)])
     assert pushed.exit_code == 0, pushed.output
 
@@ -188,11 +193,20 @@ def test_two_annotators_review_on_postgres(team_server: TeamServer) -> None:
         client = LabelStudio(base_url=info.url, api_key=tokens[email])
         user_ids[email] = client.users.whoami().id
         (project,) = client.projects.list()
-        tasks = {
-            t.data[ds.CANDIDATE_ID]: t.id for t in client.tasks.list(project=project.id, fields="task_only")
+        listed = {
+            t.data[ds.CANDIDATE_ID]: t for t in client.tasks.list(project=project.id, fields="task_only")
         }
         for cid, decision in zip(ids, decisions, strict=True):
-            client.annotations.create(id=tasks[cid], result=annotation_result(decision, 4))
+            client.annotations.create(id=listed[cid].id, result=annotation_result(decision, 4))
+
+    # the team server's document root holds the workspace: the annotator's page gets the image
+    image = requests.get(
+        info.url + listed[ids[0]].data["image"],
+        headers={"Authorization": f"Token {tokens[email]}"},
+        timeout=60,
+    )
+    assert image.status_code == 200
+    assert image.content == (ws.candidates_dir / "s000" / f"{ids[0]}.png").read_bytes()
 
     pulled = runner.invoke(app, ["review", "pull", "-w", str(ws.root)])
     assert pulled.exit_code == 0, pulled.output
