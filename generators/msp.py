@@ -41,6 +41,15 @@ printed is constant); the loss's gradient g w.r.t. x_t (eps held fixed) enters a
 guidance, eps + sal_scale * sqrt(1 - a_t) * g, which moves x0_hat against g, i.e. lowers the loss.
 Schedulers without ``alphas_cumprod`` (a_t = 1) get no SAL correction.
 
+**SDXL** takes the same loop: its `encode_prompt` gives each segment prompt's encoder states (both
+text encoders) and pooled embedding, and every UNet (and ControlNet) call gets them with the added
+time ids (original size = target size = the canvas, no crop), as its own pipeline passes them. The
+unconditional row is zeros when the negative prompt is empty and the model sets
+`force_zeros_for_empty_prompt` (SDXL base does), as in its pipeline; the VAE runs in fp32 when its
+config says `force_upcast` (SDXL's overflows in fp16). A refiner (one text encoder, aesthetic
+score) or an inpainting UNet is refused. x0_hat for SAL is taken from the scheduler's scaled model
+input, so sigma-scaled schedulers (Euler, SDXL's default) give the same x0_hat as DDPM-scaled ones.
+
 Heavy libraries are imported inside functions so importing this module stays cheap. `MSPSettings`
 lives in `curation.config` (it is the `[generate.msp]` section of curate.toml) and is re-exported here.
 """
@@ -101,6 +110,8 @@ class StepState:
 
 
 GuidanceHook = Callable[[StepState], "torch.Tensor"]
+Embeds = tuple["torch.Tensor", "torch.Tensor | None"]
+"""Per UNet row: encoder hidden states, and the pooled text embedding for SDXL (None for SD 1.x/2.x)."""
 """Returns the (possibly corrected) noise prediction; the seam for subject-aware segmentation loss."""
 
 
@@ -156,10 +167,18 @@ class SALGuidance:
     def __init__(self, pipe: Any, segmenter: SubjectSegmenter, scale: float, steps: int):
         self.pipe, self.segmenter, self.scale, self.steps = pipe, segmenter, scale, steps
 
-    def x0_pixels(self, latents: torch.Tensor, noise_pred: torch.Tensor, alpha: float) -> torch.Tensor:
-        """Decoded x0_hat in 0..1, differentiable w.r.t. `latents`."""
+    def x0_pixels(
+        self, latents: torch.Tensor, noise_pred: torch.Tensor, alpha: float, timestep: Any
+    ) -> torch.Tensor:
+        """Decoded x0_hat in 0..1, differentiable w.r.t. `latents`.
+
+        The scheduler's scaled model input is x_t in DDPM scale whatever the scheduler: the latents
+        themselves for DDIM/DDPM/DPM-Solver, latents / sqrt(sigma^2 + 1) for Euler-type schedulers
+        (which read sigma at their current step: call this within the step, as the hook is).
+        """
         vae = self.pipe.vae
-        x0 = (latents - math.sqrt(1.0 - alpha) * noise_pred) / math.sqrt(alpha)
+        x_t = self.pipe.scheduler.scale_model_input(latents, timestep)
+        x0 = (x_t - math.sqrt(1.0 - alpha) * noise_pred) / math.sqrt(alpha)
         pixels = vae.decode(x0.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
         return (pixels.float() / 2 + 0.5).clamp(0, 1)
 
@@ -169,7 +188,9 @@ class SALGuidance:
 
         with torch.enable_grad():
             latents = state.latents.detach().float().requires_grad_(True)
-            pixels = self.x0_pixels(latents, state.noise_pred.detach().float(), state.alpha_cumprod)
+            pixels = self.x0_pixels(
+                latents, state.noise_pred.detach().float(), state.alpha_cumprod, state.timestep
+            )
             loss = sal_loss(self.segmenter, pixels, state.masks, state.segment_names)
             (grad,) = torch.autograd.grad(loss, latents, allow_unused=True)
         return loss.detach(), torch.zeros_like(latents) if grad is None else grad
@@ -287,10 +308,11 @@ def segment_prompts(plan: LayoutPlan, concepts: dict[str, Concept]) -> tuple[lis
 
 
 class MSPGenerator:
-    """A Stable Diffusion 1.x/2.x pipeline driven by the MSP loop; load once per worker, call per batch.
+    """A Stable Diffusion 1.x/2.x or SDXL pipeline driven by the MSP loop; load once per worker, call per batch.
 
     Args:
-        pipe: a loaded StableDiffusionPipeline (hub weights, a local folder, or `curate train` output).
+        pipe: a loaded StableDiffusionPipeline (hub weights, a local folder, or `curate train` output)
+            or StableDiffusionXLPipeline.
         model_id: what provenance records as the model.
         controlnet: an optional loaded ControlNetModel.
         controlnet_id: what provenance records as the ControlNet.
@@ -308,6 +330,9 @@ class MSPGenerator:
     ) -> None:
         self.pipe = pipe
         self.model_id = model_id or str(getattr(pipe, "name_or_path", "") or "")
+        # an SDXL-style UNet: pooled text embeddings and time ids go with every call
+        self.xl = getattr(pipe.unet.config, "addition_embed_type", None) == "text_time"
+        self._check_model()
         self.controlnet = controlnet
         self.controlnet_id = controlnet_id
         self.sal = sal
@@ -317,14 +342,27 @@ class MSPGenerator:
     def from_pretrained(
         cls, model: str | Path, controlnet: str | Path | None = None, device: str | None = None
     ) -> MSPGenerator:
-        """Load a pipeline (and ControlNet) by hub id or local folder; fp16 on CUDA, fp32 on CPU."""
-        from diffusers import ControlNetModel, StableDiffusionPipeline
+        """Load a pipeline (and ControlNet) by hub id or local folder; fp16 on CUDA, fp32 on CPU.
+
+        The folder's model_index.json says which: an SDXL one loads as StableDiffusionXLPipeline,
+        anything else as StableDiffusionPipeline.
+        """
+        from diffusers import (
+            ControlNetModel,
+            DiffusionPipeline,
+            StableDiffusionPipeline,
+            StableDiffusionXLPipeline,
+        )
 
         device, dtype = resolve_device(device or "auto", "auto")
         try:
-            pipe = StableDiffusionPipeline.from_pretrained(
-                str(model), dtype=dtype, safety_checker=None, requires_safety_checker=False
-            )
+            kind = str(DiffusionPipeline.load_config(str(model)).get("_class_name", ""))
+            if kind.startswith("StableDiffusionXL"):
+                pipe = StableDiffusionXLPipeline.from_pretrained(str(model), dtype=dtype)
+            else:
+                pipe = StableDiffusionPipeline.from_pretrained(
+                    str(model), dtype=dtype, safety_checker=None, requires_safety_checker=False
+                )
             net = ControlNetModel.from_pretrained(str(controlnet), dtype=dtype) if controlnet else None
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -334,6 +372,24 @@ class MSPGenerator:
         if net is not None:
             net.to(device)
         return cls(pipe, model_id=str(model), controlnet=net, controlnet_id=str(controlnet or ""))
+
+    def _check_model(self) -> None:
+        """Refuse what the loop cannot drive; run SDXL's VAE in fp32 where its config asks for it."""
+        import torch
+
+        pipe = self.pipe
+        if pipe.unet.config.in_channels != pipe.vae.config.latent_channels:
+            raise CurateError(
+                f"MSP needs a text-to-image UNet; {self.model_id or 'the model'} takes "
+                f"{pipe.unet.config.in_channels} input channels (an inpainting model?)"
+            )
+        if self.xl and getattr(pipe, "text_encoder", None) is None:
+            raise CurateError(
+                f"MSP needs an SDXL base model with both text encoders; {self.model_id or 'the model'} "
+                "has one (a refiner?)"
+            )
+        if self.xl and getattr(pipe.vae.config, "force_upcast", False) and pipe.vae.dtype == torch.float16:
+            pipe.vae.to(torch.float32)  # SDXL's VAE overflows in fp16; its own pipeline upcasts too
 
     @classmethod
     def from_settings(
@@ -535,19 +591,33 @@ class MSPGenerator:
             clean = pipe.vae.encode(pixels).latent_dist.mode() * pipe.vae.config.scaling_factor
         return pipe.scheduler.add_noise(clean.to(noise.dtype), noise, first_t.repeat(len(generators)))
 
-    def _embedder(self, negative_prompt: str) -> Callable[[list[str]], torch.Tensor]:
-        """Encode prompts through the pipeline's own encode_prompt, each distinct text once."""
+    def _embedder(self, negative_prompt: str) -> Callable[[list[str]], Embeds]:
+        """Encode prompts through the pipeline's own encode_prompt, each distinct text once.
+
+        The empty text is the unconditional prompt: the negative prompt, or zeros for an SDXL model
+        with `force_zeros_for_empty_prompt` and no negative prompt, as its pipeline does.
+        """
         import torch
 
         pipe = self.pipe
+        zeros = self.xl and not negative_prompt and bool(pipe.config.get("force_zeros_for_empty_prompt"))
 
-        def embed(prompts: list[str]) -> torch.Tensor:
+        def embed(prompts: list[str]) -> Embeds:
             unique = sorted(set(prompts))
             texts = [negative_prompt if p == "" else p for p in unique]
+            pooled = None
             with torch.no_grad():
-                encoded, _ = pipe.encode_prompt(texts, pipe.device, 1, False)
-            lookup = {p: encoded[k] for k, p in enumerate(unique)}
-            return torch.stack([lookup[p] for p in prompts])
+                if self.xl:
+                    hidden, _, pooled, _ = pipe.encode_prompt(
+                        texts, device=pipe.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+                    )
+                else:
+                    hidden, _ = pipe.encode_prompt(texts, pipe.device, 1, False)
+            if zeros and "" in unique:
+                hidden[unique.index("")] = 0
+                pooled[unique.index("")] = 0
+            order = torch.tensor([unique.index(p) for p in prompts], device=hidden.device)
+            return hidden[order], None if pooled is None else pooled[order]
 
         return embed
 
@@ -564,31 +634,40 @@ class MSPGenerator:
         cond = self._control_processor.preprocess(list(control_images), height=height, width=width)
         return cond.to(device=self.pipe.device, dtype=self.controlnet.dtype)
 
-    def _predict(self, rows, t, embeds, control, settings: MSPSettings) -> torch.Tensor:
-        """One (chunked) UNet forward over all rows, with ControlNet residuals when given."""
+    def _predict(self, rows, t, embeds: Embeds, control, settings: MSPSettings) -> torch.Tensor:
+        """One (chunked) UNet forward over all rows, with ControlNet residuals when given.
+
+        SDXL rows also get their pooled embedding and the time ids (canvas size, no crop, canvas size).
+        """
         import torch
 
+        hidden, pooled = embeds
         size = settings.max_unet_batch or rows.shape[0]
+        height, width = (side * self.pipe.vae_scale_factor for side in rows.shape[-2:])
+        time_ids = hidden.new_tensor([[height, width, 0, 0, height, width]])
         outputs = []
         with torch.no_grad():
             for start in range(0, rows.shape[0], size):
                 part = slice(start, start + size)
+                cond: dict[str, Any] = {"encoder_hidden_states": hidden[part]}
+                if pooled is not None:
+                    n = pooled[part].shape[0]
+                    cond["added_cond_kwargs"] = {
+                        "text_embeds": pooled[part],
+                        "time_ids": time_ids.expand(n, -1),
+                    }
                 extra = {}
                 if control is not None:
                     down, mid = self.controlnet(
                         rows[part],
                         t,
-                        encoder_hidden_states=embeds[part],
                         controlnet_cond=control[part],
                         conditioning_scale=settings.controlnet_scale,
                         return_dict=False,
+                        **cond,
                     )
                     extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-                outputs.append(
-                    self.pipe.unet(
-                        rows[part], t, encoder_hidden_states=embeds[part], return_dict=False, **extra
-                    )[0]
-                )
+                outputs.append(self.pipe.unet(rows[part], t, return_dict=False, **cond, **extra)[0])
         return torch.cat(outputs)
 
     @staticmethod

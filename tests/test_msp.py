@@ -1,4 +1,5 @@
-"""MSP-Diffusion on a tiny random-init Stable Diffusion: regions, phases, scaffolding, determinism, ControlNet.
+"""MSP-Diffusion on a tiny random-init Stable Diffusion: regions, phases, scaffolding, determinism, ControlNet;
+and on a tiny random-init SDXL (`stabilityai/stable-diffusion-xl-base-1.0`'s classes and config keys).
 
 The UNet is instrumented with forward hooks (no mocks): the tests see exactly which prompt
 embeddings reach it at each step and compare the composited prediction with separate
@@ -21,12 +22,13 @@ from generators.msp import (
     BACKGROUND,
     MSPGenerator,
     MSPSettings,
+    SALGuidance,
     StepState,
     masks_from_layers,
     render_segment_map,
     segment_prompts,
 )
-from tests.fixtures.tiny_pipelines import build_tiny_sd
+from tests.fixtures.tiny_pipelines import build_tiny_sd, build_tiny_sdxl, build_tiny_sdxl_inpaint
 
 CANVAS = 32  # pixels; the tiny VAE halves it, so latents are 16x16
 
@@ -318,3 +320,118 @@ def test_controlnet_residuals_reach_every_unet_call(sd_folder, controlnet_folder
     assert a.provenance["controlnet"] == str(controlnet_folder) and free.provenance["controlnet"] is None
     img = [np.asarray(r.image, dtype=np.int16) for r in (a, b, free)]
     assert np.abs(img[0] - img[1]).max() > 10 and np.abs(img[0] - img[2]).max() > 10
+
+
+XL_CANVAS = 64  # the tiny SDXL VAE downsamples by 8: 8x8 latents
+
+
+@pytest.fixture(scope="module")
+def xl_gen(tmp_path_factory) -> MSPGenerator:
+    return MSPGenerator.from_pretrained(build_tiny_sdxl(tmp_path_factory.mktemp("msp-sdxl")), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def xl_plan() -> LayoutPlan:
+    return _plan([("cat", 0, 0, 32, 64), ("mug", 32, 16, 32, 32)], size=XL_CANVAS)
+
+
+def test_sdxl_all_harmonization_is_its_own_pipeline(xl_gen, xl_plan, concepts):
+    """kappa = 0 on SDXL must equal StableDiffusionXLPipeline on the global prompt with the same noise:
+    both text encoders, the pooled embedding, the time ids and the zero unconditional row as it builds them."""
+    assert xl_gen.xl
+    settings = MSPSettings(steps=3, kappa=0.0, guidance_scale=4.0)
+    ours = xl_gen([xl_plan], concepts, [11], settings)[0].image
+    assert ours.size == (XL_CANVAS, XL_CANVAS)
+    _, global_prompt = segment_prompts(xl_plan, concepts)
+    noise = torch.randn((4, 8, 8), generator=torch.Generator("cpu").manual_seed(11))[None]
+    plain = xl_gen.pipe(
+        global_prompt,
+        height=XL_CANVAS,
+        width=XL_CANVAS,
+        num_inference_steps=3,
+        guidance_scale=4.0,
+        latents=noise,
+    ).images[0]
+    assert np.abs(np.asarray(ours, dtype=np.int16) - np.asarray(plain, dtype=np.int16)).max() <= 1
+
+
+def test_sdxl_segment_prompts_bring_their_pooled_embeddings_and_time_ids(xl_gen, xl_plan, concepts):
+    added: list[dict[str, torch.Tensor]] = []
+    handle = xl_gen.pipe.unet.register_forward_pre_hook(
+        lambda m, a, kw: added.append({k: v.clone() for k, v in kw["added_cond_kwargs"].items()}),
+        with_kwargs=True,
+    )
+    try:
+        result = xl_gen([xl_plan], concepts, [5], MSPSettings(steps=2, kappa=0.5))[0]
+    finally:
+        handle.remove()
+    local, global_prompt = segment_prompts(xl_plan, concepts)
+    with torch.no_grad():
+        pooled = xl_gen.pipe.encode_prompt(
+            local + [global_prompt], device="cpu", do_classifier_free_guidance=False
+        )[2]
+    composition, harmonization = added
+    # the unconditional row is zeros (force_zeros_for_empty_prompt), then one row per segment prompt
+    torch.testing.assert_close(
+        composition["text_embeds"], torch.cat([torch.zeros_like(pooled[:1]), pooled[:3]])
+    )
+    torch.testing.assert_close(
+        harmonization["text_embeds"], torch.cat([torch.zeros_like(pooled[:1]), pooled[3:]])
+    )
+    for call in added:
+        assert call["time_ids"].tolist() == [[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]] * call["time_ids"].shape[0]
+    assert result.provenance["segments"] == ["cat", "mug", BACKGROUND]
+    assert result.provenance["scheduler"] == "EulerDiscreteScheduler"
+
+
+def test_sdxl_sal_reads_x0_from_sigma_scaled_latents(xl_gen, xl_plan, concepts, tmp_path):
+    """Euler's latents are x0 + sigma * eps: SAL must decode latents - sigma * eps (the DDPM formula would not)."""
+    from personalization.subject_segmenter import SegmenterSettings, build_unet, save_segmenter
+
+    decoded: list[tuple[StepState, torch.Tensor]] = []
+    sal = SALGuidance(xl_gen.pipe, None, 1.0, 1)
+
+    def hook(state: StepState) -> torch.Tensor:
+        decoded.append(
+            (state, sal.x0_pixels(state.latents, state.noise_pred, state.alpha_cumprod, state.timestep))
+        )
+        return state.noise_pred
+
+    xl_gen([xl_plan], concepts, [3], MSPSettings(steps=3, kappa=1.0), guidance=hook)
+    state, pixels = decoded[0]
+    a = state.alpha_cumprod
+    vae = xl_gen.pipe.vae
+
+    def decode(x0: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return (vae.decode(x0 / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+
+    expected = decode(state.latents - ((1 - a) / a) ** 0.5 * state.noise_pred)
+    torch.testing.assert_close(pixels.detach(), expected, atol=1e-4, rtol=1e-4)
+    ddpm = decode((state.latents - (1 - a) ** 0.5 * state.noise_pred) / a**0.5)
+    assert (ddpm - expected).abs().max() > 1e-2, "the DDPM formula would decode another x0"
+
+    tiny = SegmenterSettings(
+        encoder="resnet18", encoder_depth=3, decoder_channels=(16, 8, 4), encoder_weights="", size=32
+    )
+    torch.manual_seed(0)
+    save_segmenter(tmp_path, build_unet(tiny, 3), ["cat", "mug"], tiny, encoder_weights="random")
+    base = MSPSettings(steps=3, kappa=0.5)
+    plain = xl_gen([xl_plan], concepts, [7], settings=base)[0]
+    guided = xl_gen(
+        [xl_plan],
+        concepts,
+        [7],
+        settings=base.model_copy(update={"sal_model": str(tmp_path), "sal_scale": 50.0}),
+    )[0]
+    assert guided.provenance["sal"]["scale"] == 50.0
+    assert (
+        np.abs(np.asarray(plain.image, dtype=np.int16) - np.asarray(guided.image, dtype=np.int16)).max() > 0
+    )
+
+
+def test_sdxl_inpainting_and_refiner_models_are_refused(tmp_path):
+    with pytest.raises(CurateError, match="text-to-image UNet.*9 input channels"):
+        MSPGenerator.from_pretrained(build_tiny_sdxl_inpaint(tmp_path), device="cpu")
+    with pytest.raises(CurateError, match="both text encoders"):
+        MSPGenerator.from_pretrained(build_tiny_sdxl_inpaint(tmp_path, refiner=True), device="cpu")

@@ -128,7 +128,7 @@ def test_one_guided_step_lowers_the_loss(gen, plan, concepts, msal) -> None:
 
     def loss_with(noise: torch.Tensor) -> float:
         with torch.no_grad():
-            pixels = hook.x0_pixels(state.latents.float(), noise.float(), a)
+            pixels = hook.x0_pixels(state.latents.float(), noise.float(), a, state.timestep)
             return float(sal_loss(hook.segmenter, pixels, state.masks, state.segment_names))
 
     assert loss_with(state.noise_pred) == pytest.approx(float(loss0), rel=1e-5)
