@@ -21,10 +21,54 @@ import resource
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+@dataclass
+class IndexTimes:
+    """Seconds (wall and this process's CPU) for the bare forward and for `index_workspace`, same candidates."""
+
+    bare: float
+    bare_cpu: float
+    indexed: float
+    indexed_cpu: float
+    report: Any
+
+
+def measure_index(ws: Any, scorer: Any, candidates: list[Any], batch_size: int) -> IndexTimes:
+    """Bare CLIP forward (before and after, averaged: a shared machine's load drifts) vs indexing end to end.
+
+    The bare side embeds the same candidates' already preprocessed images and captions, nothing else:
+    the model work indexing needs. The dataset `index_workspace` makes is left for the caller to delete.
+    """
+    import torch
+    from PIL import Image
+
+    from curation.index import clip_text, index_workspace
+
+    tensors = [scorer.image_tensor(Image.open(ws.resolve(c.image)).convert("RGB")) for c in candidates]
+    texts = [clip_text(c) for c in candidates]
+    scorer.embed_tensors(torch.stack(tensors[:2]))  # warm-up
+
+    def timed(fn) -> tuple[float, float, object]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = fn()
+        return time.perf_counter() - wall, time.process_time() - cpu, result
+
+    def bare_forward() -> None:
+        for i in range(0, len(tensors), batch_size):
+            scorer.embed_tensors(torch.stack(tensors[i : i + batch_size]))
+            scorer.embed_texts(texts[i : i + batch_size])
+
+    bare_1, bare_cpu_1, _ = timed(bare_forward)
+    indexed, indexed_cpu, report = timed(lambda: index_workspace(ws, scorer=scorer))
+    bare_2, bare_cpu_2, _ = timed(bare_forward)
+    return IndexTimes((bare_1 + bare_2) / 2, (bare_cpu_1 + bare_cpu_2) / 2, indexed, indexed_cpu, report)
 
 
 def main() -> None:
@@ -46,7 +90,6 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from curation.index import clip_text, index_workspace
     from curation.scores.artifacts import artifact_scores
     from curation.scores.clip import load_clip
     from tests.fixtures.candidate_workspace import index_test_workspace, write_candidates
@@ -54,32 +97,20 @@ def main() -> None:
     ws = index_test_workspace(tmp / "ws", args.model, batch_size=args.batch_size)
     candidates = write_candidates(ws, args.n, size=args.size, shard_size=200)
     scorer = load_clip(args.model, None, batch_size=args.batch_size)
-    images = [Image.open(ws.resolve(c.image)).convert("RGB") for c in candidates]
-    tensors = [scorer.image_tensor(im) for im in images]
-    texts = [clip_text(c) for c in candidates]
-    scorer.embed_tensors(torch.stack(tensors[:2]))  # warm-up
     import fiftyone as fo
 
     fo.list_datasets()  # start the embedded MongoDB outside the timings
-
-    def timed(fn) -> tuple[float, float, object]:
-        """(wall s, this process's CPU s, result); CPU time is the fairer figure on a shared machine."""
-        wall, cpu = time.perf_counter(), time.process_time()
-        result = fn()
-        return time.perf_counter() - wall, time.process_time() - cpu, result
-
-    def bare_forward() -> None:
-        for i in range(0, args.n, args.batch_size):
-            scorer.embed_tensors(torch.stack(tensors[i : i + args.batch_size]))
-            scorer.embed_texts(texts[i : i + args.batch_size])
-
-    # bare before and after the indexing run, averaged: the machine's load drifts between them
     load_before = os.getloadavg()[0]
-    bare_1, bare_cpu_1, _ = timed(bare_forward)
-    indexed, indexed_cpu, report = timed(lambda: index_workspace(ws, scorer=scorer))
-    bare_2, bare_cpu_2, _ = timed(bare_forward)
-    bare, bare_cpu = (bare_1 + bare_2) / 2, (bare_cpu_1 + bare_cpu_2) / 2
+    times = measure_index(ws, scorer, candidates, args.batch_size)
+    bare, bare_cpu, indexed, indexed_cpu, report = (
+        times.bare,
+        times.bare_cpu,
+        times.indexed,
+        times.indexed_cpu,
+        times.report,
+    )
     assert report.added == args.n, report.summary()
+    images = [Image.open(ws.resolve(c.image)).convert("RGB") for c in candidates]
 
     arrays = [np.asarray(im) for im in images]
     start = time.perf_counter()

@@ -31,8 +31,12 @@ from curation.records import Box, Concept, LayoutPlan
 from generators.msp import MSPGenerator, MSPSettings
 
 
-def build_sd15(folder: Path) -> Path:
-    """The Stable Diffusion 1.5 architecture from its published config values, random weights."""
+def sd15_pipeline(folder: Path) -> object:
+    """The Stable Diffusion 1.5 architecture from its published config values, random weights, in memory.
+
+    Built on the current default device (`with torch.device("cuda"):` builds it on the GPU, in seconds);
+    `folder` receives the tokenizer files.
+    """
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -41,7 +45,16 @@ def build_sd15(folder: Path) -> Path:
 
     torch.manual_seed(0)
     tokenizer = load_clip_tokenizer(write_clip_tokenizer(folder / "_tokenizer_src"))
-    pipe = StableDiffusionPipeline(
+    with torch.device("cpu"):  # a scheduler's tables stay on the CPU (numpy), whatever device builds the rest
+        scheduler = DDIMScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+        )
+    return StableDiffusionPipeline(
         unet=UNet2DConditionModel(sample_size=64, cross_attention_dim=768),
         vae=AutoencoderKL(
             block_out_channels=(128, 256, 512, 512),
@@ -63,20 +76,31 @@ def build_sd15(folder: Path) -> Path:
             )
         ),
         tokenizer=tokenizer,
-        scheduler=DDIMScheduler(
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            clip_sample=False,
-            set_alpha_to_one=False,
-            steps_offset=1,
-        ),
+        scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(folder / "sd15")
+
+
+def build_sd15(folder: Path) -> Path:
+    """`sd15_pipeline` saved under `folder`, for the `from_pretrained` path."""
+    sd15_pipeline(folder).save_pretrained(folder / "sd15")
     return folder / "sd15"
+
+
+def txt2img(pipe, size: int, steps: int) -> None:
+    """One plain classifier-free-guided text-to-image call: what MSP's cost is compared with."""
+    import torch
+
+    pipe(
+        "a photo of dogs in a quiet park",
+        height=size,
+        width=size,
+        num_inference_steps=steps,
+        guidance_scale=7.5,
+        generator=torch.Generator("cpu").manual_seed(0),
+    )
 
 
 def make_plan(n_concepts: int, size: int) -> LayoutPlan:
@@ -91,6 +115,14 @@ def make_plan(n_concepts: int, size: int) -> LayoutPlan:
         height=size,
         planner="bench",
     ).with_id()
+
+
+def make_concepts(n: int) -> dict[str, Concept]:
+    """`n` dog concepts c0, c1, ... (one class noun: the segment prompts differ by token only)."""
+    return {
+        f"c{i}": Concept(concept_id=f"c{i}", name=f"c{i}", class_noun="dog", token=f"<c{i}>")
+        for i in range(n)
+    }
 
 
 def timed(fn, repeats: int, clock) -> float:
@@ -139,27 +171,14 @@ def main() -> None:
     clock = time.perf_counter if args.wall else time.process_time
     gen = MSPGenerator.from_pretrained(model)
     pipe = gen.pipe
-    concepts = {
-        f"c{i}": Concept(concept_id=f"c{i}", name=f"c{i}", class_noun="dog", token=f"<c{i}>")
-        for i in range(args.concepts)
-    }
+    concepts = make_concepts(args.concepts)
     plan = make_plan(args.concepts, size)
     segments = args.concepts + 1
     rows = [0]
     pipe.unet.register_forward_pre_hook(lambda m, a: rows.__setitem__(0, rows[0] + a[0].shape[0]))
 
-    def plain() -> None:
-        pipe(
-            "a photo of dogs in a quiet park",
-            height=size,
-            width=size,
-            num_inference_steps=args.steps,
-            guidance_scale=7.5,
-            generator=torch.Generator("cpu").manual_seed(0),
-        )
-
     rows[0] = 0
-    base = timed(plain, args.repeats, clock)
+    base = timed(lambda: txt2img(pipe, size, args.steps), args.repeats, clock)
     base_rows = rows[0] // (args.repeats + 1)
     print(
         f"clock={'wall' if args.wall else 'process CPU'} threads={args.threads} device={pipe.device} "

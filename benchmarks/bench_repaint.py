@@ -94,13 +94,14 @@ def full_sdxl_inpaint() -> object:
         scaling_factor=0.13025,
         force_upcast=True,
     )
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
+    with torch.device("cpu"):  # a scheduler's tables stay on the CPU (numpy), whatever device builds the rest
+        scheduler = EulerDiscreteScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            steps_offset=1,
+            timestep_spacing="leading",
+        )
     return StableDiffusionXLInpaintPipeline(
         vae=vae,
         text_encoder=CLIPTextModel(text_l),
@@ -113,18 +114,60 @@ def full_sdxl_inpaint() -> object:
     )
 
 
+def full_sdxl_refiner(base: object) -> object:
+    """The SDXL refiner at full size, random weights (`stabilityai/stable-diffusion-xl-refiner-1.0`'s
+    published UNet config: 384/768/1536/1536, 4 transformer layers, conditioned on OpenCLIP bigG only),
+    sharing the base's second text encoder and VAE as Gen4Gen's hand-off does."""
+    import torch
+    from diffusers import StableDiffusionXLInpaintPipeline, UNet2DConditionModel
+
+    torch.manual_seed(1)
+    with torch.device("cpu"):
+        scheduler = type(base.scheduler).from_config(base.scheduler.config)
+    unet = UNet2DConditionModel(
+        sample_size=128,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(384, 768, 1536, 1536),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(6, 12, 24, 24),
+        transformer_layers_per_block=4,
+        cross_attention_dim=1280,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2560,
+    )
+    return StableDiffusionXLInpaintPipeline(
+        vae=base.vae,
+        text_encoder=None,
+        text_encoder_2=base.text_encoder_2,
+        tokenizer=None,
+        tokenizer_2=base.tokenizer_2,
+        unet=unet,
+        scheduler=scheduler,
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+        add_watermarker=False,
+    )
+
+
 def check_full() -> None:
     """Build the full-size modules on the meta device and print their parameter counts."""
     from accelerate import init_empty_weights
 
     with init_empty_weights():
         pipe = full_sdxl_inpaint()
+        refiner = full_sdxl_refiner(pipe)
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         count = sum(p.numel() for p in getattr(pipe, name).parameters())
         print(f"{name:15s} {count / 1e6:8.1f} M parameters")
+    print(f"{'refiner unet':15s} {sum(p.numel() for p in refiner.unet.parameters()) / 1e6:8.1f} M parameters")
 
 
-def _jobs(n: int, size: int) -> list[RepaintJob]:
+def repaint_jobs(n: int, size: int) -> list[RepaintJob]:
     """Noise backgrounds with two square objects each; seeds 0..n-1."""
     rng = np.random.default_rng(0)
     jobs = []
@@ -140,7 +183,7 @@ def _jobs(n: int, size: int) -> list[RepaintJob]:
     return jobs
 
 
-def _clock(gpu: bool) -> float:
+def clock(gpu: bool) -> float:
     if gpu:
         import torch
 
@@ -178,21 +221,21 @@ def main() -> None:
 
         folder = build_tiny_sdxl_inpaint(Path(tempfile.mkdtemp()))
         repainter = load_repainter(str(folder), settings.model_copy(update={"repaint": str(folder)}))
-    jobs = _jobs(args.images, args.size)
+    jobs = repaint_jobs(args.images, args.size)
     repainter(jobs[: args.batch])  # warm-up: kernels, allocator, lazy inits
 
-    start = _clock(gpu)
+    start = clock(gpu)
     for job in jobs:
         repainter([job])
-    single = args.images / (_clock(gpu) - start)
-    start = _clock(gpu)
+    single = args.images / (clock(gpu) - start)
+    start = clock(gpu)
     for i in range(0, len(jobs), args.batch):
         repainter(jobs[i : i + args.batch])
-    batched = args.images / (_clock(gpu) - start)
-    clock = "wall, GPU" if gpu else "CPU time, 1 thread"
+    batched = args.images / (clock(gpu) - start)
+    timing = "wall, GPU" if gpu else "CPU time, 1 thread"
     print(
         f"{'full' if args.full else 'tiny'} SDXL inpaint, {args.size}px, {args.steps} steps, "
-        f"{args.images} images ({clock})"
+        f"{args.images} images ({timing})"
     )
     print(f"one image per call : {single:8.3f} images/s")
     print(f"batch of {args.batch:<9d} : {batched:8.3f} images/s")
