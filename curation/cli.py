@@ -341,12 +341,15 @@ def review_push(
 def review_pull(
     url: UrlOpt = "",
     token: TokenOpt = "",
+    full: Annotated[
+        bool, typer.Option("--full", help="read every task, not only those changed since the last pull")
+    ] = False,
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
-    """Pull annotations into FiftyOne (review_decision, review_quality, agreement...); keeps each raw export."""
+    """Pull annotations into FiftyOne (review_decision, review_quality, agreement...); keeps each delta, gzipped."""
     from curation.review_pull import pull
 
-    report = pull(_workspace(workspace), url=url or None, token=token or None)
+    report = pull(_workspace(workspace), url=url or None, token=token or None, full=full)
     typer.echo(report.summary())
 
 

@@ -163,6 +163,9 @@ class ReviewConfig(_Section):
     label_config: str = "review.xml"
     project_title: str = ""
     batch_size: int = 500
+    pull_page_size: int = Field(
+        1000, ge=1, description="tasks per request when pulling (memory is bounded by one page); the server may cap it"
+    )
 
 
 class ExportConfig(_Section):

@@ -4,7 +4,8 @@ Every store joins on `candidate_id`: a task carries it in its data, so pushing a
 project already holds (also after a push that died mid-way) and pulling writes onto the samples
 with that id. Images are never copied or base64-encoded: tasks point at `/data/local-files/?d=...`
 through local-files storages on the candidates/ and concepts/ folders. Raw exports are kept under
-review/pulls/ so a decision can always be traced back to what Label Studio said at the time.
+review/pulls/ (gzipped, only what changed since the previous pull) so a decision can always be traced back
+to what Label Studio said at the time.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import json
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
@@ -109,15 +112,63 @@ class Connection:
 
     def project_exists(self, project_id: int) -> bool:
         """Whether a recorded project is still on the server (one deleted there is made again by the caller)."""
+        return self.project(project_id) is not None
 
-        def status() -> int:
-            return requests.get(
-                f"{self.url}/api/projects/{project_id}", headers=self.headers, timeout=30
-            ).status_code
+    def project(self, project_id: int) -> dict[str, Any] | None:
+        """The project's record (task counts included), or None when it is gone from the server."""
 
-        code = self.call("project lookup", status)
-        self.check_token(code)
-        return code == 200
+        def fetch() -> requests.Response:
+            return requests.get(f"{self.url}/api/projects/{project_id}", headers=self.headers, timeout=30)
+
+        response = self.call("project lookup", fetch)
+        self.check_token(response.status_code)
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return response.json()
+
+    def server_time(self) -> datetime:
+        """The server's clock (its HTTP Date header): task `updated_at` times are on it, not on ours."""
+        response = self.call("clock", lambda: requests.get(f"{self.url}/health", timeout=30))
+        return parsedate_to_datetime(response.headers["Date"])
+
+    def task_pages(
+        self, project_id: int, page_size: int, updated_after: datetime | None = None
+    ) -> Iterator[tuple[list[dict[str, Any]], int]]:
+        """The project's tasks with their annotations, a page at a time in id order, each with how many remain.
+
+        Pages are keyed on the last id seen (a Data Manager filter `id > last`), not on page numbers:
+        a task deleted while paging cannot push the next task out of sight, and a request costs one
+        page whatever the project's size. A server may cap `page_size` (TASK_API_PAGE_SIZE_MAX): the
+        count it reports decides when to stop, never the size asked for. `updated_after` keeps the
+        tasks Label Studio touched since then: saving or deleting an annotation stamps its task.
+        """
+        last = 0
+        while True:
+            items: list[dict[str, Any]] = [
+                {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": last}
+            ]
+            if updated_after is not None:
+                stamp = updated_after.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                items.append(
+                    {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": stamp}
+                )
+            payload = self.get_json(
+                "/api/tasks/",
+                "task pull",
+                project=project_id,
+                fields="all",
+                resolve_uri="false",
+                page=1,
+                page_size=page_size,
+                query=json.dumps({"filters": {"conjunction": "and", "items": items}}),
+            )
+            tasks = payload["tasks"]
+            if tasks:
+                yield tasks, payload["total"]
+            if not tasks or len(tasks) >= payload["total"]:
+                return
+            last = tasks[-1]["id"]
 
     def export_tasks(self, project_id: int, gone: str) -> bytes:
         """Every task of a project with its annotations, as Label Studio's JSON export.

@@ -1,17 +1,21 @@
 """Bring reviews back: pull Label Studio's annotations, aggregate annotators, write them onto FiftyOne.
 
-Each pull keeps Label Studio's raw export under review/pulls/<timestamp>.json (never overwritten),
-so any decision can be traced to what the server said at the time, and writes only the samples
-whose aggregated review changed, so pulling twice changes nothing the second time.
+A pull reads only the tasks Label Studio touched since the previous pull, a page at a time, and
+writes only the samples whose aggregated review changed, so pulling twice changes nothing the
+second time and a 100K-task project never sits in memory whole. What each pull read is kept, gzipped,
+under review/pulls/<timestamp>.jsonl.gz (never overwritten): replayed in order, the deltas say what
+the server said about any task at any pull, and `status` computes agreement from them.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import statistics
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,7 @@ from curation import dataset as ds
 from curation.errors import CurateError
 from curation.progress import ProgressFn, no_progress
 from curation.review import CAPTION_BOX, DECISION, IMAGE, QUALITY, REASONS, connect, project_file
-from curation.workspace import Workspace, atomic_write_bytes
+from curation.workspace import Workspace, atomic_write_json
 
 REVIEW_FIELDS = (
     ds.REVIEW_DECISION,
@@ -104,6 +108,7 @@ def krippendorff_alpha(units: list[list[Any]], interval: bool = False) -> float 
     Units with fewer than two values cannot be paired and are left out, as the coefficient defines.
     None when nothing is pairable or every value is the same (agreement is then undefined, not 1).
     """
+
     def delta(c: Any, k: Any) -> float:
         return float(c - k) ** 2 if interval else float(c != k)
 
@@ -147,26 +152,41 @@ class Agreement:
                 f"disputed ones: view `{ds.VIEW_DISPUTED}`"
             )
         ]
-        lines += [f"  {who}: {n} annotations, {acc} accepts" for who, (n, acc) in sorted(self.per_annotator.items())]
+        lines += [
+            f"  {who}: {n} annotations, {acc} accepts" for who, (n, acc) in sorted(self.per_annotator.items())
+        ]
         return lines
 
 
-def agreement(tasks: list[dict[str, Any]]) -> Agreement:
-    """Alpha for decision and quality, and per-annotator counts, over a raw export's tasks."""
+Vote = tuple[str, str | None, float | None]
+"""One annotator's (name, decision, quality) on a task: what agreement needs of an annotation."""
+
+
+def task_votes(task: dict[str, Any]) -> list[Vote]:
+    """A task's non-cancelled annotations as votes."""
+    votes: list[Vote] = []
+    for annotation in task.get("annotations") or []:
+        if annotation.get("was_cancelled"):
+            continue
+        v = _values(annotation)
+        who = annotation.get("completed_by")
+        name = str(who.get("email") or who.get("id")) if isinstance(who, dict) else f"user {who}"
+        votes.append((name, (v.get(DECISION) or [None])[0], v.get(QUALITY)))
+    return votes
+
+
+def agreement(tasks: Iterable[list[Vote]]) -> Agreement:
+    """Alpha for decision and quality, and per-annotator counts, over each task's votes."""
     decisions: list[list[str]] = []
     ratings: list[list[float]] = []
     per: dict[str, list[int]] = {}
-    for task in tasks:
-        votes = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
-        answers = [(a, _values(a)) for a in votes]
-        decisions.append([v[DECISION][0] for _, v in answers if v.get(DECISION)])
-        ratings.append([v[QUALITY] for _, v in answers if QUALITY in v])
-        for annotation, v in answers:
-            who = annotation.get("completed_by")
-            name = str(who.get("email") or who.get("id")) if isinstance(who, dict) else f"user {who}"
+    for votes in tasks:
+        decisions.append([d for _, d, _ in votes if d])
+        ratings.append([q for _, _, q in votes if q is not None])
+        for name, decision, _ in votes:
             counts = per.setdefault(name, [0, 0])
             counts[0] += 1
-            counts[1] += (v.get(DECISION) or [None])[0] == ds.ACCEPT
+            counts[1] += decision == ds.ACCEPT
     return Agreement(
         krippendorff_alpha(decisions),
         krippendorff_alpha(ratings, interval=True),
@@ -177,12 +197,13 @@ def agreement(tasks: list[dict[str, Any]]) -> Agreement:
 
 @dataclass
 class PullReport:
-    tasks: int
-    annotated: int
-    accepted: int
+    tasks: int  # in the project
+    annotated: int  # tasks with an annotation, as the server counts them
+    read: int  # tasks this pull read: those touched since the previous pull (all on the first)
+    accepted: int  # across the dataset after the pull
     rejected: int
-    changed: int
-    export_path: Path
+    changed: int  # samples whose review this pull rewrote
+    raw_path: Path | None  # this pull's delta of raw tasks; None when nothing was new
     unrated_accepts: int = 0
 
     def summary(self) -> str:
@@ -191,9 +212,11 @@ class PullReport:
             if self.unrated_accepts
             else ""
         )
+        raw = f"raw delta {self.raw_path}" if self.raw_path else "nothing new to keep"
         return (
-            f"review pull: {self.annotated}/{self.tasks} tasks annotated, {self.accepted} accepted, "
-            f"{self.rejected} rejected, {self.changed} samples updated (raw export {self.export_path}){unrated}"
+            f"review pull: {self.annotated}/{self.tasks} tasks annotated, {self.read} read (changed since the "
+            f"last pull), {self.accepted} accepted, {self.rejected} rejected, {self.changed} samples updated "
+            f"({raw}){unrated}"
         )
 
 
@@ -215,40 +238,42 @@ def _ensure_review_fields(dataset: Any) -> None:
         dataset.add_sample_field(ds.REVIEW_REASONS, fo.ListField, subfield=fo.StringField)
 
 
-def _save_raw(ws: Workspace, raw: bytes) -> Path:
-    """Keep the export exactly as received, under a UTC timestamp name that is never reused."""
+SETTLE = timedelta(minutes=2)
+"""How far before a pull's start the next pull looks back: an annotation saved just before the
+start may commit after the page holding its task was read. Tasks read twice this way are not kept twice."""
+
+
+def pulls_dir(ws: Workspace) -> Path:
+    return ws.review_dir / "pulls"
+
+
+def _state_file(ws: Workspace) -> Path:
+    return pulls_dir(ws) / "state.json"
+
+
+def _raw_name(ws: Workspace) -> Path:
+    """A UTC timestamp name that sorts in pull order and is never reused."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    path = ws.review_dir / "pulls" / f"{stamp}.json"
+    path = pulls_dir(ws) / f"{stamp}.jsonl.gz"
     n = 1
     while path.exists():
-        path = path.with_name(f"{stamp}-{n}.json")
+        path = path.with_name(f"{stamp}-{n}.jsonl.gz")
         n += 1
-    atomic_write_bytes(path, raw)
     return path
 
 
-def pull(
-    ws: Workspace, url: str | None = None, token: str | None = None, progress: ProgressFn = no_progress
-) -> PullReport:
-    """Export every task with its annotations and write the aggregated reviews onto the samples.
-
-    Only samples whose review changed are written, so pulling twice changes nothing the second time.
-    """
-    conn = connect(ws, url, token)
-    path = project_file(ws)
-    if not path.exists():
-        raise CurateError(f"nothing pushed yet from {ws.root}: run `curate review push` first")
-    project_id = json.loads(path.read_text())["project_id"]
-
-    raw = conn.export_tasks(project_id, f"project {project_id} no longer exists at {conn.url}; push again to recreate it")
-    export_path = _save_raw(ws, raw)
-    reviews = {
-        t["data"][ds.CANDIDATE_ID]: aggregate(t.get("annotations") or [])
-        for t in json.loads(raw)
-        if ds.CANDIDATE_ID in t.get("data", {})
+def _raw_task(task: dict[str, Any]) -> dict[str, Any]:
+    """What a delta keeps of a task: its ids, update time and annotations exactly as received."""
+    return {
+        "id": task["id"],
+        "updated_at": task.get("updated_at"),
+        "data": {ds.CANDIDATE_ID: task["data"][ds.CANDIDATE_ID]},
+        "annotations": task.get("annotations") or [],
     }
-    dataset = ds.open_dataset(ws)
-    _ensure_review_fields(dataset)
+
+
+def _write_reviews(dataset: Any, reviews: dict[str, dict[str, Any]]) -> int:
+    """Write the reviews that differ from what the samples hold; returns how many did."""
     from fiftyone import ViewField as F
 
     view = dataset.match(F(ds.CANDIDATE_ID).is_in(list(reviews)))
@@ -260,23 +285,130 @@ def pull(
     if changed:
         for name in REVIEW_FIELDS:
             dataset.set_values(name, {cid: r[name] for cid, r in changed.items()}, key_field=ds.CANDIDATE_ID)
+    return len(changed)
+
+
+def _project_id(ws: Workspace) -> int:
+    path = project_file(ws)
+    if not path.exists():
+        raise CurateError(f"nothing pushed yet from {ws.root}: run `curate review push` first")
+    return int(json.loads(path.read_text())["project_id"])
+
+
+def pull(
+    ws: Workspace,
+    url: str | None = None,
+    token: str | None = None,
+    full: bool = False,
+    progress: ProgressFn = no_progress,
+) -> PullReport:
+    """Read the tasks changed since the last pull, a page at a time, and write their reviews onto the samples.
+
+    Memory holds one page (`review.pull_page_size` tasks), whatever the project's size. Each page's
+    reviews are written before the next is read, and only those that differ from the samples, so
+    pulling twice changes nothing the second time. The tasks read go, slimmed to ids, update time
+    and annotations, into review/pulls/<timestamp>.jsonl.gz, renamed into place only when the pull
+    ends; the pull's start is recorded last. A pull that dies therefore leaves no delta and no new
+    start: the next one reads the same tasks again, and nothing is lost.
+
+    Args:
+        full: Read every task, not only those touched since the last pull. Saving or deleting an
+            annotation stamps its task; a bulk action in the Data Manager (e.g. "Delete annotations")
+            does not, so pull with `full` after one.
+    """
+    conn = connect(ws, url, token)
+    project_id = _project_id(ws)
+    project = conn.project(project_id)
+    if project is None:
+        raise CurateError(f"project {project_id} no longer exists at {conn.url}; push again to recreate it")
+    state_path = _state_file(ws)
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    same_project = state.get("url") == conn.url and state.get("project_id") == project_id
+    after = datetime.fromisoformat(state["after"]) if same_project and not full else None
+    recent: dict[str, str] = state.get("recent", {}) if after else {}
+    started = conn.server_time()
+    next_after = started - SETTLE
+
+    dataset = ds.open_dataset(ws)
+    _ensure_review_fields(dataset)
+    dataset.create_index(ds.CANDIDATE_ID)  # idempotent; each page looks its samples up by it
+    folder = pulls_dir(ws)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.partial"):  # left by a pull that was killed
+        stale.unlink()
+    raw_path = _raw_name(ws)
+    partial = raw_path.with_name(raw_path.name + ".partial")
+    read = changed = kept = 0
+    next_recent: dict[str, str] = {}
+    try:
+        with gzip.open(partial, "wt", encoding="utf-8") as raw:
+            for tasks, remaining in conn.task_pages(project_id, ws.config.review.pull_page_size, after):
+                reviews: dict[str, dict[str, Any]] = {}
+                for task in tasks:
+                    if ds.CANDIDATE_ID not in task.get("data", {}):
+                        continue
+                    reviews[task["data"][ds.CANDIDATE_ID]] = aggregate(task.get("annotations") or [])
+                    task_id, stamp = str(task["id"]), task.get("updated_at") or ""
+                    if stamp and datetime.fromisoformat(stamp) > next_after:
+                        next_recent[task_id] = stamp  # the next pull reads it again
+                    if recent.get(task_id) != stamp:  # not a re-read of what the last pull kept
+                        raw.write(json.dumps(_raw_task(task)) + "\n")
+                        kept += 1
+                changed += _write_reviews(dataset, reviews) if reviews else 0
+                read += len(tasks)
+                progress("pull reviews", read, read - len(tasks) + remaining)
+        if kept:
+            partial.rename(raw_path)
+        else:
+            partial.unlink()
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    atomic_write_json(
+        state_path,
+        {"url": conn.url, "project_id": project_id, "after": next_after.isoformat(), "recent": next_recent},
+    )
+    from fiftyone import ViewField as F
+
     dataset.save_view(
         ds.VIEW_DISPUTED,
         dataset.match(F(ds.REVIEW_AGREEMENT) < 1),
         description="annotators disagreed on the decision (review_agreement < 1): the majority decided",
         overwrite=True,
     )
-    progress("pull reviews", len(reviews), len(reviews))
-    decisions = Counter(r[ds.REVIEW_DECISION] for r in reviews.values())
+    decisions = dataset.count_values(ds.REVIEW_DECISION)
+    unrated = dataset.match(
+        (F(ds.REVIEW_DECISION) == ds.ACCEPT) & (F(ds.REVIEW_QUALITY) == None)
+    )  # a MongoDB expression
     return PullReport(
-        len(reviews),
-        len(reviews) - decisions[None],
-        decisions[ds.ACCEPT],
-        decisions[ds.REJECT],
-        len(changed),
-        export_path,
-        sum(r[ds.REVIEW_DECISION] == ds.ACCEPT and r[ds.REVIEW_QUALITY] is None for r in reviews.values()),
+        project["task_number"],
+        project["num_tasks_with_annotations"],
+        read,
+        decisions.get(ds.ACCEPT, 0),
+        decisions.get(ds.REJECT, 0),
+        changed,
+        raw_path if kept else None,
+        len(unrated),
     )
+
+
+def latest_votes(ws: Workspace) -> dict[str, list[Vote]]:
+    """Each candidate's votes as the newest delta holding its task says: the deltas replayed in order.
+
+    Tasks without votes are dropped as they are met, so this holds the annotated tasks only.
+    """
+    votes: dict[str, list[Vote]] = {}
+    for path in sorted(pulls_dir(ws).glob("*.jsonl.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as lines:
+            for line in lines:
+                task = json.loads(line)
+                cid = task["data"][ds.CANDIDATE_ID]
+                found = task_votes(task)
+                if found:
+                    votes[cid] = found
+                else:
+                    votes.pop(cid, None)
+    return votes
 
 
 # -- status ------------------------------------------------------------------------------------
@@ -290,7 +422,7 @@ class StatusReport:
     rejected: int
     mean_agreement: float | None
     per_concept: dict[str, tuple[int, int]]  # concept -> (accepted, reviewed), as of the last pull
-    agreement: Agreement | None = None  # from the last pull's raw export; None before any pull
+    agreement: Agreement | None = None  # from the pulled deltas; None before any annotation was pulled
 
     def summary(self) -> str:
         agreement = "n/a" if self.mean_agreement is None else f"{self.mean_agreement:.2f}"
@@ -306,10 +438,7 @@ class StatusReport:
 def status(ws: Workspace, url: str | None = None, token: str | None = None) -> StatusReport:
     """Task counts from the server, decisions and agreement from FiftyOne (what the last pull wrote)."""
     conn = connect(ws, url, token)
-    path = project_file(ws)
-    if not path.exists():
-        raise CurateError(f"nothing pushed yet from {ws.root}: run `curate review push` first")
-    project_id = json.loads(path.read_text())["project_id"]
+    project_id = _project_id(ws)
     project = conn.get_json(f"/api/projects/{project_id}", "project lookup")
     dataset = ds.open_dataset(ws)
     _ensure_review_fields(dataset)
@@ -323,7 +452,7 @@ def status(ws: Workspace, url: str | None = None, token: str | None = None) -> S
             counts[0] += decision == ds.ACCEPT
             counts[1] += 1
     given = [a for a in agreements if a is not None]
-    pulls = sorted((ws.review_dir / "pulls").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    votes = latest_votes(ws)
     return StatusReport(
         url=conn.url,
         project_id=project_id,
@@ -333,5 +462,5 @@ def status(ws: Workspace, url: str | None = None, token: str | None = None) -> S
         rejected=decisions.count(ds.REJECT),
         mean_agreement=statistics.fmean(given) if given else None,
         per_concept={k: (a, r) for k, (a, r) in per_concept.items()},
-        agreement=agreement(json.loads(pulls[-1].read_text())) if pulls else None,
+        agreement=agreement(votes.values()) if votes else None,
     )

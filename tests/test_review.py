@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import subprocess
@@ -46,9 +47,17 @@ def build_candidates(ws: Workspace, n: int) -> list[str]:
         ref = ws.concept_dir(cid) / "refs" / "0.png"
         ref.parent.mkdir(parents=True)
         Image.new("RGB", (48, 48), colour).save(ref)
+        mask = ws.concept_dir(cid) / "masks" / "0.png"
+        mask.parent.mkdir()
+        Image.new("L", (48, 48), 255).save(mask)
         ws.save_concept(
             Concept(
-                concept_id=cid, name=cid.title(), class_noun=cid, token=f"<c-{cid}>", refs=[ws.relative(ref)]
+                concept_id=cid,
+                name=cid.title(),
+                class_noun=cid,
+                token=f"<c-{cid}>",
+                refs=[ws.relative(ref)],
+                masks=[ws.relative(mask)],
             )
         )
     dataset = fo.Dataset(ds.dataset_name(ws))
@@ -170,21 +179,28 @@ def test_pull_writes_reviews_idempotently_and_follows_edits(
     assert got["cand003"][ds.REVIEW_DECISION] is None
     assert len(ds.accepted_view(ds.open_dataset(ws), min_quality=4)) == 2
 
-    second = pull(ws)
+    assert delta_ids(first.raw_path) == ["cand000", "cand001", "cand002", "cand003"]
+
+    second = pull(ws)  # re-reads the same tasks (they changed within SETTLE of its start)
     assert second.changed == 0 and reviews(ws) == got
-    assert (
-        len(list((ws.review_dir / "pulls").glob("*.json"))) == 2
-    )  # one raw export per pull, none overwritten
-    raw = json.loads(first.export_path.read_text())
-    assert {t["data"]["candidate_id"] for t in raw} == {"cand000", "cand001", "cand002", "cand003"}
+    assert second.raw_path is None  # ... and keeps nothing twice
 
     client.annotations.delete(id=_annotation_ids(client, tasks["cand000"].id)[0])
     client.annotations.update(id=edited.id, result=annotation_result("reject", 1))
     third = pull(ws)
     assert third.changed == 2
+    assert delta_ids(third.raw_path) == ["cand000", "cand002"]  # only what changed since the last pull
+    assert sorted((ws.review_dir / "pulls").glob("*.jsonl.gz")) == [first.raw_path, third.raw_path]
     got = reviews(ws)
     assert got["cand000"][ds.REVIEW_DECISION] is None and got["cand000"][ds.REVIEW_QUALITY] is None
     assert got["cand002"][ds.REVIEW_DECISION] == "reject" and got["cand002"][ds.REVIEW_QUALITY] == 1.0
+
+
+def delta_ids(path: Path | None) -> list[str]:
+    """The candidates a pull's raw delta holds, sorted."""
+    assert path is not None
+    with gzip.open(path, "rt") as lines:
+        return sorted(json.loads(line)["data"][ds.CANDIDATE_ID] for line in lines)
 
 
 def _annotation_ids(client, task_id: int) -> list[int]:
