@@ -159,7 +159,7 @@ def scene_textures(text: str) -> tuple[str, str]:
 @lru_cache(maxsize=16)
 def _texture_source(name: str) -> np.ndarray:
     """A texture's photo as brightness relative to its mean (float32, mean 1), mirrored 2x2 so tiling
-    has no seams."""
+    has no jumps (a window that fits in one quarter has no mirror line either: `_texture`)."""
     import skimage.data
 
     sample, rows, cols, sigma, _ = TEXTURES[name]
@@ -168,17 +168,20 @@ def _texture_source(name: str) -> np.ndarray:
     if sigma:
         grey = cv2.GaussianBlur(grey, (0, 0), sigma)
     grey /= max(float(grey.mean()), 1.0)
-    if grey.shape[0] > 2 * grey.shape[1]:  # a narrow strip (the table beside the cup): grain along the floor
-        grey = cv2.resize(grey.T, (2 * grey.shape[0], 2 * grey.shape[1]), interpolation=cv2.INTER_LINEAR)
+    if grey.shape[0] > 2 * grey.shape[1]:  # a narrow strip (the table beside the cup): grain along the floor,
+        # 4x so a 512 px canvas's floor fits in one quarter (mirrored wood grain drew diamonds)
+        grey = cv2.resize(grey.T, (4 * grey.shape[0], 4 * grey.shape[1]), interpolation=cv2.INTER_LINEAR)
     tile = np.concatenate([grey, grey[:, ::-1]], axis=1)
     return np.concatenate([tile, tile[::-1]], axis=0)
 
 
 def _texture(name: str, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """`height` x `width` of the texture's photo (tiled from a seeded offset), as 1 + contrast * detail."""
+    """`height` x `width` of the texture's photo from a seeded offset, as 1 + contrast * detail; within
+    the unmirrored photo where it fits, else tiled."""
     source = _texture_source(name)
     sh, sw = source.shape
-    y0, x0 = int(rng.integers(sh)), int(rng.integers(sw))
+    y0 = int(rng.integers(sh // 2 - height + 1)) if height <= sh // 2 else int(rng.integers(sh))
+    x0 = int(rng.integers(sw // 2 - width + 1)) if width <= sw // 2 else int(rng.integers(sw))
     rows, cols = (np.arange(height) + y0) % sh, (np.arange(width) + x0) % sw
     return 1.0 + TEXTURES[name][4] * (source[np.ix_(rows, cols)] - 1.0)
 
@@ -187,8 +190,9 @@ def _floor(name: str, height: int, width: int, rng: np.random.Generator) -> np.n
     """The floor texture in perspective: the far edge (at the horizon) squeezes three widths of it into
     the canvas, the near edge shows it at its own scale, so its grain shrinks towards the horizon as a
     real floor's does."""
-    flat = _texture(name, 2 * height, 3 * width, rng)
-    src = np.float32([[0, 0], [3 * width, 0], [3 * width, 2 * height], [0, 2 * height]])
+    depth = 3 * height // 2
+    flat = _texture(name, depth, 3 * width, rng)
+    src = np.float32([[0, 0], [3 * width, 0], [3 * width, depth], [0, depth]])
     dst = np.float32([[0, 0], [width, 0], [2 * width, height], [-width, height]])
     warp = cv2.getPerspectiveTransform(src, dst)
     return cv2.warpPerspective(flat, warp, (width, height), borderMode=cv2.BORDER_REFLECT)
