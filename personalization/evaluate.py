@@ -148,12 +148,8 @@ def _load_pipeline(source: str | Path, device: str | None):
     strategy = PromptStrategy()
     if (path / "run.json").exists():
         strategy = PromptStrategy(**json.loads((path / "run.json").read_text())["strategy"])
-    if (path / "pipeline" / "model_index.json").exists():
-        path = path / "pipeline"
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            path if path.exists() else str(source), safety_checker=None
-        )
+        pipe = StableDiffusionPipeline.from_pretrained(_pipeline_source(source), safety_checker=None)
     except (OSError, ValueError) as exc:
         raise CurateError(f"cannot load pipeline {source!s}: {str(exc).splitlines()[0]}") from exc
     pipe.set_progress_bar_config(disable=True)
@@ -162,6 +158,14 @@ def _load_pipeline(source: str | Path, device: str | None):
     elif _cuda():
         pipe.to("cuda")
     return pipe, strategy
+
+
+def _pipeline_source(source: str | Path) -> str:
+    """The pipeline folder of a `curate train` output (its pipeline/), else the folder or hub id as given."""
+    path = Path(source)
+    if (path / "pipeline" / "model_index.json").exists():
+        return str(path / "pipeline")
+    return str(path) if path.exists() else str(source)
 
 
 def _cuda() -> bool:
@@ -247,20 +251,24 @@ def _generate_msp(
     progress: ProgressFn,
     msal: Any = None,
 ) -> list[dict]:
-    """Generate every held-out image of one MSP row: one MSP call per prompt, its images batched."""
+    """Generate every held-out image of one MSP row: one MSP call per prompt, its images batched.
+
+    The model loads as `curate generate` loads it (SD 1.x/2.x or SDXL; fp16 on a GPU).
+    """
     from PIL import Image
 
     from generators.msp import MSPGenerator, masks_from_layers
     from personalization.heldout_layouts import concept_records, heldout_plans, paste_composition
 
-    pipe, _ = _load_pipeline(config.model, device)
+    generator = MSPGenerator.from_pretrained(_pipeline_source(config.model), device=device)
+    pipe = generator.pipe
     size = settings.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     concepts = concept_records(export)
     prompts = heldout_prompts(export, PromptStrategy(), settings.backgrounds, settings.prompts_per_set)
     plans = heldout_plans(export, prompts, concepts, size, settings.seed)
     if config.sal:
         msal.model.to(pipe.device)
-    generator = MSPGenerator(pipe, model_id=config.model, sal=msal if config.sal else None)
+        generator.sal = msal
     msp = MSPSettings(
         model=config.model,
         scaffold=config.scaffold,
