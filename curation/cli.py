@@ -200,15 +200,21 @@ def report(workspace: WorkspaceOpt = Path(".")) -> None:
 
 @app.command()
 def judge(
-    model: Annotated[str, typer.Option(help="Vision model at OPENAI_BASE_URL (any OpenAI-compatible endpoint).")],
+    model: Annotated[
+        str,
+        typer.Option(
+            help='"openai:<model>" at OPENAI_BASE_URL, or a transformers VLM hub id/folder; default [index] judge.'
+        ),
+    ] = "",
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Score every candidate with a VLM judge (presence, identity, artifacts, overall); cached per image."""
     from curation.progress import progress_bar
     from curation.scores.judge import judge as run_judge
 
+    ws = _workspace(workspace)
     with progress_bar() as progress:
-        typer.echo(run_judge(_workspace(workspace), model, progress=progress).summary())
+        typer.echo(run_judge(ws, model or ws.config.index.judge, progress=progress).summary())
 
 
 @app.command()

@@ -155,6 +155,13 @@ class IndexConfig(_Section):
     subject_segmenter: str = Field(
         "", description="a `curate train-segmenter` folder: scores SAS per concept (`sas`, `sas_mean`); empty = off"
     )
+    judge: str = Field(
+        "",
+        description=(
+            'VLM judge scored by `curate index`: "openai:<model>" (OPENAI_BASE_URL) or a transformers'
+            " image-text-to-text hub id/folder; empty = off"
+        ),
+    )
 
 
 class ReviewConfig(_Section):

@@ -102,6 +102,7 @@ class IndexReport:
             or pointing at a re-embedded one); the others were not touched.
         uniqueness: whether this run recomputed uniqueness over the whole dataset.
         visualization: the method of the embedding map computed by this run ("umap" | "pca"), or None.
+        judge: the VLM judge's summary when `index.judge` is set (replies cached per image).
     """
 
     dataset: str
@@ -120,6 +121,7 @@ class IndexReport:
     near_duplicate_queries: int = 0
     uniqueness: bool = False
     visualization: str | None = None
+    judge: str | None = None
 
     def summary(self) -> str:
         """One line for the CLI."""
@@ -137,6 +139,8 @@ class IndexReport:
             text += "; CLIP weights are RANDOM: clip_t and embeddings are not meaningful"
         if self.presence_source == P.SOURCE_PLAN:
             text += "; presence from the planned boxes (no index.detector configured)"
+        if self.judge:
+            text += f"; {self.judge}"
         return text
 
 
@@ -287,6 +291,10 @@ def index_workspace(
     if dataset.info.get(INDEX_COMPLETE) is not True:  # last: every step above has finished
         dataset.info[INDEX_COMPLETE] = True
         dataset.save()
+    if config.judge and len(dataset):  # after the index is complete: a judge that fails leaves it so
+        from curation.scores.judge import judge
+
+        report.judge = judge(ws, config.judge, progress).summary()
     return report
 
 

@@ -1,4 +1,5 @@
-"""The VLM judge against a local OpenAI-compatible server: verdicts, cache, malformed replies, calibration."""
+"""The VLM judge: against a local OpenAI-compatible server (verdicts, cache, malformed replies,
+calibration, `curate index` with `[index] judge`) and as a tiny random-init LLaVA loaded from a folder."""
 
 from __future__ import annotations
 
@@ -6,12 +7,18 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
+import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from curation import dataset as ds
 from curation.calibration import calibrate
 from curation.cli import app
-from curation.scores.judge import OVERALL, PRESENT, judge, parse_verdict
+from curation.config import dump_config
+from curation.errors import CurateError
+from curation.index import index_workspace
+from curation.scores.judge import ARTIFACTS, OVERALL, PRESENT, PROMPT, REASON, judge, parse_verdict
 from curation.workspace import Workspace
 from tests.fixtures.fake_llm import FakeLLM, ok
 from tests.test_calibration import reviewed_dataset
@@ -39,7 +46,7 @@ def test_judge_scores_caches_skips_malformed_and_is_calibrated(tmp_path: Path, f
     reviewed_dataset(ws, "random")
     fake_llm.queue(ok("I cannot help with that."))  # the first candidate's reply is no verdict
     fake_llm.responder = verdict_for
-    report = judge(ws, "fake-vlm")
+    report = judge(ws, "openai:fake-vlm")
     assert (report.judged, report.cached, report.malformed) == (33, 0, 1)
     logged = [
         json.loads(line) for line in (ws.root / "index" / "judge_rejections.jsonl").read_text().splitlines()
@@ -50,7 +57,7 @@ def test_judge_scores_caches_skips_malformed_and_is_calibrated(tmp_path: Path, f
     assert first[OVERALL] is None and (second[OVERALL], second[PRESENT]) == (5, 1.0)
 
     asked = len(fake_llm.requests)
-    again = CliRunner().invoke(app, ["judge", "--model", "fake-vlm", "-w", str(ws.root)])
+    again = CliRunner().invoke(app, ["judge", "--model", "openai:fake-vlm", "-w", str(ws.root)])
     assert again.exit_code == 0, again.output
     assert "33 candidates scored (34 replies from cache), 1 malformed" in again.output
     assert len(fake_llm.requests) == asked  # nothing sent twice
@@ -68,3 +75,130 @@ def test_parse_verdict_refuses_wrong_concepts_and_ranks() -> None:
         except ValueError:
             continue
         raise AssertionError(f"accepted {bad}")
+
+
+def test_index_computes_the_configured_judge_once(candidate_ws, fake_llm: FakeLLM) -> None:
+    ws, candidates = candidate_ws
+    config = ws.config
+    config.index.judge = "openai:fake-vlm"
+    ws.config_path.write_text(dump_config(config))
+
+    def verdict(body: dict) -> str:
+        concepts = re.search(
+            r"must appear: (.*?)\. Caption", body["messages"][0]["content"][0]["text"]
+        ).group(1)
+        present = {c: c != "teddy" for c in concepts.split(", ")}  # the fake judge never sees the teddy
+        return json.dumps({"present": present, "identity": 4, "artifacts": 3, "overall": 4, "reason": "ok"})
+
+    fake_llm.responder = verdict
+    report = index_workspace(ws)
+    assert f"judge: {len(candidates)} candidates scored (0 replies from cache)" in report.summary()
+    dataset = ds.open_dataset(ws)
+    by_id = {s[ds.CANDIDATE_ID]: s for s in dataset}
+    for candidate in candidates:
+        sample = by_id[candidate.candidate_id]
+        assert sample[PRESENT] == pytest.approx(1.0 if len(candidate.concepts) == 2 else 2 / 3)
+        assert (sample[ARTIFACTS], sample[OVERALL], sample[REASON]) == (3, 4, "ok")
+    asked = len(fake_llm.requests)
+    assert asked == len(candidates)
+    again = index_workspace(ws)
+    assert f"({len(candidates)} replies from cache)" in again.summary()
+    assert len(fake_llm.requests) == asked
+
+
+def tiny_llava(folder: Path) -> Path:
+    """A random-init LlavaForConditionalGeneration shaped like llava-hf/llava-1.5-7b-hf (CLIP vision
+    tower, Llama text model, `<image>` token, feature layer -2, chat template) at width 32, with a
+    byte-level BPE tokenizer trained here on the judge's prompt; saved as a hub folder would be."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<unk>", "<s>", "</s>", "<pad>", "<image>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator([PROMPT, "USER: ASSISTANT:"], trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
+    template = (
+        "{% for m in messages %}USER: {% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n"
+        "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %} ASSISTANT:"
+    )
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+        patch_size=16,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=template,
+    )
+    width = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(image_size=32, patch_size=16, **width),
+        text_config=LlamaConfig(
+            vocab_size=len(tokenizer),
+            num_key_value_heads=2,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **width,
+        ),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    LlavaForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_transformers_judge_from_a_folder_logs_random_replies_and_caches_them(tmp_path: Path) -> None:
+    import fiftyone as fo
+
+    ws = Workspace.create(tmp_path / "ws")
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(3):
+        path = ws.candidates_dir / "s000" / f"cand{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(path)
+        samples.append(
+            fo.Sample(
+                filepath=str(path),
+                **{ds.CANDIDATE_ID: f"cand{i:03d}", ds.CAPTION: f"scene {i}", ds.CONCEPTS: ["cat", "mug"]},
+            )
+        )
+    dataset = fo.Dataset(ds.dataset_name(ws), persistent=True)
+    dataset.add_samples(samples)
+    model = tiny_llava(tmp_path / "tiny-llava")
+
+    report = judge(ws, str(model))  # random weights: the reply is never a verdict
+    assert (report.judged, report.cached, report.malformed) == (0, 0, 3)
+    logged = [
+        json.loads(line) for line in (ws.root / "index" / "judge_rejections.jsonl").read_text().splitlines()
+    ]
+    assert [r["candidate_id"] for r in logged] == ["cand000", "cand001", "cand002"]
+    assert all(r["reply"] and r["problem"] for r in logged)
+    assert ds.open_dataset(ws).values(OVERALL) == [None, None, None]
+
+    for item in model.iterdir():  # replies come from the cache by image hash: no model is loaded
+        item.unlink()
+    again = judge(ws, str(model))
+    assert (again.judged, again.cached, again.malformed) == (0, 3, 3)
+
+    Image.new("RGB", (48, 48)).save(ws.candidates_dir / "s000" / "cand000.png")  # a new image is asked again
+    with pytest.raises(CurateError, match="cannot load the judge .* transformers vision-language model"):
+        judge(ws, str(model))

@@ -3,21 +3,25 @@
 Strong synthetic multi-subject pipelines filter with a VLM quality assessment; here its verdict is
 just more numeric fields on the samples (`judge_present`, `judge_identity`, `judge_artifacts`,
 `judge_overall`, all "higher is better", plus `judge_reason`), so `curate calibrate` measures it
-against human decisions like any other score before it may triage anything. Any OpenAI-compatible
-vision endpoint works (OPENAI_BASE_URL / OPENAI_API_KEY). Replies are cached by (model, image
-hash, concepts), so a re-run sends nothing; a reply that is not a valid verdict, even after
-`json_repair`, is logged to index/judge_rejections.jsonl and the candidate is skipped, not guessed.
+against human decisions like any other score before it may triage anything. The judge is a setting
+(`[index] judge`, or `curate judge --model`): `openai:<model>` asks any OpenAI-compatible vision
+endpoint (OPENAI_BASE_URL / OPENAI_API_KEY), anything else is a transformers image-text-to-text
+model (hub id or folder: LLaVA, Qwen2-VL, ...) run here. Replies are cached by (setting, image
+hash, concepts), so a re-run sends nothing and loads no model; a reply that is not a valid verdict,
+even after `json_repair`, is logged to index/judge_rejections.jsonl and the candidate is skipped,
+not guessed.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -34,6 +38,8 @@ PRESENT, IDENTITY, ARTIFACTS, OVERALL, REASON = (
     "judge_reason",
 )
 Rank = Annotated[int, Field(ge=1, le=5)]
+OPENAI_PREFIX = "openai:"
+MAX_NEW_TOKENS = 256  # a verdict is ~60 tokens; more is a model that does not stop
 PROMPT = (
     "You check a synthetic training image for multi-concept personalization. Concepts that must appear: "
     "{concepts}. Caption: {caption!r}. Answer with one JSON object: "
@@ -80,14 +86,94 @@ def parse_verdict(text: str, concepts: list[str]) -> Verdict:
     return verdict
 
 
-def judge(ws: Workspace, model: str, progress: ProgressFn = no_progress) -> JudgeReport:
-    """Ask the VLM about every candidate of the dataset and write its verdict fields."""
-    import fiftyone as fo
-    import openai
+class Unanswered(Exception):
+    """The judge gave no reply for this candidate (an endpoint still failing after its retries)."""
 
-    if not os.environ.get("OPENAI_API_KEY"):
-        raise CurateError("the judge needs OPENAI_API_KEY (any value for a local server) and OPENAI_BASE_URL")
-    client = openai.OpenAI(max_retries=3, timeout=120)
+
+class VLM(Protocol):
+    def ask(self, prompt: str, image: bytes) -> str:
+        """The model's reply to the prompt about the PNG image; raises Unanswered to skip it."""
+        ...
+
+
+class OpenAIJudge:
+    """A vision model behind an OpenAI-compatible endpoint (OPENAI_BASE_URL / OPENAI_API_KEY)."""
+
+    def __init__(self, model: str) -> None:
+        import openai
+
+        if not os.environ.get("OPENAI_API_KEY"):
+            raise CurateError(
+                "the judge needs OPENAI_API_KEY (any value for a local server) and OPENAI_BASE_URL"
+            )
+        self.model = model
+        self.client = openai.OpenAI(max_retries=3, timeout=120)
+
+    def ask(self, prompt: str, image: bytes) -> str:
+        import openai
+
+        url = "data:image/png;base64," + base64.b64encode(image).decode()
+        content = [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": url}}]
+        try:
+            response = self.client.chat.completions.create(
+                model=self.model, temperature=0, messages=[{"role": "user", "content": content}]
+            )
+        except openai.APIConnectionError as exc:
+            raise CurateError(f"cannot reach the judge endpoint {self.client.base_url}: {exc}") from exc
+        except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError) as exc:
+            raise Unanswered(f"{type(exc).__name__} after retries") from exc
+        return response.choices[0].message.content or ""
+
+
+class TransformersJudge:
+    """An image-text-to-text model (hub id or folder) through its processor's chat template, greedy."""
+
+    def __init__(self, name: str) -> None:
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        from curation.devices import resolve_device
+
+        self.device, dtype = resolve_device("auto", "auto")
+        try:
+            self.processor = AutoProcessor.from_pretrained(name)
+            self.model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype).to(self.device).eval()
+        except (OSError, ValueError) as exc:
+            raise CurateError(
+                f"cannot load the judge {name!r} as a transformers vision-language model "
+                f"(use openai:<model> for an endpoint): {str(exc).splitlines()[0]}"
+            ) from exc
+        self.no_grad = torch.no_grad
+
+    def ask(self, prompt: str, image: bytes) -> str:
+        from PIL import Image
+
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        with Image.open(io.BytesIO(image)) as picture:
+            inputs = self.processor(images=picture.convert("RGB"), text=text, return_tensors="pt")
+        inputs = inputs.to(self.device, self.model.dtype)
+        with self.no_grad():
+            output = self.model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+        return self.processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def load_judge(setting: str) -> VLM:
+    """`openai:<model>` is an endpoint's model; anything else a transformers hub id or folder."""
+    if setting.startswith(OPENAI_PREFIX):
+        return OpenAIJudge(setting.removeprefix(OPENAI_PREFIX))
+    return TransformersJudge(setting)
+
+
+def judge(ws: Workspace, setting: str, progress: ProgressFn = no_progress) -> JudgeReport:
+    """Ask the VLM about every candidate of the dataset and write its verdict fields.
+
+    The model is loaded only when some candidate's reply is not cached yet.
+    """
+    import fiftyone as fo
+
+    if not setting.strip():
+        raise CurateError('no judge: set [index] judge ("openai:<model>" or a transformers VLM id/folder)')
     dataset = ds.open_dataset(ws, require_samples=True)
     names = {cid: c.name for cid, c in ws.concepts().items()}
     cache = ws.root / "index" / "judge_cache"
@@ -95,31 +181,27 @@ def judge(ws: Workspace, model: str, progress: ProgressFn = no_progress) -> Judg
     fields = [ds.CANDIDATE_ID, "filepath", ds.CONCEPTS, ds.CAPTION]
     rows = list(zip(*dataset.values(fields), strict=True))
     verdicts: dict[str, Verdict] = {}
+    vlm: VLM | None = None
     cached = malformed = 0
     for done, (cid, filepath, concepts, caption) in enumerate(rows, 1):
         image = Path(filepath).read_bytes()
         labels = [names.get(c, c) for c in concepts or []]
         key = hashlib.sha256(
-            json.dumps([model, hashlib.sha256(image).hexdigest(), labels]).encode()
+            json.dumps([setting, hashlib.sha256(image).hexdigest(), labels]).encode()
         ).hexdigest()
         path = cache / f"{key}.json"
         if path.exists():
             reply, cached = json.loads(path.read_text())["reply"], cached + 1
         else:
+            vlm = vlm or load_judge(setting)
+            prompt = PROMPT.format(concepts=", ".join(labels) or "(none)", caption=caption or "")
             try:
-                response = client.chat.completions.create(
-                    model=model,
-                    temperature=0,
-                    messages=[_message(image, labels, caption or "")],
-                )
-            except openai.APIConnectionError as exc:
-                raise CurateError(f"cannot reach the judge endpoint {client.base_url}: {exc}") from exc
-            except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError) as exc:
-                _log(rejections, cid, f"{type(exc).__name__} after retries", "")
+                reply = vlm.ask(prompt, image)
+            except Unanswered as exc:
+                _log(rejections, cid, str(exc), "")
                 malformed += 1
                 continue
-            reply = response.choices[0].message.content or ""
-            atomic_write_json(path, {"model": model, "candidate_id": cid, "reply": reply})
+            atomic_write_json(path, {"model": setting, "candidate_id": cid, "reply": reply})
         try:
             verdicts[cid] = parse_verdict(reply, labels)
         except ValueError as exc:
@@ -141,15 +223,6 @@ def judge(ws: Workspace, model: str, progress: ProgressFn = no_progress) -> Judg
         for name, values in columns.items():
             dataset.set_values(name, values, key_field=ds.CANDIDATE_ID)
     return JudgeReport(len(verdicts), cached, malformed)
-
-
-def _message(image: bytes, labels: list[str], caption: str) -> dict[str, Any]:
-    url = "data:image/png;base64," + base64.b64encode(image).decode()
-    text = PROMPT.format(concepts=", ".join(labels) or "(none)", caption=caption)
-    return {
-        "role": "user",
-        "content": [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url}}],
-    }
 
 
 def _log(path: Path, cid: str, problem: str, reply: str) -> None:
