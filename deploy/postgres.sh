@@ -50,7 +50,9 @@ case "$command_name" in
 stop)
     [ -f "$data/PG_VERSION" ] || die "no cluster in $dir"
     cd "$dir"
-    as_owner "$bin/pg_ctl" -D "$data" -m fast -w stop >/dev/null
+    if as_owner "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+        as_owner "$bin/pg_ctl" -D "$data" -m fast -w stop >/dev/null
+    fi
     exit 0
     ;;
 start) ;;
