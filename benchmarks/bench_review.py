@@ -1,25 +1,34 @@
-"""Push and pull N review tasks: bulk (what `curate review push/pull` do) vs one request per task.
+"""Push and pull N review tasks: time and peak RSS, the paged pull against the old one-shot export.
 
-The per-task paths run on a sample and are extrapolated to N, so the ratio is printed without
-waiting hours. The bulk path is the real `push()` / `pull()` on a real FiftyOne dataset and a real
-Label Studio, so the numbers include reading the view, de-duplicating against the server's tasks
-and writing reviews back to FiftyOne.
+Push is the real `push()` (bulk imports) against one request per task, timed on a sample and
+extrapolated. Pull is the real `pull()` on N annotated tasks: keyset pages of the task API, reviews
+written to FiftyOne page by page, a gzipped delta kept. It is compared, at the same N and on the same
+project, with what `pull` did before: one `/export` request holding every task in memory at once
+(client and server), parsed whole. Then a re-pull (nothing changed) and an incremental pull (1% of
+the annotations edited "a day later": the recorded pull start is moved to now, as time would).
+
+Peak RSS is this process's high-water mark per phase (reset through /proc/self/clear_refs) and, for
+a server this script starts, the Label Studio process's. Annotations are imported with their tasks
+into a second project of the same dataset (Label Studio has no bulk annotation API); that setup is
+not timed.
 
     .venv/bin/python benchmarks/bench_review.py            # N=2000
-    .venv/bin/python benchmarks/bench_review.py --n 10000  # the issue's target (goal: push < 60 s)
-    .venv/bin/python benchmarks/bench_review.py --url http://127.0.0.1:8080 --token ...  # existing server
+    .venv/bin/python benchmarks/bench_review.py --n 100000 # the issue's target: push and pull <= 3 min each
+    .venv/bin/python benchmarks/bench_review.py --url http://127.0.0.1:8080 --token ... --document-root DIR
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import requests
 from PIL import Image
 
 
@@ -39,41 +48,134 @@ def build(ws, n: int) -> None:
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
         paths.append(str(path))
     dataset = fo.Dataset(ds.dataset_name(ws), overwrite=True)
-    dataset.add_samples(
-        [
-            fo.Sample(
-                filepath=paths[i % 16],
-                **{
+    for start in range(0, n, 10_000):
+        dataset.add_samples(
+            [
+                fo.Sample(
+                    filepath=paths[i % 16],
+                    **{
+                        ds.CANDIDATE_ID: f"bench{i:06d}",
+                        ds.CAPTION: f"caption {i}",
+                        ds.CONCEPTS: [],
+                        "clip_t": float(rng.random()),
+                    },
+                )
+                for i in range(start, min(n, start + 10_000))
+            ],
+            progress=False,
+        )
+    dataset.persistent = True
+    dataset.create_index(ds.CANDIDATE_ID)
+    dataset.save_view("unreviewed", dataset.match(F(ds.REVIEW_DECISION) == None))
+
+
+class Peak:
+    """Peak RSS of this process (and of a server process tree) over one phase, from /proc."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.pids = [os.getpid()] + ([server_pid] if server_pid else [])
+
+    def _tree(self, pid: int) -> list[int]:
+        tree = [pid]
+        for p in tree:
+            try:
+                tree += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+            except OSError:
+                continue
+        return tree
+
+    def reset(self) -> None:
+        for root in self.pids:
+            for pid in self._tree(root):
+                try:
+                    Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+                except OSError:
+                    pass
+
+    def read(self) -> list[float]:
+        """MB: this process's peak, then the largest peak in the server's process tree."""
+        out = []
+        for root in self.pids:
+            peak = 0.0
+            for pid in self._tree(root):
+                try:
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                hwm = [line for line in status.splitlines() if line.startswith("VmHWM:")]
+                peak = max(peak, int(hwm[0].split()[1]) / 1024 if hwm else 0.0)
+            out.append(peak)
+        return out
+
+
+def timed(peak: Peak, fn: Callable[[], Any]) -> tuple[Any, float, list[float]]:
+    peak.reset()
+    t0 = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - t0, peak.read()
+
+
+def fmt(name: str, seconds: float, mb: list[float], n: int, extra: str = "") -> str:
+    server = f", server peak {mb[1]:6.0f} MB" if len(mb) > 1 else ""
+    return (
+        f"{name:<28} {seconds:7.1f} s  {n / seconds:6.0f} tasks/s  client peak {mb[0]:6.0f} MB{server}{extra}"
+    )
+
+
+def annotated_project(ws, conn, n: int) -> None:
+    """A project whose n tasks carry one annotation each (accept 4 / reject 2 alternating), recorded as ws's."""
+    from curation import dataset as ds
+    from curation.review import CONFIG_DIR, project_file, project_marker
+    from curation.review_pull import annotation_result
+    from curation.workspace import atomic_write_json
+
+    project = conn.client.projects.create(
+        title="bench pull",
+        description=project_marker(ws),
+        label_config=(CONFIG_DIR / "review.xml").read_text(),
+    )
+    for start in range(0, n, 1000):
+        tasks = [
+            {
+                "data": {
                     ds.CANDIDATE_ID: f"bench{i:06d}",
+                    "image": "/data/local-files/?d=x.png",
+                    "thumb": "/data/local-files/?d=x.jpg",
                     ds.CAPTION: f"caption {i}",
                     ds.CONCEPTS: [],
-                    "clip_t": float(rng.random()),
+                    "refs": [],
+                    "refs_html": "<div class='refs'></div>",
+                    "scores": "<table class='scores'><tr><td>clip_t</td><td>0.3</td></tr></table>",
                 },
-            )
-            for i in range(n)
-        ],
-        progress=False,
-    )
-    dataset.persistent = True
-    dataset.save_view("unreviewed", dataset.match(F(ds.REVIEW_DECISION) == None))
+                "annotations": [{"result": annotation_result(*(("accept", 4), ("reject", 2))[i % 2])}],
+            }
+            for i in range(start, min(n, start + 1000))
+        ]
+        conn.client.projects.import_tasks(id=project.id, request=tasks)
+    atomic_write_json(project_file(ws), {"url": conn.url, "project_id": project.id})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--n", type=int, default=2000, help="tasks to push and pull in bulk")
-    parser.add_argument("--sample", type=int, default=50, help="tasks timed one request at a time")
+    parser.add_argument("--n", type=int, default=2000, help="tasks to push and pull")
+    parser.add_argument("--sample", type=int, default=50, help="tasks pushed one request at a time")
     parser.add_argument("--url", default="", help="an existing Label Studio (else one is started)")
     parser.add_argument("--token", default="")
+    parser.add_argument(
+        "--document-root", default="", help="the existing server's document root (bench files go inside)"
+    )
     args = parser.parse_args()
 
+    from curation import dataset as ds
     from curation.config import CurateConfig
+    from curation.labelstudio_server import read_server
     from curation.review import connect, push, serve, stop, use_server
-    from curation.review_pull import pull
-    from curation.workspace import Workspace
+    from curation.review_pull import aggregate, pull
+    from curation.workspace import Workspace, atomic_write_json
 
-    root = Path(tempfile.mkdtemp(prefix="bench-review-"))
+    root = Path(tempfile.mkdtemp(prefix="bench-review-", dir=args.document_root or None))
     config = CurateConfig()
     config.index.dataset_name = f"bench-review-{os.getpid()}"
     ws = Workspace.create(root / "ws", config)
@@ -83,16 +185,18 @@ def main() -> None:
         serve(ws, port=None)
         print(f"Label Studio started in {time.perf_counter() - t0:.1f} s (not counted)")
     else:
-        use_server(ws, args.url, args.token)
+        use_server(
+            ws, args.url, args.token, document_root=Path(args.document_root) if args.document_root else None
+        )
+    server = read_server(ws)
+    peak = Peak(server.pid if started and server else None)
     try:
-        build(ws, args.n)
         t0 = time.perf_counter()
-        report = push(ws)
-        bulk_push = time.perf_counter() - t0
+        build(ws, args.n)
+        print(f"N={args.n}: FiftyOne dataset built in {time.perf_counter() - t0:.1f} s (not counted)")
+        report, push_s, push_mb = timed(peak, lambda: push(ws))
         assert report.pushed == args.n, report.summary()
-
         conn = connect(ws)
-        client = conn.client
         t0 = time.perf_counter()
         for i in range(args.sample):
             data = {
@@ -103,31 +207,71 @@ def main() -> None:
                 "refs_html": "",
                 "scores": "",
             }  # every key review.xml reads
-            client.tasks.create(project=report.project_id, data=data)
+            conn.client.tasks.create(project=report.project_id, data=data)
         single_push = (time.perf_counter() - t0) / args.sample * args.n
-
-        t0 = time.perf_counter()
-        pulled = pull(ws)
-        bulk_pull = time.perf_counter() - t0
-        listed = conn.get_json(
-            "/api/tasks/", "listing", project=report.project_id, fields="task_only", page_size=args.sample
-        )
-        ids = [t["id"] for t in listed["tasks"]]
-        t0 = time.perf_counter()
-        for task_id in ids:  # what a per-task pull does: fetch each task with its annotations
-            requests.get(
-                f"{conn.url}/api/tasks/{task_id}", headers=conn.headers, timeout=60
-            ).raise_for_status()
-        single_pull = (time.perf_counter() - t0) / args.sample * args.n
-
-        print(f"N={args.n} tasks (per-task paths timed on {args.sample} and extrapolated)")
         print(
-            f"push: bulk {bulk_push:7.1f} s   per-task ~{single_push:8.1f} s   ratio {single_push / bulk_push:5.1f}x"
+            fmt(
+                "push (bulk)",
+                push_s,
+                push_mb,
+                args.n,
+                f"   per-task ~{single_push:.0f} s: {single_push / push_s:.1f}x",
+            )
         )
+
+        reviewer = Workspace.create(root / "reviewer", config)  # same dataset, a project of annotated tasks
+        use_server(reviewer, conn.url, conn.token, document_root=conn.document_root)
+        t0 = time.perf_counter()
+        annotated_project(reviewer, conn, args.n)
+        print(f"{args.n} annotated tasks imported in {time.perf_counter() - t0:.1f} s (not counted)")
+        project_id = json.loads((reviewer.review_dir / "project.json").read_text())["project_id"]
+
+        first, pull_s, pull_mb = timed(peak, lambda: pull(reviewer))
+        assert (first.read, first.changed) == (args.n, args.n), first.summary()
+        raw_mb = first.raw_path.stat().st_size / 2**20 if first.raw_path else 0.0
+        print(fmt("pull (paged, first)", pull_s, pull_mb, args.n, f"   delta {raw_mb:.1f} MB gz"))
+
+        def one_shot() -> int:
+            raw = conn.export_tasks(project_id, "gone")
+            tasks = json.loads(raw)
+            reviews = {t["data"][ds.CANDIDATE_ID]: aggregate(t.get("annotations") or []) for t in tasks}
+            return len(reviews)
+
+        count, old_s, old_mb = timed(peak, one_shot)
+        assert count == args.n
+        print(fmt("old one-shot export+parse", old_s, old_mb, args.n, "   (no FiftyOne writes)"))
         print(
-            f"pull: bulk {bulk_pull:7.1f} s   per-task ~{single_pull:8.1f} s   ratio {single_pull / bulk_pull:5.1f}x"
+            f"paged pull / one-shot: time {pull_s / old_s:.2f}x, client peak {pull_mb[0] / old_mb[0]:.2f}x"
+            + (f", server peak {pull_mb[1] / old_mb[1]:.2f}x" if len(pull_mb) > 1 else "")
         )
-        print(f"push rate {args.n / bulk_push:.0f} tasks/s; {pulled.tasks} tasks pulled")
+
+        again, again_s, again_mb = timed(peak, lambda: pull(reviewer))
+        assert again.changed == 0 and again.raw_path is None, again.summary()
+        print(
+            fmt(
+                "re-pull (nothing changed)",
+                again_s,
+                again_mb,
+                again.read,
+                "   re-reads what changed within SETTLE",
+            )
+        )
+
+        state_path = reviewer.review_dir / "pulls" / "state.json"
+        state = json.loads(state_path.read_text())
+        state.update(after=conn.server_time().isoformat(), recent={})  # as if the last pull were a day ago
+        atomic_write_json(state_path, state)
+        from curation.review_pull import annotation_result
+
+        edited = max(1, args.n // 100)
+        listed = conn.get_json("/api/tasks/", "listing", project=project_id, fields="all", page_size=edited)
+        for task in listed["tasks"]:
+            conn.client.annotations.update(
+                id=task["annotations"][0]["id"], result=annotation_result("reject", 1)
+            )
+        later, later_s, later_mb = timed(peak, lambda: pull(reviewer))
+        assert later.read == edited, later.summary()
+        print(fmt(f"incremental ({edited} edited)", later_s, later_mb, later.read))
     finally:
         import fiftyone as fo
 

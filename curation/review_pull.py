@@ -314,7 +314,8 @@ def pull(
     Args:
         full: Read every task, not only those touched since the last pull. Saving or deleting an
             annotation stamps its task; a bulk action in the Data Manager (e.g. "Delete annotations")
-            does not, so pull with `full` after one.
+            does not, so pull with `full` after one. Its delta holds every task: replayed, it
+            supersedes what came before.
     """
     conn = connect(ws, url, token)
     project_id = _project_id(ws)

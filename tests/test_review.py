@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from curation import dataset as ds
 from curation.cli import app
-from curation.config import CurateConfig, ReviewConfig
+from curation.config import CurateConfig, ReviewConfig, dump_config
 from curation.errors import CurateError
 from curation.labelstudio_server import (
     ServerInfo,
@@ -194,6 +194,56 @@ def test_pull_writes_reviews_idempotently_and_follows_edits(
     got = reviews(ws)
     assert got["cand000"][ds.REVIEW_DECISION] is None and got["cand000"][ds.REVIEW_QUALITY] is None
     assert got["cand002"][ds.REVIEW_DECISION] == "reject" and got["cand002"][ds.REVIEW_QUALITY] == 1.0
+
+
+def test_pull_pages_survives_a_server_stop_and_then_reads_only_what_changed(
+    labelstudio_workspace: Callable[..., Workspace], labelstudio_home: Workspace, labelstudio: ServerInfo
+) -> None:
+    """Pages of 2 tasks; the server stops after the first page: a clear error, no delta, no recorded
+    start, and the re-run finishes. Later pulls read only the tasks touched since the last one."""
+    ws = labelstudio_workspace()
+    config = ws.config
+    config.review.pull_page_size = 2
+    ws.config_path.write_text(dump_config(config))
+    build_candidates(ws, 5)
+    push(ws)
+    tasks = tasks_by_candidate(ws)
+    client = connect(ws).client
+    for i, cid in enumerate(sorted(tasks)):
+        client.annotations.create(id=tasks[cid].id, result=annotation_result(("accept", "reject")[i % 2], 3))
+    pages: list[int] = []
+
+    def stop_after_first_page(stage: str, done: int, total: int) -> None:
+        pages.append(done)
+        if len(pages) == 1:
+            assert stop(labelstudio_home)
+
+    try:
+        with pytest.raises(CurateError, match=f"{labelstudio.url} stopped answering during task pull"):
+            pull(ws, progress=stop_after_first_page)
+    finally:
+        serve(labelstudio_home, port=int(labelstudio.url.rsplit(":", 1)[1]))
+    folder = ws.review_dir / "pulls"
+    assert pages == [2] and not list(folder.glob("*.gz*")) and not (folder / "state.json").exists()
+
+    report = pull(ws, progress=lambda stage, done, total: pages.append(done))
+    assert pages[1:] == [2, 4, 5] and report.read == 5
+    assert report.changed == 3  # the first page's reviews were written before the stop
+    assert {cid: r[ds.REVIEW_DECISION] for cid, r in reviews(ws).items()} == {
+        "cand000": "accept", "cand001": "reject", "cand002": "accept", "cand003": "reject", "cand004": "accept"
+    }  # fmt: skip
+    assert delta_ids(report.raw_path) == sorted(tasks)
+
+    state = json.loads((folder / "state.json").read_text())  # as if the last pull started a day later
+    state.update(after=connect(ws).server_time().isoformat(), recent={})
+    (folder / "state.json").write_text(json.dumps(state))
+    annotation = _annotation_ids(client, tasks["cand004"].id)[0]
+    client.annotations.update(id=annotation, result=annotation_result("reject", 1))
+    later = pull(ws)
+    assert (later.read, later.changed) == (1, 1) and delta_ids(later.raw_path) == ["cand004"]
+    assert reviews(ws)["cand004"][ds.REVIEW_DECISION] == "reject"
+    again = pull(ws, full=True)
+    assert (again.read, again.changed) == (5, 0) and delta_ids(again.raw_path) == sorted(tasks)  # a snapshot
 
 
 def delta_ids(path: Path | None) -> list[str]:
