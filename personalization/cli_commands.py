@@ -128,6 +128,10 @@ def evaluate_command(
     ] = "google/owlv2-base-patch16-ensemble",
     dino: Annotated[str, typer.Option(help="DINOv2 id or folder.")] = "facebook/dinov2-base",
     prompts_per_set: Annotated[int, typer.Option(help="New-background prompts per concept set.")] = 2,
+    single_subjects: Annotated[
+        bool,
+        typer.Option("--single-subjects", help="Each concept alone is a set too (MSP Table 1's n=1 column)."),
+    ] = False,
     images_per_prompt: Annotated[int, typer.Option()] = 2,
     steps: Annotated[int, typer.Option(help="Sampling steps.")] = 50,
     guidance: Annotated[float, typer.Option()] = 6.0,
@@ -186,6 +190,7 @@ def evaluate_command(
         detector=detector,
         dino=dino,
         prompts_per_set=prompts_per_set,
+        single_subjects=single_subjects,
         images_per_prompt=images_per_prompt,
         steps=steps,
         guidance=guidance,

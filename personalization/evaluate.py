@@ -112,6 +112,7 @@ class EvalSettings:
     dino: str = "facebook/dinov2-base"
     backgrounds: tuple[str, ...] = HELDOUT_BACKGROUNDS
     prompts_per_set: int = 2
+    single_subjects: bool = False
     images_per_prompt: int = 2
     steps: int = 50
     guidance: float = 6.0
@@ -217,7 +218,7 @@ def _generate(
 
     pipe, strategy = _load_pipeline(source, device)
     prompts: list[EvalPrompt] = heldout_prompts(
-        export, strategy, settings.backgrounds, settings.prompts_per_set
+        export, strategy, settings.backgrounds, settings.prompts_per_set, settings.single_subjects
     )
     size = {"height": settings.resolution, "width": settings.resolution} if settings.resolution else {}
     rows = []
@@ -264,7 +265,9 @@ def _generate_msp(
     pipe = generator.pipe
     size = settings.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     concepts = concept_records(export)
-    prompts = heldout_prompts(export, PromptStrategy(), settings.backgrounds, settings.prompts_per_set)
+    prompts = heldout_prompts(
+        export, PromptStrategy(), settings.backgrounds, settings.prompts_per_set, settings.single_subjects
+    )
     plans = heldout_plans(export, prompts, concepts, size, settings.seed)
     if config.sal:
         msal.model.to(pipe.device)

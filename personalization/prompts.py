@@ -136,18 +136,24 @@ def heldout_prompts(
     strategy: PromptStrategy,
     backgrounds: tuple[str, ...] = HELDOUT_BACKGROUNDS,
     per_set: int = 2,
+    single_subjects: bool = False,
 ) -> list[EvalPrompt]:
     """`per_set` new-background prompts for every concept set in the export.
 
     A background counts as seen (and is skipped) when any training caption contains it, so the
-    prompts test generalisation rather than recall of training scenes.
+    prompts test generalisation rather than recall of training scenes. With `single_subjects`, each
+    concept alone is a set too (after the export's sets): MSP's Table 1 has a one-subject column,
+    which multi-concept exports never fill.
     """
     seen = " ".join(c.caption.lower() + " " + (c.background or "").lower() for c in export.compositions)
     fresh = [b for b in backgrounds if b.lower() not in seen]
     if not fresh:
         raise CurateError("every held-out background already appears in the training captions; pass others")
+    sets = export.concept_sets()
+    if single_subjects:
+        sets += [(c,) for c in export.concepts if (c,) not in sets]
     prompts = []
-    for index, concept_ids in enumerate(export.concept_sets()):
+    for index, concept_ids in enumerate(sets):
         concepts = [export.concepts[c] for c in concept_ids]
         for k in range(per_set):
             background = fresh[(index * per_set + k) % len(fresh)]
