@@ -23,7 +23,8 @@ REASONS = ("missing concept", "identity changed", "artifacts", "bad layout", "wr
 
 
 def build_scene(ws: Workspace, n_concepts: int, n_candidates: int = 2) -> None:
-    """512 px candidates with n concepts each, 256 px references, CLIP scores from random weights."""
+    """512 px candidates with n concepts each, 256 px references (whole-frame masks), CLIP scores from
+    random weights."""
     import fiftyone as fo
     from fiftyone import ViewField as F
 
@@ -32,9 +33,17 @@ def build_scene(ws: Workspace, n_concepts: int, n_candidates: int = 2) -> None:
         ref = ws.concept_dir(cid) / "refs" / "0.png"
         ref.parent.mkdir(parents=True)
         Image.new("RGB", (256, 256), (40 * k, 200 - 30 * k, 90)).save(ref)
+        mask = ws.concept_dir(cid) / "masks" / "0.png"
+        mask.parent.mkdir()
+        Image.new("L", (256, 256), 255).save(mask)
         ws.save_concept(
             Concept(
-                concept_id=cid, name=cid.title(), class_noun=cid, token=f"<c-{cid}>", refs=[ws.relative(ref)]
+                concept_id=cid,
+                name=cid.title(),
+                class_noun=cid,
+                token=f"<c-{cid}>",
+                refs=[ws.relative(ref)],
+                masks=[ws.relative(mask)],
             )
         )
     dataset = fo.Dataset(ds.dataset_name(ws))
@@ -147,7 +156,7 @@ def test_every_control_is_in_view_and_keyboard_only_submits(
                 **decision_and_submit,
                 "image": page.locator('img[src^="blob:"]').first,
                 "caption": page.get_by_text("scene 0", exact=False).first,
-                **{f"ref {c}": page.locator(f'img[src*="thumbs/refs/{c}."]') for c in CONCEPTS[:n_concepts]},
+                **{f"ref {c}": page.locator(f'img[src*="thumbs/refs/{c}-"]') for c in CONCEPTS[:n_concepts]},
                 **{f"reason {r}": page.get_by_label(r) for r in REASONS},
                 "caption box": page.get_by_role("textbox").first,
                 **{
