@@ -260,6 +260,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-index-scale-"))
     os.environ.setdefault("FIFTYONE_DATABASE_DIR", str(tmp / "fiftyone-db"))
     os.environ.setdefault("FIFTYONE_DATABASE_NAME", f"bench-index-scale-{os.getpid()}")
+    import fiftyone as fo
+
+    fo.list_datasets()  # held open: FiftyOne stops its database service when the last client leaves
     results = {}
     try:
         for base in [int(b) for b in args.bases.split(",")]:
@@ -269,7 +272,9 @@ def main() -> None:
             started = time.perf_counter()
             subprocess.run([*me, "--build", str(base)], check=True)
             built = time.perf_counter() - started
-            measured = subprocess.run([*me, "--measure"], check=True, capture_output=True, text=True)
+            measured = subprocess.run([*me, "--measure"], check=False, capture_output=True, text=True)
+            if measured.returncode:
+                sys.exit(f"measuring base {base} failed:\n{measured.stderr[-3000:]}")
             results[base] = json.loads(measured.stdout.strip().splitlines()[-1])
             r = results[base]
             print(
@@ -281,7 +286,6 @@ def main() -> None:
                 flush=True,
             )
     finally:
-        import fiftyone as fo  # noqa: F401  (connects to the same database)
         from fiftyone.core.odm.database import drop_database
 
         drop_database()

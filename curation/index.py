@@ -444,16 +444,12 @@ def _plan(
 ) -> tuple[list[_Todo], dict[str, str]]:
     """Decide what to (re)index by comparing hashes and models keys with what the dataset holds.
 
-    Records and images whose stat the file memo recognises are neither parsed nor hashed again.
+    Records and images whose stat the file memo recognises are neither parsed nor hashed again, nor
+    is their path resolved (the guard against paths leaving the workspace runs before any read).
     """
-    existing: dict[str, tuple[str, str, str, str | None]] = {}
-    if len(dataset):
-        ids, paths, image_hashes, record_hashes = dataset.values(
-            [ds.CANDIDATE_ID, "filepath", ds.IMAGE_HASH, ds.RECORD_HASH]
-        )
-        keys = dataset.values(ds.MODELS_KEY) if dataset.has_field(ds.MODELS_KEY) else [None] * len(ids)
-        existing = {c: (p, i, r, k) for c, p, i, r, k in zip(ids, paths, image_hashes, record_hashes, keys)}
+    existing = _indexed(dataset)
     records = list(ws.candidate_record_paths())
+    root = str(ws.root)
     todo: list[_Todo] = []
     moved: dict[str, str] = {}
     seen: set[str] = set()
@@ -461,7 +457,7 @@ def _plan(
     try:
         for done, record_path in enumerate(records, start=1):
             progress("checking candidates", done, len(records))
-            relative = record_path.relative_to(ws.root).as_posix()
+            relative = str(record_path)[len(root) + 1 :]
             unreadable = f"unreadable record {relative} (`curate generate` redoes it)"
             candidate, info = None, None
             try:
@@ -470,7 +466,8 @@ def _plan(
                 if info is None:
                     candidate = _read(record_path)
                     report.parsed += 1
-                    info = {"id": candidate.candidate_id, "image": candidate.image, "ok": candidate.status == "ok",
+                    image = ws.resolve(candidate.image).relative_to(ws.root).as_posix()  # checked, no symlinks
+                    info = {"id": candidate.candidate_id, "image": image, "ok": candidate.status == "ok",
                             "record": content_id(candidate.model_dump())}  # fmt: skip
                     memo.put(relative, stat, info)
             except (OSError, CurateError):
@@ -479,11 +476,12 @@ def _plan(
             if not info["ok"]:
                 continue
             seen.add(info["id"])
-            path = ws.resolve(info["image"])
+            path = ws.root / info["image"]
             try:
                 image_stat = file_stat(path)
                 digest = memo.get(info["image"], image_stat)
                 if digest is None:
+                    path = ws.resolve(info["image"])
                     digest = image_hash(path)
                     report.hashed += 1
                     memo.put(info["image"], image_stat, digest)
@@ -509,6 +507,17 @@ def _plan(
     report.orphaned = sum(1 for c in existing if c not in seen)
     report.moved = len(moved)
     return todo, moved
+
+
+def _indexed(dataset: fo.Dataset) -> dict[str, tuple[str, str, str, str | None]]:
+    """candidate_id -> (filepath, image hash, record hash, models key) of every sample.
+
+    Read straight from the sample collection: FiftyOne's `values` builds Python objects field by
+    field and costs ~10x as much at 100K samples, for five short strings each.
+    """
+    fields = (ds.CANDIDATE_ID, "filepath", ds.IMAGE_HASH, ds.RECORD_HASH, ds.MODELS_KEY)
+    cursor = dataset._sample_collection.find({}, dict.fromkeys(fields, 1) | {"_id": 0})
+    return {d.get(ds.CANDIDATE_ID): tuple(d.get(f) for f in fields[1:]) for d in cursor}
 
 
 def _read(path: Path) -> Candidate:

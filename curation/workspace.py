@@ -307,8 +307,14 @@ class Workspace:
                 yield candidate
 
     def candidate_record_paths(self) -> Iterator[Path]:
-        """The candidate JSON files of finished shards, in shard then id order, unread."""
+        """The candidate JSON files of finished shards, in shard then id order, unread.
+
+        Listed with os.listdir: pathlib's glob costs ~10x as much at 100K files.
+        """
         if not self.candidates_dir.exists():
             return
-        for marker in sorted(self.candidates_dir.glob(f"*/{SUCCESS_MARKER}")):
-            yield from sorted(marker.parent.glob("*.json"))
+        for shard in sorted(os.listdir(self.candidates_dir)):
+            folder = self.candidates_dir / shard
+            if not shard.startswith(".") and (folder / SUCCESS_MARKER).is_file():
+                names = sorted(n for n in os.listdir(folder) if n.endswith(".json") and not n.startswith("."))
+                yield from (folder / name for name in names)
