@@ -209,6 +209,10 @@ def test_ray_executor_makes_the_same_candidates(
     theirs = {k.split("/", 1)[1]: v for k, v in _files(other).items()}
     assert ours == theirs
 
+    _set_generate(other, repaint=str(tmp_path / "no-such-pipeline"))
+    with pytest.raises(CurateError, match="needs the diffusion repaint pipeline"):  # not a Ray traceback
+        generate(other, workers=2, executor="ray")
+
 
 def test_unknown_backends_and_executors_are_clear_errors(concept_ws: Workspace) -> None:
     plan_layouts(concept_ws, 2)
