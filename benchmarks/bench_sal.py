@@ -21,8 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_msp import build_sd15, make_plan, timed
-from curation.records import Concept
+from benchmarks.bench_msp import build_sd15, make_concepts, make_plan, timed
 from generators.msp import MSPGenerator, MSPSettings
 from personalization.subject_segmenter import SegmenterSettings, build_unet, save_segmenter
 
@@ -52,10 +51,7 @@ def main() -> None:
     size = args.size or (512 if args.arch == "sd15" else 64)
     torch.set_num_threads(args.threads)
     clock = time.perf_counter if args.wall else time.process_time
-    concepts = {
-        f"c{i}": Concept(concept_id=f"c{i}", name=f"c{i}", class_noun="dog", token=f"<c{i}>")
-        for i in range(args.concepts)
-    }
+    concepts = make_concepts(args.concepts)
     msal = tmp / "msal"
     seg_settings = SegmenterSettings(encoder=args.encoder, encoder_weights="", size=size)
     save_segmenter(msal, build_unet(seg_settings, args.concepts + 1), sorted(concepts), seg_settings)
