@@ -47,6 +47,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "review_ui_config"
 # control names in review_ui_config/review.xml: the export's `from_name`s
 DECISION, QUALITY, REASONS, CAPTION_BOX, IMAGE = "decision", "quality", "reasons", "caption_fixed", "image"
 THUMB = "thumb"  # the Data Manager's image column
+DM_COLUMNS = (ds.REVIEW_DECISION, ds.REVIEW_QUALITY, ds.REVIEW_AGREEMENT)  # task data written by pull
 Order = Literal["uncertain", "score", "random", "view"]
 ORDERS: tuple[str, ...] = get_args(Order)
 RETRIES = 3
@@ -235,6 +236,44 @@ class Connection:
 
         self.call("task import", send, before_retry=drop_imported)
 
+    def show_reviews(
+        self, project_id: int, tasks: list[dict[str, Any]], reviews: dict[str, dict[str, Any]]
+    ) -> None:
+        """Copy each task's decision, quality and agreement into its data: Data Manager columns.
+
+        The community edition has no column for an annotation's choice or rating. Its "Add Or
+        Modify Data Field" action sets one value on many tasks in one request without touching their
+        update time (the next pull does not read them again), so tasks are grouped by value: a page
+        costs a handful of requests. Only values that differ from the task's data are sent.
+        """
+        groups: dict[tuple[str, Any], list[int]] = {}
+        for task in tasks:
+            review = reviews.get(task["data"].get(ds.CANDIDATE_ID, ""))
+            for name in DM_COLUMNS if review is not None else ():
+                value = "" if review[name] is None else review[name]
+                if task["data"].get(name, "") != value:
+                    groups.setdefault((name, value), []).append(task["id"])
+        for (name, value), ids in groups.items():
+            body = {
+                "selectedItems": {"all": False, "included": ids},
+                "value_name": name,
+                "value_type": "String" if isinstance(value, str) else "Number",
+                "value": value,
+            }
+
+            def send(body: dict[str, Any] = body) -> None:
+                response = requests.post(
+                    f"{self.url}/api/dm/actions",
+                    params={"id": "add_data_field", "project": project_id},
+                    json=body,
+                    headers=self.headers,
+                    timeout=300,
+                )
+                self.check_token(response.status_code)
+                response.raise_for_status()
+
+            self.call("data manager columns", send)
+
 
 def connect(ws: Workspace, url: str | None = None, token: str | None = None) -> Connection:
     """The explicit server if given (argument, else review.url in curate.toml), else the one recorded
@@ -346,13 +385,14 @@ def _data_manager_tab(conn: Connection, project_id: int) -> None:
     """The project's first Data Manager tab: thumbnails and caption, without full images or raw HTML.
 
     Without it the task list loads every full-size candidate as a 50 px cell and prints the
-    reference strip and score table as HTML source.
+    reference strip and score table as HTML source; the raw annotation JSON column is hidden too,
+    since pull writes the decision, quality and agreement as columns of their own (`show_reviews`).
     """
     hidden = [f"tasks:data.{key}" for key in (IMAGE, "refs", "refs_html", "scores", ds.CONCEPTS)] + [
         f"tasks:{column}"
         for column in (
             "inner_id", "cancelled_annotations", "total_predictions", "annotations_ids", "predictions_score",
-            "predictions_model_versions", "predictions_results", "file_upload", "storage_filename",
+            "predictions_model_versions", "predictions_results", "annotations_results", "file_upload", "storage_filename",
             "created_at", "updated_at", "updated_by", "avg_lead_time", "draft_exists", "comment_count",
             "unresolved_comment_count", "last_comment_updated_at", "total_annotations",
         )

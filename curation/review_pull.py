@@ -356,6 +356,7 @@ def pull(
                         raw.write(json.dumps(_raw_task(task)) + "\n")
                         kept += 1
                 changed += _write_reviews(dataset, reviews) if reviews else 0
+                conn.show_reviews(project_id, tasks, reviews)
                 read += len(tasks)
                 progress("pull reviews", read, read - len(tasks) + remaining)
         if kept:

@@ -13,7 +13,7 @@ from PIL import Image
 from curation import dataset as ds
 from curation.labelstudio_server import ServerInfo
 from curation.records import Concept
-from curation.review import push
+from curation.review import DM_COLUMNS, connect, push
 from curation.review_pull import pull
 from curation.workspace import Workspace
 from tests.test_review_browser import CHROMIUM, FLAGS, logged_in_page
@@ -128,6 +128,10 @@ def assert_data_manager_lists_thumbnails(browser: Any, server: ServerInfo, proje
     assert not [src for src, w in widths if "candidates/" in src or w >= 256], widths
     text = page.locator("body").inner_text()
     assert "<figure" not in text and "<table" not in text and "<div" not in text
+    # the pulled review in columns of its own, not the raw annotation JSON
+    assert "from_name" not in text and "Annotation results" not in text
+    for column in DM_COLUMNS:
+        assert column in text, f"no Data Manager column {column}"
     page.close()
 
 
@@ -180,6 +184,12 @@ def test_every_control_is_in_view_and_keyboard_only_submits(
         page.close()
     report = pull(ws)
     assert (report.annotated, report.accepted, report.unrated_accepts) == (1, 1, 0)
+    tasks = connect(ws).get_json("/api/tasks/", "tasks", project=project_id, fields="task_only")["tasks"]
+    columns = {t["data"][ds.CANDIDATE_ID]: {c: t["data"].get(c) for c in DM_COLUMNS} for t in tasks}
+    assert columns == {
+        "cand000": {ds.REVIEW_DECISION: "accept", ds.REVIEW_QUALITY: 1.0, ds.REVIEW_AGREEMENT: 1.0},
+        "cand001": dict.fromkeys(DM_COLUMNS),  # not reviewed: nothing written
+    }
     assert_data_manager_lists_thumbnails(browser, labelstudio, project_id)
     sample = ds.open_dataset(ws).match({ds.CANDIDATE_ID: "cand000"}).first()
     assert (sample[ds.REVIEW_DECISION], sample[ds.REVIEW_QUALITY]) == ("accept", 1.0)
