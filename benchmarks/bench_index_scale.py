@@ -4,13 +4,14 @@ Goal (issue 15): adding 1K to 100K costs <= 1.5x adding 1K to an empty dataset, 
 
 A cheap stand-in embedding (8x8 pooled pixels and caption bytes through fixed random projections
 to 512 dims, inside the real `ClipScorer`, flagged as pretrained so near-duplicates run) keeps model
-time from hiding the pipeline. For each base size, in separate processes (so peak RSS is the add's):
-  * build: a workspace of BASE tiny candidates (32x32 PNG + record + _SUCCESS). Its first shard goes
-    through `index_workspace`; the other samples are bulk-inserted as copies of that shard's stored
-    documents with their own ids, hashes and embeddings (what earlier runs would have written;
-    uniqueness and the map are recorded as last run at BASE samples: they are periodic O(N^2) work,
-    `curate index --diversity`). Then one `index_workspace` run, as after a killed run, fills the
-    file memo and the near-duplicate store the way earlier runs would have;
+time from hiding the pipeline. The empty case has its own workspace; the others grow one workspace
+from base size to base size. For each, in separate processes (so peak RSS is the add's):
+  * build: grow the workspace to BASE tiny base candidates (32x32 PNG + record + _SUCCESS). The first
+    shard goes through `index_workspace`; the other samples are bulk-inserted as copies of that
+    shard's stored documents with their own ids, hashes and embeddings (what earlier runs would have
+    written; uniqueness and the map are recorded as last run at this size: they are periodic O(N^2)
+    work, `curate index --diversity`). Then one `index_workspace` run, as after a killed run, reads
+    the new files into the file memo and rebuilds the near-duplicate store from the dataset;
   * add: 1K new candidates (1% of them byte copies of old images, 1% copies of each other) through
     the real `index_workspace`, timed per stage, with the process's peak RSS.
 Ratios are to the empty base, whole run and without the uniqueness + map step (which the empty
@@ -26,6 +27,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -84,8 +86,12 @@ def stand_in_scorer():
     )
 
 
-def write_candidates(ws, n: int, prefix: str, seed: int, skip: int = 0) -> list:
-    """`n` tiny candidates (noise images) in finished shards of SHARD; the first `skip` are not written."""
+def write_candidates(ws, start: int, stop: int, prefix: str, seed: int) -> list[dict]:
+    """Candidates `start`..`stop` (noise images) in finished shards of SHARD, as Candidate dicts.
+
+    Records are `Candidate.model_dump()` of one validated template with per-candidate values
+    swapped in (validating 100K records one by one would dominate building the base).
+    """
     import io
 
     import numpy as np
@@ -94,43 +100,50 @@ def write_candidates(ws, n: int, prefix: str, seed: int, skip: int = 0) -> list:
     from curation.records import Box, Candidate
     from curation.workspace import SUCCESS_MARKER
 
-    rng = np.random.default_rng(seed)
+    template = Candidate(
+        candidate_id="x",
+        plan_id="x",
+        shard="x",
+        image="x",
+        concepts=["cat", "mug"],
+        boxes=[Box(concept_id="cat", x=2, y=8, w=12, h=12), Box(concept_id="mug", x=18, y=8, w=12, h=12)],
+        width=SIZE,
+        height=SIZE,
+        background="a sunny garden",
+        caption="<c-cat> cat and <c-mug> mug in a sunny garden",
+        prompt="a sunny garden",
+        seed=0,
+        generator="bench",
+    ).model_dump()
     written = []
-    for i in range(n):
+    for i in range(start, stop):
         shard = f"{prefix}-{i // SHARD:05d}"
-        cid = f"{prefix}{seed:03d}{i:06d}"
-        candidate = Candidate(
-            candidate_id=cid,
-            plan_id=f"plan{i:06d}",
-            shard=shard,
-            image=f"candidates/{shard}/{cid}.png",
-            concepts=["cat", "mug"],
-            boxes=[Box(concept_id="cat", x=2, y=8, w=12, h=12), Box(concept_id="mug", x=18, y=8, w=12, h=12)],
-            width=SIZE,
-            height=SIZE,
-            background="a sunny garden",
-            caption="<c-cat> cat and <c-mug> mug in a sunny garden",
-            prompt="a sunny garden",
-            seed=i,
-            generator="bench",
-        )
-        pixels = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
-        if i < skip:
-            continue
+        cid = f"{prefix}{i:06d}"
+        record = template | {
+            "candidate_id": cid,
+            "plan_id": f"plan{i:06d}",
+            "shard": shard,
+            "image": f"candidates/{shard}/{cid}.png",
+            "seed": i,
+        }
+        pixels = np.random.default_rng([seed, i]).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
         folder = ws.shard_dir(shard)
         folder.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, format="PNG")
-        (folder / f"{cid}.png").write_bytes(buffer.getvalue())
-        (folder / f"{cid}.json").write_text(json.dumps(candidate.model_dump(), default=str))
-        written.append(candidate)
-    for shard in {c.shard for c in written}:
+        record["_png"] = buffer.getvalue()
+        (folder / f"{cid}.png").write_bytes(record["_png"])
+        (folder / f"{cid}.json").write_text(json.dumps({k: v for k, v in record.items() if k != "_png"}))
+        written.append(record)
+    for shard in {c["shard"] for c in written}:
         (ws.shard_dir(shard) / SUCCESS_MARKER).touch()
     return written
 
 
 def build(base: int, folder: Path) -> None:
-    """A workspace and dataset of `base` samples, as earlier index runs would have left them."""
+    """Grow the workspace in `folder` to `base` base samples, as earlier index runs would have left it."""
+    import hashlib
+    import io
     from datetime import UTC, datetime
 
     import numpy as np
@@ -138,60 +151,65 @@ def build(base: int, folder: Path) -> None:
     from PIL import Image
 
     from curation import dataset as ds
-    from curation.index import DIVERSITY, INDEX_COMPLETE, image_hash, index_workspace
+    from curation.index import DIVERSITY, INDEX_COMPLETE, index_workspace
     from curation.records import content_id
+    from curation.workspace import Workspace
     from tests.fixtures.candidate_workspace import index_test_workspace
 
-    ws = index_test_workspace(folder / "ws", "ViT-B-32", batch_size=64)
-    (folder / "workspace").write_text(str(ws.root))
-    if not base:
+    marker = folder / "workspace"
+    if marker.exists():
+        ws = Workspace.open(Path(marker.read_text()))
+    else:
+        ws = index_test_workspace(folder / "ws", "ViT-B-32", batch_size=64)
+        marker.write_text(str(ws.root))
+    have = sum(1 for shard in ws.candidates_dir.glob("base-*") for _ in shard.glob("*.json"))
+    if base <= have:
         return
     scorer = stand_in_scorer()
-    first = write_candidates(ws, min(base, SHARD), "base", seed=0)
-    index_workspace(ws, scorer=scorer)
+    if not have:  # the first shard through the real path: the template of every stored document
+        write_candidates(ws, 0, SHARD, "base", seed=0)
+        index_workspace(ws, scorer=scorer)
+        have = SHARD
     dataset = ds.open_dataset(ws)
     collection = dataset._sample_collection
-    template = collection.find_one()
+    template = collection.find_one({ds.SHARD: "base-00000"})
     embedding_field = dataset.get_field(ds.CLIP_EMBEDDING)
-    rest = write_candidates(ws, base, "base", seed=0, skip=len(first))
-    for start in range(0, len(rest), 5000):
-        chunk = rest[start : start + 5000]
-        vectors = scorer.embed_images([Image.open(ws.resolve(c.image)) for c in chunk])
+    for start in range(have, base, 5000):
+        chunk = write_candidates(ws, start, min(base, start + 5000), "base", seed=0)
+        vectors = scorer.embed_images([Image.open(io.BytesIO(c["_png"])) for c in chunk])
         now = datetime.now(UTC)
         docs = []
-        for candidate, vector in zip(chunk, vectors):
-            path = ws.resolve(candidate.image)
+        for record, vector in zip(chunk, vectors):
+            png = record.pop("_png")
             docs.append(
                 template
                 | {
                     "_id": ObjectId(),
-                    "filepath": str(path),
+                    "filepath": str(ws.root / record["image"]),
                     "created_at": now,
                     "last_modified_at": now,
                     "_rand": float(np.random.random()),
-                    ds.CANDIDATE_ID: candidate.candidate_id,
-                    ds.PLAN_ID: candidate.plan_id,
-                    ds.SHARD: candidate.shard,
-                    ds.SEED: candidate.seed,
-                    ds.IMAGE_HASH: image_hash(path),
-                    ds.RECORD_HASH: content_id(candidate.model_dump()),
+                    ds.CANDIDATE_ID: record["candidate_id"],
+                    ds.PLAN_ID: record["plan_id"],
+                    ds.SHARD: record["shard"],
+                    ds.SEED: record["seed"],
+                    ds.IMAGE_HASH: hashlib.sha256(png).hexdigest()[:16],  # what image_hash() reads
+                    ds.RECORD_HASH: content_id(record),
                     ds.CLIP_EMBEDDING: embedding_field.to_mongo(vector),
                     ds.NEAR_DUP_CHECKED: True,
                     ds.NEAR_DUP_OF: None,
                 }
             )
         collection.insert_many(docs)
-    dataset.info[DIVERSITY] = dataset.info[DIVERSITY] | {"samples": base}
+    dataset.info[DIVERSITY] = dataset.info[DIVERSITY] | {"samples": len(dataset)}
     dataset.info[INDEX_COMPLETE] = False  # the next run syncs the near-duplicate store, as after a kill
     dataset.save()
     report = index_workspace(ws, scorer=scorer)
-    assert report.unchanged == base and not report.added, report.summary()
+    assert not report.added and not report.updated, report.summary()
 
 
 def add(folder: Path, n: int) -> dict:
     """Add `n` candidates through `index_workspace` and measure it."""
-    import fiftyone as fo
-
     from curation import dataset as ds
     from curation.index import DATASET_STAGE, index_workspace
     from curation.workspace import Workspace
@@ -199,12 +217,13 @@ def add(folder: Path, n: int) -> dict:
     ws = Workspace.open(Path((folder / "workspace").read_text()))
     scorer = stand_in_scorer()
     old = [path.with_suffix(".png") for path in ws.candidate_record_paths()]
-    new = [ws.resolve(c.image) for c in write_candidates(ws, n, "new", seed=1)]
+    new = [ws.root / c["image"] for c in write_candidates(ws, 0, n, f"add{len(old)}-", seed=1 + len(old))]
     # 1% copies of old images (of other new ones when there are none), so pairs are found either way
     sources = old[:: max(1, len(old) // (n // 100))] if old else new[n // 100 :]
     for source, target in zip(sources[: n // 100], new):
         target.write_bytes(source.read_bytes())
-    fo.list_datasets()  # the database connection, outside the timing
+    dataset = ds.find_dataset(ws)  # also opens the database connection, outside the timing
+    samples = len(dataset) if dataset is not None else 0
     marks: dict[str, float] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -221,6 +240,7 @@ def add(folder: Path, n: int) -> dict:
     diversity = marks.get(f"{DATASET_STAGE} 2/2", end) - marks.get(f"{DATASET_STAGE} 1/2", end)
     near_dups = marks.get(f"{DATASET_STAGE} 1/2", end) - marks.get(f"{DATASET_STAGE} 0/2", end)
     result = {
+        "samples": samples,
         "seconds": seconds,
         "cpu_seconds": cpu,
         "plan": marks.get("indexing (CLIP, presence, artifact scores)", end)
@@ -234,7 +254,6 @@ def add(folder: Path, n: int) -> dict:
         "marked": report.near_duplicates,
         "uniqueness": report.uniqueness,
     }
-    fo.delete_dataset(ds.dataset_name(ws))
     return result
 
 
@@ -265,9 +284,9 @@ def main() -> None:
     fo.list_datasets()  # held open: FiftyOne stops its database service when the last client leaves
     results = {}
     try:
-        for base in [int(b) for b in args.bases.split(",")]:
-            folder = tmp / f"base-{base}"
-            folder.mkdir()
+        for base in sorted(int(b) for b in args.bases.split(",")):
+            folder = tmp / ("empty" if base == 0 else "grown")  # one workspace grows from base to base
+            folder.mkdir(exist_ok=True)
             me = [sys.executable, __file__, "--dir", str(folder), "--add", str(args.add)]
             started = time.perf_counter()
             subprocess.run([*me, "--build", str(base)], check=True)
@@ -278,7 +297,7 @@ def main() -> None:
             results[base] = json.loads(measured.stdout.strip().splitlines()[-1])
             r = results[base]
             print(
-                f"base {base:>6}: add {args.add} in {r['seconds']:6.1f} s (CPU {r['cpu_seconds']:6.1f} s;"
+                f"{r['samples']:>6} samples: add {args.add} in {r['seconds']:6.1f} s (CPU {r['cpu_seconds']:6.1f} s;"
                 f" checking files {r['plan']:5.1f} s, near-dups {r['near_duplicates']:5.1f} s,"
                 f" uniqueness+map {r['diversity']:5.1f} s), peak RSS {r['peak_rss_mib']:6.0f} MiB;"
                 f" hashed {r['hashed']}, parsed {r['parsed']}, near-dup queries {r['queried']},"
@@ -289,16 +308,18 @@ def main() -> None:
         from fiftyone.core.odm.database import drop_database
 
         drop_database()
-    if 0 in results:
-        empty = results[0]
-        print(f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-        for base, r in results.items():
-            whole = r["seconds"] / empty["seconds"]
+        shutil.rmtree(tmp)
+    print(f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    empty = results.get(0)
+    smallest = results[min(b for b in results if b)] if any(results) else None
+    for r in results.values():
+        line = f"{r['samples']:>6} samples: peak RSS {r['peak_rss_mib'] / 1024:4.2f} GiB"
+        if empty:
             steady = (r["seconds"] - r["diversity"]) / (empty["seconds"] - empty["diversity"])
-            print(
-                f"base {base:>6}: {whole:4.2f}x the empty case ({steady:4.2f}x without uniqueness+map),"
-                f" peak RSS {r['peak_rss_mib'] / 1024:4.2f} GiB"
-            )
+            line += f", {r['seconds'] / empty['seconds']:4.2f}x the empty case ({steady:4.2f}x without uniqueness+map)"
+        if smallest:
+            line += f", {r['seconds'] / smallest['seconds']:4.2f}x the {smallest['samples']}-sample case"
+        print(line)
 
 
 if __name__ == "__main__":
