@@ -132,6 +132,8 @@ class IndexReport:
             parts.append(f"{self.orphaned} no longer in the workspace")
         if self.near_duplicates:
             parts.append(f"{self.near_duplicates} near-duplicates")
+        if self.uniqueness or self.visualization:
+            parts.append("uniqueness and embedding map recomputed")
         if self.failed:
             parts.append(f"{len(self.failed)} failed (first: {self.failed[0][0]}: {self.failed[0][1]})")
         text = f"dataset {self.dataset}: " + ", ".join(parts)
