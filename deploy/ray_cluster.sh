@@ -7,11 +7,11 @@
 #   deploy/ray_cluster.sh start DIR   head + one worker node here; prints the driver's environment
 #   deploy/ray_cluster.sh join DIR    one more worker node here, joining the head recorded in DIR
 #   deploy/ray_cluster.sh env DIR     eval "$(deploy/ray_cluster.sh env DIR)" before `curate ... --executor ray`
-#   deploy/ray_cluster.sh stop DIR    stop every node this script started here from DIR
+#   deploy/ray_cluster.sh stop DIR    stop every node this script started from DIR on this machine
 #
 # Settings (environment): RAY_PORT (6389), RAY_CLIENT_PORT (10001), RAY_HEAD_IP (127.0.0.1; the head's
-# address as other machines reach it, for a multi-machine cluster), HEAD_CPUS (1), WORKER_CPUS (1), WORKER_GPUS (unset: what Ray detects),
-# OBJECT_STORE_BYTES (unset: Ray's default), RAY (the venv's ray).
+# address as other machines reach it), HEAD_CPUS (1), WORKER_CPUS (1), WORKER_GPUS (unset: what Ray
+# detects), OBJECT_STORE_BYTES (unset: Ray's default), RAY (the venv's ray).
 # Each node keeps its sessions and logs in DIR/<node>: Ray puts unix sockets there, so DIR must be
 # short (at most 40 characters).
 set -euo pipefail
@@ -19,6 +19,7 @@ REPO="$(cd "$(dirname "$0")/.." && pwd)"
 RAY="${RAY:-$REPO/.venv/bin/ray}"
 PORT="${RAY_PORT:-6389}"
 HEAD_IP="${RAY_HEAD_IP:-127.0.0.1}"
+HOST="$(hostname)"  # pid files name their machine: DIR may be shared, process ids are not
 
 usage() { echo "usage: $0 start|join|env|stop DIR" >&2; exit 2; }
 [ $# -eq 2 ] || usage
@@ -29,7 +30,7 @@ if [ ${#DIR} -gt 40 ]; then
 fi
 export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$DIR/auth_token" RAY_USAGE_STATS_ENABLED=0
 
-alive() { [ -s "$DIR/$1.pid" ] && kill -0 "$(cat "$DIR/$1.pid")" 2>/dev/null; }
+alive() { [ -s "$DIR/$1.$HOST.pid" ] && kill -0 "$(cat "$DIR/$1.$HOST.pid")" 2>/dev/null; }
 
 # Start one node as its own session (setsid) with `ray start --block`, so `stop` ends exactly its
 # processes; return once it reports itself started.
@@ -37,7 +38,7 @@ node() {
     local name="$1"
     shift
     if alive "$name"; then
-        echo "$name already runs (pid $(cat "$DIR/$name.pid"))" >&2
+        echo "$name already runs (pid $(cat "$DIR/$name.$HOST.pid"))" >&2
         return
     fi
     mkdir -p "$DIR/$name"
@@ -45,10 +46,10 @@ node() {
     [ -n "${OBJECT_STORE_BYTES:-}" ] && extra=(--object-store-memory "$OBJECT_STORE_BYTES")
     setsid "$RAY" start --block --temp-dir "$DIR/$name" --disable-usage-stats \
         "${extra[@]}" "$@" >"$DIR/$name.log" 2>&1 </dev/null &
-    echo $! >"$DIR/$name.pid"
+    echo $! >"$DIR/$name.$HOST.pid"
     for _ in $(seq 240); do
-        if grep -q "Ray runtime started" "$DIR/$name.log"; then
-            echo "$name node started (pid $(cat "$DIR/$name.pid"), logs in $DIR/$name)" >&2
+        if grep -qs "Ray runtime started" "$DIR/$name.log"; then
+            echo "$name node started (pid $(cat "$DIR/$name.$HOST.pid"), logs in $DIR/$name)" >&2
             return
         fi
         if ! alive "$name"; then
@@ -68,7 +69,7 @@ print_env() {
 
 worker() {
     local n=1 gpus=()
-    while [ -e "$DIR/worker$n.pid" ] && alive "worker$n"; do n=$((n + 1)); done
+    while compgen -G "$DIR/worker$n.*.pid" >/dev/null; do n=$((n + 1)); done  # on any machine
     [ -n "${WORKER_GPUS:-}" ] && gpus=(--num-gpus "$WORKER_GPUS")
     node "worker$n" --address "$(cat "$DIR/address")" --num-cpus "${WORKER_CPUS:-1}" "${gpus[@]}"
 }
@@ -84,29 +85,42 @@ start() {
     print_env
 }
 
-# The live (not yet reaped) processes of the sessions named by the pid files.
-live() {
-    local pidfile
-    for pidfile in "$DIR"/*.pid; do
-        [ -e "$pidfile" ] && ps -o pid=,stat= -s "$(cat "$pidfile")" | awk '$2 !~ /^Z/ {print $1}'
+# The sessions of this machine's nodes whose leader is still our `ray start` (never a reused pid).
+sessions() {
+    local pidfile sid
+    for pidfile in "$DIR"/*."$HOST".pid; do
+        [ -e "$pidfile" ] || continue
+        sid="$(cat "$pidfile")"
+        tr '\0' ' ' <"/proc/$sid/cmdline" 2>/dev/null | grep -qF -- "--temp-dir $DIR/" && echo "$sid"
     done
     return 0
+}
+
+# The live (not zombie) processes of the sessions given as " sid sid ", read from /proc (no procps needed).
+members() {
+    local proc stat fields
+    for proc in /proc/[0-9]*; do
+        read -r stat 2>/dev/null <"$proc/stat" || continue
+        read -ra fields <<<"${stat##*) }"  # after the command name: state ppid pgrp session ...
+        if [ "${fields[0]}" != Z ] && [[ "$1" == *" ${fields[3]} "* ]]; then echo "${proc#/proc/}"; fi
+    done
 }
 
 # Stop every node's whole session (`ray start`, its GCS/raylet and the workers they spawned): SIGTERM,
 # then SIGKILL what is left after a grace period, as `ray stop` does, but only for this cluster's nodes.
 stop() {
-    local pids
-    pids="$(live)"
+    local sids pids
+    sids=" $(sessions | tr '\n' ' ') "
+    pids="$(members "$sids")"
     [ -z "$pids" ] || kill -TERM $pids 2>/dev/null || true
     for _ in $(seq 20); do
-        [ -n "$(live)" ] || break
+        [ -n "$(members "$sids")" ] || break
         sleep 0.5
     done
-    pids="$(live)"
+    pids="$(members "$sids")"
     [ -z "$pids" ] || kill -KILL $pids 2>/dev/null || true
-    rm -f "$DIR"/*.pid
-    echo "stopped the Ray nodes of $DIR" >&2
+    rm -f "$DIR"/*."$HOST".pid
+    echo "stopped the Ray nodes of $DIR on $HOST" >&2
 }
 
 case "$1" in
