@@ -541,6 +541,11 @@ def evaluate(
     msp_rows = {label: c for label, c in configurations.items() if isinstance(c, MSPConfiguration)}
     if any(c.sal for c in msp_rows.values()) and not settings.subject_segmenter:
         raise CurateError("MSP rows with SAL need a subject segmenter (M_SAL): pass --subject-segmenter")
+    if any(c.scaffold for c in msp_rows.values()) and int(settings.steps * settings.scaffold_strength) < 1:
+        raise CurateError(
+            f"MSP rows with a scaffold run steps x scaffold_strength = {settings.steps} x "
+            f"{settings.scaffold_strength} steps, less than one: raise --steps"
+        )
     export = read_export(Path(export_dir))
     out_dir = Path(out_dir)
     msal, sas_refs = _load_sas(export, settings, device)  # a bad segmenter fails before any image

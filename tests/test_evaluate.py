@@ -282,6 +282,8 @@ def test_bad_inputs_fail_with_one_line(cli, models, tmp_path):
         _invoke(cli, [*msp, "--msp-configs", "msp-xl"])
     with pytest.raises(CurateError, match="'MSP' given twice"):
         _invoke(cli, [*msp, "--run", f"MSP={models['sd']}"])
+    with pytest.raises(CurateError, match="less than one: raise --steps"):
+        _invoke(cli, [*msp, "--steps", "1"])
     assert not (tmp_path / "e" / "images").exists()
     with pytest.raises(CurateError, match="cannot load pipeline"):
         _invoke(

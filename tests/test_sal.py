@@ -230,9 +230,9 @@ def test_train_generate_with_sal_index_with_sas(
         sample[ds.REVIEW_DECISION] = ds.ACCEPT if accepted else ds.REJECT
         sample[ds.REVIEW_QUALITY] = 4.0
 
-    # ... export the accepted SAL candidates and evaluate a baseline with SAS: the MSP table prints
+    # ... export the accepted SAL candidates, evaluate a baseline and MSP + SAL with SAS: the MSP table prints
     from exports.mycanvas import export_mycanvas
-    from personalization.evaluate import EvalSettings, evaluate
+    from personalization.evaluate import EvalSettings, MSPConfiguration, evaluate
     from tests.fixtures.tiny_pipelines import build_tiny_dinov2, build_tiny_owlvit
 
     exported = export_mycanvas(concept_ws, min_quality=3, include_near_duplicates=True)
@@ -245,15 +245,21 @@ def test_train_generate_with_sal_index_with_sas(
         dino=str(build_tiny_dinov2(tmp_path / "dino")),
         prompts_per_set=1,
         images_per_prompt=1,
-        steps=1,
+        steps=2,
         resolution=64,
         subject_segmenter=str(msal_dir),
+        sal_scale=5.0,
     )
-    result = evaluate({"SD": str(sd)}, exported.path, tmp_path / "eval", eval_settings, device="cpu")
+    configurations = {"SD": str(sd), "MSP + SAL": MSPConfiguration(str(sd), sal=True)}
+    result = evaluate(configurations, exported.path, tmp_path / "eval", eval_settings, device="cpu")
     table = Path(result.table_path).read_text()
-    assert "### MSP Table 1" in table and table.count("| SD |") == 3
+    assert "### MSP Table 1" in table and table.count("| SD |") == 3 and table.count("| MSP + SAL |") == 3
     assert f"SAS: M_SAL {msal_dir}." in table
-    assert all(r["sas"] is not None for r in json.loads(Path(result.json_path).read_text())["rows"])
+    rows = json.loads(Path(result.json_path).read_text())["rows"]
+    assert all(r["sas"] is not None for r in rows)
+    guided = [r for r in rows if r["configuration"] == "MSP + SAL"]
+    assert len(guided) == len(rows) // 2 and all(r["msp"]["sal"]["model"] == str(msal_dir) for r in guided)
+    assert all(r["msp"]["scaffold"] and r["msp"]["segment_source"] == "masks" for r in guided)
 
     # a segmenter that lacks a planned concept stops generate before any image, with one error
     narrow = _segmenter_folder(tmp_path / "narrow", sorted(concept_ws.concepts())[:1])
