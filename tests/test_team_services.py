@@ -177,6 +177,21 @@ def test_generate_and_index_on_the_cluster_match_the_local_executor(
         assert ":actor_name:_RayWorker" in logs and ":actor_name:_ClipActor" in logs, node
 
 
+def test_a_driver_without_the_clusters_token_is_one_clear_error(ray_cluster) -> None:
+    env, _ = ray_cluster
+    env = {k: v for k, v in env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
+    code = "from curation.ray_cluster import connect_ray; connect_ray()"
+    result = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"curation.errors.CurateError: could not join the Ray cluster at RAY_ADDRESS={env['RAY_ADDRESS']}"
+    )
+    assert "deploy/ray_cluster.sh env DIR" in last
+
+
 def test_an_address_where_no_cluster_answers_is_one_clear_error() -> None:
     """Ray alone retries such an address for minutes; curate names the setting to fix."""
     closed = free_port()
