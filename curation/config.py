@@ -162,6 +162,14 @@ class IndexConfig(_Section):
             " image-text-to-text hub id/folder; empty = off"
         ),
     )
+    diversity_growth: float = Field(
+        0.2,
+        ge=0,
+        description=(
+            "recompute uniqueness and the embedding map when the dataset grew by this fraction since they"
+            " last ran (0: on every run that adds samples); `curate index --diversity` forces it"
+        ),
+    )
 
 
 class ReviewConfig(_Section):
