@@ -166,6 +166,12 @@ def main() -> None:
     parser.add_argument(
         "--document-root", default="", help="the existing server's document root (bench files go inside)"
     )
+    parser.add_argument(
+        "--server-pid", type=int, default=0, help="an existing server's pid, to read its peak RSS"
+    )
+    parser.add_argument(
+        "--no-repull", action="store_true", help="skip the re-pull (it costs what the first pull did)"
+    )
     args = parser.parse_args()
 
     from curation import dataset as ds
@@ -189,7 +195,7 @@ def main() -> None:
             ws, args.url, args.token, document_root=Path(args.document_root) if args.document_root else None
         )
     server = read_server(ws)
-    peak = Peak(server.pid if started and server else None)
+    peak = Peak(server.pid if started and server else args.server_pid or None)
     try:
         t0 = time.perf_counter()
         build(ws, args.n)
@@ -245,17 +251,18 @@ def main() -> None:
             + (f", server peak {pull_mb[1] / old_mb[1]:.2f}x" if len(pull_mb) > 1 else "")
         )
 
-        again, again_s, again_mb = timed(peak, lambda: pull(reviewer))
-        assert again.changed == 0 and again.raw_path is None, again.summary()
-        print(
-            fmt(
-                "re-pull (nothing changed)",
-                again_s,
-                again_mb,
-                again.read,
-                "   re-reads what changed within SETTLE",
+        if not args.no_repull:
+            again, again_s, again_mb = timed(peak, lambda: pull(reviewer))
+            assert again.changed == 0 and again.raw_path is None, again.summary()
+            print(
+                fmt(
+                    "re-pull (nothing changed)",
+                    again_s,
+                    again_mb,
+                    again.read,
+                    "   re-reads what changed within SETTLE",
+                )
             )
-        )
 
         state_path = reviewer.review_dir / "pulls" / "state.json"
         state = json.loads(state_path.read_text())
