@@ -5,6 +5,8 @@ whatever `FIFTYONE_DATABASE_DIR` says (it finds the service by its command line,
 A second process with another database folder (a test session, a shell with other settings) would
 then write a workspace's dataset into that other folder, where it disappears from view once the
 service stops. Other accounts' services are never attached to, so users do not mix.
+A team's MongoDB named by `FIFTYONE_DATABASE_URI` (e.g. `deploy/mongodb.sh`) is used as it is:
+FiftyOne then starts and attaches to no service, whatever runs on the machine.
 """
 
 from __future__ import annotations

@@ -37,8 +37,12 @@ start() {
     local cache=()
     [ -n "${MONGO_CACHE_GB:-}" ] && cache=(--wiredTigerCacheSizeGB "$MONGO_CACHE_GB")
     # --auth from the first start: until a user exists, MongoDB lets a localhost client create one
-    "$mongod" --dbpath "$DIR/data" --port "$PORT" --bind_ip "$BIND" --auth --nounixsocket \
-        --logpath "$DIR/mongod.log" --logappend --pidfilepath "$PIDFILE" --fork "${cache[@]}" >/dev/null
+    if ! "$mongod" --dbpath "$DIR/data" --port "$PORT" --bind_ip "$BIND" --auth --nounixsocket \
+        --logpath "$DIR/mongod.log" --logappend --pidfilepath "$PIDFILE" --fork "${cache[@]}" >/dev/null; then
+        grep '"s":"E' "$DIR/mongod.log" | tail -n 3 >&2
+        echo "error: mongod did not start on $BIND:$PORT (MONGO_PORT picks another port); see $DIR/mongod.log" >&2
+        exit 1
+    fi
     if [ ! -s "$DIR/uri" ]; then
         (umask 077 && MONGO_PORT="$PORT" MONGO_HOST="$HOST" "$PYTHON" - "$DIR/uri.tmp" <<'PY'
 """Create the team's user through the localhost exception and write its URI (readable by the owner only)."""
