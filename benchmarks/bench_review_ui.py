@@ -152,11 +152,11 @@ def main() -> None:
             print(f"  wal / delete median: {statistics.median(wal) / statistics.median(delete):.2f}")
         print(f"  mouse actions: {mouse}   (pulled: {report.summary()})")
     finally:
+        stop(ws)  # first: the server outlives this process otherwise
         import fiftyone as fo
 
         if fo.dataset_exists(config.index.dataset_name):
             fo.delete_dataset(config.index.dataset_name)
-        stop(ws)
 
 
 if __name__ == "__main__":
