@@ -6,8 +6,8 @@ have loaded. That is the floor the page puts under a human's one-decision-a-seco
 time. Mouse events reaching the page are counted by a listener (goal: 0), and a pull afterwards
 checks every decision arrived.
 
-Where the time goes, from the page's network log per decision: keys pressed -> the annotation POST
-answered (Label Studio saves it) -> the `next_task` action answered (the next task picked) -> the
+Where the time goes, from the page's network log per decision: the keys sent (Playwright's
+round trips) -> the annotation POST answered (Label Studio saves it) -> the `next_task` action answered (the next task picked) -> the
 caption shown (the page rendered it) -> every image loaded. `--journal` alternates SQLite's journal
 mode of the server's database between blocks of two decisions (`delete`, Label Studio's default,
 and `wal`), so both are measured side by side under the same machine load.
@@ -37,7 +37,7 @@ COUNT_MOUSE = """() => {
 SHOWN = "(caption) => document.body.innerText.includes(caption)"
 NEXT_LOADED = """(caption) => document.body.innerText.includes(caption)
   && Array.from(document.images).filter(i => i.src).every(i => i.complete && i.naturalWidth > 0)"""
-PHASES = ("saved", "next picked", "caption shown", "images loaded")
+PHASES = ("keys sent", "saved", "next picked", "caption shown", "images loaded")
 
 
 def p90(values: list[float]) -> float:
@@ -115,11 +115,12 @@ def main() -> None:
                 for key in ("a", "q", "q", "q") if decision == ds.ACCEPT else ("r", "x"):
                     page.keyboard.press(key)
                 page.keyboard.press("Control+Enter")
+                sent = time.perf_counter()
                 page.wait_for_function(SHOWN, arg=f"scene {i + 1}", timeout=60_000, polling=10)
                 shown = time.perf_counter()
                 page.wait_for_function(NEXT_LOADED, arg=f"scene {i + 1}", timeout=60_000, polling=10)
                 end = time.perf_counter()
-                marks = {**answered, "caption shown": shown, "images loaded": end}
+                marks = {"keys sent": sent, **answered, "caption shown": shown, "images loaded": end}
                 steps, previous = {}, start
                 for name in PHASES:  # each phase from the end of the one before
                     steps[name] = max(marks.get(name, previous) - previous, 0.0)
