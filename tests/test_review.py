@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+import sqlite3
 import subprocess
 import uuid
 from collections.abc import Callable
@@ -119,6 +120,15 @@ def test_serve_is_idempotent_and_keeps_credentials_private(
         timeout=30,
     )
     assert answer.ok and "/user/login" not in answer.url  # the recorded admin password works
+
+
+def test_server_keeps_its_sqlite_database_in_wal_mode(labelstudio_home: Workspace, labelstudio: ServerInfo) -> None:
+    """WAL lets an annotator's save and the next-task query (and pulls) run without waiting on each other."""
+    headers = {"Authorization": f"Token {labelstudio.token}"}
+    assert requests.get(f"{labelstudio.url}/api/projects", headers=headers, timeout=30).ok  # opens the database
+    database = labelstudio_home.review_dir / "labelstudio-data" / "label_studio.sqlite3"
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_push_serves_images_and_does_not_duplicate(
