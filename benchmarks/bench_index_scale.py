@@ -216,7 +216,7 @@ def add(folder: Path, n: int) -> dict:
 
     ws = Workspace.open(Path((folder / "workspace").read_text()))
     scorer = stand_in_scorer()
-    old = [path.with_suffix(".png") for path in ws.candidate_record_paths()]
+    old = [Path(path[: -len(".json")] + ".png") for path in ws.candidate_record_paths()]
     new = [ws.root / c["image"] for c in write_candidates(ws, 0, n, f"add{len(old)}-", seed=1 + len(old))]
     # 1% copies of old images (of other new ones when there are none), so pairs are found either way
     sources = old[:: max(1, len(old) // (n // 100))] if old else new[n // 100 :]
@@ -314,11 +314,13 @@ def main() -> None:
     smallest = results[min(b for b in results if b)] if any(results) else None
     for r in results.values():
         line = f"{r['samples']:>6} samples: peak RSS {r['peak_rss_mib'] / 1024:4.2f} GiB"
-        if empty:
+        if empty:  # wall time, then this process's CPU time (fairer on a shared machine; mongod not counted)
             steady = (r["seconds"] - r["diversity"]) / (empty["seconds"] - empty["diversity"])
-            line += f", {r['seconds'] / empty['seconds']:4.2f}x the empty case ({steady:4.2f}x without uniqueness+map)"
+            line += f", {r['seconds'] / empty['seconds']:4.2f}x the empty case ({steady:4.2f}x without uniqueness+map"
+            line += f", CPU {r['cpu_seconds'] / empty['cpu_seconds']:4.2f}x)"
         if smallest:
             line += f", {r['seconds'] / smallest['seconds']:4.2f}x the {smallest['samples']}-sample case"
+            line += f" (CPU {r['cpu_seconds'] / smallest['cpu_seconds']:4.2f}x)"
         print(line)
 
 

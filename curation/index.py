@@ -31,6 +31,7 @@ them even when no candidate changed.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -459,51 +460,52 @@ def _plan(
     try:
         for done, record_path in enumerate(records, start=1):
             progress("checking candidates", done, len(records))
-            relative = str(record_path)[len(root) + 1 :]
+            relative = record_path[len(root) + 1 :]
             unreadable = f"unreadable record {relative} (`curate generate` redoes it)"
-            candidate, info = None, None
+            candidate = None
             try:
                 stat = file_stat(record_path)
-                info = memo.get(relative, stat)
+                info = memo.get(relative, stat)  # "id \t image \t ok \t record digest"
                 if info is None:
                     candidate = _read(record_path)
                     report.parsed += 1
                     image = ws.resolve(candidate.image).relative_to(ws.root).as_posix()  # checked, no symlinks
-                    info = {"id": candidate.candidate_id, "image": image, "ok": candidate.status == "ok",
-                            "record": content_id(candidate.model_dump())}  # fmt: skip
+                    ok = "ok" if candidate.status == "ok" else ""
+                    info = "\t".join((candidate.candidate_id, image, ok, content_id(candidate.model_dump())))
                     memo.put(relative, stat, info)
             except (OSError, CurateError):
-                report.failed.append((record_path.stem, unreadable))
+                report.failed.append((Path(record_path).stem, unreadable))
                 continue
-            if not info["ok"]:
+            cid, image, ok, record = info.split("\t")
+            if not ok:
                 continue
-            seen.add(info["id"])
-            path = ws.root / info["image"]
+            seen.add(cid)
+            path = os.path.join(root, image)
             try:
                 image_stat = file_stat(path)
-                digest = memo.get(info["image"], image_stat)
+                digest = memo.get(image, image_stat)
                 if digest is None:
-                    path = ws.resolve(info["image"])
-                    digest = image_hash(path)
+                    path = str(ws.resolve(image))
+                    digest = image_hash(Path(path))
                     report.hashed += 1
-                    memo.put(info["image"], image_stat, digest)
+                    memo.put(image, image_stat, digest)
             except OSError as exc:
-                report.failed.append((info["id"], f"cannot read {info['image']}: {exc.strerror}"))
+                report.failed.append((cid, f"cannot read {image}: {exc.strerror}"))
                 continue
-            old = existing.get(info["id"])
-            if old is None or old[1:] != (digest, info["record"], key):
+            old = existing.get(cid)
+            if old is None or old[1:] != (digest, record, key):
                 try:
                     if candidate is None:
                         candidate = _read(record_path)
                         report.parsed += 1
                 except CurateError:
-                    report.failed.append((info["id"], unreadable))
+                    report.failed.append((cid, unreadable))
                     continue
-                todo.append(_Todo(candidate, path, digest, info["record"], is_new=old is None))
+                todo.append(_Todo(candidate, Path(path), digest, record, is_new=old is None))
             else:
                 report.unchanged += 1
-                if old[0] != str(path):
-                    moved[info["id"]] = str(path)
+                if old[0] != path:
+                    moved[cid] = path
     finally:
         memo.save()
     report.orphaned = sum(1 for c in existing if c not in seen)
@@ -522,8 +524,8 @@ def _indexed(dataset: fo.Dataset) -> dict[str, tuple[str, str, str, str | None]]
     return {d.get(ds.CANDIDATE_ID): tuple(d.get(f) for f in fields[1:]) for d in cursor}
 
 
-def _read(path: Path) -> Candidate:
-    return read_record(Candidate, path, str(path), "`curate generate` redoes it")
+def _read(path: str) -> Candidate:
+    return read_record(Candidate, Path(path), path, "`curate generate` redoes it")
 
 
 def _load(todo: _Todo, scorer: ClipScorer | None) -> _Loaded | str:

@@ -179,13 +179,15 @@ def _marks(
     stored_t = store.clip_t()
     queried = set(query.ids)
     usable = np.zeros(store.rows, dtype=bool)
-    for cid, row in store.latest.items():
-        usable[row] = cid not in pending_ids and cid not in queried
-    score = {cid: float(stored_t[row]) for cid, row in store.latest.items()}
-    score.update(zip(query.ids, query.clip_t))
+    usable[np.fromiter(store.latest.values(), dtype=np.int64, count=len(store.latest))] = True
+    usable[[store.latest[cid] for cid in pending_ids | queried if cid in store.latest]] = False
+    score = dict(zip(query.ids, query.clip_t))
 
     def rank(cid: str) -> tuple[float, str]:  # smaller is better; CLIP-T within float noise ties
-        return -round(score.get(cid, float("-inf")), 6), cid
+        if cid in score:
+            return -round(score[cid], 6), cid
+        row = store.latest.get(cid)
+        return -round(float(stored_t[row]) if row is not None else float("-inf"), 6), cid
 
     old_hits = neighbours(query.vectors, store.vectors(), usable, threshold)
     new_hits = neighbours(query.vectors, query.vectors, np.ones(len(query.ids), dtype=bool), threshold)
