@@ -17,8 +17,9 @@ push 88.9 s (225 tasks/s; 21x one request per task); first pull 193.5 s (103 tas
 one-shot export+parse 59.7 s: 3.2x slower, but peak RSS client 386 vs 511 MB (375 MB is the
 imports' baseline: +11 vs +136 MB) and server 552 vs 744 MB; an incremental pull of 200 edited
 tasks 2.3 s. Where the pull's time goes (ms/task, measured on 3000-task stretches): the task API
-with annotations (`fields=all`) 5-6, without them 1.5, the export endpoint 2.6-3; the rest (~4) is
-JSON decoding, aggregation and the FiftyOne writes. At 100K that extrapolates to ~7.5 min of push
+with annotations (`fields=all`) 5-6, without them 1.5, the export endpoint 2.6-3; FiftyOne's
+compare-and-write 0.8 (0.5 when nothing changed); the rest (~3) is transfer, JSON decoding of the
+task API's wide rows, aggregation and gzip. At 100K that extrapolates to ~7.5 min of push
 and ~16 min for a first full pull (the 3-min goal holds only for incremental pulls); the one-shot
 export would need ~5 min and ~0.7 GB more on each side. N=5000 under load 7-17: pull 61 s vs
 one-shot 73 s (0.83x).
