@@ -287,22 +287,14 @@ class Workspace:
             and self.resolve(Path("candidates") / STALE_DIR / shard / record).exists()
         )
 
-    def candidates(self, include_failed: bool = False, unreadable: list[Path] | None = None) -> Iterator[Candidate]:
-        """Candidates of finished shards, in shard then id order.
+    def candidates(self, include_failed: bool = False) -> Iterator[Candidate]:
+        """Candidates of finished shards, in shard then id order; an unreadable record is a CurateError.
 
         Args:
             include_failed: Also yield candidates whose generation failed.
-            unreadable: Where to collect records that do not parse (they are skipped, and
-                `curate generate` redoes them); None makes the first one an error.
         """
         for path in self.candidate_record_paths():
-            try:
-                candidate = read_record(Candidate, Path(path), path, "`curate generate` redoes it")
-            except CurateError:
-                if unreadable is None:
-                    raise
-                unreadable.append(path)
-                continue
+            candidate = read_record(Candidate, Path(path), path, "`curate generate` redoes it")
             if include_failed or candidate.status == "ok":
                 yield candidate
 
