@@ -18,9 +18,10 @@ from curation.cli import app
 from curation.config import dump_config
 from curation.errors import CurateError
 from curation.index import index_workspace
-from curation.scores.judge import ARTIFACTS, OVERALL, PRESENT, PROMPT, REASON, judge, parse_verdict
+from curation.scores.judge import ARTIFACTS, OVERALL, PRESENT, REASON, judge, parse_verdict
 from curation.workspace import Workspace
 from tests.fixtures.fake_llm import FakeLLM, ok
+from tests.fixtures.tiny_pipelines import build_tiny_llava
 from tests.test_calibration import reviewed_dataset
 
 
@@ -106,65 +107,6 @@ def test_index_computes_the_configured_judge_once(candidate_ws, fake_llm: FakeLL
     assert len(fake_llm.requests) == asked
 
 
-def tiny_llava(folder: Path) -> Path:
-    """A random-init LlavaForConditionalGeneration shaped like llava-hf/llava-1.5-7b-hf (CLIP vision
-    tower, Llama text model, `<image>` token, feature layer -2, chat template) at width 32, with a
-    byte-level BPE tokenizer trained here on the judge's prompt; saved as a hub folder would be."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-        PreTrainedTokenizerFast,
-    )
-
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<unk>", "<s>", "</s>", "<pad>", "<image>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator([PROMPT, "USER: ASSISTANT:"], trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
-    )
-    template = (
-        "{% for m in messages %}USER: {% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n"
-        "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %} ASSISTANT:"
-    )
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        tokenizer=tokenizer,
-        patch_size=16,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=template,
-    )
-    width = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(image_size=32, patch_size=16, **width),
-        text_config=LlamaConfig(
-            vocab_size=len(tokenizer),
-            num_key_value_heads=2,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            **width,
-        ),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
-    LlavaForConditionalGeneration(config).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
 def test_transformers_judge_from_a_folder_logs_random_replies_and_caches_them(tmp_path: Path) -> None:
     import fiftyone as fo
 
@@ -183,7 +125,7 @@ def test_transformers_judge_from_a_folder_logs_random_replies_and_caches_them(tm
         )
     dataset = fo.Dataset(ds.dataset_name(ws), persistent=True)
     dataset.add_samples(samples)
-    model = tiny_llava(tmp_path / "tiny-llava")
+    model = build_tiny_llava(tmp_path)  # llava-hf/llava-1.5-7b-hf's architecture, random weights
 
     report = judge(ws, str(model))  # random weights: the reply is never a verdict
     assert (report.judged, report.cached, report.malformed) == (0, 0, 3)
