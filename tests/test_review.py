@@ -31,11 +31,11 @@ from curation.labelstudio_server import (
     write_server,
 )
 from curation.ports import free_port
-from curation.records import Concept
 from curation.review import connect, push
 from curation.review_pull import REVIEW_FIELDS, aggregate, annotation_result, krippendorff_alpha, pull, status
 from curation.workspace import Workspace
 from tests.fixtures.labelstudio import seeded_home
+from tests.fixtures.sample_concepts import flat_concept
 
 
 def build_candidates(ws: Workspace, n: int) -> list[str]:
@@ -45,22 +45,7 @@ def build_candidates(ws: Workspace, n: int) -> list[str]:
 
     rng = np.random.default_rng(0)
     for cid, colour in (("cat", (200, 80, 20)), ("mug", (20, 80, 200))):
-        ref = ws.concept_dir(cid) / "refs" / "0.png"
-        ref.parent.mkdir(parents=True)
-        Image.new("RGB", (48, 48), colour).save(ref)
-        mask = ws.concept_dir(cid) / "masks" / "0.png"
-        mask.parent.mkdir()
-        Image.new("L", (48, 48), 255).save(mask)
-        ws.save_concept(
-            Concept(
-                concept_id=cid,
-                name=cid.title(),
-                class_noun=cid,
-                token=f"<c-{cid}>",
-                refs=[ws.relative(ref)],
-                masks=[ws.relative(mask)],
-            )
-        )
+        flat_concept(ws, cid, colour, 48)
     dataset = fo.Dataset(ds.dataset_name(ws))
     samples, ids = [], []
     for i in range(n):

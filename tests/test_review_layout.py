@@ -12,10 +12,10 @@ from PIL import Image
 
 from curation import dataset as ds
 from curation.labelstudio_server import ServerInfo
-from curation.records import Concept
 from curation.review import DM_COLUMNS, connect, push
 from curation.review_pull import pull
 from curation.workspace import Workspace
+from tests.fixtures.sample_concepts import flat_concept
 from tests.test_review_browser import CHROMIUM, FLAGS, logged_in_page
 
 CONCEPTS = ("cat", "mug", "lamp", "plant", "shoe")
@@ -30,22 +30,7 @@ def build_scene(ws: Workspace, n_concepts: int, n_candidates: int = 2) -> None:
 
     rng = np.random.default_rng(n_concepts)
     for k, cid in enumerate(CONCEPTS[:n_concepts]):
-        ref = ws.concept_dir(cid) / "refs" / "0.png"
-        ref.parent.mkdir(parents=True)
-        Image.new("RGB", (256, 256), (40 * k, 200 - 30 * k, 90)).save(ref)
-        mask = ws.concept_dir(cid) / "masks" / "0.png"
-        mask.parent.mkdir()
-        Image.new("L", (256, 256), 255).save(mask)
-        ws.save_concept(
-            Concept(
-                concept_id=cid,
-                name=cid.title(),
-                class_noun=cid,
-                token=f"<c-{cid}>",
-                refs=[ws.relative(ref)],
-                masks=[ws.relative(mask)],
-            )
-        )
+        flat_concept(ws, cid, (40 * k, 200 - 30 * k, 90), 256)
     dataset = fo.Dataset(ds.dataset_name(ws))
     samples = []
     for i in range(n_candidates):
