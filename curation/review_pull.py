@@ -22,7 +22,7 @@ from typing import Any
 from curation import dataset as ds
 from curation.errors import CurateError
 from curation.progress import ProgressFn, no_progress
-from curation.review import CAPTION_BOX, DECISION, IMAGE, QUALITY, REASONS, connect, project_file
+from curation.review import CAPTION_BOX, DECISION, IMAGE, QUALITY, REASONS, Connection, connect, project_file
 from curation.workspace import Workspace, atomic_write_json
 
 REVIEW_FIELDS = (
@@ -464,5 +464,13 @@ def status(ws: Workspace, url: str | None = None, token: str | None = None) -> S
         rejected=decisions.count(ds.REJECT),
         mean_agreement=statistics.fmean(given) if given else None,
         per_concept={k: (a, r) for k, (a, r) in per_concept.items()},
-        agreement=agreement(votes.values()) if votes else None,
+        agreement=_named(agreement(votes.values()), conn) if votes else None,
     )
+
+
+def _named(found: Agreement, conn: Connection) -> Agreement:
+    """Annotators by email: the task API names them by user id only, which nobody recognises."""
+    users = conn.get_json("/api/users/", "user list")
+    emails = {f"user {u['id']}": u["email"] for u in users if u.get("email")}
+    found.per_annotator = {emails.get(who, who): counts for who, counts in found.per_annotator.items()}
+    return found

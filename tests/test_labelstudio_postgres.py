@@ -215,9 +215,10 @@ def test_two_annotators_review_on_postgres(team_server: TeamServer) -> None:
     assert sorted(samples.values(ds.REVIEW_DECISION)) == ["accept", "accept", "reject"]  # a 1-1 tie rejects
     shown = runner.invoke(app, ["review", "status", "-w", str(ws.root)])
     assert shown.exit_code == 0, shown.output
-    # the export names annotators by user id
-    assert f"user {user_ids[ANNOTATORS[0]]}: 3 annotations, 3 accepts" in shown.output
-    assert f"user {user_ids[ANNOTATORS[1]]}: 3 annotations, 2 accepts" in shown.output
+    # the task API names annotators by user id; status shows their emails
+    assert f"{ANNOTATORS[0]}: 3 annotations, 3 accepts" in shown.output
+    assert f"{ANNOTATORS[1]}: 3 annotations, 2 accepts" in shown.output
+    assert f"user {user_ids[ANNOTATORS[0]]}:" not in shown.output
 
     # the rows are PostgreSQL's: tasks, both annotators' votes, their accounts; no SQLite beside them
     project_id = psql(db, "SELECT id FROM project")

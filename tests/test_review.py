@@ -288,6 +288,7 @@ def test_several_annotators_with_disagreement(labelstudio_workspace: Callable[..
     assert agreement is not None and agreement.overlapped == 2
     assert agreement.decision_alpha == pytest.approx(-1 / 3) and agreement.quality_alpha == pytest.approx(-0.2)
     assert sorted(agreement.per_annotator.values()) == [(1, 0), (2, 1), (2, 2)]
+    assert sorted(agreement.per_annotator) == sorted(u.email for u in users)  # emails, not "user <id>"
     assert "Krippendorff's alpha on 2 tasks" in summary.summary()
     disputed = ds.open_dataset(ws).load_saved_view(ds.VIEW_DISPUTED)
     assert sorted(disputed.values(ds.CANDIDATE_ID)) == ["cand000", "cand001"]
