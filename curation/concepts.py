@@ -187,6 +187,12 @@ CUTOUT_MIN_ALPHA = 16
 """The cut-out is cropped to where the mask reaches this alpha (as the paste crops it: generators/compose.py)."""
 
 
+def masks_per_ref(concept: Concept) -> list[str | None]:
+    """The mask of each reference, None where a record (hand-written or older) has fewer masks than
+    photos: such a reference is shown whole rather than stopping the index or the review page."""
+    return [*concept.masks[: len(concept.refs)], *[None] * (len(concept.refs) - len(concept.masks))]
+
+
 def cutout_paths(ws: Workspace, concept: Concept) -> list[Path]:
     """One RGBA PNG per reference photo, cropped to its mask (written on first use): the cut-outs the
     review page's reference strip and the FiftyOne concepts dataset show, i.e. what will be pasted.
@@ -196,11 +202,14 @@ def cutout_paths(ws: Workspace, concept: Concept) -> list[Path]:
     """
     folder = ws.concept_dir(concept.concept_id) / CUTOUTS_DIR
     paths = []
-    for ref, mask in zip(concept.refs, concept.masks, strict=True):
+    for ref, mask in zip(concept.refs, masks_per_ref(concept), strict=True):
         path = folder / Path(ref).name
         if not path.exists():
             rgb = np.asarray(Image.open(ws.resolve(ref)).convert("RGB"))
-            alpha = np.asarray(Image.open(ws.resolve(mask)).convert("L"))
+            if mask is None:
+                alpha = np.full(rgb.shape[:2], 255, np.uint8)
+            else:
+                alpha = np.asarray(Image.open(ws.resolve(mask)).convert("L").resize(rgb.shape[1::-1]))
             ys, xs = np.nonzero(alpha >= CUTOUT_MIN_ALPHA)
             crop = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)) if len(xs) else (slice(None),) * 2
             buffer = io.BytesIO()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from curation import dataset as ds
-from curation.concepts import cutout_paths
+from curation.concepts import cutout_paths, masks_per_ref
 from curation.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -35,9 +35,10 @@ def index_concepts(ws: Workspace) -> fo.Dataset:
     samples = []
     for concept in ws.concepts().values():
         flags_per_ref = [*concept.mask_flags, *[[]] * (len(concept.refs) - len(concept.mask_flags))]  # older records
-        for cutout, ref, mask, flags in zip(cutout_paths(ws, concept), concept.refs, concept.masks, flags_per_ref):
+        masks = masks_per_ref(concept)
+        for cutout, ref, mask, flags in zip(cutout_paths(ws, concept), concept.refs, masks, flags_per_ref):
             values = (concept.concept_id, concept.name, concept.class_noun, concept.token, concept.segmenter,
-                      str(ws.resolve(ref)), str(ws.resolve(mask)))  # fmt: skip
+                      str(ws.resolve(ref)), str(ws.resolve(mask)) if mask else None)  # fmt: skip
             samples.append(fo.Sample(filepath=str(cutout), tags=list(flags), **dict(zip(CONCEPT_FIELDS, values))))
     dataset.clear()
     dataset.add_samples(samples, progress=False)

@@ -589,3 +589,26 @@ def test_index_writes_the_concepts_cutouts_as_a_fiftyone_dataset(
         assert sorted(index_concepts(ws).distinct("concept_id")) == ["cat"]
     finally:
         dataset.delete()
+
+
+def test_a_record_with_fewer_masks_than_photos_shows_them_whole(
+    ws: Workspace, concept_photos: dict[str, list[Path]]
+) -> None:
+    """A hand-written or older concept.json may list photos without masks: the index and the review
+    page show those photos whole instead of stopping (index_concepts raised on the zip before)."""
+    from curation.concepts import cutout_paths
+    from curation.concepts_dataset import index_concepts
+
+    full = add_concept(ws, "mug", concept_photos["mug"], class_noun="mug")
+    concept = full.model_copy(update={"masks": full.masks[:1], "mask_flags": full.mask_flags[:1]})
+    ws.save_concept(concept)
+    paths = cutout_paths(ws, concept)
+    assert len(paths) == len(concept.refs) == 2
+    whole = np.asarray(Image.open(paths[1]))
+    assert whole.shape[:2] == np.asarray(Image.open(ws.resolve(concept.refs[1]))).shape[:2]
+    assert (whole[..., 3] == 255).all()
+    dataset = index_concepts(ws)
+    try:
+        assert dataset.count() == 2 and sorted(dataset.values("mask"), key=str) == [str(ws.resolve(full.masks[0])), None]
+    finally:
+        dataset.delete()
