@@ -498,8 +498,12 @@ _register_personalization()
 def main() -> None:
     """Console entry point: user-fixable errors become one line on stderr and exit code 1."""
     # ours first: label_studio_sdk's converter calls basicConfig(INFO) on import, which would echo every
-    # library's INFO lines a second time under a "INFO:module:" prefix
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    # library's INFO lines a second time under a "INFO:module:" prefix. The handler's own level matters
+    # too: records propagating from a library logger set to INFO (FiftyOne prints its own) skip the
+    # root logger's level and reach its handler.
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", handlers=[handler])
     if not os.environ.get("FIFTYONE_DATABASE_URI"):
         # the embedded mongod (6.0) is the oldest FiftyOne supports: its notice is noise for a local run
         os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
