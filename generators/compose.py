@@ -150,9 +150,11 @@ def _lookup(
 
 def scene_textures(text: str) -> tuple[str, str]:
     """The (floor, backdrop) textures a background text picks: its first known surface and setting word,
-    else `FALLBACK_TEXTURES`."""
+    else `FALLBACK_TEXTURES`. A part that names none is looked up in the other, because LLM plans also
+    put the setting first ('a cosy kitchen on a wooden table', 'in a garden on a lawn')."""
     surface, setting = _scene_words(text)
-    floor, backdrop = _lookup(surface, SURFACES), _lookup(setting, SETTINGS)
+    floor = _lookup(surface, SURFACES) or _lookup(setting, SURFACES)
+    backdrop = _lookup(setting, SETTINGS) or _lookup(surface, SETTINGS)
     return (floor[1] if floor else FALLBACK_TEXTURES[0], backdrop[1] if backdrop else FALLBACK_TEXTURES[1])
 
 

@@ -24,6 +24,9 @@ def test_background_text_picks_photographed_surfaces() -> None:
     assert scene_textures("on a green lawn in a sunny backyard garden") == ("grass", "sky")
     assert scene_textures("on a grey concrete floor in an industrial loft") == ("plaster", "brick")
     assert scene_textures("floating in outer space") == FALLBACK_TEXTURES  # the documented fallback
+    assert scene_textures("a cosy kitchen on a wooden table") == ("wood", "plaster")  # setting first
+    assert scene_textures("in a garden on a lawn") == ("grass", "sky")
+    assert scene_textures("花園\x00 on a lawn") == ("grass", FALLBACK_TEXTURES[1])
     for text in BACKGROUNDS:  # every rules-planner scene names a known surface and setting
         floor, backdrop = scene_textures(text)
         assert floor in TEXTURES and backdrop in TEXTURES, text
