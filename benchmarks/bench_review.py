@@ -237,7 +237,7 @@ def main() -> None:
             )
         )
 
-        reviewer = Workspace.create(root / "reviewer", config)  # same dataset, a project of annotated tasks
+        reviewer = Workspace.create(ws.root / "reviewer", config)  # same dataset, a project of annotated tasks
         use_server(reviewer, conn.url, conn.token, document_root=conn.document_root)
         t0 = time.perf_counter()
         annotated_project(reviewer, conn, args.n)

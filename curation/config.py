@@ -179,7 +179,9 @@ class ReviewConfig(_Section):
     project_title: str = ""
     batch_size: int = 500
     pull_page_size: int = Field(
-        1000, ge=1, description="tasks per request when pulling (memory is bounded by one page); the server may cap it"
+        5000,
+        ge=1,
+        description="tasks per export snapshot when pulling (memory holds two); fewer means more requests",
     )
 
 

@@ -17,10 +17,11 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
@@ -51,6 +52,7 @@ DM_COLUMNS = (ds.REVIEW_DECISION, ds.REVIEW_QUALITY, ds.REVIEW_AGREEMENT)  # tas
 Order = Literal["uncertain", "score", "random", "view"]
 ORDERS: tuple[str, ...] = get_args(Order)
 RETRIES = 3
+PULL_TITLE = "curate pull (temporary)"  # the views and export snapshots a pull makes and deletes
 THUMB_SIDE = 128  # px: a Data Manager cell or a 60 px reference, sharp on a 2x screen
 T = TypeVar("T")
 
@@ -133,43 +135,119 @@ class Connection:
         response = self.call("clock", lambda: requests.get(f"{self.url}/health", timeout=30))
         return parsedate_to_datetime(response.headers["Date"])
 
-    def task_pages(
-        self, project_id: int, page_size: int, updated_after: datetime | None = None
+    def task_chunks(
+        self, project_id: int, chunk: int, updated_after: datetime | None = None
     ) -> Iterator[tuple[list[dict[str, Any]], int]]:
-        """The project's tasks with their annotations, a page at a time in id order, each with how many remain.
+        """The project's tasks with their annotations, a chunk of ids at a time, each with how many remain.
 
-        Pages are keyed on the last id seen (a Data Manager filter `id > last`), not on page numbers:
-        a task deleted while paging cannot push the next task out of sight, and a request costs one
-        page whatever the project's size. A server may cap `page_size` (TASK_API_PAGE_SIZE_MAX): the
-        count it reports decides when to stop, never the size asked for. `updated_after` keeps the
-        tasks Label Studio touched since then: saving or deleting an annotation stamps its task.
+        Each chunk is one of Label Studio's export snapshots, restricted by a temporary Data Manager
+        view to an id range (and, given `updated_after`, to the tasks touched since: saving or deleting
+        an annotation stamps its task). Snapshots serialize a task for about a third of what the task
+        API costs, and the next one is made while the caller works on this one, so server and client
+        run side by side. Id ranges, not page numbers, split the work: a task deleted meanwhile cannot
+        push another out of sight. The view and the snapshot are deleted as soon as the chunk is read;
+        ones left by a killed pull are deleted by the next.
         """
-        last = 0
-        while True:
-            items: list[dict[str, Any]] = [
-                {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": last}
-            ]
-            if updated_after is not None:
-                stamp = updated_after.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-                items.append(
-                    {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": stamp}
-                )
-            payload = self.get_json(
-                "/api/tasks/",
-                "task pull",
-                project=project_id,
-                fields="all",
-                resolve_uri="false",
-                page=1,
-                page_size=page_size,
-                query=json.dumps({"filters": {"conjunction": "and", "items": items}}),
+        self._drop_pull_leftovers(project_id)
+        changed = []
+        if updated_after is not None:
+            stamp = updated_after.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            changed.append(
+                {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": stamp}
             )
-            tasks = payload["tasks"]
-            if tasks:
-                yield tasks, payload["total"]
-            if not tasks or len(tasks) >= payload["total"]:
-                return
-            last = tasks[-1]["id"]
+        first, total = self._first_task(project_id, changed, "tasks:id")
+        if not total:
+            return
+        last, _ = self._first_task(project_id, changed, "-tasks:id")
+        parts = -(-total // chunk)
+        bounds = [first + (last + 1 - first) * k // parts for k in range(parts)] + [last + 1]
+        done = 0
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self._snapshot, project_id, changed, bounds[0], bounds[1])
+            for k in range(parts):
+                tasks = pending.result()
+                if k + 1 < parts:
+                    pending = pool.submit(self._snapshot, project_id, changed, bounds[k + 1], bounds[k + 2])
+                if tasks:
+                    yield tasks, max(total - done, len(tasks))
+                done += len(tasks)
+
+    def _first_task(self, project_id: int, filters: list[dict[str, Any]], ordering: str) -> tuple[int, int]:
+        """The first task id in `ordering` among those matching `filters`, and how many match."""
+        payload = self.get_json(
+            "/api/tasks/",
+            "task pull",
+            project=project_id,
+            fields="task_only",
+            page=1,
+            page_size=1,
+            query=json.dumps({"filters": {"conjunction": "and", "items": filters}, "ordering": [ordering]}),
+        )
+        return (payload["tasks"][0]["id"] if payload["tasks"] else 0), payload["total"]
+
+    def _snapshot(self, project_id: int, filters: list[dict[str, Any]], low: int, high: int) -> list[dict[str, Any]]:
+        """The tasks with ids in [low, high) matching `filters`, through a temporary view and export snapshot."""
+        in_range = [
+            {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": low - 1},
+            {"filter": "filter:tasks:id", "operator": "less", "type": "Number", "value": high},
+        ]
+        view = self.send_json(
+            "post",
+            "/api/dm/views/",
+            "task pull",
+            {"project": project_id, "data": {"title": PULL_TITLE, "filters": {"conjunction": "and", "items": in_range + filters}}},
+        )
+        try:
+            export = self.send_json(
+                "post",
+                f"/api/projects/{project_id}/exports/",
+                "task pull",
+                {
+                    "title": PULL_TITLE,
+                    "task_filter_options": {"view": view["id"]},
+                    "serialization_options": {
+                        "drafts": {"only_id": True},
+                        "predictions": {"only_id": True},
+                        "annotations__completed_by": {"only_id": True},
+                        "include_annotation_history": False,
+                    },
+                },
+            )
+            try:
+                while export["status"] not in ("completed", "failed"):  # a server with background workers
+                    time.sleep(0.5)
+                    export = self.get_json(f"/api/projects/{project_id}/exports/{export['id']}", "task pull")
+                if export["status"] == "failed":
+                    raise CurateError(f"Label Studio at {self.url} failed to export tasks {low}-{high - 1}; re-run the pull")
+                return self.get_json(
+                    f"/api/projects/{project_id}/exports/{export['id']}/download", "task pull", exportType="JSON"
+                )
+            finally:
+                self.send_json("delete", f"/api/projects/{project_id}/exports/{export['id']}", "task pull")
+        finally:
+            self.send_json("delete", f"/api/dm/views/{view['id']}/", "task pull")
+
+    def _drop_pull_leftovers(self, project_id: int) -> None:
+        """Delete the temporary views and snapshots of a pull that was killed before it could."""
+        for view in self.get_json("/api/dm/views/", "task pull", project=project_id):
+            if view.get("data", {}).get("title") == PULL_TITLE:
+                self.send_json("delete", f"/api/dm/views/{view['id']}/", "task pull")
+        for export in self.get_json(f"/api/projects/{project_id}/exports/", "task pull"):
+            if export.get("title") == PULL_TITLE:
+                self.send_json("delete", f"/api/projects/{project_id}/exports/{export['id']}", "task pull")
+
+    def send_json(self, method: str, path: str, what: str, body: dict[str, Any] | None = None) -> Any:
+        """One POST/PATCH/DELETE with a JSON body; the decoded answer (None when it has none)."""
+
+        def send() -> bytes:
+            response = requests.request(method, f"{self.url}{path}", json=body, headers=self.headers, timeout=600)
+            self.check_token(response.status_code)
+            if not (method == "delete" and response.status_code == 404):  # already gone
+                response.raise_for_status()
+            return response.content
+
+        content = self.call(what, send)
+        return json.loads(content) if content else None
 
     def export_tasks(self, project_id: int, gone: str) -> bytes:
         """Every task of a project with its annotations, as Label Studio's JSON export.
@@ -261,18 +339,9 @@ class Connection:
                 "value": value,
             }
 
-            def send(body: dict[str, Any] = body) -> None:
-                response = requests.post(
-                    f"{self.url}/api/dm/actions",
-                    params={"id": "add_data_field", "project": project_id},
-                    json=body,
-                    headers=self.headers,
-                    timeout=300,
-                )
-                self.check_token(response.status_code)
-                response.raise_for_status()
-
-            self.call("data manager columns", send)
+            self.send_json(
+                "post", f"/api/dm/actions?id=add_data_field&project={project_id}", "data manager columns", body
+            )
 
 
 def connect(ws: Workspace, url: str | None = None, token: str | None = None) -> Connection:
@@ -318,9 +387,15 @@ def project_marker(ws: Workspace) -> str:
     return f"curate workspace: {ws.workspace_id}"
 
 
+@lru_cache(maxsize=4096)
+def _real_folder(folder: Path) -> Path:
+    """A folder with its links resolved, once: a push names 100K images in a handful of folders."""
+    return folder.resolve()
+
+
 def _local_url(conn: Connection, path: Path) -> str:
     try:
-        relative = Path(path).resolve().relative_to(conn.document_root)
+        relative = (_real_folder(Path(path).absolute().parent) / Path(path).name).relative_to(conn.document_root)
     except ValueError:
         raise CurateError(f"{path} is outside Label Studio's document root {conn.document_root}") from None
     return f"/data/local-files/?d={relative.as_posix()}"
@@ -548,13 +623,21 @@ def push(
             if rule and rule.score not in random and rule.holds(r.get(rule.score)):
                 held[r[ds.CANDIDATE_ID]] = f"{rule.rule_text()} (calibrated on {rule.accepted + rule.rejected} reviews)"
         new = [r for r in new if r[ds.CANDIDATE_ID] not in held]
-    tasks = [_task(ws, conn, r, concepts, scores, random, rules) for r in _order(new, order, key)]
+    ordered = _order(new, order, key)
     batch = ws.config.review.batch_size
-    for start in range(0, len(tasks), batch):
-        conn.import_tasks(project_id, tasks[start : start + batch], ds.CANDIDATE_ID)
-        progress("push tasks", min(start + batch, len(tasks)), len(tasks))
+    with ThreadPoolExecutor(max_workers=1) as pool:  # Label Studio imports a batch while the next is built
+        sending = None
+        for start in range(0, len(ordered), batch):
+            tasks = [_task(ws, conn, r, concepts, scores, random, rules) for r in ordered[start : start + batch]]
+            if sending is not None:
+                sending.result()
+                progress("push tasks", start, len(ordered))
+            sending = pool.submit(conn.import_tasks, project_id, tasks, ds.CANDIDATE_ID)
+        if sending is not None:
+            sending.result()
+            progress("push tasks", len(ordered), len(ordered))
     _record_triage(dataset, held, [r[ds.CANDIDATE_ID] for r in new])
-    return PushReport(project_id, conn.url, len(rows), len(rows) - len(new) - len(held), len(tasks), len(held))
+    return PushReport(project_id, conn.url, len(rows), len(rows) - len(new) - len(held), len(new), len(held))
 
 
 def _record_triage(dataset: Any, held: dict[str, str], pushed: list[str]) -> None:

@@ -1,6 +1,6 @@
 """Bring reviews back: pull Label Studio's annotations, aggregate annotators, write them onto FiftyOne.
 
-A pull reads only the tasks Label Studio touched since the previous pull, a page at a time, and
+A pull reads only the tasks Label Studio touched since the previous pull, a chunk at a time, and
 writes only the samples whose aggregated review changed, so pulling twice changes nothing the
 second time and a 100K-task project never sits in memory whole. What each pull read is kept, gzipped,
 under review/pulls/<timestamp>.jsonl.gz (never overwritten): replayed in order, the deltas say what
@@ -240,7 +240,7 @@ def _ensure_review_fields(dataset: Any) -> None:
 
 SETTLE = timedelta(minutes=2)
 """How far before a pull's start the next pull looks back: an annotation saved just before the
-start may commit after the page holding its task was read. Tasks read twice this way are not kept twice."""
+start may commit after the chunk holding its task was read. Tasks read twice this way are not kept twice."""
 
 
 def pulls_dir(ws: Workspace) -> Path:
@@ -302,10 +302,11 @@ def pull(
     full: bool = False,
     progress: ProgressFn = no_progress,
 ) -> PullReport:
-    """Read the tasks changed since the last pull, a page at a time, and write their reviews onto the samples.
+    """Read the tasks changed since the last pull, a chunk at a time, and write their reviews onto the samples.
 
-    Memory holds one page (`review.pull_page_size` tasks), whatever the project's size. Each page's
-    reviews are written before the next is read, and only those that differ from the samples, so
+    Memory holds two chunks (`review.pull_page_size` tasks each: the one written and the one Label
+    Studio is exporting meanwhile), whatever the project's size. Each chunk's reviews are written
+    before the next chunk is taken, and only those that differ from the samples, so
     pulling twice changes nothing the second time. The tasks read go, slimmed to ids, update time
     and annotations, into review/pulls/<timestamp>.jsonl.gz, renamed into place only when the pull
     ends; the pull's start is recorded last. A pull that dies therefore leaves no delta and no new
@@ -332,7 +333,7 @@ def pull(
 
     dataset = ds.open_dataset(ws)
     _ensure_review_fields(dataset)
-    dataset.create_index(ds.CANDIDATE_ID)  # idempotent; each page looks its samples up by it
+    dataset.create_index(ds.CANDIDATE_ID)  # idempotent; each chunk looks its samples up by it
     folder = pulls_dir(ws)
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*.partial"):  # left by a pull that was killed
@@ -343,7 +344,7 @@ def pull(
     next_recent: dict[str, str] = {}
     try:
         with gzip.open(partial, "wt", encoding="utf-8") as raw:
-            for tasks, remaining in conn.task_pages(project_id, ws.config.review.pull_page_size, after):
+            for tasks, remaining in conn.task_chunks(project_id, ws.config.review.pull_page_size, after):
                 reviews: dict[str, dict[str, Any]] = {}
                 for task in tasks:
                     if ds.CANDIDATE_ID not in task.get("data", {}):

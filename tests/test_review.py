@@ -31,7 +31,7 @@ from curation.labelstudio_server import (
     write_server,
 )
 from curation.ports import free_port
-from curation.review import connect, push
+from curation.review import PULL_TITLE, connect, push
 from curation.review_pull import REVIEW_FIELDS, aggregate, annotation_result, krippendorff_alpha, pull, status
 from curation.workspace import Workspace
 from tests.fixtures.labelstudio import seeded_home
@@ -191,11 +191,12 @@ def test_pull_writes_reviews_idempotently_and_follows_edits(
     assert got["cand002"][ds.REVIEW_DECISION] == "reject" and got["cand002"][ds.REVIEW_QUALITY] == 1.0
 
 
-def test_pull_pages_survives_a_server_stop_and_then_reads_only_what_changed(
+def test_pull_chunks_survive_a_server_stop_and_then_read_only_what_changed(
     labelstudio_workspace: Callable[..., Workspace], labelstudio_home: Workspace, labelstudio: ServerInfo
 ) -> None:
-    """Pages of 2 tasks; the server stops after the first page: a clear error, no delta, no recorded
-    start, and the re-run finishes. Later pulls read only the tasks touched since the last one."""
+    """Chunks of 2 tasks; the server stops after the first chunk: a clear error, no delta, no recorded
+    start, no temporary view or snapshot left behind once it is back, and the re-run finishes. Later
+    pulls read only the tasks touched since the last one."""
     ws = labelstudio_workspace()
     config = ws.config
     config.review.pull_page_size = 2
@@ -203,31 +204,38 @@ def test_pull_pages_survives_a_server_stop_and_then_reads_only_what_changed(
     build_candidates(ws, 5)
     push(ws)
     tasks = tasks_by_candidate(ws)
-    client = connect(ws).client
+    conn = connect(ws)
+    client = conn.client
     for i, cid in enumerate(sorted(tasks)):
         client.annotations.create(id=tasks[cid].id, result=annotation_result(("accept", "reject")[i % 2], 3))
-    pages: list[int] = []
+    chunks: list[int] = []
 
-    def stop_after_first_page(stage: str, done: int, total: int) -> None:
-        pages.append(done)
-        if len(pages) == 1:
+    def stop_after_first_chunk(stage: str, done: int, total: int) -> None:
+        chunks.append(done)
+        if len(chunks) == 1:
             assert stop(labelstudio_home)
 
     try:
-        with pytest.raises(CurateError, match=f"{labelstudio.url} stopped answering during task pull"):
-            pull(ws, progress=stop_after_first_page)
+        with pytest.raises(CurateError, match=f"{labelstudio.url} stopped answering during"):
+            pull(ws, progress=stop_after_first_chunk)
     finally:
         serve(labelstudio_home, port=int(labelstudio.url.rsplit(":", 1)[1]))
     folder = ws.review_dir / "pulls"
-    assert pages == [2] and not list(folder.glob("*.gz*")) and not (folder / "state.json").exists()
+    assert chunks[0] in (1, 2) and not list(folder.glob("*.gz*")) and not (folder / "state.json").exists()
+    written = sum(r[ds.REVIEW_DECISION] is not None for r in reviews(ws).values())
+    assert written >= chunks[0]  # the first chunk's reviews were written before the stop
 
-    report = pull(ws, progress=lambda stage, done, total: pages.append(done))
-    assert pages[1:] == [2, 4, 5] and report.read == 5
-    assert report.changed == 3  # the first page's reviews were written before the stop
+    project_id = json.loads((ws.review_dir / "project.json").read_text())["project_id"]
+    report = pull(ws, progress=lambda stage, done, total: chunks.append(done))
+    assert chunks[-1] == 5 and len(chunks) - 1 == 3 and report.read == 5  # 5 tasks in 3 chunks of ids
+    assert report.changed == 5 - written
     assert {cid: r[ds.REVIEW_DECISION] for cid, r in reviews(ws).items()} == {
         "cand000": "accept", "cand001": "reject", "cand002": "accept", "cand003": "reject", "cand004": "accept"
     }  # fmt: skip
     assert delta_ids(report.raw_path) == sorted(tasks)
+    views = conn.get_json("/api/dm/views/", "views", project=project_id)
+    assert not [v for v in views if v["data"].get("title") == PULL_TITLE]  # the killed pull's are gone too
+    assert not [e for e in conn.get_json(f"/api/projects/{project_id}/exports/", "exports") if e["title"] == PULL_TITLE]
 
     state = json.loads((folder / "state.json").read_text())  # as if the last pull started a day later
     state.update(after=connect(ws).server_time().isoformat(), recent={})
