@@ -51,6 +51,7 @@ from curation.progress import ProgressFn, no_progress
 from curation.records import Candidate, content_id
 from curation.scores import presence as P
 from curation.scores.artifacts import ARTIFACT_SCORES, artifact_scores
+from curation.thumbnails import candidate_thumb, thumbs_dir, write_thumbnail
 from curation.workspace import read_record
 
 if TYPE_CHECKING:
@@ -281,7 +282,8 @@ def index_workspace(
             for name, kind in ((SAS_FIELD, fo.DictField), (SAS_MEAN_FIELD, fo.FloatField)):
                 if not dataset.has_field(name):
                     dataset.add_sample_field(name, kind)
-        _index(dataset, todo, scorer, presence, key, config.batch_size, report, progress, remote, sas)
+        thumbs = thumbs_dir(ws)
+        _index(dataset, todo, scorer, presence, key, config.batch_size, report, progress, thumbs, remote, sas)
     if len(dataset) and (report.added or report.updated or not complete or diversity):
         progress(DATASET_STAGE, 0, 2)
         _near_duplicates(ws, dataset, report)
@@ -528,8 +530,9 @@ def _read(path: str) -> Candidate:
     return read_record(Candidate, Path(path), path, "`curate generate` redoes it")
 
 
-def _load(todo: _Todo, scorer: ClipScorer | None) -> _Loaded | str:
-    """Decode one image, preprocess it for CLIP unless `scorer` is None, score artifacts (loader thread)."""
+def _load(todo: _Todo, scorer: ClipScorer | None, thumbs: Path) -> _Loaded | str:
+    """Decode one image, preprocess it for CLIP unless `scorer` is None, score artifacts and write its
+    review preview (loader thread): the only time the image is decoded."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -538,6 +541,7 @@ def _load(todo: _Todo, scorer: ClipScorer | None) -> _Loaded | str:
     except (OSError, UnidentifiedImageError) as exc:
         return f"cannot decode {todo.candidate.image}: {exc} (delete it and `curate generate` makes it again)"
     c = todo.candidate
+    write_thumbnail(rgb, candidate_thumb(thumbs, c.candidate_id))  # a changed image gets a new one
     scores = artifact_scores(np.asarray(rgb), c.boxes, c.width, c.height, c.extra)
     return _Loaded(todo, rgb, scorer.image_tensor(rgb) if scorer else None, scores)
 
@@ -547,15 +551,21 @@ def _chunks(todo: list[_Todo], batch_size: int) -> list[list[_Todo]]:
     return [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
 
 
-def _batches(todo: list[_Todo], scorer: ClipScorer | None, batch_size: int) -> Iterator[list[_Loaded | str]]:
+def _batches(
+    todo: list[_Todo], scorer: ClipScorer | None, batch_size: int, thumbs: Path
+) -> Iterator[list[_Loaded | str]]:
     """Yield decoded batches, decoding the next one in a thread while the caller embeds this one."""
     chunks = _chunks(todo, batch_size)
+
+    def load(chunk: list[_Todo]) -> list[_Loaded | str]:
+        return [_load(t, scorer, thumbs) for t in chunk]
+
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(lambda chunk: [_load(t, scorer) for t in chunk], chunks[0]) if chunks else None
+        pending = pool.submit(load, chunks[0]) if chunks else None
         for index in range(len(chunks)):
             batch = pending.result()
             if index + 1 < len(chunks):
-                pending = pool.submit(lambda chunk: [_load(t, scorer) for t in chunk], chunks[index + 1])
+                pending = pool.submit(load, chunks[index + 1])
             yield batch
 
 
@@ -568,17 +578,19 @@ def _index(
     batch_size: int,
     report: IndexReport,
     progress: ProgressFn,
+    thumbs: Path,
     remote: Iterator[Embedded] | None = None,
     sas: SASScorer | None = None,
 ) -> None:
-    """Score and write every candidate of `todo`; `remote` yields its embeddings per batch (Ray)."""
+    """Score and write every candidate of `todo` (and its review preview into `thumbs`); `remote`
+    yields its embeddings per batch (Ray)."""
     import torch
 
     from curation.scores.clip import clip_t
 
     pending: list[dict[str, Any]] = []
     done = 0
-    for batch in _batches(todo, None if remote else scorer, batch_size):
+    for batch in _batches(todo, None if remote else scorer, batch_size, thumbs):
         sources = todo[done : done + len(batch)]
         report.failed.extend(
             (t.candidate.candidate_id, item) for t, item in zip(sources, batch) if isinstance(item, str)

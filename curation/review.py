@@ -11,7 +11,6 @@ to what Label Studio said at the time.
 from __future__ import annotations
 
 import html
-import io
 import json
 import random
 import statistics
@@ -33,7 +32,8 @@ from curation.concepts import cover_cutout
 from curation.errors import CurateError
 from curation.labelstudio_server import ServerInfo, read_server, serve, stop, use_server
 from curation.progress import ProgressFn, no_progress
-from curation.workspace import Workspace, atomic_write_bytes, atomic_write_json
+from curation.thumbnails import candidate_thumb, thumbnail, thumbs_dir
+from curation.workspace import Workspace, atomic_write_json, atomic_write_text
 
 __all__ = [
     "ServerInfo",
@@ -53,7 +53,6 @@ Order = Literal["uncertain", "score", "random", "view"]
 ORDERS: tuple[str, ...] = get_args(Order)
 RETRIES = 3
 PULL_TITLE = "curate pull (temporary)"  # the views and export snapshots a pull makes and deletes
-THUMB_SIDE = 128  # px: a Data Manager cell or a 60 px reference, sharp on a 2x screen
 T = TypeVar("T")
 
 
@@ -195,7 +194,10 @@ class Connection:
             "post",
             "/api/dm/views/",
             "task pull",
-            {"project": project_id, "data": {"title": PULL_TITLE, "filters": {"conjunction": "and", "items": in_range + filters}}},
+            {
+                "project": project_id,
+                "data": {"title": PULL_TITLE, "filters": {"conjunction": "and", "items": in_range + filters}},
+            },
         )
         try:
             export = self.send_json(
@@ -218,7 +220,9 @@ class Connection:
                     time.sleep(0.5)
                     export = self.get_json(f"/api/projects/{project_id}/exports/{export['id']}", "task pull")
                 if export["status"] == "failed":
-                    raise CurateError(f"Label Studio at {self.url} failed to export tasks {low}-{high - 1}; re-run the pull")
+                    raise CurateError(
+                        f"Label Studio at {self.url} failed to export tasks {low}-{high - 1}; re-run the pull"
+                    )
                 return self.get_json(
                     f"/api/projects/{project_id}/exports/{export['id']}/download", "task pull", exportType="JSON"
                 )
@@ -295,8 +299,9 @@ class Connection:
                 return found - {None}
             page += 1
 
-    def import_tasks(self, project_id: int, tasks: list[dict[str, Any]], key: str) -> None:
-        """Import one batch; after a dropped connection, re-import only what the server does not hold.
+    def import_tasks(self, project_id: int, tasks: list[dict[str, Any]], key: str) -> list[str]:
+        """Import one batch and return its `key`s; after a dropped connection, re-import only what the
+        server does not hold.
 
         The import may have been committed even though its answer was lost, so a blind retry could
         duplicate tasks: the server's tasks, identified by their `key` field, decide what is still missing.
@@ -313,6 +318,7 @@ class Connection:
             pending = [t for t in pending if t["data"][key] not in present]
 
         self.call("task import", send, before_retry=drop_imported)
+        return [t["data"][key] for t in tasks]
 
     def show_reviews(
         self, project_id: int, tasks: list[dict[str, Any]], reviews: dict[str, dict[str, Any]]
@@ -321,14 +327,19 @@ class Connection:
 
         The community edition has no column for an annotation's choice or rating. Its "Add Or
         Modify Data Field" action sets one value on many tasks in one request without touching their
-        update time (the next pull does not read them again), so tasks are grouped by value: a page
-        costs a handful of requests. Only values that differ from the task's data are sent.
+        update time (the next pull does not read them again), so tasks are grouped by value: a chunk
+        costs a handful of requests. Only values that differ from the task's data are sent: on
+        SQLite the server rewrites each task's data in Python (~0.3 ms a task and column), so
+        agreement is written only where two or more annotators voted (one vote agrees with itself).
         """
         groups: dict[tuple[str, Any], list[int]] = {}
         for task in tasks:
             review = reviews.get(task["data"].get(ds.CANDIDATE_ID, ""))
             for name in DM_COLUMNS if review is not None else ():
-                value = "" if review[name] is None else review[name]
+                value = review[name]
+                if name == ds.REVIEW_AGREEMENT and (review[ds.REVIEW_ANNOTATORS] or 0) < 2:
+                    value = None
+                value = "" if value is None else value
                 if task["data"].get(name, "") != value:
                     groups.setdefault((name, value), []).append(task["id"])
         for (name, value), ids in groups.items():
@@ -490,25 +501,6 @@ def _data_manager_tab(conn: Connection, project_id: int) -> None:
     conn.call("data manager tab", create)
 
 
-def thumbs_dir(ws: Workspace) -> Path:
-    return ws.review_dir / "thumbs"
-
-
-def thumbnail(source: Path, target: Path) -> Path:
-    """A THUMB_SIDE px JPEG of an image, written once: pages list many, each a few KB, not a full PNG."""
-    if not target.exists():
-        from PIL import Image
-
-        with Image.open(source) as image:
-            small = Image.new("RGB", image.size, "white")  # a cut-out's transparent surround shows white
-            small.paste(image.convert("RGBA"), mask=image.convert("RGBA"))
-            small.thumbnail((THUMB_SIDE, THUMB_SIDE))
-        buffer = io.BytesIO()
-        small.save(buffer, format="JPEG", quality=85)
-        atomic_write_bytes(target, buffer.getvalue())
-    return target
-
-
 # -- push --------------------------------------------------------------------------------------
 @dataclass
 class PushReport:
@@ -608,7 +600,7 @@ def push(
     fields = [ds.CANDIDATE_ID, "filepath", ds.CAPTION, ds.CONCEPTS, *scores]
     columns = samples.values(fields)
     rows = [dict(zip(fields, values, strict=True)) for values in zip(*columns, strict=True)]
-    already = conn.task_keys(project_id, ds.CANDIDATE_ID)
+    already = _project_tasks(ws, conn, project_id)
     new = [r for r in rows if r[ds.CANDIDATE_ID] not in already]
     concepts = ws.concepts()
     key = scores[0] if scores else None
@@ -630,14 +622,45 @@ def push(
         for start in range(0, len(ordered), batch):
             tasks = [_task(ws, conn, r, concepts, scores, random, rules) for r in ordered[start : start + batch]]
             if sending is not None:
-                sending.result()
+                _record_pushed(ws, sending.result())
                 progress("push tasks", start, len(ordered))
             sending = pool.submit(conn.import_tasks, project_id, tasks, ds.CANDIDATE_ID)
         if sending is not None:
-            sending.result()
+            _record_pushed(ws, sending.result())
             progress("push tasks", len(ordered), len(ordered))
     _record_triage(dataset, held, [r[ds.CANDIDATE_ID] for r in new])
     return PushReport(project_id, conn.url, len(rows), len(rows) - len(new) - len(held), len(new), len(held))
+
+
+def pushed_file(ws: Workspace) -> Path:
+    """The candidate ids this workspace imported into its project, after a header naming the project."""
+    return ws.review_dir / "pushed.txt"
+
+
+def _project_tasks(ws: Workspace, conn: Connection, project_id: int) -> set[str]:
+    """The candidate ids the project holds, from the workspace's record when the server agrees.
+
+    Listing a 100K-task project costs Label Studio minutes, and a push must know what is there. The
+    record is trusted only when it names this project and its size is the server's task count: a task
+    deleted in Label Studio, or an import whose answer was lost (so the record missed it), makes
+    them differ, and then the server's own listing is read and becomes the record.
+    """
+    header = json.dumps({"url": conn.url, "project_id": project_id})
+    path = pushed_file(ws)
+    lines = path.read_text().splitlines() if path.exists() else []
+    recorded = set(lines[1:]) if lines[:1] == [header] else None
+    project = conn.project(project_id)
+    if recorded is not None and project is not None and project["task_number"] == len(recorded):
+        return recorded
+    found = conn.task_keys(project_id, ds.CANDIDATE_ID)
+    atomic_write_text(path, "\n".join([header, *sorted(found)]) + "\n")
+    return found
+
+
+def _record_pushed(ws: Workspace, imported: list[str]) -> None:
+    """Append a batch the server confirmed; a line lost to a kill only makes the next push list the project."""
+    with pushed_file(ws).open("a", encoding="utf-8") as record:
+        record.write("".join(f"{cid}\n" for cid in imported))
 
 
 def _record_triage(dataset: Any, held: dict[str, str], pushed: list[str]) -> None:
@@ -699,7 +722,7 @@ def _task(
         "data": {
             ds.CANDIDATE_ID: row[ds.CANDIDATE_ID],
             IMAGE: _local_url(conn, Path(row["filepath"])),
-            THUMB: _local_url(conn, thumbnail(Path(row["filepath"]), thumbs_dir(ws) / f"{row[ds.CANDIDATE_ID]}.jpg")),
+            THUMB: _local_url(conn, thumbnail(Path(row["filepath"]), candidate_thumb(thumbs_dir(ws), row[ds.CANDIDATE_ID]))),
             ds.CAPTION: row[ds.CAPTION] or "",
             ds.CONCEPTS: list(row[ds.CONCEPTS] or []),
             "refs": refs,

@@ -18,6 +18,7 @@ from curation.errors import CurateError
 from curation.index import DATASET_STAGE, INDEX_COMPLETE, VISUALIZATION_KEY, index_workspace, launch_app
 from curation.ports import choose_port, free_port, moved_note, port_free
 from curation.scores.artifacts import ARTIFACT_SCORES, SEAM_BOX, SEAM_SOURCE
+from curation.thumbnails import THUMB_SIDE, candidate_thumb, thumbs_dir
 from curation.workspace import SUCCESS_MARKER, atomic_write_json
 from tests.fixtures.candidate_workspace import (
     candidate_image,
@@ -116,10 +117,18 @@ def test_changed_image_is_the_only_one_reindexed_and_keeps_its_review(candidate_
     target = candidates[2]
     dataset.set_values(ds.REVIEW_DECISION, {target.candidate_id: ds.ACCEPT}, key_field=ds.CANDIDATE_ID)
     old_hash, old_embedding = _field(dataset, target.candidate_id, ds.IMAGE_HASH, ds.CLIP_EMBEDDING)
+    thumbs = {c.candidate_id: candidate_thumb(thumbs_dir(ws), c.candidate_id) for c in candidates}
+    before = {cid: path.read_bytes() for cid, path in thumbs.items()}  # review previews, made while decoded
+    assert all(max(Image.open(path).size) <= THUMB_SIDE for path in thumbs.values())  # never enlarged
 
-    write_image(ws, target, Image.fromarray(255 - np.asarray(candidate_image(target.boxes, 96, 999))))
+    new_image = Image.fromarray(255 - np.asarray(candidate_image(target.boxes, 96, 999)))
+    write_image(ws, target, new_image)
     report = index_workspace(ws)
     assert (report.added, report.updated, report.unchanged) == (0, 1, 5)
+    changed = {cid for cid, path in thumbs.items() if path.read_bytes() != before[cid]}
+    assert changed == {target.candidate_id}  # the changed image's preview follows it, no other is rewritten
+    preview = np.asarray(Image.open(thumbs[target.candidate_id]).resize((96, 96)), dtype=float)
+    assert np.abs(preview - np.asarray(new_image, dtype=float)).mean() < 20
     dataset.reload()
     assert len(dataset) == 6
     new_hash, new_embedding, decision = _field(

@@ -31,7 +31,7 @@ from curation.labelstudio_server import (
     write_server,
 )
 from curation.ports import free_port
-from curation.review import PULL_TITLE, connect, push
+from curation.review import PULL_TITLE, Connection, connect, push
 from curation.review_pull import REVIEW_FIELDS, aggregate, annotation_result, krippendorff_alpha, pull, status
 from curation.workspace import Workspace
 from tests.fixtures.labelstudio import seeded_home
@@ -117,7 +117,7 @@ def test_server_keeps_its_sqlite_database_in_wal_mode(labelstudio_home: Workspac
 
 
 def test_push_serves_images_and_does_not_duplicate(
-    labelstudio_workspace: Callable[..., Workspace], labelstudio: ServerInfo
+    labelstudio_workspace: Callable[..., Workspace], labelstudio: ServerInfo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ws = labelstudio_workspace(batch_size=2)  # 5 tasks -> 3 bulk batches
     ids = build_candidates(ws, 5)
@@ -141,10 +141,23 @@ def test_push_serves_images_and_does_not_duplicate(
     assert not tasks["cand004"].predictions
     assert "<td>clip_t</td><td>0.24</td><td>higher is better</td>" in tasks["cand004"].data["scores"]
 
+    listings: list[int] = []
+    real_task_keys = Connection.task_keys
+
+    def counted(self: Connection, project_id: int, key: str, page_size: int = 5000) -> set[str]:
+        listings.append(project_id)
+        return real_task_keys(self, project_id, key, page_size)
+
+    monkeypatch.setattr(Connection, "task_keys", counted)
     again = push(ws)
     assert (again.pushed, again.already) == (0, 5)
-    assert len(connect(ws).task_keys(report.project_id, ds.CANDIDATE_ID)) == 5
+    assert listings == []  # the server's task count agrees with what was pushed: no listing of the project
     assert len(tasks_by_candidate(ws)) == 5
+
+    connect(ws).client.tasks.delete(id=tasks["cand001"].id)  # deleted in Label Studio: the counts differ
+    third = push(ws)
+    assert (third.pushed, third.already) == (1, 4) and listings == [report.project_id]
+    assert sorted(tasks_by_candidate(ws)) == ids
 
 
 def test_pull_writes_reviews_idempotently_and_follows_edits(
@@ -288,6 +301,10 @@ def test_several_annotators_with_disagreement(labelstudio_workspace: Callable[..
     assert got["cand000"][ds.REVIEW_QUALITY] == pytest.approx(3.0)
     assert got["cand001"][ds.REVIEW_DECISION] == "reject"  # a tie is not an accept
     assert got["cand001"][ds.REVIEW_AGREEMENT] == 0.5
+    project_id = json.loads((ws.review_dir / "project.json").read_text())["project_id"]
+    listed = connect(ws).get_json("/api/tasks/", "tasks", project=project_id, fields="task_only")["tasks"]
+    column = {t["data"][ds.CANDIDATE_ID]: t["data"].get(ds.REVIEW_AGREEMENT) for t in listed}
+    assert column == {"cand000": pytest.approx(0.6667), "cand001": 0.5}  # the Data Manager's column
     summary = status(ws)
     assert (summary.tasks, summary.annotated, summary.accepted, summary.rejected) == (2, 2, 1, 1)
     assert summary.per_concept == {"cat": (1, 2), "mug": (1, 2)}
