@@ -53,6 +53,8 @@ Order = Literal["uncertain", "score", "random", "view"]
 ORDERS: tuple[str, ...] = get_args(Order)
 RETRIES = 3
 PULL_TITLE = "curate pull (temporary)"  # the views and export snapshots a pull makes and deletes
+KEY_CHUNK = 20_000  # tasks per snapshot when only their keys are wanted
+SNAPSHOT_WAIT_S = 600.0  # one chunk's export; a server whose export workers are down never finishes it
 T = TypeVar("T")
 
 
@@ -216,7 +218,13 @@ class Connection:
                 },
             )
             try:
+                deadline = time.monotonic() + SNAPSHOT_WAIT_S
                 while export["status"] not in ("completed", "failed"):  # a server with background workers
+                    if time.monotonic() > deadline:
+                        raise CurateError(
+                            f"Label Studio at {self.url} has not exported tasks {low}-{high - 1} after "
+                            f"{SNAPSHOT_WAIT_S:.0f} s: are its background workers running? Re-run the pull"
+                        )
                     time.sleep(0.5)
                     export = self.get_json(f"/api/projects/{project_id}/exports/{export['id']}", "task pull")
                 if export["status"] == "failed":
@@ -276,28 +284,14 @@ class Connection:
 
         return self.call("export", fetch)
 
-    def task_keys(self, project_id: int, key: str, page_size: int = 5000) -> set[str]:
+    def task_keys(self, project_id: int, key: str) -> set[str]:
         """The `key` values of the project's tasks: the server is the truth, so an interrupted push is seen.
 
-        Pages are followed until the server's total is reached, counting the tasks it actually sent: a
-        server may cap `page_size` (TASK_API_PAGE_SIZE_MAX), and missing a page would push its tasks again.
+        Read as export snapshots like a pull: the task API lists a 100K-task project in 2.5 min on
+        SQLite and 7.7 on PostgreSQL (measured), snapshots in a fraction of that.
         """
-        found: set[str] = set()
-        seen, page = 0, 1
-        while True:
-            payload = self.get_json(
-                "/api/tasks/",
-                "task listing",
-                project=project_id,
-                fields="task_only",
-                page_size=page_size,
-                page=page,
-            )
-            found.update(t["data"].get(key) for t in payload["tasks"])
-            seen += len(payload["tasks"])
-            if not payload["tasks"] or seen >= payload["total"]:
-                return found - {None}
-            page += 1
+        chunks = self.task_chunks(project_id, KEY_CHUNK)
+        return {t["data"][key] for tasks, _ in chunks for t in tasks if key in t["data"]}
 
     def import_tasks(self, project_id: int, tasks: list[dict[str, Any]], key: str) -> list[str]:
         """Import one batch and return its `key`s; after a dropped connection, re-import only what the

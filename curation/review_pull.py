@@ -277,14 +277,14 @@ def _write_reviews(dataset: Any, reviews: dict[str, dict[str, Any]]) -> int:
     from fiftyone import ViewField as F
 
     view = dataset.match(F(ds.CANDIDATE_ID).is_in(list(reviews)))
-    ids, *current = view.values([ds.CANDIDATE_ID, *REVIEW_FIELDS])
-    stored = {
-        cid: dict(zip(REVIEW_FIELDS, vals, strict=True)) for cid, *vals in zip(ids, *current, strict=True)
+    sample_ids, cids, *current = view.values(["id", ds.CANDIDATE_ID, *REVIEW_FIELDS])
+    changed = {  # sample id -> review; written by sample id, so no field needs a lookup by candidate
+        sid: reviews[cid]
+        for sid, cid, *old in zip(sample_ids, cids, *current, strict=True)
+        if dict(zip(REVIEW_FIELDS, old, strict=True)) != reviews[cid]
     }
-    changed = {cid: reviews[cid] for cid, old in stored.items() if old != reviews[cid]}
-    if changed:
-        for name in REVIEW_FIELDS:
-            dataset.set_values(name, {cid: r[name] for cid, r in changed.items()}, key_field=ds.CANDIDATE_ID)
+    for name in REVIEW_FIELDS if changed else ():
+        dataset.set_values(name, {sid: r[name] for sid, r in changed.items()}, key_field="id")
     return len(changed)
 
 

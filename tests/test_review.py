@@ -144,9 +144,9 @@ def test_push_serves_images_and_does_not_duplicate(
     listings: list[int] = []
     real_task_keys = Connection.task_keys
 
-    def counted(self: Connection, project_id: int, key: str, page_size: int = 5000) -> set[str]:
+    def counted(self: Connection, project_id: int, key: str) -> set[str]:
         listings.append(project_id)
-        return real_task_keys(self, project_id, key, page_size)
+        return real_task_keys(self, project_id, key)
 
     monkeypatch.setattr(Connection, "task_keys", counted)
     again = push(ws)
