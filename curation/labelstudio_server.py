@@ -62,6 +62,11 @@ class ServerInfo:
         return json.dumps(payload, indent=2, sort_keys=True) + "\n"
 
 
+def data_dir_of(root: Path) -> Path:
+    """Where `serve` keeps the Label Studio data of the workspace at `root` (its document root too)."""
+    return root / "review" / "labelstudio-data"
+
+
 def server_file(ws: Workspace) -> Path:
     return ws.review_dir / "server.json"
 
@@ -267,7 +272,7 @@ def serve(ws: Workspace, port: int | None = None, timeout: float = START_TIMEOUT
         if not is_healthy(known.url):
             raise CurateError(f"Label Studio is not reachable at {known.url} (recorded in {known.path})")
         return known
-    data_dir = ws.review_dir / "labelstudio-data"
+    data_dir = data_dir_of(ws.root)
     if known and _is_our_server(known.pid, data_dir) and is_healthy(known.url):
         return known
     database = database_in(os.environ)
@@ -357,7 +362,7 @@ def stop(ws: Workspace) -> bool:
     known = read_server(ws)
     if not known or not known.managed or not known.pid:
         return False
-    ours = _is_our_server(known.pid, ws.review_dir / "labelstudio-data")
+    ours = _is_our_server(known.pid, data_dir_of(ws.root))
     if ours:
         terminate(known.pid)
     known.pid = None

@@ -23,6 +23,7 @@ from curation.config import CurateConfig, ReviewConfig, dump_config
 from curation.errors import CurateError
 from curation.labelstudio_server import (
     ServerInfo,
+    data_dir_of,
     read_server,
     serve,
     server_file,
@@ -249,6 +250,9 @@ def test_pull_chunks_survive_a_server_stop_and_then_read_only_what_changed(
     views = conn.get_json("/api/dm/views/", "views", project=project_id)
     assert not [v for v in views if v["data"].get("title") == PULL_TITLE]  # the killed pull's are gone too
     assert not [e for e in conn.get_json(f"/api/projects/{project_id}/exports/", "exports") if e["title"] == PULL_TITLE]
+    # Label Studio keeps a deleted export's file: the pulls removed theirs from the server's data dir
+    exported = data_dir_of(labelstudio_home.root) / "media" / "export"
+    assert exported.is_dir() and not list(exported.glob(f"{project_id}/*.json"))
 
     state = json.loads((folder / "state.json").read_text())  # as if the last pull started a day later
     state.update(after=connect(ws).server_time().isoformat(), recent={})
