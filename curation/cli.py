@@ -353,9 +353,11 @@ def review_pull(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Pull annotations into FiftyOne (review_decision, review_quality, agreement...); keeps each delta, gzipped."""
+    from curation.progress import progress_bar
     from curation.review_pull import pull
 
-    report = pull(_workspace(workspace), url=url or None, token=token or None, full=full)
+    with progress_bar() as progress:
+        report = pull(_workspace(workspace), url=url or None, token=token or None, full=full, progress=progress)
     typer.echo(report.summary())
 
 
