@@ -151,7 +151,7 @@ class Connection:
         ones left by a killed pull are deleted by the next.
         """
         self._drop_pull_leftovers(project_id)
-        changed = []
+        changed: list[dict[str, Any]] = []
         if updated_after is not None:
             stamp = updated_after.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             changed.append(
@@ -219,19 +219,7 @@ class Connection:
                 },
             )
             try:
-                deadline = time.monotonic() + SNAPSHOT_WAIT_S
-                while export["status"] not in ("completed", "failed"):  # a server with background workers
-                    if time.monotonic() > deadline:
-                        raise CurateError(
-                            f"Label Studio at {self.url} has not exported tasks {low}-{high - 1} after "
-                            f"{SNAPSHOT_WAIT_S:.0f} s: are its background workers running? Re-run the pull"
-                        )
-                    time.sleep(0.5)
-                    export = self.get_json(f"/api/projects/{project_id}/exports/{export['id']}", "task pull")
-                if export["status"] == "failed":
-                    raise CurateError(
-                        f"Label Studio at {self.url} failed to export tasks {low}-{high - 1}; re-run the pull"
-                    )
+                export = self._finished(project_id, export, f"tasks {low}-{high - 1}")
                 return self.get_json(
                     f"/api/projects/{project_id}/exports/{export['id']}/download", "task pull", exportType="JSON"
                 )
@@ -240,6 +228,21 @@ class Connection:
                 self._drop_snapshot_file(project_id, export.get("md5") or "")
         finally:
             self.send_json("delete", f"/api/dm/views/{view['id']}/", "task pull")
+
+    def _finished(self, project_id: int, export: dict[str, Any], what: str) -> dict[str, Any]:
+        """The snapshot once Label Studio has written it: at once without background workers, else polled."""
+        deadline = time.monotonic() + SNAPSHOT_WAIT_S
+        while export["status"] not in ("completed", "failed"):
+            if time.monotonic() > deadline:
+                raise CurateError(
+                    f"Label Studio at {self.url} has not exported {what} after {SNAPSHOT_WAIT_S:.0f} s: "
+                    "are its background workers running? Re-run the pull"
+                )
+            time.sleep(0.5)
+            export = self.get_json(f"/api/projects/{project_id}/exports/{export['id']}", "task pull")
+        if export["status"] == "failed":
+            raise CurateError(f"Label Studio at {self.url} failed to export {what}; re-run the pull")
+        return export
 
     def _drop_snapshot_file(self, project_id: int, md5: str) -> None:
         """Delete a deleted snapshot's file, where this machine can: Label Studio 1.23 keeps it.
@@ -658,7 +661,7 @@ def _project_tasks(ws: Workspace, conn: Connection, project_id: int) -> set[str]
     """
     header = json.dumps({"url": conn.url, "project_id": project_id})
     path = pushed_file(ws)
-    lines = path.read_text().splitlines() if path.exists() else []
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
     recorded = set(lines[1:]) if lines[:1] == [header] else None
     project = conn.project(project_id)
     if recorded is not None and project is not None and project["task_number"] == len(recorded):
