@@ -657,11 +657,17 @@ def _project_tasks(ws: Workspace, conn: Connection, project_id: int) -> set[str]
     Listing a 100K-task project costs Label Studio minutes, and a push must know what is there. The
     record is trusted only when it names this project and its size is the server's task count: a task
     deleted in Label Studio, or an import whose answer was lost (so the record missed it), makes
-    them differ, and then the server's own listing is read and becomes the record.
+    them differ, and then the server's own listing is read and becomes the record; so does a record
+    that is damaged (a line cut by a kill mid-append, bytes that are not UTF-8), whose count alone
+    could still agree.
     """
     header = json.dumps({"url": conn.url, "project_id": project_id})
     path = pushed_file(ws)
-    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    try:
+        text = path.read_bytes().decode("utf-8") if path.exists() else ""
+    except UnicodeDecodeError:
+        text = ""
+    lines = text.splitlines() if text.endswith("\n") else []  # a cut last line could still match the count
     recorded = set(lines[1:]) if lines[:1] == [header] else None
     project = conn.project(project_id)
     if recorded is not None and project is not None and project["task_number"] == len(recorded):

@@ -160,6 +160,13 @@ def test_push_serves_images_and_does_not_duplicate(
     assert (third.pushed, third.already) == (1, 4) and listings == [report.project_id]
     assert sorted(tasks_by_candidate(ws)) == ids
 
+    record = ws.review_dir / "pushed.txt"  # a kill mid-append cuts the last id: the count still agrees
+    for damaged in (record.read_bytes()[:-7], record.read_bytes()[:-8] + b"cand\xff\xfe1\n"):  # or bytes
+        record.write_bytes(damaged)
+        again = push(ws)
+        assert (again.pushed, again.already) == (0, 5)  # listed, not trusted: nothing pushed twice
+    assert listings == [report.project_id] * 3 and len(tasks_by_candidate(ws)) == 5
+
 
 def test_pull_writes_reviews_idempotently_and_follows_edits(
     labelstudio_workspace: Callable[..., Workspace],
