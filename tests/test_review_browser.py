@@ -39,6 +39,59 @@ def logged_in_page(browser: Any, server: ServerInfo, width: int, height: int) ->
     return page
 
 
+IMAGE_STATE = """() => ({
+    images: Array.from(document.images).map(
+        i => [i.src.slice(-90), i.complete, i.naturalWidth, i.closest('.lsf-image') ? 'labeling' : 'other']),
+    shown_errors: Array.from(document.querySelectorAll('[data-testid^="error:"]')).map(e => e.innerText.slice(0, 200)),
+    failed: performance.getEntriesByType('resource').filter(r => r.responseStatus >= 400)
+        .map(r => [r.name.slice(-90), r.responseStatus]),
+})"""
+
+
+def wait_for_images(
+    page: Any, condition: str, ready: Callable[[], None], timeout_ms: int = 60_000, attempts: int = 3
+) -> None:
+    """Wait until the page's images satisfy `condition` (a JavaScript function).
+
+    Under CPU load Label Studio 1.23's editor now and then shows "There was an issue loading URL"
+    in place of an image the server answered with 200 (every request's resource timing said 200;
+    its editor downloads each image by XHR, then an <img> whose error handler shows the box, and a
+    task opened from the URL builds the editor twice). With two busy loops on this machine's two
+    cores it hit the three-image study page in about one load in three. A box that stays for 5 s,
+    or an image whose request failed, gets the page opened again, as an annotator would reload it,
+    and `ready` waits for its form. The last failure, or a slow load with nothing broken, fails
+    with every image's state, the editor's error boxes and the failed requests.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    # "ok" once the condition has held for 2 s (the editor may still be rebuilt right after its
+    # first build loaded), "error" once an error box has stayed for 5 s
+    settled = f"""() => {{
+        const now = Date.now();
+        if (({condition})()) {{
+            window.curateErrorSince = undefined;
+            window.curateOkSince ??= now;
+            return now - window.curateOkSince > 2000 && "ok";
+        }}
+        window.curateOkSince = undefined;
+        if (!document.querySelector('[data-testid^="error:"]')) {{ window.curateErrorSince = undefined; return false; }}
+        window.curateErrorSince ??= now;
+        return now - window.curateErrorSince > 5000 && "error";
+    }}"""
+    for attempt in range(1, attempts + 1):
+        try:
+            if page.wait_for_function(settled, timeout=timeout_ms, polling=250).json_value() == "ok":
+                return
+        except PlaywrightTimeout:
+            pass
+        state = page.evaluate(IMAGE_STATE)
+        broken = [src for src, complete, width, _ in state["images"] if src and complete and width == 0]
+        if attempt == attempts or not (broken or state["shown_errors"]):
+            raise AssertionError(f"the page's images never loaded (attempt {attempt}): {state}")
+        page.reload()
+        ready()
+
+
 @pytest.mark.timeout(300)
 def test_keyboard_review_in_the_browser_reaches_fiftyone(
     labelstudio_workspace: Callable[..., Workspace], labelstudio: ServerInfo
@@ -55,10 +108,11 @@ def test_keyboard_review_in_the_browser_reaches_fiftyone(
         submit = page.get_by_test_id("bottombar-submit-button")
         expect(submit).to_be_visible(timeout=90_000)
         # the candidate (64 px) and the reference strip (48 px) load through local-files storage
-        page.wait_for_function(
+        wait_for_images(
+            page,
             "() => [64, 48].every(w => Array.from(document.images).some("
             "i => i.complete && i.naturalWidth === w))",
-            timeout=60_000,
+            lambda: expect(submit).to_be_visible(timeout=90_000),
         )
         page.screenshot(path=str(ws.review_dir / "labeling-page.png"))
         # the decision controls fit in the 900 px window without scrolling

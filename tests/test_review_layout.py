@@ -16,7 +16,7 @@ from curation.review import DM_COLUMNS, connect, push
 from curation.review_pull import pull
 from curation.workspace import Workspace
 from tests.fixtures.sample_concepts import flat_concept
-from tests.test_review_browser import CHROMIUM, FLAGS, logged_in_page
+from tests.test_review_browser import CHROMIUM, FLAGS, logged_in_page, wait_for_images
 
 CONCEPTS = ("cat", "mug", "lamp", "plant", "shoe")
 REASONS = ("missing concept", "identity changed", "artifacts", "bad layout", "wrong caption")
@@ -74,10 +74,12 @@ def open_labeling(browser: Any, server: ServerInfo, project_id: int, width: int,
 
     page = logged_in_page(browser, server, width, height)
     page.goto(f"{server.url}/projects/{project_id}/data?labeling=1")
-    expect(page.get_by_test_id("bottombar-submit-button")).to_be_visible(timeout=90_000)
-    page.wait_for_function(
+    submit = page.get_by_test_id("bottombar-submit-button")
+    expect(submit).to_be_visible(timeout=90_000)
+    wait_for_images(
+        page,
         "() => [512, 128].every(w => Array.from(document.images).some(i => i.complete && i.naturalWidth === w))",
-        timeout=60_000,
+        lambda: expect(submit).to_be_visible(timeout=90_000),
     )
     page.evaluate("document.activeElement && document.activeElement.blur()")  # hotkeys go to the page
     return page

@@ -12,7 +12,7 @@ from curation.labelstudio_server import ServerInfo
 from curation.review import connect
 from curation.study import TASK_KEY, create, pull, study_dir
 from curation.workspace import Workspace
-from tests.test_review_browser import CHROMIUM, FLAGS, logged_in_page
+from tests.test_review_browser import CHROMIUM, FLAGS, logged_in_page, wait_for_images
 from tests.test_study import CONFIGS, add_concepts, write_evaluation
 
 
@@ -40,11 +40,12 @@ def test_study_page_is_blind_shuffled_and_keyboard_scored(
             expect(first).to_be_visible(timeout=90_000)
             # the three 24 px study images (the labeling area's, not the task table's thumbnails) and the
             # 20 px reference photos load through local-files storage
-            page.wait_for_function(
+            wait_for_images(
+                page,
                 "() => Array.from(document.querySelectorAll('.lsf-image img'))"
                 ".filter(i => i.complete && i.naturalWidth === 24).length === 3"
                 " && Array.from(document.images).some(i => i.complete && i.naturalWidth === 20)",
-                timeout=60_000,
+                lambda: expect(first).to_be_visible(timeout=90_000),
             )
             page.screenshot(path=str(tmp_path / "study-page.png"))
             shown = page.evaluate(
