@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable
 from typing import Any
@@ -92,6 +93,16 @@ def wait_for_images(
         ready()
 
 
+def annotation_saved(page: Any) -> Any:
+    """Waits for the submitted annotation's POST to be answered: a fixed pause is overrun on a loaded
+    machine, and closing the page first would abort the request. Use as `with annotation_saved(page) as
+    saved:` around the submit, then assert `saved.value.ok`."""
+    return page.expect_response(
+        lambda r: r.request.method == "POST" and re.search(r"/api/tasks/\d+/annotations", r.url) is not None,
+        timeout=60_000,
+    )
+
+
 @pytest.mark.timeout(300)
 def test_keyboard_review_in_the_browser_reaches_fiftyone(
     labelstudio_workspace: Callable[..., Workspace], labelstudio: ServerInfo
@@ -124,8 +135,9 @@ def test_keyboard_review_in_the_browser_reaches_fiftyone(
         for _ in range(4):
             page.keyboard.press("q")
         try:
-            submit.click()
-            page.wait_for_timeout(2000)
+            with annotation_saved(page) as saved:
+                submit.click()
+            assert saved.value.ok
         finally:
             page.screenshot(path=str(ws.review_dir / "labeling-page-after.png"))
             browser.close()

@@ -16,7 +16,7 @@ from curation.review import DM_COLUMNS, connect, push
 from curation.review_pull import pull
 from curation.workspace import Workspace
 from tests.fixtures.sample_concepts import flat_concept
-from tests.test_review_browser import CHROMIUM, FLAGS, logged_in_page, wait_for_images
+from tests.test_review_browser import CHROMIUM, FLAGS, annotation_saved, logged_in_page, wait_for_images
 
 CONCEPTS = ("cat", "mug", "lamp", "plant", "shoe")
 REASONS = ("missing concept", "identity changed", "artifacts", "bad layout", "wrong caption")
@@ -166,8 +166,9 @@ def test_every_control_is_in_view_and_keyboard_only_submits(
             page.wait_for_timeout(1500)
             assert pull(ws).annotated == 0
             page.keyboard.press("q")
-            page.keyboard.press("Control+Enter")
-            page.wait_for_timeout(2500)
+            with annotation_saved(page) as saved:
+                page.keyboard.press("Control+Enter")
+            assert saved.value.ok
         page.close()
     report = pull(ws)
     assert (report.annotated, report.accepted, report.unrated_accepts) == (1, 1, 0)
@@ -226,8 +227,9 @@ def test_caption_fix_by_keyboard_only(
     page.keyboard.press("Shift+Tab")
     assert not page.evaluate(FOCUS_IS_CAPTION_BOX)
     page.keyboard.press("x")  # a hotkey again once out of the box
-    page.keyboard.press("Control+Enter")
-    page.wait_for_timeout(2500)
+    with annotation_saved(page) as saved:
+        page.keyboard.press("Control+Enter")
+    assert saved.value.ok
     page.close()
     report = pull(ws)
     assert (report.annotated, report.rejected) == (1, 1)

@@ -12,7 +12,7 @@ from curation.labelstudio_server import ServerInfo
 from curation.review import connect
 from curation.study import TASK_KEY, create, pull, study_dir
 from curation.workspace import Workspace
-from tests.test_review_browser import CHROMIUM, FLAGS, logged_in_page, wait_for_images
+from tests.test_review_browser import CHROMIUM, FLAGS, annotation_saved, logged_in_page, wait_for_images
 from tests.test_study import CONFIGS, add_concepts, write_evaluation
 
 
@@ -61,8 +61,9 @@ def test_study_page_is_blind_shuffled_and_keyboard_scored(
                 for criterion in ("alignment", "fidelity"):
                     page.keyboard.type(str(typed[criterion][slot]))
                     page.keyboard.press("Tab")
-            page.keyboard.press("Control+Enter")
-            page.wait_for_timeout(2000)
+            with annotation_saved(page) as saved:
+                page.keyboard.press("Control+Enter")
+            assert saved.value.ok
         finally:
             page.screenshot(path=str(tmp_path / "study-page-after.png"))
             browser.close()
