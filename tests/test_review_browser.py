@@ -49,10 +49,8 @@ IMAGE_STATE = """() => ({
 })"""
 
 
-def wait_for_images(
-    page: Any, condition: str, ready: Callable[[], None], timeout_ms: int = 60_000, attempts: int = 3
-) -> None:
-    """Wait until the page's images satisfy `condition` (a JavaScript function).
+def wait_for_images(page: Any, form: Any, condition: str, timeout_ms: int = 60_000, attempts: int = 3) -> None:
+    """Wait until `form` (a locator) shows and the page's images satisfy `condition` (a JavaScript function).
 
     Under CPU load Label Studio 1.23's editor now and then shows "There was an issue loading URL"
     in place of an image the server answered with 200 (every request's resource timing said 200;
@@ -60,10 +58,11 @@ def wait_for_images(
     task opened from the URL builds the editor twice). With two busy loops on this machine's two
     cores it hit the three-image study page in about one load in three. A box that stays for 5 s,
     or an image whose request failed, gets the page opened again, as an annotator would reload it,
-    and `ready` waits for its form. The last failure, or a slow load with nothing broken, fails
+    and its form is waited for again. The last failure, or a slow load with nothing broken, fails
     with every image's state, the editor's error boxes and the failed requests.
     """
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import expect
 
     # "ok" once the condition has held for 2 s (the editor may still be rebuilt right after its
     # first build loaded), "error" once an error box has stayed for 5 s
@@ -80,6 +79,7 @@ def wait_for_images(
         return now - window.curateErrorSince > 5000 && "error";
     }}"""
     for attempt in range(1, attempts + 1):
+        expect(form).to_be_visible(timeout=90_000)
         try:
             if page.wait_for_function(settled, timeout=timeout_ms, polling=250).json_value() == "ok":
                 return
@@ -90,24 +90,24 @@ def wait_for_images(
         if attempt == attempts or not (broken or state["shown_errors"]):
             raise AssertionError(f"the page's images never loaded (attempt {attempt}): {state}")
         page.reload()
-        ready()
 
 
-def annotation_saved(page: Any) -> Any:
-    """Waits for the submitted annotation's POST to be answered: a fixed pause is overrun on a loaded
-    machine, and closing the page first would abort the request. Use as `with annotation_saved(page) as
-    saved:` around the submit, then assert `saved.value.ok`."""
-    return page.expect_response(
+def save_annotation(page: Any, submit: Callable[[], None]) -> None:
+    """Submit and wait for the annotation's POST to be answered, successfully: a fixed pause is overrun
+    on a loaded machine, and closing the page first would abort the request."""
+    with page.expect_response(
         lambda r: r.request.method == "POST" and re.search(r"/api/tasks/\d+/annotations", r.url) is not None,
         timeout=60_000,
-    )
+    ) as saved:
+        submit()
+    assert saved.value.ok, f"saving the annotation answered {saved.value.status}"
 
 
 @pytest.mark.timeout(300)
 def test_keyboard_review_in_the_browser_reaches_fiftyone(
     labelstudio_workspace: Callable[..., Workspace], labelstudio: ServerInfo
 ) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     ws = labelstudio_workspace()
     build_candidates(ws, 2)
@@ -117,13 +117,12 @@ def test_keyboard_review_in_the_browser_reaches_fiftyone(
         page = logged_in_page(browser, labelstudio, 1280, 900)
         page.goto(f"{labelstudio.url}/projects/{project_id}/data?labeling=1")
         submit = page.get_by_test_id("bottombar-submit-button")
-        expect(submit).to_be_visible(timeout=90_000)
         # the candidate (64 px) and the reference strip (48 px) load through local-files storage
         wait_for_images(
             page,
+            submit,
             "() => [64, 48].every(w => Array.from(document.images).some("
             "i => i.complete && i.naturalWidth === w))",
-            lambda: expect(submit).to_be_visible(timeout=90_000),
         )
         page.screenshot(path=str(ws.review_dir / "labeling-page.png"))
         # the decision controls fit in the 900 px window without scrolling
@@ -135,9 +134,7 @@ def test_keyboard_review_in_the_browser_reaches_fiftyone(
         for _ in range(4):
             page.keyboard.press("q")
         try:
-            with annotation_saved(page) as saved:
-                submit.click()
-            assert saved.value.ok
+            save_annotation(page, submit.click)
         finally:
             page.screenshot(path=str(ws.review_dir / "labeling-page-after.png"))
             browser.close()

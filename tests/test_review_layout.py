@@ -4,6 +4,7 @@ keyboard-only, no toggle trap, and a rating required before an accept can be sub
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from curation.review import DM_COLUMNS, connect, push
 from curation.review_pull import pull
 from curation.workspace import Workspace
 from tests.fixtures.sample_concepts import flat_concept
-from tests.test_review_browser import CHROMIUM, FLAGS, annotation_saved, logged_in_page, wait_for_images
+from tests.test_review_browser import CHROMIUM, FLAGS, logged_in_page, save_annotation, wait_for_images
 
 CONCEPTS = ("cat", "mug", "lamp", "plant", "shoe")
 REASONS = ("missing concept", "identity changed", "artifacts", "bad layout", "wrong caption")
@@ -70,16 +71,12 @@ def browser() -> Iterator[Any]:
 
 def open_labeling(browser: Any, server: ServerInfo, project_id: int, width: int, height: int) -> Any:
     """A logged-in page on the project's labeling stream, the candidate and references loaded."""
-    from playwright.sync_api import expect
-
     page = logged_in_page(browser, server, width, height)
     page.goto(f"{server.url}/projects/{project_id}/data?labeling=1")
-    submit = page.get_by_test_id("bottombar-submit-button")
-    expect(submit).to_be_visible(timeout=90_000)
     wait_for_images(
         page,
+        page.get_by_test_id("bottombar-submit-button"),
         "() => [512, 128].every(w => Array.from(document.images).some(i => i.complete && i.naturalWidth === w))",
-        lambda: expect(submit).to_be_visible(timeout=90_000),
     )
     page.evaluate("document.activeElement && document.activeElement.blur()")  # hotkeys go to the page
     return page
@@ -166,9 +163,7 @@ def test_every_control_is_in_view_and_keyboard_only_submits(
             page.wait_for_timeout(1500)
             assert pull(ws).annotated == 0
             page.keyboard.press("q")
-            with annotation_saved(page) as saved:
-                page.keyboard.press("Control+Enter")
-            assert saved.value.ok
+            save_annotation(page, partial(page.keyboard.press, "Control+Enter"))
         page.close()
     report = pull(ws)
     assert (report.annotated, report.accepted, report.unrated_accepts) == (1, 1, 0)
@@ -227,9 +222,7 @@ def test_caption_fix_by_keyboard_only(
     page.keyboard.press("Shift+Tab")
     assert not page.evaluate(FOCUS_IS_CAPTION_BOX)
     page.keyboard.press("x")  # a hotkey again once out of the box
-    with annotation_saved(page) as saved:
-        page.keyboard.press("Control+Enter")
-    assert saved.value.ok
+    save_annotation(page, partial(page.keyboard.press, "Control+Enter"))
     page.close()
     report = pull(ws)
     assert (report.annotated, report.rejected) == (1, 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from curation.labelstudio_server import ServerInfo
 from curation.review import connect
 from curation.study import TASK_KEY, create, pull, study_dir
 from curation.workspace import Workspace
-from tests.test_review_browser import CHROMIUM, FLAGS, annotation_saved, logged_in_page, wait_for_images
+from tests.test_review_browser import CHROMIUM, FLAGS, logged_in_page, save_annotation, wait_for_images
 from tests.test_study import CONFIGS, add_concepts, write_evaluation
 
 
@@ -20,7 +21,7 @@ from tests.test_study import CONFIGS, add_concepts, write_evaluation
 def test_study_page_is_blind_shuffled_and_keyboard_scored(
     labelstudio_workspace: Callable[..., Workspace], labelstudio: ServerInfo, tmp_path: Path
 ) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     ws = labelstudio_workspace()
     add_concepts(ws)
@@ -37,15 +38,14 @@ def test_study_page_is_blind_shuffled_and_keyboard_scored(
         try:
             page.goto(f"{labelstudio.url}/projects/{report.project_id}/data?task={task.id}")
             first = page.locator("input[name=alignment_1]")
-            expect(first).to_be_visible(timeout=90_000)
             # the three 24 px study images (the labeling area's, not the task table's thumbnails) and the
             # 20 px reference photos load through local-files storage
             wait_for_images(
                 page,
+                first,
                 "() => Array.from(document.querySelectorAll('.lsf-image img'))"
                 ".filter(i => i.complete && i.naturalWidth === 24).length === 3"
                 " && Array.from(document.images).some(i => i.complete && i.naturalWidth === 20)",
-                lambda: expect(first).to_be_visible(timeout=90_000),
             )
             page.screenshot(path=str(tmp_path / "study-page.png"))
             shown = page.evaluate(
@@ -61,9 +61,7 @@ def test_study_page_is_blind_shuffled_and_keyboard_scored(
                 for criterion in ("alignment", "fidelity"):
                     page.keyboard.type(str(typed[criterion][slot]))
                     page.keyboard.press("Tab")
-            with annotation_saved(page) as saved:
-                page.keyboard.press("Control+Enter")
-            assert saved.value.ok
+            save_annotation(page, partial(page.keyboard.press, "Control+Enter"))
         finally:
             page.screenshot(path=str(tmp_path / "study-page-after.png"))
             browser.close()
