@@ -283,8 +283,9 @@ def _write_reviews(dataset: Any, reviews: dict[str, dict[str, Any]]) -> int:
         for sid, cid, *old in zip(sample_ids, cids, *current, strict=True)
         if dict(zip(REVIEW_FIELDS, old, strict=True)) != reviews[cid]
     }
-    for name in REVIEW_FIELDS if changed else ():
-        dataset.set_values(name, {sid: r[name] for sid, r in changed.items()}, key_field="id")
+    if changed:
+        for name in REVIEW_FIELDS:
+            dataset.set_values(name, {sid: r[name] for sid, r in changed.items()}, key_field="id")
     return len(changed)
 
 
