@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import os
 import resource
 import signal
@@ -113,8 +114,13 @@ class Context:
 
 
 def ratio(section: str, what: str, value: float, detail: str) -> None:
-    """One result line: `[section] what: 1.84x (absolutes)`; the test reads these."""
-    print(f"[{section}] {what}: {value:.2f}x ({detail})", flush=True)
+    """One result line: `[section] what: 1.84x (absolutes)`; the test reads these.
+
+    Below 0.1 the ratio keeps two significant digits: a tiny model's bare forward is so fast that the
+    dry run's index ratio can be 0.004x, which two decimals would print as 0.00x.
+    """
+    decimals = 2 if value >= 0.1 or value <= 0 else 1 - math.floor(math.log10(value))
+    print(f"[{section}] {what}: {value:.{decimals}f}x ({detail})", flush=True)
 
 
 def note(section: str, text: str) -> None:
