@@ -15,10 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from curation.concepts import add_concept
-from curation.config import CurateConfig, GenerateConfig, LayoutConfig
+from curation.concepts.references import add_concept
+from curation.core.config import CurateConfig, GenerateConfig, LayoutConfig
 from curation.demo import DEMO_CONCEPTS, write_sample_photos
-from curation.workspace import Workspace
+from curation.core.workspace import Workspace
 from generators.layout import plan_layouts
 from generators.run import generate
 

@@ -49,7 +49,7 @@ def measure_index(ws: Any, scorer: Any, candidates: list[Any], batch_size: int) 
     import torch
     from PIL import Image
 
-    from curation.index import clip_text, index_workspace
+    from curation.index.run import clip_text, index_workspace
 
     tensors = [scorer.image_tensor(Image.open(ws.resolve(c.image)).convert("RGB")) for c in candidates]
     texts = [clip_text(c) for c in candidates]

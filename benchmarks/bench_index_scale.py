@@ -97,8 +97,8 @@ def write_candidates(ws, start: int, stop: int, prefix: str, seed: int) -> list[
     import numpy as np
     from PIL import Image
 
-    from curation.records import Box, Candidate
-    from curation.workspace import SUCCESS_MARKER
+    from curation.core.records import Box, Candidate
+    from curation.core.workspace import SUCCESS_MARKER
 
     template = Candidate(
         candidate_id="x",
@@ -150,10 +150,10 @@ def build(base: int, folder: Path) -> None:
     from bson import ObjectId
     from PIL import Image
 
-    from curation import dataset as ds
-    from curation.index import DIVERSITY, INDEX_COMPLETE, index_workspace
-    from curation.records import content_id
-    from curation.workspace import Workspace
+    from curation.core import dataset as ds
+    from curation.index.run import DIVERSITY, INDEX_COMPLETE, index_workspace
+    from curation.core.records import content_id
+    from curation.core.workspace import Workspace
     from tests.fixtures.candidate_workspace import index_test_workspace
 
     marker = folder / "workspace"
@@ -210,9 +210,9 @@ def build(base: int, folder: Path) -> None:
 
 def add(folder: Path, n: int) -> dict:
     """Add `n` candidates through `index_workspace` and measure it."""
-    from curation import dataset as ds
-    from curation.index import DATASET_STAGE, index_workspace
-    from curation.workspace import Workspace
+    from curation.core import dataset as ds
+    from curation.index.run import DATASET_STAGE, index_workspace
+    from curation.core.workspace import Workspace
 
     ws = Workspace.open(Path((folder / "workspace").read_text()))
     scorer = stand_in_scorer()

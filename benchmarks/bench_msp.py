@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curation.records import Box, Concept, LayoutPlan
+from curation.core.records import Box, Concept, LayoutPlan
 from generators.msp import MSPGenerator, MSPSettings
 
 

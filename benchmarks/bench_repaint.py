@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curation.config import GenerateConfig
+from curation.core.config import GenerateConfig
 from generators.compose import Composition, Layer
 from generators.repaint import DiffusionRepainter, RepaintJob, load_repainter
 

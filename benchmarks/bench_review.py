@@ -53,8 +53,8 @@ def build(ws, n: int) -> None:
     import fiftyone as fo
     from fiftyone import ViewField as F
 
-    from curation import dataset as ds
-    from curation.thumbnails import candidate_thumb, thumbnail, thumbs_dir
+    from curation.core import dataset as ds
+    from curation.core.thumbnails import candidate_thumb, thumbnail, thumbs_dir
 
     folder = ws.candidates_dir / "s000"
     folder.mkdir(parents=True, exist_ok=True)
@@ -147,10 +147,10 @@ def fmt(name: str, seconds: float, mb: list[float], n: int, extra: str = "") -> 
 
 def annotated_project(ws, conn, n: int) -> None:
     """A project whose n tasks carry one annotation each (accept 4 / reject 2 alternating), recorded as ws's."""
-    from curation import dataset as ds
-    from curation.review import CONFIG_DIR, project_file, project_marker
-    from curation.review_pull import annotation_result
-    from curation.workspace import atomic_write_json
+    from curation.core import dataset as ds
+    from curation.review.push import CONFIG_DIR, project_file, project_marker
+    from curation.review.pull import annotation_result
+    from curation.core.workspace import atomic_write_json
 
     project = conn.client.projects.create(
         title="bench pull",
@@ -200,12 +200,12 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from curation import dataset as ds
-    from curation.config import CurateConfig
-    from curation.labelstudio_server import read_server
-    from curation.review import connect, push, serve, stop, use_server
-    from curation.review_pull import aggregate, pull
-    from curation.workspace import Workspace, atomic_write_json
+    from curation.core import dataset as ds
+    from curation.core.config import CurateConfig
+    from curation.review.server import read_server
+    from curation.review.push import connect, push, serve, stop, use_server
+    from curation.review.pull import aggregate, pull
+    from curation.core.workspace import Workspace, atomic_write_json
 
     root = Path(tempfile.mkdtemp(prefix="bench-review-", dir=args.document_root or None))
     config = CurateConfig()
@@ -302,7 +302,7 @@ def main() -> None:
         state = json.loads(state_path.read_text())
         state.update(after=conn.server_time().isoformat(), recent={})  # as if the last pull were a day ago
         atomic_write_json(state_path, state)
-        from curation.review_pull import annotation_result
+        from curation.review.pull import annotation_result
 
         edited = max(1, args.n // 100)
         listed = conn.get_json("/api/tasks/", "listing", project=project_id, fields="all", page_size=edited)

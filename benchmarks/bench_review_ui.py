@@ -72,10 +72,10 @@ def main() -> None:
 
     from playwright.sync_api import sync_playwright
 
-    from curation import dataset as ds
-    from curation.config import CurateConfig
-    from curation.review import push, serve, stop
-    from curation.review_pull import pull
+    from curation.core import dataset as ds
+    from curation.core.config import CurateConfig
+    from curation.review.push import push, serve, stop
+    from curation.review.pull import pull
     from tests.fixtures.labelstudio import DB_FILE, seeded_home
     from tests.test_review_browser import CHROMIUM, FLAGS
     from tests.test_review_layout import build_scene, open_labeling

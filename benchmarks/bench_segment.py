@@ -172,8 +172,8 @@ def evaluate(segmenter, cases: list[Case]) -> dict[str, tuple[float, float]]:
 
 
 def main() -> None:
-    from curation.config import SegmentConfig
-    from curation.errors import CurateError
+    from curation.core.config import SegmentConfig
+    from curation.core.errors import CurateError
     from generators.segment import load_segmenter
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

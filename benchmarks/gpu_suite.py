@@ -179,7 +179,7 @@ def repaint(ctx: Context) -> None:
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
     from benchmarks.bench_repaint import repaint_jobs
-    from curation.config import GenerateConfig
+    from curation.core.config import GenerateConfig
     from generators.repaint import DiffusionRepainter
 
     s = ctx.scale
@@ -431,7 +431,7 @@ def caption(ctx: Context) -> None:
     import torch
 
     from benchmarks.bench_msp import make_concepts, make_plan
-    from curation.config import GenerateConfig
+    from curation.core.config import GenerateConfig
     from generators.recaption import TransformersCaptioner
 
     s = ctx.scale
@@ -496,7 +496,7 @@ def check_full_size(tmp: Path) -> None:
     sizes: a wrong config value shows up here, on any machine, not on the first GPU."""
     import torch
 
-    from curation.config import GenerateConfig
+    from curation.core.config import GenerateConfig
 
     ctx = Context(GPU, "meta", torch.float16, tmp)
 

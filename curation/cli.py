@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from curation.errors import CurateError
+from curation.core.errors import CurateError
 
 WorkspaceOpt = Annotated[
     Path,
@@ -45,7 +45,7 @@ app.add_typer(study_app, name="study")
 
 
 def _workspace(path: Path):
-    from curation.workspace import Workspace
+    from curation.core.workspace import Workspace
 
     return Workspace.open(path)
 
@@ -53,7 +53,7 @@ def _workspace(path: Path):
 @app.command()
 def init(path: Annotated[Path, typer.Argument(help="Folder to create.")]) -> None:
     """Create a workspace folder with a default curate.toml (offline defaults, all settings listed)."""
-    from curation.workspace import Workspace
+    from curation.core.workspace import Workspace
 
     ws = Workspace.create(path)
     typer.echo(f"workspace ready: {ws.root} (edit {ws.config_path.name} to change models and settings)")
@@ -68,8 +68,8 @@ def concepts_add(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Ingest a concept's photos: segment each foreground (soft mask), assign the token <c-ID>."""
-    from curation.concepts import add_concept, choose_concept_id
-    from curation.progress import progress_bar
+    from curation.concepts.references import add_concept, choose_concept_id
+    from curation.core.progress import progress_bar
 
     ws = _workspace(workspace)
     concept_id = choose_concept_id(ws, name, concept_id or None)
@@ -113,7 +113,7 @@ def concepts_show(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Where a concept's preview is (photo | mask | cut-out per photo), its segmenter and mask flags."""
-    from curation.concepts import show_concept
+    from curation.concepts.references import show_concept
 
     ws = _workspace(workspace)
     concept, preview = show_concept(ws, name)
@@ -129,7 +129,7 @@ def plan(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Plan layouts: background + one box per concept for compositions of 2-5 concepts."""
-    from curation.progress import progress_bar
+    from curation.core.progress import progress_bar
     from generators.layout import plan_layouts
     from generators.llm_layout import FALLBACK
 
@@ -152,7 +152,7 @@ def generate(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Generate one candidate per plan and seed, in resumable shards (finished shards are skipped)."""
-    from curation.progress import progress_bar
+    from curation.core.progress import progress_bar
     from generators.run import generate as run_generate
 
     ws = _workspace(workspace)
@@ -178,8 +178,8 @@ def index(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Index candidates in FiftyOne: CLIP, CLIP-T, concept presence (CP-CLIP), artifact scores, views."""
-    from curation.index import index_workspace
-    from curation.progress import progress_bar
+    from curation.index.run import index_workspace
+    from curation.core.progress import progress_bar
 
     ws = _workspace(workspace)
     with progress_bar() as progress:
@@ -190,8 +190,8 @@ def index(
 @app.command()
 def report(workspace: WorkspaceOpt = Path(".")) -> None:
     """Write score histograms by concept count and a Markdown summary to <workspace>/reports/."""
-    from curation.progress import progress_bar
-    from curation.report import write_report
+    from curation.core.progress import progress_bar
+    from curation.index.report import write_report
 
     with progress_bar() as progress:
         result = write_report(_workspace(workspace), progress=progress)
@@ -209,7 +209,7 @@ def judge(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Score every candidate with a VLM judge (presence, identity, artifacts, overall); cached per image."""
-    from curation.progress import progress_bar
+    from curation.core.progress import progress_bar
     from curation.scores.judge import judge as run_judge
 
     ws = _workspace(workspace)
@@ -220,7 +220,7 @@ def judge(
 @app.command()
 def calibrate(workspace: WorkspaceOpt = Path(".")) -> None:
     """Each machine score against the pulled decisions: AUC, the 95%-recall triage rule, a ROC plot."""
-    from curation.calibration import calibrate as run_calibration
+    from curation.review.calibration import calibrate as run_calibration
 
     typer.echo(run_calibration(_workspace(workspace)).summary())
 
@@ -228,7 +228,7 @@ def calibrate(workspace: WorkspaceOpt = Path(".")) -> None:
 @app.command()
 def status(workspace: WorkspaceOpt = Path(".")) -> None:
     """Accepted / pending / rejected against the [curation] targets, per composition, bucket and concept."""
-    from curation.targets import read_shape
+    from curation.loop.targets import read_shape
 
     ws = _workspace(workspace)
     shape = read_shape(ws)
@@ -243,8 +243,8 @@ def topup(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Append plans for the compositions short of their target (shortfall / acceptance rate, less pending)."""
-    from curation.progress import progress_bar
-    from curation.topup import topup as run_topup
+    from curation.core.progress import progress_bar
+    from curation.loop.topup import topup as run_topup
 
     with progress_bar() as progress:
         report = run_topup(_workspace(workspace), max_new=max_new or None, progress=progress)
@@ -260,8 +260,8 @@ def app_command(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Open the FiftyOne App on the workspace's dataset and wait (Ctrl-C to stop)."""
-    from curation.index import launch_app
-    from curation.ports import moved_note
+    from curation.index.run import launch_app
+    from curation.core.ports import moved_note
 
     url = launch_app(_workspace(workspace), address=address, port=port)
     if note := moved_note(port, url):
@@ -290,9 +290,9 @@ def review_serve(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Start a local Label Studio serving the workspace's images (or record --url); prints URL and login."""
-    from curation.labelstudio_server import invite_url
-    from curation.ports import moved_note
-    from curation.review import serve, use_server
+    from curation.review.server import invite_url
+    from curation.core.ports import moved_note
+    from curation.review.push import serve, use_server
 
     ws = _workspace(workspace)
     if url:
@@ -314,7 +314,7 @@ def review_serve(
 @review_app.command("stop")
 def review_stop(workspace: WorkspaceOpt = Path(".")) -> None:
     """Stop the Label Studio server that `curate review serve` started."""
-    from curation.review import stop
+    from curation.review.push import stop
 
     typer.echo("stopped" if stop(_workspace(workspace)) else "no server was running")
 
@@ -332,8 +332,8 @@ def review_push(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Create the review project if needed and push new candidates as tasks (re-pushing adds only new ones)."""
-    from curation.progress import progress_bar
-    from curation.review import ORDERS, push
+    from curation.core.progress import progress_bar
+    from curation.review.push import ORDERS, push
 
     if order not in ORDERS:
         raise CurateError(f"unknown --order {order!r}: use one of {', '.join(ORDERS)}")
@@ -353,8 +353,8 @@ def review_pull(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Pull annotations into FiftyOne (review_decision, review_quality, agreement...); keeps each delta, gzipped."""
-    from curation.progress import progress_bar
-    from curation.review_pull import pull
+    from curation.core.progress import progress_bar
+    from curation.review.pull import pull
 
     with progress_bar() as progress:
         report = pull(_workspace(workspace), url=url or None, token=token or None, full=full, progress=progress)
@@ -368,7 +368,7 @@ def review_status(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Counts of tasks, annotated, accepted, rejected, per concept, and annotator agreement."""
-    from curation.review_pull import status
+    from curation.review.pull import status
 
     typer.echo(status(_workspace(workspace), url=url or None, token=token or None).summary())
 
@@ -391,8 +391,8 @@ def study_create(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """One blind task per prompt: references, prompt, each configuration's image shuffled; adds only new tasks."""
-    from curation.progress import progress_bar
-    from curation.study import create
+    from curation.core.progress import progress_bar
+    from curation.study.tasks import create
 
     with progress_bar() as progress:
         report = create(_workspace(workspace), evaluation, name=name or None,
@@ -410,7 +410,7 @@ def study_pull(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Pull the ratings into study/<name>/ratings.json (writes nothing when nothing changed)."""
-    from curation.study import pull
+    from curation.study.tasks import pull
 
     typer.echo(pull(_workspace(workspace), name or None, url=url or None, token=token or None).summary())
 
@@ -421,7 +421,7 @@ def study_report(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Mean (± std) per configuration x bucket x criterion, bootstrap CIs, win rates, agreement."""
-    from curation.study_report import write_report
+    from curation.study.report import write_report
 
     report = write_report(_workspace(workspace), name or None)
     typer.echo(report.table_path.read_text())
@@ -452,7 +452,7 @@ def export_command(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Write accepted candidates with quality >= threshold as a MyCanvas folder (train/metadata.jsonl)."""
-    from curation.progress import progress_bar
+    from curation.core.progress import progress_bar
     from exports.mycanvas import export_mycanvas
 
     ws = _workspace(workspace)

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from curation.progress import ProgressFn, no_progress
-from curation.workspace import Workspace
+from curation.core.progress import ProgressFn, no_progress
+from curation.core.workspace import Workspace
 
 # concept id -> (class noun, scikit-image sample function)
 DEMO_CONCEPTS: dict[str, tuple[str, str]] = {
@@ -86,8 +86,8 @@ def run_demo(
     progress: ProgressFn = no_progress,
 ) -> None:
     """Build the workspace at `root` and run every step once; safe to re-run (each step upserts)."""
-    from curation.concepts import add_concept
-    from curation.index import index_workspace
+    from curation.concepts.references import add_concept
+    from curation.index.run import index_workspace
     from exports.mycanvas import export_mycanvas
     from generators.layout import plan_layouts
     from generators.run import generate
@@ -104,8 +104,8 @@ def run_demo(
     echo(index_workspace(ws, progress=progress).summary())
     echo(f"browse: curate app -w {ws.root}   (FiftyOne App on http://127.0.0.1:5151)")
     if review:
-        from curation.review import push, serve
-        from curation.review_pull import pull
+        from curation.review.push import push, serve
+        from curation.review.pull import pull
 
         info = serve(ws)
         echo(push(ws).summary())
@@ -124,9 +124,9 @@ def annotate_for_demo(ws: Workspace) -> int:
     The cleanest third is accepted with quality 5, the next third accepted with 3, the rest
     rejected with 2: enough spread to show the quality threshold at work in the export.
     """
-    from curation import dataset as ds
-    from curation.review import connect, ensure_project
-    from curation.review_pull import annotation_result
+    from curation.core import dataset as ds
+    from curation.review.push import connect, ensure_project
+    from curation.review.pull import annotation_result
     from curation.scores.artifacts import ARTIFACT_SCORES
 
     dataset = ds.open_dataset(ws)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from curation.errors import CurateError
+from curation.core.errors import CurateError
 from exports.concepts_list import CLASS_IMAGES_DIR, class_folder
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}

@@ -21,7 +21,7 @@ import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from curation.records import Concept
+from curation.core.records import Concept
 from exports.concepts_list import COMPOSITIONS_LIST_FILE, CONCEPTS_LIST_FILE
 
 COMMANDS_FILE = "train_commands.json"

@@ -22,8 +22,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from curation.records import Concept
-from curation.workspace import atomic_write_json
+from curation.core.records import Concept
+from curation.core.workspace import atomic_write_json
 from exports.imagefolder import DATA_DIR
 from exports.select import ExportItem
 

@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from curation.records import Concept
-from curation.workspace import atomic_write_text
+from curation.core.records import Concept
+from curation.core.workspace import atomic_write_text
 from exports.select import ExportItem
 
 DATA_DIR = "train"

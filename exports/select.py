@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from curation.dataset import (
+from curation.core.dataset import (
     CANDIDATE_ID,
     CAPTION,
     CAPTION_FIXED,
@@ -25,13 +25,13 @@ from curation.dataset import (
     field_values,
     open_dataset,
 )
-from curation.errors import CurateError
-from curation.records import Box, Candidate
+from curation.core.errors import CurateError
+from curation.core.records import Box, Candidate
 
 if TYPE_CHECKING:
     import fiftyone as fo
 
-    from curation.workspace import Workspace
+    from curation.core.workspace import Workspace
 
 
 @dataclass(frozen=True)

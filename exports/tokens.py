@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import re
 
-from curation.errors import CurateError
-from curation.records import Concept
+from curation.core.errors import CurateError
+from curation.core.records import Concept
 
 
 def export_tokens(token_format: str, concept_ids: list[str]) -> dict[str, str]:

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from curation.errors import CurateError
-from curation.records import Concept
+from curation.core.errors import CurateError
+from curation.core.records import Concept
 from exports.imagefolder import DATA_DIR
 from exports.select import ExportItem
 

@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from curation.records import Box, Concept
-from curation.workspace import Workspace
+from curation.core.records import Box, Concept
+from curation.core.workspace import Workspace
 from generators.segment import UNUSABLE_FLAGS
 
 SURFACES: dict[str, tuple[tuple[int, int, int], str]] = {

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curation.config import LayoutConfig
-from curation.errors import CurateError
-from curation.records import Concept, content_id
-from curation.workspace import Workspace
+from curation.core.config import LayoutConfig
+from curation.core.errors import CurateError
+from curation.core.records import Concept, content_id
+from curation.core.workspace import Workspace
 
 BACKGROUNDS: tuple[str, ...] = (
     "on a wooden table in a sunlit kitchen",

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import itertools
 
-from curation.config import LayoutConfig
-from curation.records import Box, LayoutPlan
+from curation.core.config import LayoutConfig
+from curation.core.records import Box, LayoutPlan
 
 
 def iou(a: Box, b: Box) -> float:

@@ -18,11 +18,11 @@ import itertools
 import numpy as np
 from PIL import Image
 
-from curation.config import LayoutConfig
-from curation.errors import CurateError
-from curation.progress import ProgressFn, no_progress
-from curation.records import Box, Concept, LayoutPlan
-from curation.workspace import Workspace
+from curation.core.config import LayoutConfig
+from curation.core.errors import CurateError
+from curation.core.progress import ProgressFn, no_progress
+from curation.core.records import Box, Concept, LayoutPlan
+from curation.core.workspace import Workspace
 from generators.compositions import BACKGROUNDS, CompositionPick, load_allowed_sets, pick_composition
 from generators.geometry import check_layout
 from generators.llm_layout import FALLBACK, plan_picks, plan_with_llm

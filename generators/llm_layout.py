@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import json_repair
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
 
-from curation.config import LayoutConfig
-from curation.errors import CurateError
-from curation.progress import ProgressFn, no_progress
-from curation.records import Box, Concept, LayoutPlan, content_id
-from curation.workspace import Workspace, atomic_write_json, atomic_write_text
+from curation.core.config import LayoutConfig
+from curation.core.errors import CurateError
+from curation.core.progress import ProgressFn, no_progress
+from curation.core.records import Box, Concept, LayoutPlan, content_id
+from curation.core.workspace import Workspace, atomic_write_json, atomic_write_text
 from generators.compositions import CompositionPick, check_set, pick_composition
 from generators.geometry import check_layout
 
@@ -54,7 +54,7 @@ MAX_BRACKETS = 256
 (the stdlib's raises RecursionError and json_repair's time grows with depth x length)."""
 MAX_BACKGROUND_CHARS = 300
 MAX_ID_CHARS = 64
-"""As long as a concept id may be (curation.workspace)."""
+"""As long as a concept id may be (curation.core.workspace)."""
 MAX_OBJECTS = 32
 """More boxes (or ids in a suggested set) than any composition holds."""
 MAX_PIXELS = 100_000

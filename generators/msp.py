@@ -51,7 +51,7 @@ score) or an inpainting UNet is refused. x0_hat for SAL is taken from the schedu
 input, so sigma-scaled schedulers (Euler, SDXL's default) give the same x0_hat as DDPM-scaled ones.
 
 Heavy libraries are imported inside functions so importing this module stays cheap. `MSPSettings`
-lives in `curation.config` (it is the `[generate.msp]` section of curate.toml) and is re-exported here.
+lives in `curation.core.config` (it is the `[generate.msp]` section of curate.toml) and is re-exported here.
 """
 
 from __future__ import annotations
@@ -66,11 +66,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from PIL import Image
 
-from curation.config import MSPSettings
-from curation.devices import resolve_device
-from curation.errors import CurateError
-from curation.progress import ProgressFn, no_progress
-from curation.records import Concept, LayoutPlan
+from curation.core.config import MSPSettings
+from curation.core.devices import resolve_device
+from curation.core.errors import CurateError
+from curation.core.progress import ProgressFn, no_progress
+from curation.core.records import Concept, LayoutPlan
 from generators.phrases import join_phrases
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ prompt and a caption of one plan read alike; one module owns that, below the sta
 
 from __future__ import annotations
 
-from curation.records import LayoutPlan
+from curation.core.records import LayoutPlan
 
 
 def join_phrases(phrases: list[str]) -> str:

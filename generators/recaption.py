@@ -26,10 +26,10 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from curation.config import GenerateConfig
-from curation.devices import resolve_device
-from curation.errors import CurateError
-from curation.records import Concept, LayoutPlan
+from curation.core.config import GenerateConfig
+from curation.core.devices import resolve_device
+from curation.core.errors import CurateError
+from curation.core.records import Concept, LayoutPlan
 from generators.phrases import join_phrases, left_to_right
 
 TEMPLATE = "template"

@@ -15,7 +15,7 @@ A candidate that fails is written as a JSON record with status "failed" and coun
 
 Models (diffusion repaint, MSP, a VLM captioner) are loaded once per worker and never by the driver
 when workers do the work: a second copy of SDXL in the driver costs ~7 GB of GPU memory for nothing.
-Local workers are spread round-robin over the visible GPUs (`curation.devices.worker_devices`); Ray
+Local workers are spread round-robin over the visible GPUs (`curation.core.devices.worker_devices`); Ray
 actors ask for a fraction of a GPU (`ray_gpus_per_worker`), so more workers than GPUs share them.
 """
 
@@ -36,13 +36,13 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from curation.config import GenerateConfig
-from curation.devices import resolve_device, visible_cuda_devices, worker_devices
-from curation.errors import CurateError
-from curation.paste_record import PASTE_SILHOUETTES, PASTE_THUMBS, encode_silhouettes, paste_thumbnails
-from curation.progress import ProgressFn, no_progress
-from curation.records import Box, Candidate, Concept, LayoutPlan, content_id
-from curation.workspace import (
+from curation.core.config import GenerateConfig
+from curation.core.devices import resolve_device, visible_cuda_devices, worker_devices
+from curation.core.errors import CurateError
+from curation.core.paste_record import PASTE_SILHOUETTES, PASTE_THUMBS, encode_silhouettes, paste_thumbnails
+from curation.core.progress import ProgressFn, no_progress
+from curation.core.records import Box, Candidate, Concept, LayoutPlan, content_id
+from curation.core.workspace import (
     STALE_DIR,
     SUCCESS_MARKER,
     Workspace,
@@ -590,7 +590,7 @@ def _ray_batches(
     import ray
     from ray.util import ActorPool
 
-    from curation.ray_cluster import connect_ray
+    from curation.core.ray_cluster import connect_ray
 
     connect_ray()
     actor = ray_actor_class(config, workers, ray.cluster_resources().get("GPU", 0))

@@ -26,8 +26,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from curation.config import SegmentConfig
-from curation.errors import CurateError
+from curation.core.config import SegmentConfig
+from curation.core.errors import CurateError
 
 CLASSICAL = "classical"
 AUTO = "auto"

@@ -31,9 +31,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from curation.config import SegmentConfig
-from curation.devices import torch_device
-from curation.errors import CurateError
+from curation.core.config import SegmentConfig
+from curation.core.devices import torch_device
+from curation.core.errors import CurateError
 
 DEFAULT_MODELS = {
     "isnet": "isnet-general-use",

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from curation.errors import CurateError
+from curation.core.errors import CurateError
 
 DEFAULT_SD = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
@@ -61,7 +61,7 @@ def train_command(
     prior_loss_weight: Annotated[float, typer.Option(help="Weight of the class images' loss.")] = 1.0,
 ) -> None:
     """Personalize a Stable Diffusion pipeline on an export's concepts (Custom Diffusion or LoRA)."""
-    from curation.progress import progress_bar
+    from curation.core.progress import progress_bar
     from personalization.prompts import GEN4GEN_STRATEGY, PromptStrategy
     from personalization.train import train
 
@@ -168,7 +168,7 @@ def evaluate_command(
     sal_steps: Annotated[int, typer.Option(help="MSP SAL rows: guided steps, from the first one.")] = 10,
 ) -> None:
     """Generate held-out compositions per configuration and score CP-CLIP, TI-CLIP, CLIP-I/T, DINO, D&C, SAS."""
-    from curation.progress import progress_bar
+    from curation.core.progress import progress_bar
     from personalization.evaluate import EvalSettings, MSPConfiguration, evaluate, msp_configurations
 
     if ref_reduce not in ("mean", "max") or clip_t not in ("clipscore", "cosine"):
@@ -248,8 +248,8 @@ def train_segmenter_command(
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from checkpoint.pt.")] = True,
 ) -> None:
     """Train MSP's subject-aware segmenter (M_SAL) on the workspace's composites and reference cut-outs."""
-    from curation.progress import progress_bar
-    from curation.workspace import Workspace
+    from curation.core.progress import progress_bar
+    from curation.core.workspace import Workspace
     from personalization.subject_segmenter import SegmenterSettings, train_segmenter
 
     if size < 32 or size % 32 or epochs < 1 or batch_size < 1 or not 0 <= val_fraction < 1:

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from curation.errors import CurateError
+from curation.core.errors import CurateError
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 DATA_DIR = "train"

@@ -47,10 +47,10 @@ from typing import Any
 
 import numpy as np
 
-from curation.config import MSPSettings
-from curation.errors import CurateError
-from curation.progress import ProgressFn, no_progress
-from curation.workspace import atomic_write_bytes, atomic_write_json, atomic_write_text
+from curation.core.config import MSPSettings
+from curation.core.errors import CurateError
+from curation.core.progress import ProgressFn, no_progress
+from curation.core.workspace import atomic_write_bytes, atomic_write_json, atomic_write_text
 from personalization import metrics as M
 from personalization.data import Export, read_export
 from personalization.prompts import HELDOUT_BACKGROUNDS, EvalPrompt, PromptStrategy, heldout_prompts

@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from curation.config import LayoutConfig
-from curation.errors import CurateError
-from curation.records import Concept, LayoutPlan, content_id
-from curation.workspace import Workspace
+from curation.core.config import LayoutConfig
+from curation.core.errors import CurateError
+from curation.core.records import Concept, LayoutPlan, content_id
+from curation.core.workspace import Workspace
 from generators.compose import Composition
 from generators.compositions import CompositionPick
 from personalization.data import Export

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from curation.errors import CurateError
+from curation.core.errors import CurateError
 from personalization.data import Composition, Export, ExportConcept
 
 DataSource = Literal["compositions", "sources"]

@@ -7,7 +7,7 @@ guidance, `generators/msp.py`) and its encoder features compare a generated subj
 subject's photos (SAS, `personalization.metrics.sas`).
 
 Our generator already makes the paper's hand-built data: every composite keeps which pasted layer
-is visible at each pixel (`curation.paste_record`), so the training set is
+is visible at each pixel (`curation.core.paste_record`), so the training set is
 
 - the workspace's composites, labelled from the kept silhouette map: pixel of layer k -> the class of
   the k-th pasted concept, the rest background. Layer k's concept is the k-th key of the candidate's
@@ -40,11 +40,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from curation.errors import CurateError
-from curation.paste_record import PASTE_SILHOUETTES, PASTE_THUMBS, decode_silhouettes
-from curation.progress import ProgressFn, no_progress
-from curation.records import Candidate
-from curation.workspace import Workspace, atomic_write_bytes, atomic_write_json
+from curation.core.errors import CurateError
+from curation.core.paste_record import PASTE_SILHOUETTES, PASTE_THUMBS, decode_silhouettes
+from curation.core.progress import ProgressFn, no_progress
+from curation.core.records import Candidate
+from curation.core.workspace import Workspace, atomic_write_bytes, atomic_write_json
 
 if TYPE_CHECKING:
     import torch
@@ -416,7 +416,7 @@ def train_segmenter(
     import torch
     import torch.nn.functional as F
 
-    from curation.devices import resolve_device
+    from curation.core.devices import resolve_device
 
     settings = settings or SegmenterSettings()
     concepts = sorted(concepts or ws.concepts())

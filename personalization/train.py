@@ -32,9 +32,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from curation.errors import CurateError
-from curation.progress import ProgressFn, no_progress
-from curation.workspace import atomic_write_json
+from curation.core.errors import CurateError
+from curation.core.progress import ProgressFn, no_progress
+from curation.core.workspace import atomic_write_json
 from personalization.data import Export, read_export
 from personalization.prompts import PromptStrategy, TrainExample, training_examples
 

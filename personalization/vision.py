@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from curation.devices import torch_device
+from curation.core.devices import torch_device
 from curation.scores.presence import load_pretrained
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="curate-tests-"))
 # FiftyOne attaches to the database service this account already runs, whatever the folder says, and
-# `curate` refuses a service running from another folder than configured (curation/database.py). So
+# `curate` refuses a service running from another folder than configured (curation/core/database.py). So
 # every session of this account shares one database folder and isolates itself by database name,
 # dropped when the session ends.
 os.environ.setdefault(

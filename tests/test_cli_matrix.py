@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from curation.config import IndexConfig, dump_config
-from curation.errors import CurateError
-from curation.records import Candidate
-from curation.workspace import Workspace
+from curation.core.config import IndexConfig, dump_config
+from curation.core.errors import CurateError
+from curation.core.records import Candidate
+from curation.core.workspace import Workspace
 from tests.fixtures.sample_concepts import small_config
 
 CURATE = str(Path(sys.executable).with_name("curate"))

@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from pydantic import ValidationError
 
-from curation.concepts import MIN_PHOTO_SIDE, add_concept, choose_concept_id, concept_id_for
-from curation.errors import CurateError
-from curation.records import CONCEPT_ID, MAX_CLASS_NOUN_CHARS, Concept
-from curation.workspace import Workspace
+from curation.concepts.references import MIN_PHOTO_SIDE, add_concept, choose_concept_id, concept_id_for
+from curation.core.errors import CurateError
+from curation.core.records import CONCEPT_ID, MAX_CLASS_NOUN_CHARS, Concept
+from curation.core.workspace import Workspace
 from generators.segment import UNUSABLE_FLAGS, load_segmenter, mask_flags
 from tests.fixtures.sample_concepts import sample_photo, small_config
 
@@ -501,7 +501,7 @@ def test_concepts_add_writes_a_preview_and_show_prints_where(
 ) -> None:
     """photo | mask | cut-out per photo, written with the concept; `concepts show` names it and
     draws it again for a concept that has none (made before previews existed)."""
-    from curation.concepts import PREVIEW_ROW_HEIGHT
+    from curation.concepts.references import PREVIEW_ROW_HEIGHT
 
     root = tmp_path / "ws"
     assert _curate("init", str(root)).returncode == 0
@@ -540,8 +540,8 @@ def test_cutouts_are_the_masked_references_and_the_review_strip_shows_them(
 ) -> None:
     """The review page's reference strip shows what is pasted (the cut-out on white), not the photo
     around it; before, its thumbnail was the first reference photo, background and all."""
-    from curation.concepts import cover_cutout, cutout_paths
-    from curation.review import Connection, _task
+    from curation.concepts.references import cover_cutout, cutout_paths
+    from curation.review.push import Connection, _task
 
     concept = add_concept(ws, "mug", concept_photos["mug"], class_noun="mug")
     paths = cutout_paths(ws, concept)
@@ -572,8 +572,8 @@ def test_index_writes_the_concepts_cutouts_as_a_fiftyone_dataset(
 ) -> None:
     import fiftyone as fo
 
-    from curation.concepts import cutout_paths
-    from curation.concepts_dataset import concepts_dataset_name, index_concepts
+    from curation.concepts.references import cutout_paths
+    from curation.index.concepts_dataset import concepts_dataset_name, index_concepts
 
     cat = add_concept(ws, "cat", concept_photos["cat"], class_noun="cat", name="Tabby")
     mug = add_concept(ws, "mug", concept_photos["mug"], class_noun="mug")
@@ -596,8 +596,8 @@ def test_a_record_with_fewer_masks_than_photos_shows_them_whole(
 ) -> None:
     """A hand-written or older concept.json may list photos without masks: the index and the review
     page show those photos whole instead of stopping (index_concepts raised on the zip before)."""
-    from curation.concepts import cutout_paths
-    from curation.concepts_dataset import index_concepts
+    from curation.concepts.references import cutout_paths
+    from curation.index.concepts_dataset import index_concepts
 
     full = add_concept(ws, "mug", concept_photos["mug"], class_noun="mug")
     concept = full.model_copy(update={"masks": full.masks[:1], "mask_flags": full.mask_flags[:1]})

@@ -13,8 +13,8 @@ import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from curation.config import CurateConfig, dump_config, load_config
-from curation.errors import CurateError
+from curation.core.config import CurateConfig, dump_config, load_config
+from curation.core.errors import CurateError
 
 CURATE = str(Path(sys.executable).with_name("curate"))
 PROPERTY = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])

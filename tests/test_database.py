@@ -1,4 +1,4 @@
-"""Which database a command writes to: never silently another folder's (curation/database.py)."""
+"""Which database a command writes to: never silently another folder's (curation/core/database.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from curation.database import attached_database_dir
-from curation.workspace import Workspace
+from curation.core.database import attached_database_dir
+from curation.core.workspace import Workspace
 
 CURATE = str(Path(sys.executable).with_name("curate"))
 

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from curation import dataset as ds
-from curation.concepts import add_concept
-from curation.config import dump_config
+from curation.core import dataset as ds
+from curation.concepts.references import add_concept
+from curation.core.config import dump_config
 from curation.demo import DEMO_CONCEPTS, run_demo, write_sample_photos
-from curation.index import index_workspace
-from curation.records import Candidate
-from curation.review import connect, ensure_project, push
-from curation.review_pull import annotation_result, pull
-from curation.workspace import Workspace, atomic_write_text
+from curation.index.run import index_workspace
+from curation.core.records import Candidate
+from curation.review.push import connect, ensure_project, push
+from curation.review.pull import annotation_result, pull
+from curation.core.workspace import Workspace, atomic_write_text
 from exports.mycanvas import export_mycanvas
 from generators.layout import plan_layouts
 from generators.run import generate

@@ -9,7 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from curation.errors import CurateError
+from curation.core.errors import CurateError
 from personalization.cli_commands import evaluate_command, train_command
 from tests.fixtures.personalization_export import build_tiny_export
 from tests.fixtures.tiny_clip import register_tiny_clip

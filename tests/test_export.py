@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from curation.config import CurateConfig, IndexConfig
-from curation.dataset import (
+from curation.core.config import CurateConfig, IndexConfig
+from curation.core.dataset import (
     BOXES,
     CANDIDATE_ID,
     CAPTION,
@@ -31,9 +31,9 @@ from curation.dataset import (
     REVIEW_QUALITY,
     SHARD,
 )
-from curation.errors import CurateError
-from curation.records import Box, Candidate, Concept
-from curation.workspace import SUCCESS_MARKER, Workspace, atomic_write_bytes, atomic_write_json
+from curation.core.errors import CurateError
+from curation.core.records import Box, Candidate, Concept
+from curation.core.workspace import SUCCESS_MARKER, Workspace, atomic_write_bytes, atomic_write_json
 from exports.card import rank_of, rank_table
 from exports.mycanvas import export_mycanvas
 

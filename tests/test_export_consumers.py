@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from curation.config import ExportConfig, dump_config, load_config
-from curation.errors import CurateError
+from curation.core.config import ExportConfig, dump_config, load_config
+from curation.core.errors import CurateError
 from exports.mycanvas import export_mycanvas
 from tests.fixtures.personalization_export import build_tiny_export
 from tests.test_export import EXPORTED, NOUNS, Built, _png, build_workspace, read_rows, tree_digest

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from curation.config import GenerateConfig, dump_config
-from curation.devices import worker_devices
-from curation.errors import CurateError
-from curation.workspace import Workspace, atomic_write_text
+from curation.core.config import GenerateConfig, dump_config
+from curation.core.devices import worker_devices
+from curation.core.errors import CurateError
+from curation.core.workspace import Workspace, atomic_write_text
 from generators.layout import plan_layouts
 from generators.run import generate, plan_work, ray_actor_class, ray_gpus_per_worker
 from tests.fixtures.tiny_pipelines import build_tiny_sdxl_inpaint

@@ -10,12 +10,12 @@ import pytest
 from fiftyone import ViewField as F
 from typer.testing import CliRunner
 
-from curation import dataset as ds
+from curation.core import dataset as ds
 from curation.cli import app
-from curation.config import dump_config
-from curation.errors import CurateError
-from curation.index import DIVERSITY, VISUALIZATION_KEY, index_workspace
-from curation.workspace import (
+from curation.core.config import dump_config
+from curation.core.errors import CurateError
+from curation.index.run import DIVERSITY, VISUALIZATION_KEY, index_workspace
+from curation.core.workspace import (
     SUCCESS_MARKER,
     Workspace,
     atomic_write_json,

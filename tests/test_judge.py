@@ -12,14 +12,14 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from curation import dataset as ds
-from curation.calibration import calibrate
+from curation.core import dataset as ds
+from curation.review.calibration import calibrate
 from curation.cli import app
-from curation.config import dump_config
-from curation.errors import CurateError
-from curation.index import index_workspace
+from curation.core.config import dump_config
+from curation.core.errors import CurateError
+from curation.index.run import index_workspace
 from curation.scores.judge import ARTIFACTS, OVERALL, PRESENT, REASON, judge, parse_verdict
-from curation.workspace import Workspace
+from curation.core.workspace import Workspace
 from tests.fixtures.fake_llm import FakeLLM, ok
 from tests.fixtures.tiny_pipelines import build_tiny_llava
 from tests.test_calibration import reviewed_dataset

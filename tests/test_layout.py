@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from curation.config import dump_config
-from curation.errors import CurateError
-from curation.records import Box, LayoutPlan
-from curation.workspace import Workspace, atomic_write_text
+from curation.core.config import dump_config
+from curation.core.errors import CurateError
+from curation.core.records import Box, LayoutPlan
+from curation.core.workspace import Workspace, atomic_write_text
 from generators.geometry import check_layout, iou
 from generators.layout import BACKGROUNDS, plan_layouts, size_prior
 

@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from curation.config import LayoutConfig, dump_config
-from curation.errors import CurateError
-from curation.records import Box, LayoutPlan
-from curation.workspace import Workspace, atomic_write_text
+from curation.core.config import LayoutConfig, dump_config
+from curation.core.errors import CurateError
+from curation.core.records import Box, LayoutPlan
+from curation.core.workspace import Workspace, atomic_write_text
 from generators.compositions import BACKGROUNDS, CompositionPick, pick_composition
 from generators.geometry import check_layout
 from generators.layout import plan_layouts

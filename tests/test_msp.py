@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from curation.errors import CurateError
-from curation.records import Box, Concept, LayoutPlan
+from curation.core.errors import CurateError
+from curation.core.records import Box, Concept, LayoutPlan
 from generators.msp import (
     BACKGROUND,
     MSPGenerator,

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from curation.config import GenerateConfig, dump_config
-from curation.errors import CurateError
-from curation.records import Box, Concept, LayoutPlan
-from curation.workspace import Workspace, atomic_write_text
+from curation.core.config import GenerateConfig, dump_config
+from curation.core.errors import CurateError
+from curation.core.records import Box, Concept, LayoutPlan
+from curation.core.workspace import Workspace, atomic_write_text
 from generators.layout import plan_layouts
 from generators.recaption import load_captioner, personalize_caption
 from generators.run import generate, plan_work

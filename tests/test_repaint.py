@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from curation.config import GenerateConfig, dump_config
-from curation.errors import CurateError
-from curation.workspace import Workspace, atomic_write_text
+from curation.core.config import GenerateConfig, dump_config
+from curation.core.errors import CurateError
+from curation.core.workspace import Workspace, atomic_write_text
 from generators.compose import Composition, Layer
 from generators.layout import plan_layouts
 from generators.repaint import RepaintJob, load_repainter, object_alpha, repaint_mask

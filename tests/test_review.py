@@ -17,11 +17,11 @@ import requests
 from PIL import Image
 from typer.testing import CliRunner
 
-from curation import dataset as ds
+from curation.core import dataset as ds
 from curation.cli import app
-from curation.config import CurateConfig, ReviewConfig, dump_config
-from curation.errors import CurateError
-from curation.labelstudio_server import (
+from curation.core.config import CurateConfig, ReviewConfig, dump_config
+from curation.core.errors import CurateError
+from curation.review.server import (
     ServerInfo,
     data_dir_of,
     read_server,
@@ -31,10 +31,10 @@ from curation.labelstudio_server import (
     use_server,
     write_server,
 )
-from curation.ports import free_port
-from curation.review import PULL_TITLE, Connection, connect, push
-from curation.review_pull import REVIEW_FIELDS, aggregate, annotation_result, krippendorff_alpha, pull, status
-from curation.workspace import Workspace
+from curation.core.ports import free_port
+from curation.review.push import PULL_TITLE, Connection, connect, push
+from curation.review.pull import REVIEW_FIELDS, aggregate, annotation_result, krippendorff_alpha, pull, status
+from curation.core.workspace import Workspace
 from tests.fixtures.labelstudio import seeded_home
 from tests.fixtures.sample_concepts import flat_concept
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from curation import dataset as ds
-from curation.labelstudio_server import ServerInfo
-from curation.review import push
-from curation.review_pull import pull
-from curation.workspace import Workspace
+from curation.core import dataset as ds
+from curation.review.server import ServerInfo
+from curation.review.push import push
+from curation.review.pull import pull
+from curation.core.workspace import Workspace
 from tests.test_review import build_candidates
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

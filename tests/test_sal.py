@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from curation import dataset as ds
-from curation.config import MSPSettings, dump_config
-from curation.errors import CurateError
-from curation.records import Box, Concept, LayoutPlan
-from curation.workspace import Workspace, atomic_write_text
+from curation.core import dataset as ds
+from curation.core.config import MSPSettings, dump_config
+from curation.core.errors import CurateError
+from curation.core.records import Box, Concept, LayoutPlan
+from curation.core.workspace import Workspace, atomic_write_text
 from generators.msp import BACKGROUND, MSPGenerator, SALGuidance, StepState, sal_loss
 from personalization import metrics as M
 from personalization.subject_segmenter import (
@@ -179,7 +179,7 @@ def test_sas_metric_by_hand() -> None:
 def test_train_generate_with_sal_index_with_sas(
     concept_ws: Workspace, tiny_clip_name: str, tmp_path: Path
 ) -> None:
-    from curation.index import index_workspace
+    from curation.index.run import index_workspace
     from generators.layout import plan_layouts
     from generators.run import generate
     from personalization.subject_segmenter import train_segmenter

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 from skimage import data
 
-from curation.paste_record import (
+from curation.core.paste_record import (
     PASTE_SILHOUETTES,
     PASTE_THUMBS,
     decode_silhouettes,
     encode_silhouettes,
     paste_thumbnails,
 )
-from curation.records import Box
+from curation.core.records import Box
 from curation.scores.artifacts import (
     ARTIFACT_SCORES,
     BLUR,

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from curation.errors import CurateError
+from curation.core.errors import CurateError
 from curation.scores.clip import clip_t, load_clip
 
 

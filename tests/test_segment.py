@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from curation.config import SegmentConfig
-from curation.errors import CurateError
+from curation.core.config import SegmentConfig
+from curation.core.errors import CurateError
 from generators.segment import ClassicalSegmenter, load_segmenter
 from generators.segment_models import matching_labels
 from tests.fixtures.tiny_pipelines import build_tiny_owlvit

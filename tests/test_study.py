@@ -15,11 +15,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from curation.cli import app
-from curation.errors import CurateError
-from curation.labelstudio_server import ServerInfo
-from curation.records import Concept
-from curation.review import connect
-from curation.study import (
+from curation.core.errors import CurateError
+from curation.review.server import ServerInfo
+from curation.core.records import Concept
+from curation.review.push import connect
+from curation.study.tasks import (
     TASK_KEY,
     create,
     label_config,
@@ -29,8 +29,8 @@ from curation.study import (
     score_result,
     study_dir,
 )
-from curation.study_report import _banner, bootstrap_ci, krippendorff_interval, write_report
-from curation.workspace import Workspace
+from curation.study.report import _banner, bootstrap_ci, krippendorff_interval, write_report
+from curation.core.workspace import Workspace
 from personalization.metrics import bucket
 
 CONFIGS = ("CD + Source Images", "CD + MyCanvas", "Ours + MyCanvas")

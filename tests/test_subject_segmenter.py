@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curation.errors import CurateError
-from curation.workspace import Workspace
+from curation.core.errors import CurateError
+from curation.core.workspace import Workspace
 from generators.layout import plan_layouts
 from generators.run import generate
 from personalization.subject_segmenter import (

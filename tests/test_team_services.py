@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from curation import dataset as ds
-from curation.config import dump_config
-from curation.ports import free_port
-from curation.workspace import Workspace, atomic_write_text, new_workspace_id
+from curation.core import dataset as ds
+from curation.core.config import dump_config
+from curation.core.ports import free_port
+from curation.core.workspace import Workspace, atomic_write_text, new_workspace_id
 from generators.layout import plan_layouts
 from generators.run import generate
 from tests.fixtures.candidate_workspace import index_test_workspace, write_candidates
@@ -180,14 +180,14 @@ def test_generate_and_index_on_the_cluster_match_the_local_executor(
 def test_a_driver_without_the_clusters_token_is_one_clear_error(ray_cluster) -> None:
     env, _ = ray_cluster
     env = {k: v for k, v in env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
-    code = "from curation.ray_cluster import connect_ray; connect_ray()"
+    code = "from curation.core.ray_cluster import connect_ray; connect_ray()"
     result = subprocess.run(
         [sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env, timeout=300
     )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(
-        f"curation.errors.CurateError: could not join the Ray cluster at RAY_ADDRESS={env['RAY_ADDRESS']}"
+        f"curation.core.errors.CurateError: could not join the Ray cluster at RAY_ADDRESS={env['RAY_ADDRESS']}"
     )
     assert "deploy/ray_cluster.sh env DIR" in last
 
@@ -195,7 +195,7 @@ def test_a_driver_without_the_clusters_token_is_one_clear_error(ray_cluster) -> 
 def test_an_address_where_no_cluster_answers_is_one_clear_error() -> None:
     """Ray alone retries such an address for minutes; curate names the setting to fix."""
     closed = free_port()
-    code = "from curation.ray_cluster import connect_ray; connect_ray()"
+    code = "from curation.core.ray_cluster import connect_ray; connect_ray()"
     env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{closed}"}
     result = subprocess.run(
         [sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env, timeout=120
@@ -203,5 +203,5 @@ def test_an_address_where_no_cluster_answers_is_one_clear_error() -> None:
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(
-        f"curation.errors.CurateError: no Ray cluster answers at RAY_ADDRESS=127.0.0.1:{closed}"
+        f"curation.core.errors.CurateError: no Ray cluster answers at RAY_ADDRESS=127.0.0.1:{closed}"
     )

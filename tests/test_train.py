@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from curation.errors import CurateError
+from curation.core.errors import CurateError
 from personalization.data import Composition, read_export
 from personalization.prompts import (
     GEN4GEN_STRATEGY,

@@ -6,7 +6,7 @@ for a score when it exceeds the threshold. Work happens on a small grayscale cop
 `WORK_SIDE`), as cleanvision does, so 10K candidates score in seconds and values do not depend on
 the output resolution. Adding a score is one function, one registry line and one test.
 
-What the generator kept of its paste (`curation.paste_record`) feeds two scores: identity drift
+What the generator kept of its paste (`curation.core.paste_record`) feeds two scores: identity drift
 compares region thumbnails, and seam looks along the pasted silhouettes' edges, falling back to
 the box borders for candidates that kept none (the `seam_source` field says which).
 """
@@ -20,13 +20,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from curation.paste_record import (
+from curation.core.paste_record import (
     PASTE_SILHOUETTES,
     PASTE_THUMBS,
     decode_silhouettes,
     region_thumbnail,
 )
-from curation.records import Box
+from curation.core.records import Box
 
 WORK_SIDE = 256
 _BLUR_REF = 100.0

@@ -23,8 +23,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from curation.devices import torch_device
-from curation.errors import CurateError
+from curation.core.devices import torch_device
+from curation.core.errors import CurateError
 
 if TYPE_CHECKING:
     import torch

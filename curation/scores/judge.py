@@ -25,10 +25,10 @@ from typing import Annotated, Any, Protocol
 
 from pydantic import BaseModel, Field, ValidationError
 
-from curation import dataset as ds
-from curation.errors import CurateError
-from curation.progress import ProgressFn, no_progress
-from curation.workspace import Workspace, atomic_write_json
+from curation.core import dataset as ds
+from curation.core.errors import CurateError
+from curation.core.progress import ProgressFn, no_progress
+from curation.core.workspace import Workspace, atomic_write_json
 
 PRESENT, IDENTITY, ARTIFACTS, OVERALL, REASON = (
     "judge_present",
@@ -132,7 +132,7 @@ class TransformersJudge:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from curation.devices import resolve_device
+        from curation.core.devices import resolve_device
 
         self.device, dtype = resolve_device("auto", "auto")
         try:

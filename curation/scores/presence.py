@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from curation.devices import torch_device
-from curation.errors import CurateError
+from curation.core.devices import torch_device
+from curation.core.errors import CurateError
 
 if TYPE_CHECKING:
     import fiftyone as fo
     from PIL import Image
 
-    from curation.records import Box, Candidate
-    from curation.workspace import Workspace
+    from curation.core.records import Box, Candidate
+    from curation.core.workspace import Workspace
 
 PRESENCE = "presence"
 """dict concept_id -> similarity of its crop to its references (0 when not found)."""

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from curation.errors import CurateError
+from curation.core.errors import CurateError
 
 if TYPE_CHECKING:
     import fiftyone as fo
 
-    from curation.workspace import Workspace
+    from curation.core.workspace import Workspace
 
 # identity and provenance
 CANDIDATE_ID = "candidate_id"
@@ -75,7 +75,7 @@ def find_dataset(ws: Workspace) -> fo.Dataset | None:
     """The workspace's dataset, or None before the first `curate index`; checks which database first."""
     import fiftyone as fo
 
-    from curation.database import check_database
+    from curation.core.database import check_database
 
     check_database()
     name = dataset_name(ws)

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from curation import dataset as ds
-from curation.progress import ProgressFn, no_progress
+from curation.core import dataset as ds
+from curation.core.progress import ProgressFn, no_progress
 from curation.scores import presence as P
 from curation.scores.artifacts import ARTIFACT_SCORES
-from curation.workspace import atomic_write_bytes, atomic_write_text
+from curation.core.workspace import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
-    from curation.workspace import Workspace
+    from curation.core.workspace import Workspace
 
 REPORTS_DIR = "reports"
 SUMMARY = "summary.md"

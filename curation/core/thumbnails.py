@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from curation.workspace import Workspace, atomic_write_bytes
+from curation.core.workspace import Workspace, atomic_write_bytes
 
 THUMB_SIDE = 128  # px: a Data Manager cell or a 60 px reference, sharp on a 2x screen
 

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from curation import dataset as ds
-from curation.workspace import atomic_write_json
+from curation.core import dataset as ds
+from curation.core.workspace import atomic_write_json
 
 if TYPE_CHECKING:
     import fiftyone as fo

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from curation import dataset as ds
-from curation.concepts import cutout_paths, masks_per_ref
-from curation.workspace import Workspace
+from curation.core import dataset as ds
+from curation.concepts.references import cutout_paths, masks_per_ref
+from curation.core.workspace import Workspace
 
 if TYPE_CHECKING:
     import fiftyone as fo

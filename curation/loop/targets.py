@@ -19,9 +19,9 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from curation import dataset as ds
-from curation.config import CurationConfig
-from curation.workspace import Workspace
+from curation.core import dataset as ds
+from curation.core.config import CurationConfig
+from curation.core.workspace import Workspace
 
 Composition = tuple[str, ...]
 """A concept set: sorted concept ids."""

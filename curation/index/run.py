@@ -11,15 +11,15 @@ weights than a configured open_clip tag (random ones, say), every run loads the 
 the tag's weights are available now. Images are streamed in batches (`index.batch_size`): a loader
 thread decodes and scores the next batch while the model embeds the current one, and samples are
 written in bulk every `_WRITE_CHUNK` candidates. Review fields written by `curate review pull` are never touched.
-With `index.executor = "ray"` the CLIP embeddings are computed by Ray actors (`curation.embed_ray`);
+With `index.executor = "ray"` the CLIP embeddings are computed by Ray actors (`curation.index.embed_ray`);
 everything else, and every write, stays in this process. After (re)indexing, a 2-D map of the CLIP
 embeddings is computed for the App's Embeddings panel (UMAP when umap-learn is installed, else PCA).
 
 The cost of a run that adds K candidates to N does not grow with N beyond listing and stat-ing files
 and one read of five short fields per sample: files whose size, mtime and inode are unchanged are
-neither hashed nor parsed again (`curation.file_memo`); samples are matched through a database
+neither hashed nor parsed again (`curation.core.file_memo`); samples are matched through a database
 index on `candidate_id`; near-duplicates compare only new or re-embedded samples with the others
-(`curation.near_duplicates`, O(N x d) per new sample, never N x N). Uniqueness and the embedding map
+(`curation.index.near_duplicates`, O(N x d) per new sample, never N x N). Uniqueness and the embedding map
 are dataset-wide by nature: they are recomputed on demand (`curate index --diversity`) or when the
 dataset has grown by `index.diversity_growth` since they last ran (`dataset.info["diversity"]`
 says when and at which size), so new samples have no uniqueness until then.
@@ -41,27 +41,27 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from curation import dataset as ds
-from curation.concepts_dataset import index_concepts
-from curation.errors import CurateError
-from curation.file_memo import FileMemo, file_stat
-from curation.near_duplicates import mark_new_near_duplicates
-from curation.ports import choose_port
-from curation.progress import ProgressFn, no_progress
-from curation.records import Candidate, content_id
+from curation.core import dataset as ds
+from curation.index.concepts_dataset import index_concepts
+from curation.core.errors import CurateError
+from curation.core.file_memo import FileMemo, file_stat
+from curation.index.near_duplicates import mark_new_near_duplicates
+from curation.core.ports import choose_port
+from curation.core.progress import ProgressFn, no_progress
+from curation.core.records import Candidate, content_id
 from curation.scores import presence as P
 from curation.scores.artifacts import ARTIFACT_SCORES, artifact_scores
-from curation.thumbnails import candidate_thumb, thumbs_dir, write_thumbnail
-from curation.workspace import read_record
+from curation.core.thumbnails import candidate_thumb, thumbs_dir, write_thumbnail
+from curation.core.workspace import read_record
 
 if TYPE_CHECKING:
     import fiftyone as fo
     from PIL import Image
 
-    from curation.config import IndexConfig
-    from curation.embed_ray import Embedded
+    from curation.core.config import IndexConfig
+    from curation.index.embed_ray import Embedded
     from curation.scores.clip import ClipScorer
-    from curation.workspace import Workspace
+    from curation.core.workspace import Workspace
     from personalization.subject_segmenter import SASScorer
 
 _WRITE_CHUNK = 256
@@ -350,7 +350,7 @@ def _stored_keys(dataset: fo.Dataset) -> set[str | None]:
 
 def _ray_embeddings(todo: list[_Todo], config: IndexConfig, weights: str) -> Iterator[Embedded]:
     """Ray actors embedding `todo` in the exact batches `_index` will consume them in."""
-    from curation.embed_ray import ray_embeddings
+    from curation.index.embed_ray import ray_embeddings
 
     chunks = [
         [(str(t.path), clip_text(t.candidate)) for t in chunk] for chunk in _chunks(todo, config.batch_size)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curation.errors import CurateError
-from curation.ray_cluster import connect_ray
+from curation.core.errors import CurateError
+from curation.core.ray_cluster import connect_ray
 
 Item = tuple[str, str]
 """(image path, CLIP-T text) of one candidate."""

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from curation.errors import CurateError
-from curation.study import resolve_name, study_dir
-from curation.workspace import Workspace, atomic_write_bytes, atomic_write_json, atomic_write_text
+from curation.core.errors import CurateError
+from curation.study.tasks import resolve_name, study_dir
+from curation.core.workspace import Workspace, atomic_write_bytes, atomic_write_json, atomic_write_text
 from personalization.evaluate import BUCKET_TITLES
 
 BOOTSTRAP = 2000

@@ -27,14 +27,14 @@ from typing import Any, Literal, TypeVar, get_args
 
 import requests
 
-from curation import dataset as ds
-from curation.calibration import ScoreCalibration, load_rules, random_weights, rule_for
-from curation.concepts import cover_cutout
-from curation.errors import CurateError
-from curation.labelstudio_server import ServerInfo, data_dir_of, read_server, serve, stop, use_server
-from curation.progress import ProgressFn, no_progress
-from curation.thumbnails import candidate_thumb, thumbnail, thumbs_dir
-from curation.workspace import Workspace, atomic_write_json, atomic_write_text
+from curation.core import dataset as ds
+from curation.review.calibration import ScoreCalibration, load_rules, random_weights, rule_for
+from curation.concepts.references import cover_cutout
+from curation.core.errors import CurateError
+from curation.review.server import ServerInfo, data_dir_of, read_server, serve, stop, use_server
+from curation.core.progress import ProgressFn, no_progress
+from curation.core.thumbnails import candidate_thumb, thumbnail, thumbs_dir
+from curation.core.workspace import Workspace, atomic_write_json, atomic_write_text
 
 __all__ = [
     "ServerInfo",
@@ -535,7 +535,7 @@ class PushReport:
 
 def _score_fields(view: Any) -> list[str]:
     """Numeric machine scores to show and order by (clip_t first); review fields excluded."""
-    from curation.calibration import numeric_scores
+    from curation.review.calibration import numeric_scores
 
     return numeric_scores(view)
 
@@ -553,7 +553,7 @@ def _refs_html(refs: list[dict[str, str]]) -> str:
 
 def _scores_html(shown: dict[str, float], random: set[str], suggestion: str | None) -> str:
     """Each score labelled with its name, its direction and whether its weights were random."""
-    from curation.calibration import higher_is_worse
+    from curation.review.calibration import higher_is_worse
 
     rows = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{value:.3g}</td>"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 
-from curation.errors import CurateError
+from curation.core.errors import CurateError
 
 
 def _check_answers(address: str) -> None:

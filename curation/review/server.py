@@ -29,9 +29,9 @@ from pathlib import Path
 
 import requests
 
-from curation.errors import CurateError
-from curation.ports import choose_port
-from curation.workspace import Workspace, atomic_write_text
+from curation.core.errors import CurateError
+from curation.core.ports import choose_port
+from curation.core.workspace import Workspace, atomic_write_text
 
 ADMIN_EMAIL = "curate@example.com"
 START_TIMEOUT_S = 180.0

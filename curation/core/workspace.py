@@ -20,10 +20,10 @@ from typing import TypeVar
 import tomli_w
 from pydantic import BaseModel, ValidationError
 
-from curation.config import CurateConfig, dump_config, load_config
-from curation.errors import CurateError
-from curation.records import Candidate, Concept, LayoutPlan
-from curation.records import check_concept_id as _valid_concept_id
+from curation.core.config import CurateConfig, dump_config, load_config
+from curation.core.errors import CurateError
+from curation.core.records import Candidate, Concept, LayoutPlan
+from curation.core.records import check_concept_id as _valid_concept_id
 
 CONFIG_FILE = "curate.toml"
 SUCCESS_MARKER = "_SUCCESS"

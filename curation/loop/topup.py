@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from curation.errors import CurateError
-from curation.progress import ProgressFn, no_progress
-from curation.records import LayoutPlan, content_id
-from curation.targets import Composition, CompositionState, Shape, composition_key, read_shape
-from curation.workspace import Workspace, atomic_write_text
+from curation.core.errors import CurateError
+from curation.core.progress import ProgressFn, no_progress
+from curation.core.records import LayoutPlan, content_id
+from curation.loop.targets import Composition, CompositionState, Shape, composition_key, read_shape
+from curation.core.workspace import Workspace, atomic_write_text
 
 if TYPE_CHECKING:
     from generators.compositions import CompositionPick

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from curation.records import Box
+from curation.core.records import Box
 
 THUMB = 8
 """Side of the per-concept region thumbnails identity drift compares (8x8 RGB = 192 bytes)."""

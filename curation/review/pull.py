@@ -19,11 +19,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from curation import dataset as ds
-from curation.errors import CurateError
-from curation.progress import ProgressFn, no_progress
-from curation.review import CAPTION_BOX, DECISION, IMAGE, QUALITY, REASONS, Connection, connect, project_file
-from curation.workspace import Workspace, atomic_write_json
+from curation.core import dataset as ds
+from curation.core.errors import CurateError
+from curation.core.progress import ProgressFn, no_progress
+from curation.review.push import CAPTION_BOX, DECISION, IMAGE, QUALITY, REASONS, Connection, connect, project_file
+from curation.core.workspace import Workspace, atomic_write_json
 
 REVIEW_FIELDS = (
     ds.REVIEW_DECISION,

@@ -20,16 +20,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from curation.errors import CurateError
-from curation.progress import ProgressFn, no_progress
-from curation.records import (
+from curation.core.errors import CurateError
+from curation.core.progress import ProgressFn, no_progress
+from curation.core.records import (
     CONCEPT_ID,
     MAX_CLASS_NOUN_CHARS,
     MAX_NAME_CHARS,
     Concept,
     printable_line,
 )
-from curation.workspace import Workspace, atomic_write_bytes, atomic_write_json, make_temp_dir
+from curation.core.workspace import Workspace, atomic_write_bytes, atomic_write_json, make_temp_dir
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 MAX_PIXELS = 40_000_000

@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from curation import dataset as ds
-from curation.errors import CurateError
+from curation.core import dataset as ds
+from curation.core.errors import CurateError
 from curation.scores.artifacts import ARTIFACT_SCORES
-from curation.workspace import Workspace, atomic_write_json
+from curation.core.workspace import Workspace, atomic_write_json
 
 RECALL = 0.95
 """Share of the accepted candidates a rule must still send to review."""

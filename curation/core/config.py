@@ -16,7 +16,7 @@ from typing import Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from curation.errors import CurateError
+from curation.core.errors import CurateError
 
 
 class _Section(BaseModel):
@@ -246,7 +246,7 @@ class CurationConfig(_Section):
 
 
 class WorkspaceSection(_Section):
-    """Who this workspace is, independent of where its folder lives (see `curation.workspace`)."""
+    """Who this workspace is, independent of where its folder lives (see `curation.core.workspace`)."""
 
     id: str = Field(
         "",

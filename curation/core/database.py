@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from curation.errors import CurateError
+from curation.core.errors import CurateError
 
 
 def attached_database_dir() -> str | None:
