@@ -17,8 +17,8 @@ from pathlib import Path
 
 from curation.concepts.references import add_concept
 from curation.core.config import CurateConfig, GenerateConfig, LayoutConfig
-from curation.demo import DEMO_CONCEPTS, write_sample_photos
 from curation.core.workspace import Workspace
+from curation.demo import DEMO_CONCEPTS, write_sample_photos
 from generators.layout import plan_layouts
 from generators.run import generate
 

@@ -151,9 +151,9 @@ def build(base: int, folder: Path) -> None:
     from PIL import Image
 
     from curation.core import dataset as ds
-    from curation.index.run import DIVERSITY, INDEX_COMPLETE, index_workspace
     from curation.core.records import content_id
     from curation.core.workspace import Workspace
+    from curation.index.run import DIVERSITY, INDEX_COMPLETE, index_workspace
     from tests.fixtures.candidate_workspace import index_test_workspace
 
     marker = folder / "workspace"
@@ -211,8 +211,8 @@ def build(base: int, folder: Path) -> None:
 def add(folder: Path, n: int) -> dict:
     """Add `n` candidates through `index_workspace` and measure it."""
     from curation.core import dataset as ds
-    from curation.index.run import DATASET_STAGE, index_workspace
     from curation.core.workspace import Workspace
+    from curation.index.run import DATASET_STAGE, index_workspace
 
     ws = Workspace.open(Path((folder / "workspace").read_text()))
     scorer = stand_in_scorer()

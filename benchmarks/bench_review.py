@@ -148,9 +148,9 @@ def fmt(name: str, seconds: float, mb: list[float], n: int, extra: str = "") -> 
 def annotated_project(ws, conn, n: int) -> None:
     """A project whose n tasks carry one annotation each (accept 4 / reject 2 alternating), recorded as ws's."""
     from curation.core import dataset as ds
-    from curation.review.push import CONFIG_DIR, project_file, project_marker
-    from curation.review.pull import annotation_result
     from curation.core.workspace import atomic_write_json
+    from curation.review.pull import annotation_result
+    from curation.review.push import CONFIG_DIR, project_file, project_marker
 
     project = conn.client.projects.create(
         title="bench pull",
@@ -202,10 +202,10 @@ def main() -> None:
 
     from curation.core import dataset as ds
     from curation.core.config import CurateConfig
-    from curation.review.server import read_server
-    from curation.review.push import connect, push, serve, stop, use_server
-    from curation.review.pull import aggregate, pull
     from curation.core.workspace import Workspace, atomic_write_json
+    from curation.review.pull import aggregate, pull
+    from curation.review.push import connect, push, serve, stop, use_server
+    from curation.review.server import read_server
 
     root = Path(tempfile.mkdtemp(prefix="bench-review-", dir=args.document_root or None))
     config = CurateConfig()

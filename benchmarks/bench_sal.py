@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_msp import build_sd15, make_concepts, make_plan, timed
+from curation.models.subject_segmenter import SegmenterSettings, build_unet, save_segmenter
 from generators.msp import MSPGenerator, MSPSettings
-from personalization.subject_segmenter import SegmenterSettings, build_unet, save_segmenter
 
 
 def main() -> None:

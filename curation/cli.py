@@ -178,8 +178,8 @@ def index(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Index candidates in FiftyOne: CLIP, CLIP-T, concept presence (CP-CLIP), artifact scores, views."""
-    from curation.index.run import index_workspace
     from curation.core.progress import progress_bar
+    from curation.index.run import index_workspace
 
     ws = _workspace(workspace)
     with progress_bar() as progress:
@@ -260,8 +260,8 @@ def app_command(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Open the FiftyOne App on the workspace's dataset and wait (Ctrl-C to stop)."""
-    from curation.index.run import launch_app
     from curation.core.ports import moved_note
+    from curation.index.run import launch_app
 
     url = launch_app(_workspace(workspace), address=address, port=port)
     if note := moved_note(port, url):
@@ -290,9 +290,9 @@ def review_serve(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Start a local Label Studio serving the workspace's images (or record --url); prints URL and login."""
-    from curation.review.server import invite_url
     from curation.core.ports import moved_note
     from curation.review.push import serve, use_server
+    from curation.review.server import invite_url
 
     ws = _workspace(workspace)
     if url:

@@ -28,8 +28,8 @@ from pathlib import Path
 from curation.core.errors import CurateError
 from curation.core.progress import ProgressFn, no_progress
 from curation.core.records import Concept, content_id
-from curation.loop.targets import export_targets
 from curation.core.workspace import Workspace, atomic_write_json, atomic_write_text, make_temp_dir
+from curation.loop.targets import export_targets
 from exports.card import render_card
 from exports.class_images import add_from_folder, class_counts, keep_previous
 from exports.commands import COMMANDS_FILE, card_section, commands_json, train_commands

@@ -76,7 +76,7 @@ from generators.phrases import join_phrases
 if TYPE_CHECKING:
     import torch
 
-    from personalization.subject_segmenter import SubjectSegmenter
+    from curation.models.subject_segmenter import SubjectSegmenter
 
 BACKGROUND = "<background>"
 """Name of the background segment; angle brackets keep it apart from any concept id."""
@@ -132,7 +132,7 @@ def sal_loss(
     import torch
     import torch.nn.functional as F
 
-    from personalization.subject_segmenter import masked
+    from curation.models.subject_segmenter import masked
 
     inputs, regions, classes = [], [], []
     for index, (seg_map, seg_names) in enumerate(zip(masks, names)):
@@ -285,7 +285,7 @@ def _mask_at(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 def _load_sal(path: str, subjects: Sequence[str], device: str | None) -> SubjectSegmenter:
     """M_SAL from a `curate train-segmenter` folder, with a class for every subject (else one CurateError)."""
-    from personalization.subject_segmenter import SubjectSegmenter
+    from curation.models.subject_segmenter import SubjectSegmenter
 
     segmenter = SubjectSegmenter.load(path, device)
     segmenter.check_concepts(subjects, source=path)

@@ -250,7 +250,8 @@ def train_segmenter_command(
     """Train MSP's subject-aware segmenter (M_SAL) on the workspace's composites and reference cut-outs."""
     from curation.core.progress import progress_bar
     from curation.core.workspace import Workspace
-    from personalization.subject_segmenter import SegmenterSettings, train_segmenter
+    from curation.models.subject_segmenter import SegmenterSettings
+    from personalization.segmenter_training import train_segmenter
 
     if size < 32 or size % 32 or epochs < 1 or batch_size < 1 or not 0 <= val_fraction < 1:
         raise CurateError(

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from curation.core.buckets import BUCKET_TITLES, MSP_BUCKET_TITLES, MSP_BUCKETS, bucket, msp_bucket
 from curation.core.config import MSPSettings
 from curation.core.errors import CurateError
 from curation.core.progress import ProgressFn, no_progress
@@ -65,8 +66,6 @@ LABELS = {
     "dnc": "D&C",
     "sas": "SAS",
 }
-BUCKET_TITLES = {"<=3": "≤3", "4": "4", "5": "5"}
-MSP_BUCKET_TITLES = {b: f"n={b}" for b in M.MSP_BUCKETS}
 MSP_METRICS = ("clip_i", "clip_t", "sas")
 
 
@@ -185,8 +184,8 @@ def _row(label: str, path: Path, out_dir: Path, prompt: EvalPrompt, text: str) -
         "background": prompt.background,
         "concepts": list(prompt.concepts),
         "n_concepts": len(prompt.concepts),
-        "bucket": M.bucket(len(prompt.concepts)),
-        "msp_bucket": M.msp_bucket(len(prompt.concepts)),
+        "bucket": bucket(len(prompt.concepts)),
+        "msp_bucket": msp_bucket(len(prompt.concepts)),
     }
 
 
@@ -394,8 +393,9 @@ def _load_sas(export: Export, settings: EvalSettings, device: str | None):
     """M_SAL and each concept's reference SAS embeddings (refs isolated by the export's masks)."""
     if not settings.subject_segmenter:
         return None, {}
+    from curation.models.subject_segmenter import SubjectSegmenter
+    from curation.scores.sas import reference_embeddings
     from personalization.heldout_layouts import reference_masks
-    from personalization.subject_segmenter import SubjectSegmenter, reference_embeddings
 
     msal = SubjectSegmenter.load(settings.subject_segmenter, device)
     msal.check_concepts(list(export.concepts), source=settings.subject_segmenter)
@@ -405,7 +405,7 @@ def _load_sas(export: Export, settings: EvalSettings, device: str | None):
 
 def _sas(msal, refs: dict[str, np.ndarray], image, concepts: list[str], reduce: M.RefReduce) -> float:
     """SAS of one generated image: each subject where M_SAL finds it, vs its references."""
-    from personalization.subject_segmenter import region_embeddings
+    from curation.scores.sas import region_embeddings
 
     rgb = np.asarray(image)
     found = msal.regions(rgb, concepts)
@@ -566,7 +566,7 @@ def evaluate(
     }
     msp_aggregates = {
         label: M.aggregate(
-            [r for r in rows if r["configuration"] == label], MSP_METRICS, M.MSP_BUCKETS, "msp_bucket"
+            [r for r in rows if r["configuration"] == label], MSP_METRICS, MSP_BUCKETS, "msp_bucket"
         )
         for label in configurations
     }

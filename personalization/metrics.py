@@ -28,31 +28,12 @@ from typing import Literal
 
 import numpy as np
 
+from curation.core.buckets import BUCKETS
 from curation.scores.clip import CLIPSCORE_W
 from curation.scores.presence import Detection, best_per_label  # noqa: F401 - part of the metric set
+from curation.scores.similarity import RefReduce, cosine_matrix, reference_similarity
 
-RefReduce = Literal["mean", "max"]
 ClipTConvention = Literal["cosine", "clipscore"]
-BUCKETS = ("<=3", "4", "5")
-MSP_BUCKETS = ("1", "2", "3", ">3")
-"""The MSP paper's Table 1 columns: n personalized subjects."""
-
-
-def normalise(rows: np.ndarray) -> np.ndarray:
-    rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return rows / np.where(norms == 0, 1.0, norms)
-
-
-def cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise cosines, shape (len(a), len(b))."""
-    return normalise(a) @ normalise(b).T
-
-
-def reference_similarity(query: np.ndarray, refs: np.ndarray, reduce: RefReduce = "mean") -> float:
-    """How much one embedding resembles a concept: mean (or max) cosine over its references."""
-    sims = cosine_matrix(query, refs)[0]
-    return float(sims.max() if reduce == "max" else sims.mean())
 
 
 def clip_i(image: np.ndarray, concept_refs: Sequence[np.ndarray], reduce: RefReduce = "mean") -> float:
@@ -129,16 +110,6 @@ def nms(detections: Iterable[Detection], iou_threshold: float = 0.5) -> list[Det
         if all(iou(det.box, k.box) < iou_threshold for k in kept):
             kept.append(det)
     return kept
-
-
-def bucket(n_concepts: int) -> str:
-    """The poster's columns: up to 3 concepts, 4, and 5 (more than 5 counts as 5)."""
-    return "<=3" if n_concepts <= 3 else ("4" if n_concepts == 4 else "5")
-
-
-def msp_bucket(n_concepts: int) -> str:
-    """MSP's columns: 1, 2, 3 subjects, and more than 3."""
-    return str(n_concepts) if n_concepts <= 3 else ">3"
 
 
 def aggregate(

@@ -11,14 +11,14 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from curation.core import dataset as ds
-from curation.review.calibration import ALL, calibrate, roc_auc
 from curation.cli import app
+from curation.core import dataset as ds
 from curation.core.errors import CurateError
-from curation.review.server import ServerInfo
-from curation.review.push import connect, push
-from curation.review.pull import annotation_result, pull
 from curation.core.workspace import Workspace
+from curation.review.calibration import ALL, calibrate, roc_auc
+from curation.review.pull import annotation_result, pull
+from curation.review.push import connect, push
+from curation.review.server import ServerInfo
 
 BLUR_ACCEPTED = [round(0.01 * k, 2) for k in range(1, 21)]  # 0.01 .. 0.20
 BLUR_REJECTED = [round(0.5 + 0.01 * k, 2) for k in range(10)]  # 0.50 .. 0.59

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from curation.core import dataset as ds
 from curation.concepts.references import add_concept
+from curation.core import dataset as ds
 from curation.core.config import dump_config
+from curation.core.records import Candidate
+from curation.core.workspace import Workspace, atomic_write_text
 from curation.demo import DEMO_CONCEPTS, run_demo, write_sample_photos
 from curation.index.run import index_workspace
-from curation.core.records import Candidate
-from curation.review.push import connect, ensure_project, push
 from curation.review.pull import annotation_result, pull
-from curation.core.workspace import Workspace, atomic_write_text
+from curation.review.push import connect, ensure_project, push
 from exports.mycanvas import export_mycanvas
 from generators.layout import plan_layouts
 from generators.run import generate

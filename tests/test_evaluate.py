@@ -9,6 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from curation.core.buckets import msp_bucket
 from curation.core.errors import CurateError
 from personalization.cli_commands import evaluate_command, train_command
 from tests.fixtures.personalization_export import build_tiny_export
@@ -239,7 +240,7 @@ def _tiny_segmenter(folder, concepts: list[str]):
     """A random-init M_SAL folder for `concepts`, written the way `curate train-segmenter` writes one."""
     import torch
 
-    from personalization.subject_segmenter import SegmenterSettings, build_unet, save_segmenter
+    from curation.models.subject_segmenter import SegmenterSettings, build_unet, save_segmenter
 
     settings = SegmenterSettings(
         encoder="resnet18", encoder_depth=3, decoder_channels=(16, 8, 4), encoder_weights="", size=32
@@ -293,7 +294,6 @@ def test_bad_inputs_fail_with_one_line(cli, models, tmp_path):
 
 def test_single_subjects_fill_the_one_subject_column(tmp_path):
     """An export holds multi-concept sets only; --single-subjects adds each concept alone, after them."""
-    from personalization import metrics as M
     from personalization.data import read_export
     from personalization.prompts import PromptStrategy, heldout_prompts
 
@@ -302,7 +302,7 @@ def test_single_subjects_fill_the_one_subject_column(tmp_path):
     prompts = heldout_prompts(export, PromptStrategy(), per_set=1, single_subjects=True)
     assert prompts[:3] == plain
     assert [p.concepts for p in prompts[3:]] == [(c,) for c in export.concepts]
-    assert [M.msp_bucket(len(p.concepts)) for p in prompts] == ["2", ">3", ">3", "1", "1", "1", "1", "1"]
+    assert [msp_bucket(len(p.concepts)) for p in prompts] == ["2", ">3", ">3", "1", "1", "1", "1", "1"]
     assert all(
         p.plain_text == f"{export.concepts[p.concepts[0]].class_noun} {p.background}" for p in prompts[3:]
     )

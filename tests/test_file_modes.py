@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from curation.core import dataset as ds
 from curation.concepts.references import add_concept
+from curation.core import dataset as ds
+from curation.core.workspace import Workspace
 from curation.index.run import index_workspace
 from curation.review.server import ServerInfo, server_file, write_server
-from curation.core.workspace import Workspace
 from exports.mycanvas import export_mycanvas
 from generators.layout import plan_layouts
 from generators.run import generate

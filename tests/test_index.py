@@ -11,15 +11,15 @@ from fiftyone import ViewField as F
 from PIL import Image
 from typer.testing import CliRunner
 
-from curation.core import dataset as ds
 from curation.cli import app
+from curation.core import dataset as ds
 from curation.core.config import dump_config
 from curation.core.errors import CurateError
-from curation.index.run import DATASET_STAGE, INDEX_COMPLETE, VISUALIZATION_KEY, index_workspace, launch_app
 from curation.core.ports import choose_port, free_port, moved_note, port_free
-from curation.scores.artifacts import ARTIFACT_SCORES, SEAM_BOX, SEAM_SOURCE
 from curation.core.thumbnails import THUMB_SIDE, candidate_thumb, thumbs_dir
 from curation.core.workspace import SUCCESS_MARKER, atomic_write_json
+from curation.index.run import DATASET_STAGE, INDEX_COMPLETE, VISUALIZATION_KEY, index_workspace, launch_app
+from curation.scores.artifacts import ARTIFACT_SCORES, SEAM_BOX, SEAM_SOURCE
 from tests.fixtures.candidate_workspace import (
     candidate_image,
     index_test_workspace,

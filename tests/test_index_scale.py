@@ -10,11 +10,10 @@ import pytest
 from fiftyone import ViewField as F
 from typer.testing import CliRunner
 
-from curation.core import dataset as ds
 from curation.cli import app
+from curation.core import dataset as ds
 from curation.core.config import dump_config
 from curation.core.errors import CurateError
-from curation.index.run import DIVERSITY, VISUALIZATION_KEY, index_workspace
 from curation.core.workspace import (
     SUCCESS_MARKER,
     Workspace,
@@ -22,6 +21,7 @@ from curation.core.workspace import (
     atomic_write_text,
     new_workspace_id,
 )
+from curation.index.run import DIVERSITY, VISUALIZATION_KEY, index_workspace
 from tests.fixtures.candidate_workspace import (
     candidate_image,
     index_test_workspace,

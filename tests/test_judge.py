@@ -12,14 +12,14 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from curation.core import dataset as ds
-from curation.review.calibration import calibrate
 from curation.cli import app
+from curation.core import dataset as ds
 from curation.core.config import dump_config
 from curation.core.errors import CurateError
-from curation.index.run import index_workspace
-from curation.scores.judge import ARTIFACTS, OVERALL, PRESENT, REASON, judge, parse_verdict
 from curation.core.workspace import Workspace
+from curation.index.run import index_workspace
+from curation.review.calibration import calibrate
+from curation.scores.judge import ARTIFACTS, OVERALL, PRESENT, REASON, judge, parse_verdict
 from tests.fixtures.fake_llm import FakeLLM, ok
 from tests.fixtures.tiny_pipelines import build_tiny_llava
 from tests.test_calibration import reviewed_dataset

@@ -27,14 +27,14 @@ import requests
 from label_studio_sdk.client import LabelStudio
 from typer.testing import CliRunner
 
-from curation.core import dataset as ds
 from curation.cli import app
+from curation.core import dataset as ds
 from curation.core.config import CurateConfig
 from curation.core.errors import CurateError
-from curation.review.server import ServerInfo, database_in, read_server, stop
 from curation.core.ports import free_port
-from curation.review.pull import annotation_result
 from curation.core.workspace import Workspace
+from curation.review.pull import annotation_result
+from curation.review.server import ServerInfo, database_in, read_server, stop
 from tests.test_review import build_candidates
 
 POSTGRES_SH = Path(__file__).resolve().parents[1] / "deploy" / "postgres.sh"

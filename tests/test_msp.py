@@ -386,7 +386,7 @@ def test_sdxl_segment_prompts_bring_their_pooled_embeddings_and_time_ids(xl_gen,
 
 def test_sdxl_sal_reads_x0_from_sigma_scaled_latents(xl_gen, xl_plan, concepts, tmp_path):
     """Euler's latents are x0 + sigma * eps: SAL must decode latents - sigma * eps (the DDPM formula would not)."""
-    from personalization.subject_segmenter import SegmenterSettings, build_unet, save_segmenter
+    from curation.models.subject_segmenter import SegmenterSettings, build_unet, save_segmenter
 
     decoded: list[tuple[StepState, torch.Tensor]] = []
     sal = SALGuidance(xl_gen.pipe, None, 1.0, 1)

@@ -17,12 +17,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from curation.core import dataset as ds
 from curation.cli import app
+from curation.core import dataset as ds
 from curation.core.config import MSPSettings, dump_config
 from curation.core.errors import CurateError
-from curation.index.run import index_workspace
 from curation.core.workspace import Workspace, atomic_write_text
+from curation.index.run import index_workspace
 from exports.mycanvas import export_mycanvas
 from generators.layout import plan_layouts
 from generators.run import generate, pick_references, plan_work

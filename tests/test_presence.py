@@ -13,10 +13,10 @@ from PIL import Image
 from curation.core import dataset as ds
 from curation.core.config import dump_config
 from curation.core.errors import CurateError
-from curation.index.run import index_workspace
 from curation.core.records import Box, Candidate, Concept
-from curation.scores import presence as P
 from curation.core.workspace import atomic_write_text
+from curation.index.run import index_workspace
+from curation.scores import presence as P
 from tests.fixtures.tiny_pipelines import build_tiny_owlvit
 
 RED, GREEN, BLUE = (230, 20, 20), (20, 230, 20), (20, 20, 230)

@@ -7,11 +7,11 @@ from fiftyone import ViewField as F
 from PIL import Image
 from typer.testing import CliRunner
 
-from curation.core import dataset as ds
 from curation.cli import app
+from curation.core import dataset as ds
 from curation.core.errors import CurateError
-from curation.index.run import index_workspace
 from curation.index.report import write_report
+from curation.index.run import index_workspace
 from curation.scores import presence as P
 from curation.scores.artifacts import ARTIFACT_SCORES
 

@@ -17,10 +17,14 @@ import requests
 from PIL import Image
 from typer.testing import CliRunner
 
-from curation.core import dataset as ds
 from curation.cli import app
+from curation.core import dataset as ds
 from curation.core.config import CurateConfig, ReviewConfig, dump_config
 from curation.core.errors import CurateError
+from curation.core.ports import free_port
+from curation.core.workspace import Workspace
+from curation.review.pull import REVIEW_FIELDS, aggregate, annotation_result, krippendorff_alpha, pull, status
+from curation.review.push import PULL_TITLE, Connection, connect, push
 from curation.review.server import (
     ServerInfo,
     data_dir_of,
@@ -31,10 +35,6 @@ from curation.review.server import (
     use_server,
     write_server,
 )
-from curation.core.ports import free_port
-from curation.review.push import PULL_TITLE, Connection, connect, push
-from curation.review.pull import REVIEW_FIELDS, aggregate, annotation_result, krippendorff_alpha, pull, status
-from curation.core.workspace import Workspace
 from tests.fixtures.labelstudio import seeded_home
 from tests.fixtures.sample_concepts import flat_concept
 

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from curation.core import dataset as ds
-from curation.review.server import ServerInfo
-from curation.review.push import push
-from curation.review.pull import pull
 from curation.core.workspace import Workspace
+from curation.review.pull import pull
+from curation.review.push import push
+from curation.review.server import ServerInfo
 from tests.test_review import build_candidates
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -12,20 +12,15 @@ import pytest
 import torch
 
 from curation.core import dataset as ds
+from curation.core.buckets import MSP_BUCKETS, msp_bucket
 from curation.core.config import MSPSettings, dump_config
 from curation.core.errors import CurateError
 from curation.core.records import Box, Concept, LayoutPlan
 from curation.core.workspace import Workspace, atomic_write_text
+from curation.models.subject_segmenter import SegmenterSettings, SubjectSegmenter, build_unet, save_segmenter
+from curation.scores.sas import SAS_FIELD, SAS_MEAN_FIELD
 from generators.msp import BACKGROUND, MSPGenerator, SALGuidance, StepState, sal_loss
 from personalization import metrics as M
-from personalization.subject_segmenter import (
-    SAS_FIELD,
-    SAS_MEAN_FIELD,
-    SegmenterSettings,
-    SubjectSegmenter,
-    build_unet,
-    save_segmenter,
-)
 from tests.fixtures.tiny_pipelines import build_tiny_sd
 
 CANVAS = 32  # the tiny VAE halves it: 16x16 latents
@@ -169,9 +164,9 @@ def test_sas_metric_by_hand() -> None:
     # b found at (4,-3): cos with (3,4) = 0; max over a's refs = 1
     assert M.sas([np.array([2.0, 0.0]), np.array([4.0, -3.0])], [refs_a, refs_b], "max") == pytest.approx(0.5)
     # MSP Table 1 columns: 1, 2, 3 and more than 3 subjects
-    assert [M.msp_bucket(n) for n in (1, 2, 3, 4, 7)] == ["1", "2", "3", ">3", ">3"]
-    rows = [{"sas": v, "msp_bucket": M.msp_bucket(n)} for v, n in ((0.2, 1), (0.4, 1), (0.9, 5), (None, 2))]
-    agg = M.aggregate(rows, ["sas"], M.MSP_BUCKETS, "msp_bucket")["sas"]
+    assert [msp_bucket(n) for n in (1, 2, 3, 4, 7)] == ["1", "2", "3", ">3", ">3"]
+    rows = [{"sas": v, "msp_bucket": msp_bucket(n)} for v, n in ((0.2, 1), (0.4, 1), (0.9, 5), (None, 2))]
+    agg = M.aggregate(rows, ["sas"], MSP_BUCKETS, "msp_bucket")["sas"]
     assert agg["1"] == {"mean": pytest.approx(0.3), "n": 2} and agg[">3"]["n"] == 1
     assert agg["2"] == {"mean": None, "n": 0} and agg["all"]["n"] == 3
 
@@ -182,7 +177,7 @@ def test_train_generate_with_sal_index_with_sas(
     from curation.index.run import index_workspace
     from generators.layout import plan_layouts
     from generators.run import generate
-    from personalization.subject_segmenter import train_segmenter
+    from personalization.segmenter_training import train_segmenter
 
     config = concept_ws.config
     config.layout = config.layout.model_copy(update={"width": 64, "height": 64})

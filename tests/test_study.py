@@ -16,9 +16,11 @@ from typer.testing import CliRunner
 
 from curation.cli import app
 from curation.core.errors import CurateError
-from curation.review.server import ServerInfo
 from curation.core.records import Concept
+from curation.core.workspace import Workspace
 from curation.review.push import connect
+from curation.review.server import ServerInfo
+from curation.study.report import _banner, bootstrap_ci, krippendorff_interval, write_report
 from curation.study.tasks import (
     TASK_KEY,
     create,
@@ -29,8 +31,6 @@ from curation.study.tasks import (
     score_result,
     study_dir,
 )
-from curation.study.report import _banner, bootstrap_ci, krippendorff_interval, write_report
-from curation.core.workspace import Workspace
 from personalization.metrics import bucket
 
 CONFIGS = ("CD + Source Images", "CD + MyCanvas", "Ours + MyCanvas")

@@ -13,18 +13,20 @@ import pytest
 
 from curation.core.errors import CurateError
 from curation.core.workspace import Workspace
-from generators.layout import plan_layouts
-from generators.run import generate
-from personalization.subject_segmenter import (
+from curation.models.subject_segmenter import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     WEIGHTS_FILE,
-    Sample,
     SegmenterSettings,
     SubjectSegmenter,
+)
+from curation.scores.sas import concept_regions
+from generators.layout import plan_layouts
+from generators.run import generate
+from personalization.segmenter_training import (
+    Sample,
     augment_cutout,
     composite_labels,
-    concept_regions,
     iou_per_class,
     read_composites,
     train_segmenter,

@@ -21,16 +21,16 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from curation.core import dataset as ds
 from curation.cli import app
+from curation.core import dataset as ds
 from curation.core.config import CurateConfig, dump_config
 from curation.core.errors import CurateError
+from curation.core.workspace import STALE_DIR, Workspace, atomic_write_text
 from curation.index.run import index_workspace
-from curation.review.push import connect, ensure_project, push
-from curation.review.pull import annotation_result, pull
 from curation.loop.targets import read_shape
 from curation.loop.topup import read_rounds, topup
-from curation.core.workspace import STALE_DIR, Workspace, atomic_write_text
+from curation.review.pull import annotation_result, pull
+from curation.review.push import connect, ensure_project, push
 from exports.mycanvas import export_mycanvas
 from generators.layout import plan_layouts
 from generators.run import generate

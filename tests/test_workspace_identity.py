@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from curation.core import dataset as ds
 from curation.cli import app
+from curation.core import dataset as ds
 from curation.core.config import load_config
 from curation.core.errors import CurateError
+from curation.core.workspace import Workspace
 from curation.index.run import index_workspace
 from curation.review.push import project_marker
-from curation.core.workspace import Workspace
 from tests.fixtures.candidate_workspace import index_test_workspace, write_candidates
 
 

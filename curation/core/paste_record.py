@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from curation.core.records import Box
+from curation.core.records import Box, Candidate
 
 THUMB = 8
 """Side of the per-concept region thumbnails identity drift compares (8x8 RGB = 192 bytes)."""
@@ -77,3 +77,11 @@ def decode_silhouettes(text: str) -> np.ndarray:
     if labels is None or labels.ndim != 2:
         raise ValueError("not a silhouette map")
     return labels
+
+
+def layer_concepts(candidate: Candidate) -> list[str]:
+    """Concept ids by silhouette label (label k -> entry k-1): the drawing order `paste_thumbs` keeps."""
+    order = list(candidate.extra.get(PASTE_THUMBS, {}))
+    if sorted(order) != sorted(candidate.concepts):
+        raise ValueError(f"candidate {candidate.candidate_id}: paste_thumbs does not list its concepts")
+    return order

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from curation.core import dataset as ds
 from curation.concepts.references import cutout_paths, masks_per_ref
+from curation.core import dataset as ds
 from curation.core.workspace import Workspace
 
 if TYPE_CHECKING:

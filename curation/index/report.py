@@ -16,9 +16,9 @@ import numpy as np
 
 from curation.core import dataset as ds
 from curation.core.progress import ProgressFn, no_progress
+from curation.core.workspace import atomic_write_bytes, atomic_write_text
 from curation.scores import presence as P
 from curation.scores.artifacts import ARTIFACT_SCORES
-from curation.core.workspace import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
     from curation.core.workspace import Workspace

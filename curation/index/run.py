@@ -42,27 +42,27 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from curation.core import dataset as ds
-from curation.index.concepts_dataset import index_concepts
 from curation.core.errors import CurateError
 from curation.core.file_memo import FileMemo, file_stat
-from curation.index.near_duplicates import mark_new_near_duplicates
 from curation.core.ports import choose_port
 from curation.core.progress import ProgressFn, no_progress
 from curation.core.records import Candidate, content_id
-from curation.scores import presence as P
-from curation.scores.artifacts import ARTIFACT_SCORES, artifact_scores
 from curation.core.thumbnails import candidate_thumb, thumbs_dir, write_thumbnail
 from curation.core.workspace import read_record
+from curation.index.concepts_dataset import index_concepts
+from curation.index.near_duplicates import mark_new_near_duplicates
+from curation.scores import presence as P
+from curation.scores.artifacts import ARTIFACT_SCORES, artifact_scores
 
 if TYPE_CHECKING:
     import fiftyone as fo
     from PIL import Image
 
     from curation.core.config import IndexConfig
+    from curation.core.workspace import Workspace
     from curation.index.embed_ray import Embedded
     from curation.scores.clip import ClipScorer
-    from curation.core.workspace import Workspace
-    from personalization.subject_segmenter import SASScorer
+    from curation.scores.sas import SASScorer
 
 _WRITE_CHUNK = 256
 NEAR_DUP_THRESHOLD = 0.05
@@ -277,7 +277,7 @@ def index_workspace(
             if not dataset.has_field(spec.name):
                 dataset.add_sample_field(spec.name, fo.FloatField)
         if sas is not None:
-            from personalization.subject_segmenter import SAS_FIELD, SAS_MEAN_FIELD
+            from curation.scores.sas import SAS_FIELD, SAS_MEAN_FIELD
 
             for name, kind in ((SAS_FIELD, fo.DictField), (SAS_MEAN_FIELD, fo.FloatField)):
                 if not dataset.has_field(name):
@@ -320,7 +320,7 @@ def _load_sas(ws: Workspace, config: IndexConfig, todo: list[_Todo], device: Any
     """MSP's SAS scorer when `index.subject_segmenter` names an M_SAL; one error if it lacks a concept."""
     if not config.subject_segmenter:
         return None
-    from personalization.subject_segmenter import SASScorer
+    from curation.scores.sas import SASScorer
 
     concepts = {c for t in todo for c in t.candidate.concepts}
     path = Path(config.subject_segmenter)

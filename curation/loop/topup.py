@@ -29,8 +29,8 @@ import numpy as np
 from curation.core.errors import CurateError
 from curation.core.progress import ProgressFn, no_progress
 from curation.core.records import LayoutPlan, content_id
-from curation.loop.targets import Composition, CompositionState, Shape, composition_key, read_shape
 from curation.core.workspace import Workspace, atomic_write_text
+from curation.loop.targets import Composition, CompositionState, Shape, composition_key, read_shape
 
 if TYPE_CHECKING:
     from generators.compositions import CompositionPick

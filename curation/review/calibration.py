@@ -19,8 +19,8 @@ from typing import Any
 
 from curation.core import dataset as ds
 from curation.core.errors import CurateError
-from curation.scores.artifacts import ARTIFACT_SCORES
 from curation.core.workspace import Workspace, atomic_write_json
+from curation.scores.artifacts import ARTIFACT_SCORES
 
 RECALL = 0.95
 """Share of the accepted candidates a rule must still send to review."""

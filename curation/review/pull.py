@@ -22,8 +22,17 @@ from typing import Any
 from curation.core import dataset as ds
 from curation.core.errors import CurateError
 from curation.core.progress import ProgressFn, no_progress
-from curation.review.push import CAPTION_BOX, DECISION, IMAGE, QUALITY, REASONS, Connection, connect, project_file
 from curation.core.workspace import Workspace, atomic_write_json
+from curation.review.push import (
+    CAPTION_BOX,
+    DECISION,
+    IMAGE,
+    QUALITY,
+    REASONS,
+    Connection,
+    connect,
+    project_file,
+)
 
 REVIEW_FIELDS = (
     ds.REVIEW_DECISION,

@@ -27,14 +27,14 @@ from typing import Any, Literal, TypeVar, get_args
 
 import requests
 
-from curation.core import dataset as ds
-from curation.review.calibration import ScoreCalibration, load_rules, random_weights, rule_for
 from curation.concepts.references import cover_cutout
+from curation.core import dataset as ds
 from curation.core.errors import CurateError
-from curation.review.server import ServerInfo, data_dir_of, read_server, serve, stop, use_server
 from curation.core.progress import ProgressFn, no_progress
 from curation.core.thumbnails import candidate_thumb, thumbnail, thumbs_dir
 from curation.core.workspace import Workspace, atomic_write_json, atomic_write_text
+from curation.review.calibration import ScoreCalibration, load_rules, random_weights, rule_for
+from curation.review.server import ServerInfo, data_dir_of, read_server, serve, stop, use_server
 
 __all__ = [
     "ServerInfo",

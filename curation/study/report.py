@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from curation.core.buckets import BUCKET_TITLES
 from curation.core.errors import CurateError
-from curation.study.tasks import resolve_name, study_dir
 from curation.core.workspace import Workspace, atomic_write_bytes, atomic_write_json, atomic_write_text
-from personalization.evaluate import BUCKET_TITLES
+from curation.study.tasks import resolve_name, study_dir
 
 BOOTSTRAP = 2000
 ALL = "all"

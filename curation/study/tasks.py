@@ -30,12 +30,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from curation.core.buckets import BUCKET_TITLES
 from curation.core.errors import CurateError
 from curation.core.progress import ProgressFn, no_progress
 from curation.core.records import Concept, content_id
-from curation.review.push import CONFIG_DIR, Connection, _local_url, connect
 from curation.core.workspace import Workspace, atomic_write_bytes, atomic_write_json
-from personalization.evaluate import BUCKET_TITLES
+from curation.review.push import CONFIG_DIR, Connection, _local_url, connect
 
 STUDY_XML = CONFIG_DIR / "study.xml"
 TASK_KEY = "study_task"

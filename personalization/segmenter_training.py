@@ -1,4 +1,4 @@
-"""M_SAL, MSP-Diffusion's subject-aware segmentation model: training data, training, loading, features.
+"""Training M_SAL (MSP-Diffusion's subject-aware segmentation model) on a workspace: data, training.
 
 The MSP paper (Jain et al., appendix A.4-A.6) trains a ResNet-34-encoder U-Net on its target subjects
 (zoom 0.4-0.5, crops of 0.65-0.95 with p=0.1, random translations on a 512x512 canvas, 100 background
@@ -31,50 +31,29 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import pickle
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from curation.core.errors import CurateError
-from curation.core.paste_record import PASTE_SILHOUETTES, PASTE_THUMBS, decode_silhouettes
+from curation.core.paste_record import PASTE_SILHOUETTES, decode_silhouettes, layer_concepts
 from curation.core.progress import ProgressFn, no_progress
 from curation.core.records import Candidate
-from curation.core.workspace import Workspace, atomic_write_bytes, atomic_write_json
-
-if TYPE_CHECKING:
-    import torch
-
-CONFIG_FILE = "segmenter.json"
-WEIGHTS_FILE = "model.pt"
-CHECKPOINT_FILE = "checkpoint.pt"
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-"""ImageNet statistics: the encoder's input normalisation whether or not it starts from ImageNet weights."""
-
-
-@dataclass
-class SegmenterSettings:
-    """Architecture and training knobs; the defaults are the paper's (512 px, batch 4, lr 1e-4, 14 epochs)."""
-
-    encoder: str = "resnet34"
-    encoder_depth: int = 5
-    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
-    encoder_weights: str = "imagenet"
-    size: int = 512
-    epochs: int = 14
-    batch_size: int = 4
-    lr: float = 1e-4
-    cutouts_per_ref: int = 4
-    val_fraction: float = 0.15
-    zoom: tuple[float, float] = (0.4, 0.5)
-    crop: tuple[float, float] = (0.65, 0.95)
-    crop_p: float = 0.1
-    seed: int = 0
+from curation.core.workspace import Workspace, atomic_write_bytes
+from curation.models.subject_segmenter import (
+    CHECKPOINT_FILE,
+    SegmenterSettings,
+    SubjectSegmenter,
+    build_unet,
+    read_rgb,
+    save_segmenter,
+    to_tensor,
+    torch_bytes,
+)
 
 
 @dataclass
@@ -83,6 +62,7 @@ class Sample:
 
     rgb: np.ndarray
     labels: np.ndarray
+
 
 
 @dataclass
@@ -97,7 +77,8 @@ class Composite:
     def load(self) -> Sample:
         labels = composite_labels(self.candidate, self.classes, self.size)
         assert labels is not None  # read_composites keeps only candidates with a silhouette map
-        return Sample(_rgb(self.path, self.size), labels)
+        return Sample(read_rgb(self.path, self.size), labels)
+
 
 
 @dataclass
@@ -111,18 +92,6 @@ class TrainReport:
     images_per_s: float = 0.0
     encoder_weights: str = ""
 
-
-def build_unet(settings: SegmenterSettings, classes: int, weights: str | None = None) -> Any:
-    """The smp U-Net; `weights` is the encoder init to load (None = random)."""
-    import segmentation_models_pytorch as smp
-
-    return smp.Unet(
-        settings.encoder,
-        encoder_weights=weights,
-        encoder_depth=settings.encoder_depth,
-        decoder_channels=tuple(settings.decoder_channels),
-        classes=classes,
-    )
 
 
 def _fresh_unet(settings: SegmenterSettings, classes: int) -> tuple[Any, str]:
@@ -138,17 +107,11 @@ def _fresh_unet(settings: SegmenterSettings, classes: int) -> tuple[Any, str]:
     return build_unet(settings, classes), "random"
 
 
+
 def _id_fraction(candidate_id: str) -> float:
     """A stable number in [0, 1) per candidate, so the held-out set does not move between runs."""
     return int(hashlib.sha256(candidate_id.encode()).hexdigest()[:8], 16) / 16**8
 
-
-def layer_concepts(candidate: Candidate) -> list[str]:
-    """Concept ids by silhouette label (label k -> entry k-1): the drawing order `paste_thumbs` keeps."""
-    order = list(candidate.extra.get(PASTE_THUMBS, {}))
-    if sorted(order) != sorted(candidate.concepts):
-        raise ValueError(f"candidate {candidate.candidate_id}: paste_thumbs does not list its concepts")
-    return order
 
 
 def composite_labels(candidate: Candidate, classes: dict[str, int], size: int) -> np.ndarray | None:
@@ -164,13 +127,6 @@ def composite_labels(candidate: Candidate, classes: dict[str, int], size: int) -
         lookup[k] = classes.get(concept_id, 0)
     return lookup[cv2.resize(layers, (size, size), interpolation=cv2.INTER_NEAREST)]
 
-
-def _rgb(path: Path, size: int | None = None) -> np.ndarray:
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        if size:
-            image = image.resize((size, size), Image.BILINEAR)
-        return np.asarray(image)
 
 
 def read_composites(
@@ -191,6 +147,7 @@ def read_composites(
     return labelled[n_val:], labelled[:n_val]
 
 
+
 def read_cutouts(ws: Workspace, concepts: Sequence[str]) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """(class, RGB uint8, alpha float 0..1) per reference photo, cropped to the mask's bounding box."""
     out = []
@@ -199,7 +156,7 @@ def read_cutouts(ws: Workspace, concepts: Sequence[str]) -> list[tuple[int, np.n
         if concept is None:
             raise CurateError(f"concept {concept_id!r} is not in the workspace")
         for ref, mask in zip(concept.refs, concept.masks):
-            rgb = _rgb(ws.resolve(ref))
+            rgb = read_rgb(ws.resolve(ref))
             with Image.open(ws.resolve(mask)) as m:
                 alpha = np.asarray(m.convert("L").resize(rgb.shape[1::-1]), np.float32) / 255.0
             ys, xs = np.nonzero(alpha >= 0.5)
@@ -208,6 +165,7 @@ def read_cutouts(ws: Workspace, concepts: Sequence[str]) -> list[tuple[int, np.n
             box = slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)
             out.append((cls, rgb[box], alpha[box]))
     return out
+
 
 
 def augment_cutout(
@@ -241,6 +199,7 @@ def augment_cutout(
     return Sample(out_rgb, out_labels)
 
 
+
 def _plain_canvas(size: int, rng: np.random.Generator) -> Sample:
     """A smooth random two-colour gradient, the backdrop when the workspace has no composites yet."""
     a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
@@ -248,123 +207,6 @@ def _plain_canvas(size: int, rng: np.random.Generator) -> Sample:
     rgb = (a * (1 - t) + b * t).repeat(size, axis=1).astype(np.uint8)
     return Sample(rgb, np.zeros((size, size), np.int64))
 
-
-def to_tensor(rgb: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
-    """uint8 HxWx3 (or a list of them) -> float [B, 3, H, W] in 0..1."""
-    import torch
-
-    batch = np.stack(list(rgb)) if not isinstance(rgb, np.ndarray) or rgb.ndim == 4 else np.array(rgb[None])
-    return torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0
-
-
-class SubjectSegmenter:
-    """A trained M_SAL: class logits and encoder features on 0..1 RGB tensors, both differentiable.
-
-    Args:
-        model: the smp U-Net.
-        concepts: concept ids; concept k is class k + 1, class 0 is background.
-        size: the side the model was trained at; inputs are resized to it.
-        config: what `segmenter.json` holds.
-        source: the folder it was loaded from, as given.
-    """
-
-    def __init__(
-        self,
-        model: Any,
-        concepts: Sequence[str],
-        size: int,
-        config: dict[str, Any] | None = None,
-        source: str = "",
-    ):
-        self.model = model.eval()
-        self.concepts = list(concepts)
-        self.size = size
-        self.config = config or {}
-        self.source = source
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def class_of(self, concept_id: str) -> int:
-        return self.concepts.index(concept_id) + 1
-
-    def check_concepts(self, needed: Sequence[str], source: str = "") -> None:
-        """Refuse to guide or score concepts the segmenter has no class for (one error naming them)."""
-        missing = sorted(set(needed) - set(self.concepts))
-        if missing:
-            where = f" at {source}" if source else ""
-            raise CurateError(
-                f"subject segmenter{where} was trained on {', '.join(self.concepts)}; "
-                f"it has no class for {', '.join(missing)}: train it on this workspace "
-                "(`curate train-segmenter`)"
-            )
-
-    def _prepare(self, pixels: torch.Tensor) -> torch.Tensor:
-        import torch.nn.functional as F
-
-        pixels = pixels.to(self.device, next(self.model.parameters()).dtype)
-        if pixels.shape[-2:] != (self.size, self.size):
-            pixels = F.interpolate(pixels, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        mean = pixels.new_tensor(MEAN)[None, :, None, None]
-        std = pixels.new_tensor(STD)[None, :, None, None]
-        return (pixels - mean) / std
-
-    def logits(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Class logits [B, K+1, size, size] of 0..1 RGB [B, 3, H, W]."""
-        return self.model(self._prepare(pixels))
-
-    def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """SAS embedding: the deepest encoder feature map, averaged over space, [B, C]."""
-        return self.model.encoder(self._prepare(pixels))[-1].mean(dim=(2, 3))
-
-    def regions(self, rgb: np.ndarray, concepts: Sequence[str]) -> dict[str, np.ndarray]:
-        """Where M_SAL sees each concept in an HxWx3 uint8 image (its argmax class), bool HxW each.
-
-        What SAS isolates in images that carry no paste record (the evaluator's generations).
-        """
-        import torch
-        import torch.nn.functional as F
-
-        with torch.no_grad():
-            logits = self.logits(to_tensor(rgb))
-            labels = F.interpolate(logits, size=rgb.shape[:2], mode="bilinear", align_corners=False).argmax(1)
-        labels = labels[0].cpu().numpy()
-        return {c: labels == self.class_of(c) for c in concepts}
-
-    @classmethod
-    def load(cls, path: str | Path, device: str | None = None) -> SubjectSegmenter:
-        """Load a `curate train-segmenter` folder; a missing or mismatched one is one CurateError."""
-        import torch
-
-        folder = Path(path)
-        config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-        if not config_path.is_file() or not weights_path.is_file():
-            raise CurateError(
-                f"no trained subject segmenter at {folder}: expected {CONFIG_FILE} and {WEIGHTS_FILE} "
-                "(`curate train-segmenter` writes them)"
-            )
-        try:
-            config = json.loads(config_path.read_text())
-            settings = SegmenterSettings(**config["settings"])
-            concepts = list(config["concepts"])
-            state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        except (ValueError, KeyError, TypeError, RuntimeError, OSError, pickle.UnpicklingError) as exc:
-            raise CurateError(f"subject segmenter at {folder} is unreadable: {exc}") from exc
-        head = state.get("segmentation_head.0.weight")
-        if head is None or head.shape[0] != len(concepts) + 1:
-            got = "no segmentation head" if head is None else f"{head.shape[0]} classes"
-            raise CurateError(
-                f"subject segmenter at {folder}: {CONFIG_FILE} lists {len(concepts)} concepts + background "
-                f"but {WEIGHTS_FILE} has {got}"
-            )
-        model = build_unet(settings, len(concepts) + 1)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise CurateError(f"subject segmenter at {folder}: weights do not fit its config: {exc}") from exc
-        model.requires_grad_(False)
-        return cls(model.to(device or "cpu"), concepts, settings.size, config, source=str(path))
 
 
 def iou_per_class(pred: np.ndarray, target: np.ndarray, classes: int) -> list[float | None]:
@@ -375,6 +217,7 @@ def iou_per_class(pred: np.ndarray, target: np.ndarray, classes: int) -> list[fl
         union = int((p | t).sum())
         out.append(None if union == 0 else int((p & t).sum()) / union)
     return out
+
 
 
 def _validate(segmenter: SubjectSegmenter, val: list[Composite], batch_size: int) -> dict[str, float | None]:
@@ -390,6 +233,7 @@ def _validate(segmenter: SubjectSegmenter, val: list[Composite], batch_size: int
             targets += [s.labels for s in part]
     ious = iou_per_class(np.concatenate(preds), np.stack(targets), len(segmenter.concepts) + 1)
     return dict(zip(segmenter.concepts, ious[1:]))
+
 
 
 def train_segmenter(
@@ -475,7 +319,7 @@ def train_segmenter(
             seen += len(part)
         busy += time.perf_counter() - began
         model.eval()
-        buffer = _torch_bytes(
+        buffer = torch_bytes(
             {
                 "signature": resumable,
                 "model": model.state_dict(),
@@ -512,133 +356,3 @@ def train_segmenter(
         val_composites=len(val),
     )
     return report
-
-
-def save_segmenter(
-    out_dir: Path, model: Any, concepts: Sequence[str], settings: SegmenterSettings, **record: Any
-) -> None:
-    """Write the folder `SubjectSegmenter.load` reads: weights first, then the config that names them."""
-    atomic_write_bytes(Path(out_dir) / WEIGHTS_FILE, _torch_bytes(model.state_dict()))
-    atomic_write_json(
-        Path(out_dir) / CONFIG_FILE, {"concepts": list(concepts), "settings": asdict(settings), **record}
-    )
-
-
-def _torch_bytes(obj: Any) -> bytes:
-    import io
-
-    import torch
-
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
-
-
-def masked(pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The paper's `x ⊙ m`: pixels [B, 3, H, W] kept inside mask [B, 1, h, w] (resized nearest), zero elsewhere."""
-    import torch.nn.functional as F
-
-    if mask.shape[-2:] != pixels.shape[-2:]:
-        mask = F.interpolate(mask.float(), size=pixels.shape[-2:], mode="nearest")
-    return pixels * mask.to(pixels.dtype)
-
-
-def region_embeddings(
-    segmenter: SubjectSegmenter, rgb: np.ndarray, regions: Sequence[np.ndarray]
-) -> np.ndarray:
-    """SAS embeddings [len(regions), C] of one image's regions (bool HxW each; the image outside is zeroed)."""
-    import torch
-
-    if not regions:
-        return np.zeros((0, 0), np.float32)
-    pixels = to_tensor(rgb).repeat(len(regions), 1, 1, 1)
-    mask = torch.from_numpy(np.stack(regions)[:, None].astype(np.float32))
-    with torch.no_grad():
-        return segmenter.features(masked(pixels, mask).to(segmenter.device)).cpu().numpy()
-
-
-def reference_embeddings(
-    segmenter: SubjectSegmenter, sources: Sequence[tuple[Path, Path | None]]
-) -> np.ndarray:
-    """SAS embeddings of a concept's source images, each isolated by its mask when one is given."""
-    rows = []
-    for image_path, mask_path in sources:
-        rgb = _rgb(image_path)
-        if mask_path is not None:
-            with Image.open(mask_path) as m:
-                region = np.asarray(m.convert("L").resize(rgb.shape[1::-1])) >= 128
-        else:
-            region = np.ones(rgb.shape[:2], bool)
-        rows.append(region_embeddings(segmenter, rgb, [region])[0])
-    return np.stack(rows)
-
-
-def concept_regions(candidate: Candidate, height: int, width: int) -> dict[str, np.ndarray]:
-    """Where each concept is in a candidate image: its kept silhouette, or its box without one."""
-    import cv2
-
-    text = candidate.extra.get(PASTE_SILHOUETTES)
-    if text:
-        layers = cv2.resize(decode_silhouettes(text), (width, height), interpolation=cv2.INTER_NEAREST)
-        return {c: layers == k for k, c in enumerate(layer_concepts(candidate), start=1)}
-    sy, sx = height / candidate.height, width / candidate.width
-    regions = {}
-    for box in candidate.boxes:
-        region = np.zeros((height, width), bool)
-        y0, x0 = math.floor(box.y * sy), math.floor(box.x * sx)
-        region[max(y0, 0) : math.ceil((box.y + box.h) * sy), max(x0, 0) : math.ceil((box.x + box.w) * sx)] = (
-            True
-        )
-        regions[box.concept_id] = region
-    return regions
-
-
-SAS_FIELD = "sas"
-"""Index field: concept_id -> SAS of that concept's region in the candidate (a dict)."""
-SAS_MEAN_FIELD = "sas_mean"
-"""Index field: the candidate's SAS, mean over its concepts."""
-
-
-class SASScorer:
-    """SAS for workspace candidates: each concept's region (kept silhouette, else box) vs its references.
-
-    The references are the concept's photos isolated by their soft masks, embedded once.
-
-    Args:
-        segmenter: a loaded M_SAL.
-        refs: concept_id -> SAS embeddings of its references [R, C].
-    """
-
-    def __init__(self, segmenter: SubjectSegmenter, refs: dict[str, np.ndarray]):
-        self.segmenter = segmenter
-        self.refs = refs
-
-    @classmethod
-    def for_workspace(
-        cls, path: str | Path, ws: Workspace, concepts: Sequence[str], device: str | None = None
-    ) -> SASScorer:
-        """Load M_SAL from `path`; one CurateError when it lacks a class for any of `concepts`."""
-        segmenter = SubjectSegmenter.load(path, device)
-        needed = sorted(set(concepts))
-        segmenter.check_concepts(needed, source=str(path))
-        known = ws.concepts()
-        refs = {
-            c: reference_embeddings(
-                segmenter, [(ws.resolve(r), ws.resolve(m)) for r, m in zip(known[c].refs, known[c].masks)]
-            )
-            for c in needed
-            if c in known
-        }
-        return cls(segmenter, refs)
-
-    def score(self, image: Image.Image, candidate: Candidate) -> dict[str, Any]:
-        """{SAS_FIELD: {concept: SAS}, SAS_MEAN_FIELD: mean}; an empty region scores 0, as in CP-CLIP."""
-        from personalization.metrics import reference_similarity
-
-        rgb = np.asarray(image.convert("RGB"))
-        regions = concept_regions(candidate, *rgb.shape[:2])
-        concepts = [c for c in candidate.concepts if c in self.refs]
-        present = [c for c in concepts if regions.get(c) is not None and regions[c].any()]
-        embs = dict(zip(present, region_embeddings(self.segmenter, rgb, [regions[c] for c in present])))
-        per = {c: reference_similarity(embs[c], self.refs[c]) if c in embs else 0.0 for c in concepts}
-        return {SAS_FIELD: per, SAS_MEAN_FIELD: float(np.mean(list(per.values()))) if per else None}
