@@ -23,6 +23,7 @@ from curation.core.dataset import (
     REVIEW_QUALITY,
     accepted_view,
     field_values,
+    near_duplicate_copies,
     open_dataset,
 )
 from curation.core.errors import CurateError
@@ -128,14 +129,19 @@ def select_candidates(
 
     stale = [c for c, path in zip(ids, paths, strict=True) if ws.is_stale(c, path)]
     selected = set(ids) - set(stale)  # a copy of a stale original is kept, as one of a rejected original
+    copies = (
+        set()
+        if include_near_duplicates
+        else near_duplicate_copies(dict(zip(ids, near_dups, strict=True)), selected)
+    )
     items: list[ExportItem] = []
     dropped: list[str] = []
-    for candidate_id, filepath, caption, caption_fixed, quality, near_dup in zip(
-        ids, paths, captions, fixed, qualities, near_dups, strict=True
+    for candidate_id, filepath, caption, caption_fixed, quality in zip(
+        ids, paths, captions, fixed, qualities, strict=True
     ):
         if candidate_id not in selected:
             continue
-        if near_dup in selected and not include_near_duplicates:
+        if candidate_id in copies:
             dropped.append(candidate_id)
             continue
         record = _candidate(ws, candidate_id, filepath)

@@ -6,6 +6,7 @@ is an import error instead of a silently empty field.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 from curation.core.errors import CurateError
@@ -117,3 +118,17 @@ def accepted_view(dataset: fo.Dataset, min_quality: float | None = None) -> fo.D
     if min_quality is not None:
         view = view.match(F(REVIEW_QUALITY) >= min_quality)
     return view
+
+
+def near_duplicate_copies(near_dup_of: Mapping[str, str | None], accepted: Collection[str]) -> set[str]:
+    """Accepted candidates whose near-duplicate original is accepted too: the copies a default export drops.
+
+    One image of each near-duplicate group trains the model, not several; a copy whose original was
+    rejected (or left out as stale) stays. `curate export` drops these and `curate status` counts them
+    as filling no target, by this one rule.
+    """
+    return {
+        c
+        for c, original in near_dup_of.items()
+        if c in accepted and original is not None and original in accepted
+    }

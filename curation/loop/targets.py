@@ -190,7 +190,7 @@ def read_reviews(ws: Workspace) -> dict[str, tuple[Composition, bool, list[str]]
         strict=True,
     )
     reviews = {}
-    copies = {}
+    originals = {}
     for (cid, concepts, decision, quality), (why, original, filepath) in zip(
         zip(*columns, strict=True), extra, strict=True
     ):
@@ -198,11 +198,9 @@ def read_reviews(ws: Workspace) -> dict[str, tuple[Composition, bool, list[str]]
             continue  # a stale candidate's review outlives it, but export skips it: it fills no target
         accepted = decision == ds.ACCEPT and quality is not None and quality >= min_quality
         reviews[cid] = (tuple(sorted(concepts or [])), accepted, list(why or []))
-        if accepted and original is not None:
-            copies[cid] = original
-    for cid, original in copies.items():
-        if reviews.get(original, ((), False, []))[1]:
-            reviews[cid] = (reviews[cid][0], False, [NEAR_DUPLICATE])
+        originals[cid] = original
+    for cid in ds.near_duplicate_copies(originals, {c for c, review in reviews.items() if review[1]}):
+        reviews[cid] = (reviews[cid][0], False, [NEAR_DUPLICATE])
     return reviews
 
 
