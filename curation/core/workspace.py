@@ -14,6 +14,7 @@ import re
 import secrets
 import tomllib
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TypeVar
 
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from curation.core.config import CurateConfig, dump_config, load_config
 from curation.core.errors import CurateError
+from curation.core.lock import stage_lock
 from curation.core.records import Candidate, Concept, LayoutPlan
 from curation.core.records import check_concept_id as _valid_concept_id
 
@@ -112,8 +114,9 @@ def _read_concept(path: Path) -> Concept:
 class Workspace:
     """A dataset project folder. Construct with `Workspace.open` (existing) or `Workspace.create`."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, wait_for_locks: bool = False):
         self.root = root.resolve()
+        self.wait_for_locks = wait_for_locks
 
     @classmethod
     def create(cls, root: Path, config: CurateConfig | None = None) -> Workspace:
@@ -138,8 +141,9 @@ class Workspace:
         return ws
 
     @classmethod
-    def open(cls, root: Path) -> Workspace:
-        ws = cls(root)
+    def open(cls, root: Path, wait_for_locks: bool = False) -> Workspace:
+        """The workspace at `root`; `wait_for_locks` makes its writers queue behind a running command."""
+        ws = cls(root, wait_for_locks)
         if not ws.config_path.exists():
             raise CurateError(f"{ws.root} is not a curate workspace (no {CONFIG_FILE}); run `curate init {root}`")
         ws._adopt_legacy_id()
@@ -171,6 +175,10 @@ class Workspace:
             ) from None
 
     # -- paths ---------------------------------------------------------------------------------
+    def lock(self, stage: str) -> AbstractContextManager[None]:
+        """Hold this workspace's `stage` writer lock (`curation.core.lock`): one writer per stage."""
+        return stage_lock(self.root, stage, self.wait_for_locks)
+
     @property
     def config_path(self) -> Path:
         return self.root / CONFIG_FILE
