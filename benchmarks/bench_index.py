@@ -49,7 +49,8 @@ def measure_index(ws: Any, scorer: Any, candidates: list[Any], batch_size: int) 
     import torch
     from PIL import Image
 
-    from curation.index.run import clip_text, index_workspace
+    from curation.index.run import index_workspace
+    from curation.index.samples import clip_text
 
     tensors = [scorer.image_tensor(Image.open(ws.resolve(c.image)).convert("RGB")) for c in candidates]
     texts = [clip_text(c) for c in candidates]

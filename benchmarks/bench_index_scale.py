@@ -153,7 +153,8 @@ def build(base: int, folder: Path) -> None:
     from curation.core import dataset as ds
     from curation.core.records import content_id
     from curation.core.workspace import Workspace
-    from curation.index.run import DIVERSITY, INDEX_COMPLETE, index_workspace
+    from curation.index.diversity import DIVERSITY
+    from curation.index.run import INDEX_COMPLETE, index_workspace
     from tests.fixtures.candidate_workspace import index_test_workspace
 
     marker = folder / "workspace"

@@ -261,7 +261,7 @@ def app_command(
 ) -> None:
     """Open the FiftyOne App on the workspace's dataset and wait (Ctrl-C to stop)."""
     from curation.core.ports import moved_note
-    from curation.index.run import launch_app
+    from curation.index.app import launch_app
 
     url = launch_app(_workspace(workspace), address=address, port=port)
     if note := moved_note(port, url):

@@ -18,7 +18,9 @@ from curation.core.errors import CurateError
 from curation.core.ports import choose_port, free_port, moved_note, port_free
 from curation.core.thumbnails import THUMB_SIDE, candidate_thumb, thumbs_dir
 from curation.core.workspace import SUCCESS_MARKER, atomic_write_json
-from curation.index.run import DATASET_STAGE, INDEX_COMPLETE, VISUALIZATION_KEY, index_workspace, launch_app
+from curation.index.app import launch_app
+from curation.index.diversity import VISUALIZATION_KEY
+from curation.index.run import DATASET_STAGE, INDEX_COMPLETE, index_workspace
 from curation.scores.artifacts import ARTIFACT_SCORES, SEAM_BOX, SEAM_SOURCE
 from tests.fixtures.candidate_workspace import (
     candidate_image,
@@ -72,7 +74,7 @@ def test_index_writes_every_field_and_saved_view(candidate_ws):
 
 
 def test_app_sidebar_groups_readable_views_and_no_rejected_top_candidate(candidate_ws):
-    from curation.index.run import save_views
+    from curation.index.views import save_views
 
     ws, _ = candidate_ws
     index_workspace(ws)

@@ -21,7 +21,8 @@ from curation.core.workspace import (
     atomic_write_text,
     new_workspace_id,
 )
-from curation.index.run import DIVERSITY, VISUALIZATION_KEY, index_workspace
+from curation.index.diversity import DIVERSITY, VISUALIZATION_KEY
+from curation.index.run import index_workspace
 from tests.fixtures.candidate_workspace import (
     candidate_image,
     index_test_workspace,
