@@ -27,8 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from curation.core.config import MSPSettings
 from curation.core.records import Box, Concept, LayoutPlan
-from generators.msp import MSPGenerator, MSPSettings
+from generators.msp.pipeline import MSPGenerator
 
 
 def sd15_pipeline(folder: Path) -> object:

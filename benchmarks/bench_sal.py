@@ -22,8 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_msp import build_sd15, make_concepts, make_plan, timed
+from curation.core.config import MSPSettings
 from curation.models.subject_segmenter import SegmenterSettings, build_unet, save_segmenter
-from generators.msp import MSPGenerator, MSPSettings
+from generators.msp.pipeline import MSPGenerator
 
 
 def main() -> None:

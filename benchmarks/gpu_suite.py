@@ -245,7 +245,7 @@ def repaint(ctx: Context) -> None:
 def sd15(ctx: Context) -> Any:
     """`MSPGenerator` on SD 1.5 built in memory, or on a tiny SD (8x VAE) through `from_pretrained`."""
     from benchmarks.bench_msp import sd15_pipeline
-    from generators.msp import MSPGenerator
+    from generators.msp.pipeline import MSPGenerator
 
     if ctx.scale.tiny:
         from tests.fixtures.tiny_pipelines import build_tiny_sd
@@ -259,7 +259,7 @@ def sd15(ctx: Context) -> Any:
 
 def msp(ctx: Context) -> None:
     from benchmarks.bench_msp import make_concepts, make_plan, timed, txt2img
-    from generators.msp import MSPSettings
+    from curation.core.config import MSPSettings
 
     s = ctx.scale
     generator = sd15(ctx)

@@ -257,7 +257,8 @@ def _generate_msp(
     """
     from PIL import Image
 
-    from generators.msp import MSPGenerator, masks_from_layers
+    from generators.msp.pipeline import MSPGenerator
+    from generators.msp.segments import masks_from_layers
     from personalization.heldout_layouts import concept_records, heldout_plans, paste_composition
 
     generator = MSPGenerator.from_pretrained(_pipeline_source(config.model), device=device)

@@ -98,8 +98,8 @@ def paste_composition(
     export: Export, plan: LayoutPlan, seed: int, concepts: dict[str, Concept]
 ) -> Composition:
     """The plan's references pasted on its procedural background, as `curate generate` pastes seed `seed`."""
+    from generators.candidates import pick_references
     from generators.compose import compose, procedural_background
-    from generators.run import pick_references
 
     try:
         picks = pick_references(plan, seed, concepts)

@@ -19,8 +19,9 @@ from curation.core.config import GenerateConfig, dump_config
 from curation.core.devices import worker_devices
 from curation.core.errors import CurateError
 from curation.core.workspace import Workspace, atomic_write_text
+from generators.executors import ray_actor_class, ray_gpus_per_worker
 from generators.layout import plan_layouts
-from generators.run import generate, plan_work, ray_actor_class, ray_gpus_per_worker
+from generators.run import generate, plan_work
 from tests.fixtures.tiny_pipelines import build_tiny_sdxl_inpaint
 
 REPO = Path(__file__).resolve().parents[1]

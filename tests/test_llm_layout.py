@@ -25,7 +25,7 @@ from curation.core.workspace import Workspace, atomic_write_text
 from generators.compositions import BACKGROUNDS, CompositionPick, pick_composition
 from generators.geometry import check_layout
 from generators.layout import plan_layouts
-from generators.llm_layout import ReplyRejected, extract_json, parse_reply, parse_sets
+from generators.llm_reply import ReplyRejected, extract_json, parse_reply, parse_sets
 from tests.fixtures.fake_llm import FakeLLM, http_error, ok
 
 CURATE = str(Path(sys.executable).with_name("curate"))

@@ -16,18 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
+from curation.core.config import MSPSettings
 from curation.core.errors import CurateError
 from curation.core.records import Box, Concept, LayoutPlan
-from generators.msp import (
-    BACKGROUND,
-    MSPGenerator,
-    MSPSettings,
-    SALGuidance,
-    StepState,
-    masks_from_layers,
-    render_segment_map,
-    segment_prompts,
-)
+from generators.msp.pipeline import MSPGenerator
+from generators.msp.sal import SALGuidance, StepState
+from generators.msp.segments import BACKGROUND, masks_from_layers, render_segment_map, segment_prompts
 from tests.fixtures.tiny_pipelines import build_tiny_sd, build_tiny_sdxl, build_tiny_sdxl_inpaint
 
 CANVAS = 32  # pixels; the tiny VAE halves it, so latents are 16x16

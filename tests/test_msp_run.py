@@ -24,8 +24,9 @@ from curation.core.errors import CurateError
 from curation.core.workspace import Workspace, atomic_write_text
 from curation.index.run import index_workspace
 from exports.mycanvas import export_mycanvas
+from generators.candidates import pick_references
 from generators.layout import plan_layouts
-from generators.run import generate, pick_references, plan_work
+from generators.run import generate, plan_work
 from tests.fixtures.tiny_pipelines import build_tiny_sd
 
 CANVAS = 64

@@ -19,7 +19,9 @@ from curation.core.records import Box, Concept, LayoutPlan
 from curation.core.workspace import Workspace, atomic_write_text
 from curation.models.subject_segmenter import SegmenterSettings, SubjectSegmenter, build_unet, save_segmenter
 from curation.scores.sas import SAS_FIELD, SAS_MEAN_FIELD
-from generators.msp import BACKGROUND, MSPGenerator, SALGuidance, StepState, sal_loss
+from generators.msp.pipeline import MSPGenerator
+from generators.msp.sal import SALGuidance, StepState, sal_loss
+from generators.msp.segments import BACKGROUND
 from personalization import metrics as M
 from tests.fixtures.tiny_pipelines import build_tiny_sd
 
