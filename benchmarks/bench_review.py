@@ -149,8 +149,8 @@ def annotated_project(ws, conn, n: int) -> None:
     """A project whose n tasks carry one annotation each (accept 4 / reject 2 alternating), recorded as ws's."""
     from curation.core import dataset as ds
     from curation.core.workspace import atomic_write_json
+    from curation.review.project import CONFIG_DIR, project_file, project_marker
     from curation.review.pull import annotation_result
-    from curation.review.push import CONFIG_DIR, project_file, project_marker
 
     project = conn.client.projects.create(
         title="bench pull",
@@ -203,9 +203,10 @@ def main() -> None:
     from curation.core import dataset as ds
     from curation.core.config import CurateConfig
     from curation.core.workspace import Workspace, atomic_write_json
+    from curation.review.client import connect
     from curation.review.pull import aggregate, pull
-    from curation.review.push import connect, push, serve, stop, use_server
-    from curation.review.server import read_server
+    from curation.review.push import push
+    from curation.review.server import read_server, serve, stop, use_server
 
     root = Path(tempfile.mkdtemp(prefix="bench-review-", dir=args.document_root or None))
     config = CurateConfig()

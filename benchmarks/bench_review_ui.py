@@ -75,7 +75,8 @@ def main() -> None:
     from curation.core import dataset as ds
     from curation.core.config import CurateConfig
     from curation.review.pull import pull
-    from curation.review.push import push, serve, stop
+    from curation.review.push import push
+    from curation.review.server import serve, stop
     from tests.fixtures.labelstudio import DB_FILE, seeded_home
     from tests.test_review_browser import CHROMIUM, FLAGS
     from tests.test_review_layout import build_scene, open_labeling

@@ -291,8 +291,7 @@ def review_serve(
 ) -> None:
     """Start a local Label Studio serving the workspace's images (or record --url); prints URL and login."""
     from curation.core.ports import moved_note
-    from curation.review.push import serve, use_server
-    from curation.review.server import invite_url
+    from curation.review.server import invite_url, serve, use_server
 
     ws = _workspace(workspace)
     if url:
@@ -314,7 +313,7 @@ def review_serve(
 @review_app.command("stop")
 def review_stop(workspace: WorkspaceOpt = Path(".")) -> None:
     """Stop the Label Studio server that `curate review serve` started."""
-    from curation.review.push import stop
+    from curation.review.server import stop
 
     typer.echo("stopped" if stop(_workspace(workspace)) else "no server was running")
 
@@ -392,7 +391,7 @@ def study_create(
 ) -> None:
     """One blind task per prompt: references, prompt, each configuration's image shuffled; adds only new tasks."""
     from curation.core.progress import progress_bar
-    from curation.study.tasks import create
+    from curation.study.create import create
 
     with progress_bar() as progress:
         report = create(_workspace(workspace), evaluation, name=name or None,
@@ -410,7 +409,7 @@ def study_pull(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Pull the ratings into study/<name>/ratings.json (writes nothing when nothing changed)."""
-    from curation.study.tasks import pull
+    from curation.study.pull import pull
 
     typer.echo(pull(_workspace(workspace), name or None, url=url or None, token=token or None).summary())
 

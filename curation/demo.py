@@ -105,7 +105,8 @@ def run_demo(
     echo(f"browse: curate app -w {ws.root}   (FiftyOne App on http://127.0.0.1:5151)")
     if review:
         from curation.review.pull import pull
-        from curation.review.push import push, serve
+        from curation.review.push import push
+        from curation.review.server import serve
 
         info = serve(ws)
         echo(push(ws).summary())
@@ -125,8 +126,9 @@ def annotate_for_demo(ws: Workspace) -> int:
     rejected with 2: enough spread to show the quality threshold at work in the export.
     """
     from curation.core import dataset as ds
+    from curation.review.client import connect
+    from curation.review.project import ensure_project
     from curation.review.pull import annotation_result
-    from curation.review.push import connect, ensure_project
     from curation.scores.artifacts import ARTIFACT_SCORES
 
     dataset = ds.open_dataset(ws)

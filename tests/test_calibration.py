@@ -16,8 +16,9 @@ from curation.core import dataset as ds
 from curation.core.errors import CurateError
 from curation.core.workspace import Workspace
 from curation.review.calibration import ALL, calibrate, roc_auc
+from curation.review.client import connect
 from curation.review.pull import annotation_result, pull
-from curation.review.push import connect, push
+from curation.review.push import push
 from curation.review.server import ServerInfo
 
 BLUR_ACCEPTED = [round(0.01 * k, 2) for k in range(1, 21)]  # 0.01 .. 0.20

@@ -541,7 +541,8 @@ def test_cutouts_are_the_masked_references_and_the_review_strip_shows_them(
     """The review page's reference strip shows what is pasted (the cut-out on white), not the photo
     around it; before, its thumbnail was the first reference photo, background and all."""
     from curation.concepts.references import cover_cutout, cutout_paths
-    from curation.review.push import Connection, _task
+    from curation.review.client import Connection
+    from curation.review.task_page import candidate_task
 
     concept = add_concept(ws, "mug", concept_photos["mug"], class_noun="mug")
     paths = cutout_paths(ws, concept)
@@ -559,7 +560,7 @@ def test_cutouts_are_the_masked_references_and_the_review_strip_shows_them(
 
     conn = Connection("http://127.0.0.1:9", "token", ws.root.resolve(), ws.root)
     row = {"candidate_id": "c1", "filepath": str(ws.resolve(concept.refs[0])), "caption": "", "concepts": ["mug"]}
-    ref = _task(ws, conn, row, {"mug": concept}, [], set(), {})["data"]["refs"][0]
+    ref = candidate_task(ws, conn, row, {"mug": concept}, [], set(), {})["data"]["refs"][0]
     thumb = np.asarray(Image.open(ws.root / ref["thumb"].split("?d=")[1]).convert("RGB")).astype(int)
     cut = Image.open(cover_cutout(ws, concept))
     assert abs(thumb.shape[1] / thumb.shape[0] - cut.width / cut.height) < 0.05  # the cut-out's frame

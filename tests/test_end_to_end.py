@@ -17,8 +17,10 @@ from curation.core.records import Candidate
 from curation.core.workspace import Workspace, atomic_write_text
 from curation.demo import DEMO_CONCEPTS, run_demo, write_sample_photos
 from curation.index.run import index_workspace
+from curation.review.client import connect
+from curation.review.project import ensure_project
 from curation.review.pull import annotation_result, pull
-from curation.review.push import connect, ensure_project, push
+from curation.review.push import push
 from exports.mycanvas import export_mycanvas
 from generators.layout import plan_layouts
 from generators.run import generate

@@ -23,8 +23,10 @@ from curation.core.config import CurateConfig, ReviewConfig, dump_config
 from curation.core.errors import CurateError
 from curation.core.ports import free_port
 from curation.core.workspace import Workspace
-from curation.review.pull import REVIEW_FIELDS, aggregate, annotation_result, krippendorff_alpha, pull, status
-from curation.review.push import PULL_TITLE, Connection, connect, push
+from curation.review.agreement import krippendorff_alpha
+from curation.review.client import PULL_TITLE, Connection, connect
+from curation.review.pull import REVIEW_FIELDS, aggregate, annotation_result, pull, status
+from curation.review.push import push
 from curation.review.server import (
     ServerInfo,
     data_dir_of,

@@ -13,8 +13,9 @@ from PIL import Image
 
 from curation.core import dataset as ds
 from curation.core.workspace import Workspace
+from curation.review.client import DM_COLUMNS, connect
 from curation.review.pull import pull
-from curation.review.push import DM_COLUMNS, connect, push
+from curation.review.push import push
 from curation.review.server import ServerInfo
 from tests.fixtures.sample_concepts import flat_concept
 from tests.test_review_browser import CHROMIUM, FLAGS, logged_in_page, save_annotation, wait_for_images

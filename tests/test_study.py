@@ -15,23 +15,19 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from curation.cli import app
+from curation.core.buckets import bucket
 from curation.core.errors import CurateError
 from curation.core.records import Concept
 from curation.core.workspace import Workspace
-from curation.review.push import connect
+from curation.review.agreement import krippendorff_alpha
+from curation.review.client import connect
 from curation.review.server import ServerInfo
-from curation.study.report import _banner, bootstrap_ci, krippendorff_interval, write_report
-from curation.study.tasks import (
-    TASK_KEY,
-    create,
-    label_config,
-    pull,
-    read_annotation,
-    read_evaluation,
-    score_result,
-    study_dir,
-)
-from personalization.metrics import bucket
+from curation.study.create import create
+from curation.study.evaluation_folder import read_evaluation
+from curation.study.pull import pull, read_annotation
+from curation.study.rating_page import TASK_KEY, label_config, score_result
+from curation.study.report import _banner, bootstrap_ci, write_report
+from curation.study.studies import study_dir
 
 CONFIGS = ("CD + Source Images", "CD + MyCanvas", "Ours + MyCanvas")
 A, B, C = CONFIGS
@@ -113,8 +109,8 @@ def test_label_config_repeats_slots_and_criteria() -> None:
 def test_krippendorff_and_bootstrap_by_hand() -> None:
     # two raters, three images: (1,2), (3,3), (5,6); n = 6 pooled values, sum 20, sum of squares 84
     # D_o = (2*1 + 0 + 2*1) / 6; D_e = (2*6*84 - 2*20^2) / (6*5) = 208 / 30
-    assert krippendorff_interval([[1, 2], [3, 3], [5, 6], [7]]) == pytest.approx(1 - (4 / 6) / (208 / 30))
-    assert krippendorff_interval([[4, 4], [4, 4]]) is None  # no variation: alpha undefined
+    assert krippendorff_alpha([[1, 2], [3, 3], [5, 6], [7]], interval=True) == pytest.approx(1 - (4 / 6) / (208 / 30))
+    assert krippendorff_alpha([[4, 4], [4, 4]], interval=True) is None  # no variation: alpha undefined
     assert bootstrap_ci([[6.0, 6.0]]) == (6.0, 6.0)
     low, high = bootstrap_ci([[2.0, 4.0], [6.0, 6.0]])
     assert 3.0 <= low < high <= 6.0  # between the two task means

@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 
 from curation.core.workspace import Workspace
-from curation.review.push import connect
+from curation.review.client import connect
 from curation.review.server import ServerInfo
-from curation.study.tasks import TASK_KEY, create, pull, study_dir
+from curation.study.create import create
+from curation.study.pull import pull
+from curation.study.rating_page import TASK_KEY
+from curation.study.studies import study_dir
 from tests.test_review_browser import CHROMIUM, FLAGS, logged_in_page, save_annotation, wait_for_images
 from tests.test_study import CONFIGS, add_concepts, write_evaluation
 

@@ -29,8 +29,10 @@ from curation.core.workspace import STALE_DIR, Workspace, atomic_write_text
 from curation.index.run import index_workspace
 from curation.loop.targets import read_shape
 from curation.loop.topup import read_rounds, topup
+from curation.review.client import connect
+from curation.review.project import ensure_project
 from curation.review.pull import annotation_result, pull
-from curation.review.push import connect, ensure_project, push
+from curation.review.push import push
 from exports.mycanvas import export_mycanvas
 from generators.layout import plan_layouts
 from generators.run import generate

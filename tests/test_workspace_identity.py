@@ -17,7 +17,7 @@ from curation.core.config import load_config
 from curation.core.errors import CurateError
 from curation.core.workspace import Workspace
 from curation.index.run import index_workspace
-from curation.review.push import project_marker
+from curation.review.project import project_marker
 from tests.fixtures.candidate_workspace import index_test_workspace, write_candidates
 
 

@@ -23,16 +23,9 @@ from curation.core import dataset as ds
 from curation.core.errors import CurateError
 from curation.core.progress import ProgressFn, no_progress
 from curation.core.workspace import Workspace, atomic_write_json
-from curation.review.push import (
-    CAPTION_BOX,
-    DECISION,
-    IMAGE,
-    QUALITY,
-    REASONS,
-    Connection,
-    connect,
-    project_file,
-)
+from curation.review.agreement import krippendorff_alpha
+from curation.review.client import Connection, connect
+from curation.review.project import CAPTION_BOX, DECISION, IMAGE, QUALITY, REASONS, project_file
 
 REVIEW_FIELDS = (
     ds.REVIEW_DECISION,
@@ -109,34 +102,6 @@ def aggregate(annotations: list[dict[str, Any]]) -> dict[str, Any]:
         ds.REVIEW_REASONS: sorted({r for _, v in answers for r in v.get(REASONS, [])}),
         ds.CAPTION_FIXED: captions[-1] if captions else None,
     }
-
-
-def krippendorff_alpha(units: list[list[Any]], interval: bool = False) -> float | None:
-    """Krippendorff's alpha over units (tasks) holding each annotator's value; nominal or interval.
-
-    Units with fewer than two values cannot be paired and are left out, as the coefficient defines.
-    None when nothing is pairable or every value is the same (agreement is then undefined, not 1).
-    """
-
-    def delta(c: Any, k: Any) -> float:
-        return float(c - k) ** 2 if interval else float(c != k)
-
-    pairable = [u for u in units if len(u) >= 2]
-    coincidences: Counter[tuple[Any, Any]] = Counter()
-    for unit in pairable:
-        for i, c in enumerate(unit):
-            for j, k in enumerate(unit):
-                if i != j:
-                    coincidences[c, k] += 1 / (len(unit) - 1)
-    totals: Counter[Any] = Counter()
-    for (c, _), weight in coincidences.items():
-        totals[c] += weight
-    n = sum(totals.values())
-    expected = sum(totals[c] * totals[k] * delta(c, k) for c in totals for k in totals)
-    if n < 2 or expected == 0:
-        return None
-    observed = sum(weight * delta(c, k) for (c, k), weight in coincidences.items())
-    return 1 - (n - 1) * observed / expected
 
 
 @dataclass

@@ -28,7 +28,8 @@ import numpy as np
 from curation.core.buckets import BUCKET_TITLES
 from curation.core.errors import CurateError
 from curation.core.workspace import Workspace, atomic_write_bytes, atomic_write_json, atomic_write_text
-from curation.study.tasks import resolve_name, study_dir
+from curation.review.agreement import krippendorff_alpha
+from curation.study.studies import resolve_name, study_dir
 
 BOOTSTRAP = 2000
 ALL = "all"
@@ -69,23 +70,6 @@ def sign_test(a: list[float], b: list[float]) -> dict[str, Any]:
         "win_rate": wins / decided if decided else None,
         "p_value": float(binomtest(wins, decided, 0.5).pvalue) if decided else None,
     }
-
-
-def krippendorff_interval(units: list[list[float]]) -> float | None:
-    """Krippendorff's alpha, interval metric: 1 - observed / expected disagreement.
-
-    D_o = (1/n) sum_u (1/(m_u - 1)) sum_{i != j in u} (v_i - v_j)^2 over units with m_u >= 2 values
-    (n of them pooled); D_e = (1/(n(n-1))) sum_{i != j over the pooled values} (v_i - v_j)^2.
-    None when fewer than two units are pairable or every value is the same.
-    """
-    pairable = [np.asarray(u, dtype=float) for u in units if len(u) >= 2]
-    if len(pairable) < 2:
-        return None
-    pooled = np.concatenate(pairable)
-    n = len(pooled)
-    observed = sum(((u[:, None] - u[None, :]) ** 2).sum() / (len(u) - 1) for u in pairable) / n
-    expected = ((pooled[:, None] - pooled[None, :]) ** 2).sum() / (n * (n - 1))
-    return None if expected == 0 else float(1 - observed / expected)
 
 
 @dataclass
@@ -146,13 +130,12 @@ def compute(
             pairwise.append(
                 {"criterion": criterion, "a": a, "b": b, "tasks": len(both), **sign_test(first, second)}
             )
-    agreement = {
-        criterion: {
-            "alpha": krippendorff_interval(list(units.values())),
-            "units": sum(len(u) >= 2 for u in units.values()),
-        }
-        for criterion, units in by_rater.items()
-    }
+    agreement: dict[str, dict[str, Any]] = {}
+    for criterion, units in by_rater.items():
+        pairable = sum(len(u) >= 2 for u in units.values())
+        # one image rated twice is no agreement to measure (alpha of a single unit is 0 by construction)
+        alpha = krippendorff_alpha(list(units.values()), interval=True) if pairable >= 2 else None
+        agreement[criterion] = {"alpha": alpha, "units": pairable}
     return {
         "study": state["name"],
         "source": state["source"],

@@ -1,0 +1,390 @@
+"""Label Studio over HTTP: connect to a server, make its requests, read tasks back as export snapshots.
+
+Every request goes through `Connection.call`, which retries a dropped connection and then fails
+naming the server and the step, so push and pull (both idempotent) can simply be re-run. Tasks are
+read back as Label Studio's export snapshots, an id range at a time (pull reads annotations so,
+push the keys of what a project holds); images are never copied or base64-encoded: tasks point at
+`/data/local-files/?d=...` (`local_url`) below the server's document root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+import requests
+
+from curation.core import dataset as ds
+from curation.core.errors import CurateError
+from curation.core.workspace import Workspace
+from curation.review.server import data_dir_of, read_server
+
+DM_COLUMNS = (ds.REVIEW_DECISION, ds.REVIEW_QUALITY, ds.REVIEW_AGREEMENT)  # task data written by pull
+RETRIES = 3
+PULL_TITLE = "curate pull (temporary)"  # the views and export snapshots a pull makes and deletes
+KEY_CHUNK = 20_000  # tasks per snapshot when only their keys are wanted
+SNAPSHOT_WAIT_S = 600.0  # one chunk's export; a server whose export workers are down never finishes it
+T = TypeVar("T")
+
+
+@dataclass
+class Connection:
+    """A reachable Label Studio: its URL, token, document root and an SDK client."""
+
+    url: str
+    token: str
+    document_root: Path
+    workspace_root: Path
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Token {self.token}"}
+
+    @cached_property
+    def client(self) -> Any:
+        from label_studio_sdk.client import LabelStudio
+
+        return LabelStudio(base_url=self.url, api_key=self.token, timeout=120)
+
+    def call(self, what: str, fn: Callable[[], T], before_retry: Callable[[], None] | None = None) -> T:
+        """Run one request, retrying a dropped connection, then fail naming the server and the step.
+
+        A server restarting mid-push answers again within seconds; beyond that the user re-runs the
+        command, which is safe because push and pull are idempotent. `before_retry` runs after the
+        back-off, for requests whose effect may have landed although the answer was lost.
+        """
+        import httpx
+
+        for attempt in range(RETRIES + 1):
+            try:
+                return fn()
+            except (requests.ConnectionError, requests.Timeout, httpx.TransportError) as exc:
+                if attempt == RETRIES:
+                    raise CurateError(
+                        f"Label Studio at {self.url} stopped answering during {what} ({type(exc).__name__}); "
+                        "check it with `curate review serve` and re-run (nothing is duplicated)"
+                    ) from exc
+                time.sleep(2.0 * 2**attempt)
+                if before_retry is not None:
+                    before_retry()
+        raise AssertionError("unreachable")
+
+    def check_token(self, status_code: int) -> None:
+        """A refused token is the user's to fix, not a retry's."""
+        if status_code in (401, 403):
+            raise CurateError(f"Label Studio at {self.url} refused the API token ({status_code})")
+
+    def get_json(self, path: str, what: str, **params: Any) -> Any:
+        def fetch() -> Any:
+            response = requests.get(f"{self.url}{path}", params=params, headers=self.headers, timeout=300)
+            self.check_token(response.status_code)
+            response.raise_for_status()
+            return response.content
+
+        return json.loads(self.call(what, fetch))
+
+    def project_exists(self, project_id: int) -> bool:
+        """Whether a recorded project is still on the server (one deleted there is made again by the caller)."""
+        return self.project(project_id) is not None
+
+    def project(self, project_id: int) -> dict[str, Any] | None:
+        """The project's record (task counts included), or None when it is gone from the server."""
+
+        def fetch() -> requests.Response:
+            return requests.get(f"{self.url}/api/projects/{project_id}", headers=self.headers, timeout=30)
+
+        response = self.call("project lookup", fetch)
+        self.check_token(response.status_code)
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return response.json()
+
+    def server_time(self) -> datetime:
+        """The server's clock (its HTTP Date header): task `updated_at` times are on it, not on ours."""
+        response = self.call("clock", lambda: requests.get(f"{self.url}/health", timeout=30))
+        return parsedate_to_datetime(response.headers["Date"])
+
+    def task_chunks(
+        self, project_id: int, chunk: int, updated_after: datetime | None = None
+    ) -> Iterator[tuple[list[dict[str, Any]], int]]:
+        """The project's tasks with their annotations, a chunk of ids at a time, each with how many remain.
+
+        Each chunk is one of Label Studio's export snapshots, restricted by a temporary Data Manager
+        view to an id range (and, given `updated_after`, to the tasks touched since: saving or deleting
+        an annotation stamps its task). Snapshots serialize a task for about a third of what the task
+        API costs, and the next one is made while the caller works on this one, so server and client
+        run side by side. Id ranges, not page numbers, split the work: a task deleted meanwhile cannot
+        push another out of sight. The view and the snapshot are deleted as soon as the chunk is read;
+        ones left by a killed pull are deleted by the next.
+        """
+        self._drop_pull_leftovers(project_id)
+        changed: list[dict[str, Any]] = []
+        if updated_after is not None:
+            stamp = updated_after.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            changed.append(
+                {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": stamp}
+            )
+        first, total = self._first_task(project_id, changed, "tasks:id")
+        if not total:
+            return
+        last, _ = self._first_task(project_id, changed, "-tasks:id")
+        parts = -(-total // chunk)
+        bounds = [first + (last + 1 - first) * k // parts for k in range(parts)] + [last + 1]
+        done = 0
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self._snapshot, project_id, changed, bounds[0], bounds[1])
+            for k in range(parts):
+                tasks = pending.result()
+                if k + 1 < parts:
+                    pending = pool.submit(self._snapshot, project_id, changed, bounds[k + 1], bounds[k + 2])
+                if tasks:
+                    yield tasks, max(total - done, len(tasks))
+                done += len(tasks)
+
+    def _first_task(self, project_id: int, filters: list[dict[str, Any]], ordering: str) -> tuple[int, int]:
+        """The first task id in `ordering` among those matching `filters`, and how many match."""
+        payload = self.get_json(
+            "/api/tasks/",
+            "task pull",
+            project=project_id,
+            fields="task_only",
+            page=1,
+            page_size=1,
+            query=json.dumps({"filters": {"conjunction": "and", "items": filters}, "ordering": [ordering]}),
+        )
+        return (payload["tasks"][0]["id"] if payload["tasks"] else 0), payload["total"]
+
+    def _snapshot(self, project_id: int, filters: list[dict[str, Any]], low: int, high: int) -> list[dict[str, Any]]:
+        """The tasks with ids in [low, high) matching `filters`, through a temporary view and export snapshot."""
+        in_range = [
+            {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": low - 1},
+            {"filter": "filter:tasks:id", "operator": "less", "type": "Number", "value": high},
+        ]
+        view = self.send_json(
+            "post",
+            "/api/dm/views/",
+            "task pull",
+            {
+                "project": project_id,
+                "data": {"title": PULL_TITLE, "filters": {"conjunction": "and", "items": in_range + filters}},
+            },
+        )
+        try:
+            export = self.send_json(
+                "post",
+                f"/api/projects/{project_id}/exports/",
+                "task pull",
+                {
+                    "title": PULL_TITLE,
+                    "task_filter_options": {"view": view["id"]},
+                    "serialization_options": {
+                        "drafts": {"only_id": True},
+                        "predictions": {"only_id": True},
+                        "annotations__completed_by": {"only_id": True},
+                        "include_annotation_history": False,
+                    },
+                },
+            )
+            try:
+                export = self._finished(project_id, export, f"tasks {low}-{high - 1}")
+                return self.get_json(
+                    f"/api/projects/{project_id}/exports/{export['id']}/download", "task pull", exportType="JSON"
+                )
+            finally:
+                self.send_json("delete", f"/api/projects/{project_id}/exports/{export['id']}", "task pull")
+                self._drop_snapshot_file(project_id, export.get("md5") or "")
+        finally:
+            self.send_json("delete", f"/api/dm/views/{view['id']}/", "task pull")
+
+    def _finished(self, project_id: int, export: dict[str, Any], what: str) -> dict[str, Any]:
+        """The snapshot once Label Studio has written it: at once without background workers, else polled."""
+        deadline = time.monotonic() + SNAPSHOT_WAIT_S
+        while export["status"] not in ("completed", "failed"):
+            if time.monotonic() > deadline:
+                raise CurateError(
+                    f"Label Studio at {self.url} has not exported {what} after {SNAPSHOT_WAIT_S:.0f} s: "
+                    "are its background workers running? Re-run the pull"
+                )
+            time.sleep(0.5)
+            export = self.get_json(f"/api/projects/{project_id}/exports/{export['id']}", "task pull")
+        if export["status"] == "failed":
+            raise CurateError(f"Label Studio at {self.url} failed to export {what}; re-run the pull")
+        return export
+
+    def _drop_snapshot_file(self, project_id: int, md5: str) -> None:
+        """Delete a deleted snapshot's file, where this machine can: Label Studio 1.23 keeps it.
+
+        Deleting an export removes its record but never its file (the feature flag that would is
+        fixed off), so every pull would leave a copy of what it read in the server's media/export.
+        A server `curate review serve` runs from the document root keeps them in its data dir,
+        named project-<id>-at-<minute>-<md5[:8]>.json; on a server elsewhere they stay.
+        """
+        folder = data_dir_of(self.document_root) / "media" / "export" / str(project_id)
+        if md5 and os.access(folder, os.W_OK):
+            for path in folder.glob(f"project-{project_id}-at-*-{md5[:8]}*.json"):
+                path.unlink(missing_ok=True)
+
+    def _drop_pull_leftovers(self, project_id: int) -> None:
+        """Delete the temporary views and snapshots of a pull that was killed before it could."""
+        for view in self.get_json("/api/dm/views/", "task pull", project=project_id):
+            if view.get("data", {}).get("title") == PULL_TITLE:
+                self.send_json("delete", f"/api/dm/views/{view['id']}/", "task pull")
+        for export in self.get_json(f"/api/projects/{project_id}/exports/", "task pull"):
+            if export.get("title") == PULL_TITLE:
+                self.send_json("delete", f"/api/projects/{project_id}/exports/{export['id']}", "task pull")
+                self._drop_snapshot_file(project_id, export.get("md5") or "")
+
+    def send_json(self, method: str, path: str, what: str, body: dict[str, Any] | None = None) -> Any:
+        """One POST/PATCH/DELETE with a JSON body; the decoded answer (None when it has none)."""
+
+        def send() -> bytes:
+            response = requests.request(method, f"{self.url}{path}", json=body, headers=self.headers, timeout=600)
+            self.check_token(response.status_code)
+            if not (method == "delete" and response.status_code == 404):  # already gone
+                response.raise_for_status()
+            return response.content
+
+        content = self.call(what, send)
+        return json.loads(content) if content else None
+
+    def export_tasks(self, project_id: int, gone: str) -> bytes:
+        """Every task of a project with its annotations, as Label Studio's JSON export.
+
+        Args:
+            project_id: The project.
+            gone: The error to show when the project no longer exists on the server.
+        """
+
+        def fetch() -> bytes:
+            response = requests.get(
+                f"{self.url}/api/projects/{project_id}/export",
+                headers=self.headers,
+                timeout=600,
+                params={"exportType": "JSON", "download_all_tasks": "true"},
+            )
+            if response.status_code == 404:
+                raise CurateError(gone)
+            self.check_token(response.status_code)
+            response.raise_for_status()
+            return response.content
+
+        return self.call("export", fetch)
+
+    def task_keys(self, project_id: int, key: str) -> set[str]:
+        """The `key` values of the project's tasks: the server is the truth, so an interrupted push is seen.
+
+        Read as export snapshots, like a pull: 100K tasks take ~2.8 min on SQLite, as the task API
+        does, but the task API took 7.7 min on PostgreSQL (it queries per task). A push reads this
+        only when its record of what it imported disagrees with the server.
+        """
+        chunks = self.task_chunks(project_id, KEY_CHUNK)
+        return {t["data"][key] for tasks, _ in chunks for t in tasks if key in t["data"]}
+
+    def import_tasks(self, project_id: int, tasks: list[dict[str, Any]], key: str) -> list[str]:
+        """Import one batch and return its `key`s; after a dropped connection, re-import only what the
+        server does not hold.
+
+        The import may have been committed even though its answer was lost, so a blind retry could
+        duplicate tasks: the server's tasks, identified by their `key` field, decide what is still missing.
+        """
+        pending = tasks
+
+        def send() -> None:
+            if pending:
+                self.client.projects.import_tasks(id=project_id, request=pending)
+
+        def drop_imported() -> None:
+            nonlocal pending
+            present = self.task_keys(project_id, key)
+            pending = [t for t in pending if t["data"][key] not in present]
+
+        self.call("task import", send, before_retry=drop_imported)
+        return [t["data"][key] for t in tasks]
+
+    def show_reviews(
+        self, project_id: int, tasks: list[dict[str, Any]], reviews: dict[str, dict[str, Any]]
+    ) -> None:
+        """Copy each task's decision, quality and agreement into its data: Data Manager columns.
+
+        The community edition has no column for an annotation's choice or rating. Its "Add Or
+        Modify Data Field" action sets one value on many tasks in one request without touching their
+        update time (the next pull does not read them again), so tasks are grouped by value: a chunk
+        costs a handful of requests. Only values that differ from the task's data are sent: on
+        SQLite the server rewrites each task's data in Python (~0.3 ms a task and column), so
+        agreement is written only where two or more annotators voted (one vote agrees with itself).
+        """
+        groups: dict[tuple[str, Any], list[int]] = {}
+        for task in tasks:
+            review = reviews.get(task["data"].get(ds.CANDIDATE_ID, ""))
+            for name in DM_COLUMNS if review is not None else ():
+                value = review[name]
+                if name == ds.REVIEW_AGREEMENT and (review[ds.REVIEW_ANNOTATORS] or 0) < 2:
+                    value = None
+                value = "" if value is None else value
+                if task["data"].get(name, "") != value:
+                    groups.setdefault((name, value), []).append(task["id"])
+        for (name, value), ids in groups.items():
+            body = {
+                "selectedItems": {"all": False, "included": ids},
+                "value_name": name,
+                "value_type": "String" if isinstance(value, str) else "Number",
+                "value": value,
+            }
+
+            self.send_json(
+                "post", f"/api/dm/actions?id=add_data_field&project={project_id}", "data manager columns", body
+            )
+
+
+def connect(ws: Workspace, url: str | None = None, token: str | None = None) -> Connection:
+    """The explicit server if given (argument, else review.url in curate.toml), else the one recorded
+    in review/server.json; checked to answer."""
+    known = read_server(ws)
+    url = url or ws.config.review.url or None
+    if url:
+        if not token and known and known.url == url.rstrip("/"):
+            token = known.token
+        if not token:
+            raise CurateError(f"a token is needed for {url}: pass --token or set LABEL_STUDIO_TOKEN")
+        root = Path(known.document_root) if known and known.url == url.rstrip("/") else ws.root
+        conn = Connection(url.rstrip("/"), token, root, ws.root)
+    elif known:
+        conn = Connection(known.url, token or known.token, Path(known.document_root or ws.root), ws.root)
+    else:
+        url = f"http://127.0.0.1:{ws.config.review.port}"
+        raise CurateError(
+            f"Label Studio is not reachable at {url}: start it with `curate review serve -w {ws.root}`"
+        )
+    try:
+        requests.get(f"{conn.url}/health", timeout=5).raise_for_status()
+    except requests.RequestException:
+        raise CurateError(
+            f"Label Studio is not reachable at {conn.url}: start it with `curate review serve -w {ws.root}` "
+            "or pass --url/--token of a running server"
+        ) from None
+    return conn
+
+
+@lru_cache(maxsize=4096)
+def _real_folder(folder: Path) -> Path:
+    """A folder with its links resolved, once: a push names 100K images in a handful of folders."""
+    return folder.resolve()
+
+
+def local_url(conn: Connection, path: Path) -> str:
+    """The URL Label Studio serves `path` at: relative to its document root, through local-files storage."""
+    try:
+        relative = (_real_folder(Path(path).absolute().parent) / Path(path).name).relative_to(conn.document_root)
+    except ValueError:
+        raise CurateError(f"{path} is outside Label Studio's document root {conn.document_root}") from None
+    return f"/data/local-files/?d={relative.as_posix()}"
