@@ -30,15 +30,18 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_UNSTORABLE = re.compile("[\ud800-\udfff\x00]")
 
 
-def valid_unicode(text: str) -> str:
-    """Unpaired surrogates (what a lone JSON "\\ud800" escape decodes to) become U+FFFD, one each.
+def storable_text(text: str) -> str:
+    """Unpaired surrogates (what a lone JSON "\\ud800" escape decodes to) and NUL become U+FFFD, one each.
 
-    Such text cannot be encoded as UTF-8, so neither the retry request nor plans.jsonl could carry it.
+    Surrogates cannot be encoded as UTF-8, so neither the retry request nor plans.jsonl could carry
+    them, and NUL ends strings in the C code that reads plans, failure logs and cache files downstream.
+    The cache stores the reply after this, so a re-run reads back exactly what the first run used:
+    two lone surrogates stored as JSON escapes would otherwise decode as one valid character.
     """
-    return _SURROGATE.sub("\ufffd", text)
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 class LLMClient:
@@ -74,7 +77,7 @@ class LLMClient:
         ).hexdigest()
         path = self.cache_dir / f"{key}.json"
         if (cached := _cached_reply(path)) is not None:
-            return valid_unicode(cached)
+            return storable_text(cached)
         kwargs: dict[str, Any] = {
             "model": model,
             "messages": messages,
@@ -104,9 +107,9 @@ class LLMClient:
             raise CurateError(
                 f"the LLM endpoint refused the request: HTTP {exc.status_code}: {exc.message}"
             ) from exc
-        reply = response.choices[0].message.content or ""
+        reply = storable_text(response.choices[0].message.content or "")
         atomic_write_json(path, {"model": model, "messages": messages, "seed": seed, "reply": reply})
-        return valid_unicode(reply)
+        return reply
 
 
 def _cached_reply(path: Path) -> str | None:

@@ -90,7 +90,8 @@ def _pixel(value: int) -> int:
 
 
 Pixel = Annotated[int, AfterValidator(_pixel)]
-ConceptId = Annotated[str, _one_line(MAX_ID_CHARS)]
+ConceptId = Annotated[str, _one_line(MAX_ID_CHARS), AfterValidator(str.lower)]
+"""Concept ids are lowercase (curation.core.records): a model writing `Dog` for `dog` means the same concept."""
 
 
 class LLMObject(BaseModel):

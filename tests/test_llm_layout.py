@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -569,3 +570,59 @@ def test_any_sets_reply_is_sets_or_a_rejection(text: str) -> None:
         str(exc).encode("utf-8")
         return
     assert sets and all(set(s) <= {"cat", "mug", "astro"} and len(s) >= 2 for s in sets)
+
+
+UNSTORABLE = st.lists(st.sampled_from(["\ud83d", "\ude00", "\x00", "a", "é", "😀", "\ud800", "{"]), max_size=12)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pieces=UNSTORABLE, plain=st.text(max_size=20))
+def test_a_cached_reply_reads_back_as_the_first_run_used_it(
+    concept_ws: Workspace, pieces: list[str], plain: str
+) -> None:
+    """Whatever the endpoint sent (lone surrogates that pair up once stored as JSON escapes, NUL), the
+    re-run reads from the cache exactly the text the first run parsed, and sends no request."""
+    from types import SimpleNamespace
+
+    from generators.llm_client import LLMClient
+    from generators.llm_reply import LLMLayout
+
+    sent = "".join(pieces) + plain
+    calls = []
+
+    def create(**kwargs: object) -> SimpleNamespace:
+        calls.append(kwargs)
+        return SimpleNamespace(choices=[SimpleNamespace(message=SimpleNamespace(content=sent))])
+
+    config = LayoutConfig(planner="llm")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OPENAI_API_KEY", "test")
+        client = LLMClient(concept_ws, config)
+        client.client = SimpleNamespace(chat=SimpleNamespace(completions=SimpleNamespace(create=create)))
+        messages = [{"role": "user", "content": f"layout {uuid.uuid4()}"}]  # a fresh cache key per example
+        first = client.ask(messages, 7, LLMLayout)
+        again = client.ask(messages, 7, LLMLayout)
+    assert again == first and len(calls) == 1
+    assert "\x00" not in first
+    first.encode("utf-8")  # no lone surrogate left
+
+
+def test_concept_ids_in_replies_are_case_folded(concept_ws: Workspace, fake_llm: FakeLLM) -> None:
+    configure(concept_ws)
+    fake_llm.queue(ok(layout_reply(objects=[{**CAT, "concept": "Cat"}, {**MUG, "concept": "MUG"}])))
+    [plan] = plan_layouts(concept_ws, 1)
+    assert plan.planner == "llm:gpt-4o-mini" and sorted(plan.concepts) == ["cat", "mug"]
+    assert sorted(b.concept_id for b in plan.boxes) == ["cat", "mug"] and len(fake_llm.requests) == 1
+
+
+def test_no_nul_reaches_plans_failures_or_the_cache(concept_ws: Workspace, fake_llm: FakeLLM) -> None:
+    configure(concept_ws)
+    fake_llm.queue(ok("no\x00layout"), ok(layout_reply(background="a park\x00")), ok(VALID + "\x00"))
+    [plan] = plan_layouts(concept_ws, 1)
+    assert plan.planner == "llm:gpt-4o-mini" and plan.raw_reply == VALID + "\ufffd"
+    lines = [concept_ws.plans_path, concept_ws.root / "plans" / "llm_failures.jsonl"]
+    records = [json.loads(line) for path in lines for line in path.read_text(encoding="utf-8").splitlines()]
+    cache = sorted((concept_ws.root / "plans" / "llm_cache").iterdir())
+    records += [json.loads(path.read_text(encoding="utf-8")) for path in cache]
+    assert len(records) == 1 + 2 + 3  # the plan, two rejected replies, three cached replies
+    assert all("\x00" not in json.dumps(record, ensure_ascii=False) for record in records)
