@@ -179,6 +179,36 @@ def test_bad_evaluator_folders_are_refused_before_anything_is_pushed(tmp_path: P
     assert result.exit_code == 1 and "was evaluated on other prompts" in str(result.exception)
 
 
+MALFORMED_RESULTS = {
+    "a row lacking its configuration": lambda r: r["rows"][0].pop("configuration"),
+    "an image that is null": lambda r: r["rows"][1].update(image=None),
+    "rows that are not a list": lambda r: r.update(rows={"0": r["rows"][0]}),
+    "a row that is not an object": lambda r: r["rows"].append(["not", "a", "row"]),
+    "concepts that are a string": lambda r: r["rows"][2].update(concepts="cat"),
+    "every bucket label unknown": lambda r: [row.update(bucket="six") for row in r["rows"]],
+    "no rows at all": lambda r: r.update(rows=[]),
+    "not JSON": None,
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_RESULTS))
+def test_a_malformed_results_file_is_one_error_naming_it(tmp_path: Path, case: str) -> None:
+    """Each of these ended in a traceback (or, all buckets unknown, in an empty project with exit 0)."""
+    ws = Workspace.create(tmp_path / "ws")
+    folder = write_evaluation(tmp_path / "eval")
+    results = json.loads((folder / "results.json").read_text())
+    if (damage := MALFORMED_RESULTS[case]) is None:
+        (folder / "results.json").write_text(json.dumps(results)[:-20])
+    else:
+        damage(results)
+        (folder / "results.json").write_text(json.dumps(results))
+    result = CliRunner().invoke(app, ["study", "create", str(folder), "-w", str(ws.root)])
+    assert result.exit_code == 1 and isinstance(result.exception, CurateError), result.exception
+    message = str(result.exception)
+    assert "results.json is not a valid results record" in message and "\n" not in message
+    assert not (ws.root / "study").exists()
+
+
 def _annotate(client, task, mapping_entry: dict, user_id: int, scores: dict[str, dict[str, int | None]]):
     """Scores given per configuration, written per slot as the blind page would."""
     slots = mapping_entry["slots"]

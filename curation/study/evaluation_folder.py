@@ -9,12 +9,48 @@ configurations, so the images differ by the model alone.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from curation.core.buckets import BUCKETS
 from curation.core.errors import CurateError
 from curation.core.records import content_id
+from curation.core.workspace import read_record
+
+NonEmpty = Field(min_length=1, max_length=1000)
+
+
+class ResultRow(BaseModel):
+    """What the study reads of one evaluator row; the metrics beside these fields are not its business."""
+
+    model_config = ConfigDict(extra="ignore")
+    configuration: str = NonEmpty
+    concepts: list[str] = Field(min_length=1, max_length=64)
+    background: str = Field(max_length=1000)
+    plain_text: str = NonEmpty
+    image: str = NonEmpty
+    bucket: str
+
+    @field_validator("bucket")
+    @classmethod
+    def _known_bucket(cls, value: str) -> str:
+        """A study balances its prompts over the concept-count buckets: an unknown one has no column."""
+        if value not in BUCKETS:
+            raise ValueError(f"bucket {value!r} is none of {', '.join(BUCKETS)}")
+        return value
+
+
+class Results(BaseModel):
+    """The evaluator's results.json as far as a study reads it, checked before anything is pushed."""
+
+    model_config = ConfigDict(extra="ignore")
+    rows: list[ResultRow] = Field(min_length=1)
+    configurations: dict[str, str] | None = None
+    """Configuration label -> the model folder it was evaluated from; its order is the columns' order."""
+    weights: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -57,21 +93,18 @@ def read_evaluation(folder: Path, skip_incomplete: bool = False) -> Evaluation:
     results = folder / "results.json"
     if not results.is_file():
         raise CurateError(f"no results.json in {folder}: give a `curate evaluate -o` folder")
-    try:
-        payload = json.loads(results.read_text())
-        rows = payload["rows"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise CurateError(f"{results} is not an evaluator results file ({exc})") from None
-    configurations = list(payload.get("configurations") or dict.fromkeys(r["configuration"] for r in rows))
+    payload = read_record(Results, results, str(results), "give the results.json `curate evaluate -o` wrote")
+    rows = payload.rows
+    configurations = list(payload.configurations or dict.fromkeys(r.configuration for r in rows))
     if len(configurations) < 2:
         raise CurateError(
             f"{results} has {len(configurations)} configuration(s): a study compares at least two"
         )
-    first: dict[str, dict[str, dict]] = {c: {} for c in configurations}
+    first: dict[str, dict[str, ResultRow]] = {c: {} for c in configurations}
     for row in rows:
-        if row["configuration"] in first:
-            key = item_key(row["concepts"], row["background"], row["plain_text"])
-            first[row["configuration"]].setdefault(key, row)
+        if row.configuration in first:
+            key = item_key(row.concepts, row.background, row.plain_text)
+            first[row.configuration].setdefault(key, row)
     every = {key: row for per in first.values() for key, row in per.items()}
     messages: list[str] = []
     bad_keys: set[str] = set()
@@ -80,11 +113,11 @@ def read_evaluation(folder: Path, skip_incomplete: bool = False) -> Evaluation:
         if missing:
             messages.append(
                 f"configuration {config!r} was evaluated on other prompts: it lacks {len(missing)} of "
-                f"{len(every)} (e.g. {every[missing[0]]['plain_text']!r})"
+                f"{len(every)} (e.g. {every[missing[0]].plain_text!r})"
             )
         broken = []
         for key, row in first[config].items():
-            path = (folder / row["image"]).resolve()
+            path = (folder / row.image).resolve()
             try:
                 if folder not in path.parents:  # only the evaluator's own images are copied into the study
                     raise OSError(f"{path} is outside {folder}")
@@ -96,7 +129,7 @@ def read_evaluation(folder: Path, skip_incomplete: bool = False) -> Evaluation:
             example = first[config][broken[0]]
             messages.append(
                 f"configuration {config!r} has no readable image for {len(broken)} prompts "
-                f"(e.g. {example['image']} for {example['plain_text']!r})"
+                f"(e.g. {example.image} for {example.plain_text!r})"
             )
         bad_keys.update(missing + broken)
     if messages and not skip_incomplete:
@@ -107,12 +140,12 @@ def read_evaluation(folder: Path, skip_incomplete: bool = False) -> Evaluation:
     items = [
         Item(
             key=key,
-            prompt=row["plain_text"],
-            concepts=tuple(row["concepts"]),
-            bucket=row["bucket"],
-            images={c: folder / first[c][key]["image"] for c in configurations},
+            prompt=row.plain_text,
+            concepts=tuple(row.concepts),
+            bucket=row.bucket,
+            images={c: folder / first[c][key].image for c in configurations},
         )
         for key, row in every.items()
         if key not in bad_keys
     ]
-    return Evaluation(folder, configurations, items, dict(payload.get("weights") or {}), messages)
+    return Evaluation(folder, configurations, items, dict(payload.weights or {}), messages)
