@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -347,3 +348,32 @@ def test_llm_topup_tells_the_planner_why_earlier_images_were_rejected(
     assert sum("for: missing concept, bad layout. Avoid that." in p for p in prompts) == 8
     assert sum("for: bad layout. Avoid that." in p for p in prompts) == 2
     assert all(p.planner.startswith("llm:") for p in ws.plans()[6:])
+
+
+def test_a_round_is_bounded_whatever_the_targets_and_budget(direct_ws: Workspace) -> None:
+    """`per_composition = 1e9` with `--max-new 1000000` planned until MemoryError; 1e5 appended 100,000
+    plans without a word. Targets and the budget have documented ceilings, checked before planning."""
+    ws = direct_ws
+    write_reviews(ws, REVIEWS)
+    plans_before = ws.plans_path.read_bytes()
+    with pytest.raises(CurateError, match=r"--max-new must be between 1 and 10,000 .*got 1,000,000"):
+        topup(ws, max_new=1_000_000)
+    assert ws.plans_path.read_bytes() == plans_before and read_rounds(ws) == []
+
+    text = ws.config_path.read_text()
+    for setting in ("per_composition = 1e9", "per_composition = 1000000000", "max_new = 100000"):
+        key = setting.split(" =")[0]
+        edited = re.sub(rf"(?m)^{key} = .*$", setting, text)
+        atomic_write_text(ws.config_path, edited)
+        result = CliRunner().invoke(app, ["topup", "-w", str(ws.root)])
+        assert result.exit_code == 1 and isinstance(result.exception, CurateError), result.output
+        assert f"curation.{key}" in str(result.exception) and "less than or equal" in str(result.exception)
+    atomic_write_text(ws.config_path, text)
+
+    config = ws.config
+    config.curation = config.curation.model_copy(update={"per_composition": 1_000_000})
+    atomic_write_text(ws.config_path, dump_config(config))
+    report = topup(ws)  # a target of a million asks for millions: the budget (max_new, 200) is what it plans
+    assert sum(report.asked.values()) > 1_000_000
+    assert 0 < report.new_plans * ws.config.generate.seeds_per_plan <= 200
+    assert len(ws.plans()) == len(plans_before.splitlines()) + report.new_plans

@@ -213,6 +213,13 @@ class ExportConfig(_Section):
         return value
 
 
+MAX_TARGET = 1_000_000
+"""Accepted images wanted per concept set or concept: far beyond any dataset reviewed by people."""
+MAX_NEW_PER_ROUND = 10_000
+"""New candidates one `curate topup` may plan: a round is sized like a whole first dataset (10K), so a
+typo such as `--max-new 1000000` cannot plan until memory runs out; more is more rounds."""
+
+
 class CurationConfig(_Section):
     """Targets for the accepted set: `curate status` measures against them, `curate topup` plans toward them.
 
@@ -221,15 +228,19 @@ class CurationConfig(_Section):
     composition's target meets them all; 0 (or no buckets) means no target.
     """
 
-    per_composition: int = Field(0, ge=0, description="accepted images wanted for every concept set")
-    per_concept: int = Field(0, ge=0, description="accepted images wanted showing each concept")
+    per_composition: int = Field(
+        0, ge=0, le=MAX_TARGET, description="accepted images wanted for every concept set"
+    )
+    per_concept: int = Field(0, ge=0, le=MAX_TARGET, description="accepted images wanted showing each concept")
     buckets: dict[str, float] = Field(
         default_factory=dict,
         description="share per concept count of the total per_composition implies, e.g. {2 = 0.4, 3 = 0.3}",
     )
     prior_acceptance: float = Field(0.5, gt=0, le=1, description="acceptance rate assumed before any review")
     prior_reviews: int = Field(4, ge=1, description="how many reviews the prior weighs, against observed ones")
-    max_new: int = Field(200, ge=1, description="default budget of new candidates per `curate topup`")
+    max_new: int = Field(
+        200, ge=1, le=MAX_NEW_PER_ROUND, description="default budget of new candidates per `curate topup`"
+    )
     give_up_rounds: int = Field(
         3, ge=1, description="stop when a composition's last N rounds of candidates were all rejected"
     )

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from curation.core.config import MAX_NEW_PER_ROUND
 from curation.core.errors import CurateError
 from curation.core.progress import ProgressFn, no_progress
 from curation.core.records import LayoutPlan, content_id
@@ -193,8 +194,11 @@ def topup(ws: Workspace, max_new: int | None = None, progress: ProgressFn = no_p
     config = ws.config.curation
     budget = config.max_new if max_new is None else max_new
     seeds = ws.config.generate.seeds_per_plan
-    if budget < 1:
-        raise CurateError(f"--max-new must be at least 1 (got {budget})")
+    if not 1 <= budget <= MAX_NEW_PER_ROUND:
+        raise CurateError(
+            f"--max-new must be between 1 and {MAX_NEW_PER_ROUND:,} new candidates per round (got {budget:,}); "
+            "top up more in several rounds"
+        )
     existing = ws.plans()
     if not existing:
         raise CurateError(f"no layout plans in {ws.plans_path}; run `curate plan` first")
