@@ -169,7 +169,9 @@ def evaluate_command(
 ) -> None:
     """Generate held-out compositions per configuration and score CP-CLIP, TI-CLIP, CLIP-I/T, DINO, D&C, SAS."""
     from curation.core.progress import progress_bar
-    from personalization.evaluate import EvalSettings, MSPConfiguration, evaluate, msp_configurations
+    from personalization.eval_settings import EvalSettings
+    from personalization.evaluate import evaluate
+    from personalization.msp_rows import MSPConfiguration, msp_configurations
 
     if ref_reduce not in ("mean", "max") or clip_t not in ("clipscore", "cosine"):
         raise CurateError("--ref-reduce takes mean|max and --clip-t takes clipscore|cosine")

@@ -1,10 +1,13 @@
 """Read a MyCanvas-style export folder: the compositions, their captions, and each concept's references.
 
 The trainer and evaluator consume only the export (never the workspace), so a set exported on one
-machine trains on another. Layout read here:
+machine trains on another. This module is the only one that reads the folder's listings and JSON
+files: it reads them once into an `Export` that the trainer, the held-out prompts and layouts, and the
+evaluator are handed. Layout read here:
 
     train/metadata.jsonl          one JSON per composition image (file_name relative to train/, caption, ...)
     concepts/<id>/refs/*.png      the concept's reference photos (+ masks/*.png)
+    concepts/<id>/concept.json    the concept record: class noun, refs paired with masks (and mask flags)
     concepts_list.json            diffusers/Custom Diffusion list (instance_prompt, class_prompt,
                                   instance_data_dir, class_data_dir: prior-preservation images, if any)
 """
@@ -30,6 +33,10 @@ class ExportConcept:
     token: str
     class_noun: str
     refs: tuple[Path, ...]
+    masks: tuple[Path | None, ...]
+    """Each ref's mask file, by position; None where the export has none."""
+    mask_flags: tuple[tuple[str, ...], ...]
+    """Each ref's mask quality flags (concept.json's mask_flags), by position; empty where it lists none."""
     class_images: tuple[Path, ...] = ()
     """Prior-preservation images of the class (concepts_list.json's class_data_dir), if the export has any."""
 
@@ -37,6 +44,11 @@ class ExportConcept:
     def phrase(self) -> str:
         """How captions name it: "<c-cat> cat"."""
         return f"{self.token} {self.class_noun}"
+
+    @property
+    def reference_masks(self) -> list[tuple[Path, Path | None]]:
+        """Each reference photo with its mask file, or None where the export has none."""
+        return list(zip(self.refs, self.masks, strict=True))
 
 
 @dataclass(frozen=True)
@@ -103,6 +115,33 @@ def _concepts_list(root: Path) -> tuple[dict[str, str], dict[str, Path]]:
     return nouns, class_dirs
 
 
+def _concept_card(folder: Path) -> dict:
+    """The exported concept.json (a concept record) of a concept folder, or {} when there is none."""
+    path = folder / "concept.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _reference_masks(
+    root: Path, folder: Path, refs: tuple[Path, ...], card: dict
+) -> tuple[tuple[Path | None, ...], tuple[tuple[str, ...], ...]]:
+    """Each ref's mask file (None where it is not there) and mask flags.
+
+    concept.json pairs refs, masks (relative to the export) and mask flags by position; a ref it
+    does not list has its mask at masks/<ref's file name> and no flags.
+    """
+    flags = card.get("mask_flags") or [[] for _ in card.get("refs", [])]
+    listed = {
+        Path(ref).name: (mask, list(flag))
+        for ref, mask, flag in zip(card.get("refs", []), card.get("masks", []), flags)
+    }
+    masks, mask_flags = [], []
+    for ref in refs:
+        mask = root / listed[ref.name][0] if ref.name in listed else folder / "masks" / ref.name
+        masks.append(mask if mask.is_file() else None)
+        mask_flags.append(tuple(listed.get(ref.name, ("", []))[1]))
+    return tuple(masks), tuple(mask_flags)
+
+
 def _noun_after_token(caption: str, token: str) -> str | None:
     """The word right after the token in a caption ("<c-cat> cat sits" -> "cat")."""
     _, found, rest = caption.partition(token)
@@ -162,9 +201,8 @@ def read_export(export_dir: Path) -> Export:
     concepts = {}
     for concept_id, token in tokens.items():
         folder = root / "concepts" / concept_id
-        card = folder / "concept.json"
-        noun = json.loads(card.read_text()).get("class_noun") if card.exists() else None
-        noun = noun or nouns.get(concept_id)
+        card = _concept_card(folder)
+        noun = card.get("class_noun") or nouns.get(concept_id)
         if not noun:
             raise CurateError(
                 f"no class noun for concept {concept_id} (not in concepts_list.json nor its captions)"
@@ -172,11 +210,14 @@ def read_export(export_dir: Path) -> Export:
         refs = _images(folder / "refs")
         if not refs:
             raise CurateError(f"concept {concept_id} has no reference images in {folder / 'refs'}")
+        masks, mask_flags = _reference_masks(root, folder, refs, card)
         concepts[concept_id] = ExportConcept(
             concept_id=concept_id,
             token=token,
             class_noun=noun,
             refs=refs,
+            masks=masks,
+            mask_flags=mask_flags,
             class_images=_images(class_dirs[concept_id]) if concept_id in class_dirs else (),
         )
     return Export(root=root, concepts=concepts, compositions=compositions)

@@ -1,6 +1,6 @@
 """Held-out prompts as MSP inputs: a layout plan per prompt and the paste composition of its references.
 
-The evaluator's MSP rows drive `generators.msp.MSPGenerator`, which needs what `curate generate`
+The evaluator's MSP rows drive `generators.msp`'s `MSPGenerator`, which needs what `curate generate`
 gives it: a layout plan, the concepts' segments and, when scaffolding, the paste composition to start
 from. The evaluator reads an export, not a workspace, so the export's concepts become records whose
 refs and masks are relative to the export folder, and the generator's own functions do the rest
@@ -12,9 +12,6 @@ same layouts.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from curation.core.config import LayoutConfig
 from curation.core.errors import CurateError
 from curation.core.records import Concept, LayoutPlan, content_id
@@ -25,39 +22,17 @@ from personalization.data import Export
 from personalization.prompts import EvalPrompt
 
 
-def _card(export: Export, concept_id: str) -> dict[str, tuple[str, list[str]]]:
-    """Ref file name -> (mask path relative to the export, mask flags), from the exported concept.json."""
-    path = export.root / "concepts" / concept_id / "concept.json"
-    card = json.loads(path.read_text()) if path.is_file() else {}
-    flags = card.get("mask_flags") or [[] for _ in card.get("refs", [])]
-    return {
-        Path(ref).name: (mask, list(flag))
-        for ref, mask, flag in zip(card.get("refs", []), card.get("masks", []), flags)
-    }
-
-
-def reference_masks(export: Export, concept_id: str) -> list[tuple[Path, Path | None]]:
-    """Each reference photo of a concept with its mask file, or None where the export has none.
-
-    concept.json pairs refs and masks by position; without it, masks/ holds the ref's file name.
-    """
-    card = _card(export, concept_id)
-    folder = export.root / "concepts" / concept_id
-    pairs = []
-    for ref in export.concepts[concept_id].refs:
-        mask = export.root / card[ref.name][0] if ref.name in card else folder / "masks" / ref.name
-        pairs.append((ref, mask if mask.is_file() else None))
-    return pairs
-
-
 def concept_records(export: Export) -> dict[str, Concept]:
     """The export's concepts as records over their masked references, paths relative to the export."""
     root = export.root.resolve()
     records = {}
     for concept_id, concept in export.concepts.items():
-        card = _card(export, concept_id)
-        pairs = [(ref, mask) for ref, mask in reference_masks(export, concept_id) if mask is not None]
-        if not pairs:
+        masked = [
+            (ref, mask, flags)
+            for ref, mask, flags in zip(concept.refs, concept.masks, concept.mask_flags, strict=True)
+            if mask is not None
+        ]
+        if not masked:
             raise CurateError(
                 f"concept {concept_id} has no reference with a mask in {export.root / 'concepts' / concept_id}: "
                 "MSP rows paste the references by their masks"
@@ -67,9 +42,9 @@ def concept_records(export: Export) -> dict[str, Concept]:
             name=concept_id,
             class_noun=concept.class_noun,
             token=concept.token,
-            refs=[ref.resolve().relative_to(root).as_posix() for ref, _ in pairs],
-            masks=[mask.resolve().relative_to(root).as_posix() for _, mask in pairs],
-            mask_flags=[card.get(ref.name, ("", []))[1] for ref, _ in pairs],
+            refs=[ref.resolve().relative_to(root).as_posix() for ref, _, _ in masked],
+            masks=[mask.resolve().relative_to(root).as_posix() for _, mask, _ in masked],
+            mask_flags=[list(flags) for _, _, flags in masked],
         )
     return records
 

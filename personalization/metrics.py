@@ -30,7 +30,7 @@ import numpy as np
 
 from curation.core.buckets import BUCKETS
 from curation.scores.clip import CLIPSCORE_W
-from curation.scores.presence import Detection, best_per_label  # noqa: F401 - part of the metric set
+from curation.scores.presence import Detection
 from curation.scores.similarity import RefReduce, cosine_matrix, reference_similarity
 
 ClipTConvention = Literal["cosine", "clipscore"]

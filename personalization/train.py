@@ -8,11 +8,7 @@ weights), so the result is an ordinary UNet that any diffusers pipeline loads.
 LoRA: PEFT adapters on the UNet attention projections (to_q/k/v/out), plus the same token rows,
 fused into the UNet weights when saved.
 
-Output folder:
-    run.json                  the settings that define the run (a resume must match them)
-    checkpoints/step-NNNNNN/  trainable tensors + optimizer state; a folder appears only once complete
-    pipeline/                 the personalized pipeline, `save_pretrained` layout (see `load_personalized`)
-    train_report.json         numbers of the last call (steps, losses, speed)
+The output folder (run.json, checkpoints, pipeline, report) is `personalization.train_folder`'s.
 
 Prior preservation (Custom Diffusion's regularisation): with `prior_loss_weight`, every step also draws
 `batch_size` class images of the export's `class_images/<class>/` (prompted with the bare class noun)
@@ -25,75 +21,32 @@ random-crop/zoom augmentation with masked loss, and SDXL (refused with a clear e
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from curation.core.errors import CurateError
 from curation.core.progress import ProgressFn, no_progress
-from curation.core.workspace import atomic_write_json
 from personalization.data import Export, read_export
 from personalization.prompts import PromptStrategy, TrainExample, training_examples
+from personalization.train_folder import (
+    TrainReport,
+    finished_report,
+    list_checkpoints,
+    restore_checkpoint,
+    run_identity,
+    save_pipeline,
+    start_run,
+    trainable_state,
+    write_checkpoint,
+    write_report,
+)
 
 Method = Literal["custom_diffusion", "lora"]
 MixedPrecision = Literal["no", "fp16", "bf16"]
 
 _DEFAULT_LR = {"custom_diffusion": 1e-5, "lora": 1e-4}
 _LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-_TRAINABLE_FILE = "trainable.pt"
-_OPTIMIZER_FILE = "optimizer.pt"
-
-
-@dataclass
-class TrainReport:
-    """What one `train` call did; also written to `train_report.json`."""
-
-    output_dir: str
-    pipeline_dir: str
-    method: str
-    steps: int
-    start_step: int
-    losses: list[float] = field(default_factory=list)
-    trainable_params: int = 0
-    tokens: dict[str, str] = field(default_factory=dict)
-    examples: int = 0
-    class_images: int = 0
-    seconds: float = 0.0
-    steps_per_second: float = 0.0
-    device: str = ""
-    peak_memory_mb: float | None = None
-
-
-def _run_identity(
-    pretrained: str,
-    method: Method,
-    export: Export,
-    strategy: PromptStrategy,
-    resolution: int,
-    lora_rank: int,
-    prior_loss_weight: float | None,
-) -> dict[str, Any]:
-    """The settings a checkpoint is only valid for; `steps` is deliberately not one (runs can be extended).
-
-    The prior weight is named only when set, so runs without prior preservation keep their identity.
-    """
-    prior = {} if prior_loss_weight is None else {"prior_loss_weight": prior_loss_weight}
-    return {
-        **prior,
-        "pretrained": pretrained,
-        "method": method,
-        "strategy": strategy.as_dict(),
-        "resolution": resolution,
-        "lora_rank": lora_rank if method == "lora" else None,
-        "concepts": {
-            cid: {"token": c.token, "class_noun": c.class_noun, "refs": [str(p) for p in c.refs]}
-            for cid, c in sorted(export.concepts.items())
-        },
-        "export": str(export.root.resolve()),
-    }
 
 
 def _class_examples(export: Export) -> list[TrainExample]:
@@ -109,17 +62,6 @@ def _class_examples(export: Export) -> list[TrainExample]:
         for concept in export.concepts.values()
         for image in concept.class_images
     ]
-
-
-def _checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
-    folder = output_dir / "checkpoints"
-    if not folder.is_dir():
-        return []
-    found = []
-    for path in folder.iterdir():
-        if path.name.startswith("step-") and (path / _TRAINABLE_FILE).exists():
-            found.append((int(path.name.removeprefix("step-")), path))
-    return sorted(found)
 
 
 def _load_base(pretrained: str):
@@ -198,105 +140,6 @@ def _load_image(path: Path, resolution: int):
     return torch.from_numpy(array).permute(2, 0, 1)
 
 
-def _trainable_state(unet, text_encoder, new_ids: list[int]) -> dict[str, Any]:
-    unet_state = {name: p.detach().cpu().clone() for name, p in unet.named_parameters() if p.requires_grad}
-    rows = text_encoder.get_input_embeddings().weight.detach()[new_ids].cpu().clone()
-    return {"unet": unet_state, "token_rows": rows}
-
-
-def _restore_trainable(state: dict[str, Any], unet, text_encoder, new_ids: list[int]) -> None:
-    import torch
-
-    params = dict(unet.named_parameters())
-    unknown = sorted(set(state["unet"]) - set(params))
-    if unknown:
-        raise CurateError(f"checkpoint does not fit this model (unknown parameter {unknown[0]})")
-    with torch.no_grad():
-        for name, tensor in state["unet"].items():
-            params[name].copy_(tensor)
-        text_encoder.get_input_embeddings().weight[new_ids] = state["token_rows"].to(
-            text_encoder.get_input_embeddings().weight.dtype
-        )
-
-
-def _write_checkpoint(output_dir: Path, step: int, state: dict[str, Any], optimizer, keep: int) -> None:
-    """Write into a hidden folder, then rename: a checkpoint folder exists only when complete."""
-    import torch
-
-    folder = output_dir / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"step-{step:06d}"
-    tmp = folder / f".step-{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    torch.save(optimizer.state_dict(), tmp / _OPTIMIZER_FILE)
-    torch.save(state, tmp / _TRAINABLE_FILE)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    for _, old in _checkpoints(output_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _save_pipeline(pipe, unet, text_encoder, method: Method, output_dir: Path) -> Path:
-    """Save the whole pipeline via a temp folder + rename, LoRA fused, everything in float32."""
-    import torch
-
-    if method == "lora":
-        unet.fuse_lora()
-        unet.unload_lora()
-    pipe.unet = unet.to("cpu", dtype=torch.float32)
-    pipe.text_encoder = text_encoder.to("cpu", dtype=torch.float32)
-    pipe.vae.to("cpu", dtype=torch.float32)
-    final = output_dir / "pipeline"
-    tmp = output_dir / ".pipeline.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp)
-    old = output_dir / ".pipeline.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _finished_report(output_dir: Path, steps: int) -> TrainReport | None:
-    """The report of a run already trained to `steps` and saved; None when anything is missing.
-
-    The report is written after the pipeline, so its presence with the same step count and a matching
-    last checkpoint proves the saved pipeline holds exactly those weights.
-    """
-    report_path = output_dir / "train_report.json"
-    checkpoints = _checkpoints(output_dir)
-    if not (report_path.exists() and checkpoints and checkpoints[-1][0] == steps):
-        return None
-    saved = json.loads(report_path.read_text())
-    if saved.get("steps") != steps or not (output_dir / "pipeline" / "model_index.json").exists():
-        return None
-    return TrainReport(
-        **{**saved, "start_step": steps, "losses": [], "seconds": 0.0, "steps_per_second": 0.0}
-    )
-
-
-def load_personalized(output_dir: Path, device: str | None = None, torch_dtype=None):
-    """The trained pipeline, ready to generate with the concept tokens in prompts.
-
-    Equivalent to `StableDiffusionPipeline.from_pretrained(output_dir / "pipeline")`: the folder is
-    a plain diffusers pipeline (tokenizer with the added tokens, text encoder, fused UNet).
-    """
-    from diffusers import StableDiffusionPipeline
-
-    folder = Path(output_dir) / "pipeline"
-    if not (folder / "model_index.json").exists():
-        raise CurateError(f"{output_dir} holds no trained pipeline; run `curate train` first")
-    kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
-    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, **kwargs)
-    if device:
-        pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def train(
     export_dir: Path,
     output_dir: Path,
@@ -356,18 +199,10 @@ def train(
     if prior_loss_weight is not None and prior_loss_weight <= 0:
         raise CurateError(f"the prior loss weight must be positive (got {prior_loss_weight})")
     class_examples = _class_examples(export) if prior_loss_weight is not None else []
-    identity = _run_identity(pretrained, method, export, strategy, resolution, lora_rank, prior_loss_weight)
-    run_path = output_dir / "run.json"
-    if run_path.exists() and resume and json.loads(run_path.read_text()) != json.loads(json.dumps(identity)):
-        raise CurateError(
-            f"{output_dir} holds a run with other settings; pick another folder or pass --no-resume"
-        )
-    if not resume:
-        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_path, identity)
+    identity = run_identity(pretrained, method, export, strategy, resolution, lora_rank, prior_loss_weight)
+    start_run(output_dir, identity, resume)
 
-    finished = _finished_report(output_dir, steps) if resume else None
+    finished = finished_report(output_dir, steps) if resume else None
     if finished is not None:
         return finished
 
@@ -396,17 +231,14 @@ def train(
     )
 
     start_step = 0
-    checkpoints = _checkpoints(output_dir) if resume else []
+    checkpoints = list_checkpoints(output_dir) if resume else []
     if checkpoints:
         start_step, folder = checkpoints[-1]
         if start_step > steps:
             raise CurateError(
                 f"{output_dir} already holds {start_step} steps; ask for at least that many or --no-resume"
             )
-        _restore_trainable(
-            torch.load(folder / _TRAINABLE_FILE, weights_only=True), unet, text_encoder, new_ids
-        )
-        optimizer.load_state_dict(torch.load(folder / _OPTIMIZER_FILE, weights_only=True))
+        restore_checkpoint(folder, unet, text_encoder, new_ids, optimizer)
 
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         accelerator.mixed_precision, torch.float32
@@ -467,10 +299,10 @@ def train(
         losses.append(float(loss.detach()))
         done = step + 1
         if done % checkpoint_every == 0 or done == steps:
-            state = _trainable_state(
+            state = trainable_state(
                 accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder), new_ids
             )
-            _write_checkpoint(output_dir, done, state, optimizer, keep_checkpoints)
+            write_checkpoint(output_dir, done, state, optimizer, keep_checkpoints)
         progress("train", done, steps)
     seconds = time.perf_counter() - started
 
@@ -478,7 +310,7 @@ def train(
     trainable = sum(p.numel() for p in unet_params) + len(new_ids) * embed_weight.shape[1]
     pipeline_dir = output_dir / "pipeline"
     if losses or not (pipeline_dir / "model_index.json").exists():
-        pipeline_dir = _save_pipeline(
+        pipeline_dir = save_pipeline(
             pipe, accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder), method, output_dir
         )
     report = TrainReport(
@@ -497,5 +329,5 @@ def train(
         device=str(accelerator.device),
         peak_memory_mb=round(peak, 1) if peak is not None else None,
     )
-    atomic_write_json(output_dir / "train_report.json", asdict(report))
+    write_report(output_dir, report)
     return report

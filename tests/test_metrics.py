@@ -7,14 +7,13 @@ import math
 import numpy as np
 import pytest
 
+from curation.core.buckets import bucket
+from curation.scores.presence import Detection, best_per_label
+from curation.scores.similarity import cosine_matrix
 from personalization.metrics import (
-    Detection,
     aggregate,
-    best_per_label,
-    bucket,
     clip_i,
     clip_t,
-    cosine_matrix,
     cp_clip,
     detect_and_compare,
     iou,

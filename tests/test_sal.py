@@ -229,7 +229,9 @@ def test_train_generate_with_sal_index_with_sas(
 
     # ... export the accepted SAL candidates, evaluate a baseline and MSP + SAL with SAS: the MSP table prints
     from exports.mycanvas import export_mycanvas
-    from personalization.evaluate import EvalSettings, MSPConfiguration, evaluate
+    from personalization.eval_settings import EvalSettings
+    from personalization.evaluate import evaluate
+    from personalization.msp_rows import MSPConfiguration
     from tests.fixtures.tiny_pipelines import build_tiny_dinov2, build_tiny_owlvit
 
     exported = export_mycanvas(concept_ws, min_quality=3, include_near_duplicates=True)

@@ -65,7 +65,8 @@ def test_prompt_strategy_writes_the_gen4gen_variants(export_dir):
 
 
 def test_custom_diffusion_trains_kv_and_tokens_only_then_loads_and_generates(tiny_sd, export_dir, tmp_path):
-    from personalization.train import load_personalized, train
+    from personalization.train import train
+    from personalization.train_folder import load_personalized
 
     _, base_unet, base_embed = _params(tiny_sd)
     report = train(
