@@ -57,6 +57,7 @@ class ExportReport:
     min_quality: float | None
     dropped_near_duplicates: int = 0
     skipped_stale: int = 0
+    skipped_missing: int = 0
     capped: int = 0
     linked: int = 0
     copied: int = 0
@@ -79,6 +80,11 @@ class ExportReport:
             parts.append(
                 f"{self.skipped_stale} accepted candidates skipped: set aside as stale by `curate generate`"
                 " (plans or generator settings changed)"
+            )
+        if self.skipped_missing:
+            parts.append(
+                f"{self.skipped_missing} accepted candidates skipped: their image or record is missing from the"
+                " workspace (`curate generate` makes them again, then `curate index`)"
             )
         if self.capped:
             parts.append(f"{self.capped} accepted images over --max-per-composition left out")
@@ -346,6 +352,7 @@ def export_mycanvas(
                     "per_composition": per_composition,
                     "dropped_near_duplicates": len(selection.dropped_near_duplicates),
                     "skipped_stale": len(selection.skipped_stale),
+                    "skipped_missing": len(selection.skipped_missing),
                     "capped": len(selection.capped),
                     "webdataset_shards": len(shards),
                     "class_images": prior,
@@ -357,6 +364,7 @@ def export_mycanvas(
                 "candidate_ids": [item.candidate_id for item in items],
                 "dropped_near_duplicates": selection.dropped_near_duplicates,
                 "skipped_stale": selection.skipped_stale,
+                "skipped_missing": selection.skipped_missing,
                 "capped": selection.capped,
                 "targets": targets,
             },
@@ -374,6 +382,7 @@ def export_mycanvas(
         min_quality=quality,
         dropped_near_duplicates=len(selection.dropped_near_duplicates),
         skipped_stale=len(selection.skipped_stale),
+        skipped_missing=len(selection.skipped_missing),
         capped=len(selection.capped),
         linked=writer.linked,
         copied=writer.copied,

@@ -71,21 +71,26 @@ class Selection:
     dropped_near_duplicates: list[str] = field(default_factory=list)
     skipped_stale: list[str] = field(default_factory=list)
     """Accepted candidates `curate generate` set aside (plans or generator settings changed)."""
+    skipped_missing: list[str] = field(default_factory=list)
+    """Accepted candidates whose record or image is gone from the workspace (`curate generate` remakes them)."""
     reviewed: list[tuple[int, float]] = field(default_factory=list)
     """(n_concepts, quality) of every reviewed candidate in the base collection, kept or not."""
     capped: list[str] = field(default_factory=list)
     """Accepted candidates left out by `max_per_composition` (their concept set already had enough)."""
 
 
-def _candidate(ws: Workspace, candidate_id: str, filepath: str) -> Candidate:
-    """Read the candidate record from its shard (the image's folder name), under this workspace."""
+def _candidate(ws: Workspace, candidate_id: str, filepath: str) -> Candidate | None:
+    """The candidate record from its shard (the image's folder name); None when it or its image is gone.
+
+    A record deleted, damaged or left without its image since indexing cannot be exported, but it is
+    no reason to refuse every other accepted image: the selection counts it instead.
+    """
     relative = Path("candidates") / Path(filepath).parent.name / f"{candidate_id}.json"
-    path = ws.resolve(relative)
-    if not path.exists():
-        raise CurateError(
-            f"candidate {candidate_id}: record {relative.as_posix()} is missing from the workspace"
-        )
-    return Candidate.model_validate_json(path.read_text())
+    try:
+        record = Candidate.model_validate_json(ws.resolve(relative).read_bytes())
+    except (OSError, ValueError):  # missing, unreadable or damaged (pydantic's ValidationError is a ValueError)
+        return None
+    return record if ws.resolve(record.image).is_file() else None
 
 
 def _base(ws: Workspace, view: str | None) -> fo.Dataset | fo.DatasetView:
@@ -136,6 +141,7 @@ def select_candidates(
     )
     items: list[ExportItem] = []
     dropped: list[str] = []
+    missing: list[str] = []
     for candidate_id, filepath, caption, caption_fixed, quality in zip(
         ids, paths, captions, fixed, qualities, strict=True
     ):
@@ -145,6 +151,9 @@ def select_candidates(
             dropped.append(candidate_id)
             continue
         record = _candidate(ws, candidate_id, filepath)
+        if record is None:
+            missing.append(candidate_id)
+            continue
         items.append(
             ExportItem(
                 candidate_id=candidate_id,
@@ -176,6 +185,7 @@ def select_candidates(
         view=view,
         dropped_near_duplicates=dropped,
         skipped_stale=stale,
+        skipped_missing=missing,
         reviewed=reviewed,
         capped=capped,
     )

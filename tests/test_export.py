@@ -338,9 +338,9 @@ def test_failed_export_leaves_the_previous_one_intact(tmp_path):
     built = build_workspace(tmp_path / "ws")
     first = export_mycanvas(built.ws)
     before = tree_digest(first.path)
-    victim = built.candidates["five"]
-    (built.ws.root / victim.image).unlink()
-    with pytest.raises(CurateError, match=f"candidate {victim.candidate_id}: file .* is missing"):
+    concept = next(iter(built.ws.concepts().values()))
+    (built.ws.root / concept.refs[0]).unlink()  # a concept's reference photo gone: the export cannot finish
+    with pytest.raises(CurateError, match=f"concept {concept.concept_id}: file .* is missing"):
         export_mycanvas(built.ws)
     assert tree_digest(first.path) == before
     assert [p.name for p in built.ws.exports_dir.iterdir()] == ["mycanvas"]
@@ -366,11 +366,26 @@ def test_candidates_set_aside_as_stale_are_skipped_and_counted(tmp_path):
     manifest = json.loads((report.path / "manifest.json").read_text())
     assert manifest["skipped_stale"] == stale and manifest["counts"]["skipped_stale"] == 2
 
-    # a record that vanished for another reason still stops the export
-    victim = built.candidates["five"]
-    (built.ws.shard_dir("000000") / f"{victim.candidate_id}.json").unlink()
-    with pytest.raises(CurateError, match=f"candidate {victim.candidate_id}: record .* is missing"):
-        export_mycanvas(built.ws)
+
+
+def test_candidates_gone_from_disk_are_skipped_and_counted(tmp_path):
+    """One deleted candidate refused the whole export; now each is left out, counted and named."""
+    built = build_workspace(tmp_path / "ws")
+    shard = built.ws.shard_dir("000000")
+    deleted, damaged, imageless = (built.candidates[k] for k in ("five", "halfway", "orphan"))
+    for suffix in (".png", ".json"):
+        (shard / f"{deleted.candidate_id}{suffix}").unlink()
+    (shard / f"{damaged.candidate_id}.json").write_text('{"candidate_id": "')  # cut short by a crash
+    (built.ws.root / imageless.image).unlink()
+    gone = sorted(c.candidate_id for c in (deleted, damaged, imageless))
+
+    report = export_mycanvas(built.ws)
+    assert report.skipped_missing == 3 and report.n_images == 2
+    assert set(read_rows(report.path)) == {built.candidates[k].candidate_id for k in ("two", "four")}
+    assert "3 accepted candidates skipped: their image or record is missing" in report.summary()
+    assert "`curate generate` makes them again" in report.summary()
+    manifest = json.loads((report.path / "manifest.json").read_text())
+    assert sorted(manifest["skipped_missing"]) == gone and manifest["counts"]["skipped_missing"] == 3
 
 
 def test_view_threshold_and_near_duplicate_options(tmp_path):
