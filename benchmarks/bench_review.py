@@ -187,7 +187,7 @@ def main() -> None:
     parser.add_argument("--url", default="", help="an existing Label Studio (else one is started)")
     parser.add_argument("--token", default="")
     parser.add_argument(
-        "--document-root", default="", help="the existing server's document root (bench files go inside)"
+        "--document-root", default="", help="the existing server's document root (the bench publishes its images below it)"
     )
     parser.add_argument(
         "--server-pid", type=int, default=0, help="an existing server's pid, to read its peak RSS"
@@ -202,13 +202,14 @@ def main() -> None:
 
     from curation.core import dataset as ds
     from curation.core.config import CurateConfig
+    from curation.core.labeling_config import labeling_config
     from curation.core.workspace import Workspace, atomic_write_json
     from curation.review.client import connect
     from curation.review.pull import aggregate, pull
     from curation.review.push import push
     from curation.review.server import read_server, serve, stop, use_server
 
-    root = Path(tempfile.mkdtemp(prefix="bench-review-", dir=args.document_root or None))
+    root = Path(tempfile.mkdtemp(prefix="bench-review-"))  # never inside a document root: it holds secrets
     config = CurateConfig()
     config.index.dataset_name = f"bench-review-{os.getpid()}"
     ws = Workspace.create(root / "ws", config)
@@ -274,7 +275,8 @@ def main() -> None:
         def one_shot() -> int:
             raw = conn.export_tasks(project_id, "gone")
             tasks = json.loads(raw)
-            reviews = {t["data"][ds.CANDIDATE_ID]: aggregate(t.get("annotations") or []) for t in tasks}
+            rules = labeling_config(ws)
+            reviews = {t["data"][ds.CANDIDATE_ID]: aggregate(t.get("annotations") or [], rules) for t in tasks}
             return len(reviews)
 
         if args.oneshot:

@@ -132,7 +132,7 @@ def sign_up(invite: str, email: str) -> str:
 
 @dataclass
 class TeamServer:
-    home: Workspace  # owns the server; its root is the document root holding the team's workspaces
+    home: Workspace  # owns the server; its media folder is the document root, each team workspace's media below it
     db: dict[str, str]
     info: ServerInfo
     serve_output: str
@@ -179,7 +179,7 @@ def test_two_annotators_review_on_postgres(team_server: TeamServer) -> None:
     runner = CliRunner()
     recorded = runner.invoke(
         app,
-        ["review", "serve", "--url", info.url, "--token", info.token, "--document-root", str(home.root)]
+        ["review", "serve", "--url", info.url, "--token", info.token, "--document-root", info.document_root]
         + ["-w", str(ws.root)],
     )
     assert recorded.exit_code == 0, recorded.output
@@ -199,7 +199,7 @@ def test_two_annotators_review_on_postgres(team_server: TeamServer) -> None:
         for cid, decision in zip(ids, decisions, strict=True):
             client.annotations.create(id=listed[cid].id, result=annotation_result(decision, 4))
 
-    # the team server's document root holds the workspace: the annotator's page gets the image
+    # the workspace published its images below the team server's document root: the annotator's page gets them
     image = requests.get(
         info.url + listed[ids[0]].data["image"],
         headers={"Authorization": f"Token {tokens[email]}"},

@@ -3,8 +3,10 @@
 Every request goes through `Connection.call`, which retries a dropped connection and then fails
 naming the server and the step, so push and pull (both idempotent) can simply be re-run. Tasks are
 read back as Label Studio's export snapshots, an id range at a time (pull reads annotations so,
-push the keys of what a project holds); images are never copied or base64-encoded: tasks point at
-`/data/local-files/?d=...` (`local_url`) below the server's document root.
+push the keys of what a project holds); images are never base64-encoded: tasks point at
+`/data/local-files/?d=...` (`media_url`) in the workspace's folder of the media tree, below the
+server's document root, and a workspace connects only to a server recorded for it and, when it is
+its own, only after the server has shown it is (`check_identity`).
 """
 
 from __future__ import annotations
@@ -17,16 +19,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from functools import cached_property, lru_cache
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import requests
 
 from curation.core import dataset as ds
 from curation.core.errors import CurateError
 from curation.core.workspace import Workspace
-from curation.review.server import data_dir_of, read_server
+from curation.review.media import publish
+from curation.review.server import check_identity, data_dir_of, read_server
 
 DM_COLUMNS = (ds.REVIEW_DECISION, ds.REVIEW_QUALITY, ds.REVIEW_AGREEMENT)  # task data written by pull
 RETRIES = 3
@@ -38,12 +42,15 @@ T = TypeVar("T")
 
 @dataclass
 class Connection:
-    """A reachable Label Studio: its URL, token, document root and an SDK client."""
+    """A reachable Label Studio: its URL, token, document root, the workspace's media folder below it,
+    and an SDK client."""
 
     url: str
     token: str
     document_root: Path
+    media_root: Path
     workspace_root: Path
+    data_dir: Path | None = None  # the server's data dir, for a server this workspace started
 
     @property
     def headers(self) -> dict[str, str]:
@@ -226,10 +233,12 @@ class Connection:
 
         Deleting an export removes its record but never its file (the feature flag that would is
         fixed off), so every pull would leave a copy of what it read in the server's media/export.
-        A server `curate review serve` runs from the document root keeps them in its data dir,
-        named project-<id>-at-<minute>-<md5[:8]>.json; on a server elsewhere they stay.
+        A server this workspace's `curate review serve` started keeps them in its data dir, named
+        project-<id>-at-<minute>-<md5[:8]>.json; on any other server they stay.
         """
-        folder = data_dir_of(self.document_root) / "media" / "export" / str(project_id)
+        if self.data_dir is None:
+            return
+        folder = self.data_dir / "media" / "export" / str(project_id)
         if md5 and os.access(folder, os.W_OK):
             for path in folder.glob(f"project-{project_id}-at-*-{md5[:8]}*.json"):
                 path.unlink(missing_ok=True)
@@ -347,44 +356,69 @@ class Connection:
 
 
 def connect(ws: Workspace, url: str | None = None, token: str | None = None) -> Connection:
-    """The explicit server if given (argument, else review.url in curate.toml), else the one recorded
-    in review/server.json; checked to answer."""
+    """The server recorded in review/server.json (an explicit `url`, else review.url in curate.toml,
+    must be that one), checked to answer and, when `serve` started it, to be this workspace's own.
+
+    A server is recorded before use (`curate review serve`, or `serve --url --token --document-root`)
+    because its document root decides where the workspace publishes what annotators see.
+    """
     known = read_server(ws)
-    url = url or ws.config.review.url or None
-    if url:
-        if not token and known and known.url == url.rstrip("/"):
-            token = known.token
+    wanted = (url or ws.config.review.url or "").rstrip("/")
+    if wanted and (known is None or known.url != wanted):
         if not token:
-            raise CurateError(f"a token is needed for {url}: pass --token or set LABEL_STUDIO_TOKEN")
-        root = Path(known.document_root) if known and known.url == url.rstrip("/") else ws.root
-        conn = Connection(url.rstrip("/"), token, root, ws.root)
-    elif known:
-        conn = Connection(known.url, token or known.token, Path(known.document_root or ws.root), ws.root)
-    else:
+            raise CurateError(f"a token is needed for {wanted}: pass --token or set LABEL_STUDIO_TOKEN")
+        _check_reachable(wanted, ws)
+        raise CurateError(
+            f"{wanted} is not recorded for {ws.root}: record it with `curate review serve --url {wanted} --token "
+            f"TOKEN --document-root DIR -w {ws.root}` (DIR: its LOCAL_FILES_DOCUMENT_ROOT, a folder holding only media)"
+        )
+    if known is None:
         url = f"http://127.0.0.1:{ws.config.review.port}"
         raise CurateError(
             f"Label Studio is not reachable at {url}: start it with `curate review serve -w {ws.root}`"
         )
+    _check_reachable(known.url, ws)
+    if not known.media:
+        raise CurateError(
+            f"{known.url} was recorded with the document root {known.document_root or ws.root}, which serves this "
+            "workspace's credentials to every user of the server: "
+            + (
+                f"run `curate review serve -w {ws.root}` once to restart it on the media folder alone"
+                if known.managed
+                else "restart it with LOCAL_FILES_DOCUMENT_ROOT on a folder holding only media and record it "
+                "again with `curate review serve --url URL --token TOKEN --document-root DIR`"
+            )
+        )
+    if known.managed:
+        check_identity(ws, known)
+    return Connection(
+        known.url,
+        token or known.token,
+        Path(known.document_root),
+        Path(known.media),
+        ws.root,
+        data_dir_of(ws.root) if known.managed else None,
+    )
+
+
+def _check_reachable(url: str, ws: Workspace) -> None:
     try:
-        requests.get(f"{conn.url}/health", timeout=5).raise_for_status()
+        requests.get(f"{url}/health", timeout=5).raise_for_status()
     except requests.RequestException:
         raise CurateError(
-            f"Label Studio is not reachable at {conn.url}: start it with `curate review serve -w {ws.root}` "
+            f"Label Studio is not reachable at {url}: start it with `curate review serve -w {ws.root}` "
             "or pass --url/--token of a running server"
         ) from None
-    return conn
 
 
-@lru_cache(maxsize=4096)
-def _real_folder(folder: Path) -> Path:
-    """A folder with its links resolved, once: a push names 100K images in a handful of folders."""
-    return folder.resolve()
+def media_folder(conn: Connection, folder: Path) -> Path:
+    """A workspace folder's place in the media tree, made if missing: what a project's storage names."""
+    place = conn.media_root / folder.relative_to(conn.workspace_root)
+    place.mkdir(parents=True, exist_ok=True)
+    return place
 
 
-def local_url(conn: Connection, path: Path) -> str:
-    """The URL Label Studio serves `path` at: relative to its document root, through local-files storage."""
-    try:
-        relative = (_real_folder(Path(path).absolute().parent) / Path(path).name).relative_to(conn.document_root)
-    except ValueError:
-        raise CurateError(f"{path} is outside Label Studio's document root {conn.document_root}") from None
-    return f"/data/local-files/?d={relative.as_posix()}"
+def media_url(conn: Connection, path: Path) -> str:
+    """Publish a file annotators review into the media tree; the URL Label Studio serves it at."""
+    target = publish(conn.workspace_root, conn.media_root, path)
+    return f"/data/local-files/?d={quote(target.relative_to(conn.document_root).as_posix())}"

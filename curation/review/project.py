@@ -18,7 +18,7 @@ from curation.core import dataset as ds
 from curation.core.errors import CurateError
 from curation.core.thumbnails import thumbs_dir
 from curation.core.workspace import Workspace, atomic_write_json
-from curation.review.client import Connection
+from curation.review.client import Connection, media_folder
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "review_ui_config"  # at the repository root
 # control names in review_ui_config/review.xml: the export's `from_name`s
@@ -54,7 +54,8 @@ def find_or_create_project(
         marker: the project's description, which finds it again when no id was recorded.
         settings: the SDK's settings of a new project (title, label_config, ...), asked only to make one.
         annotators: annotators per task (maximum_annotations); a found project keeps its own when None.
-        storages: folder -> storage title; each existing folder not yet a storage of the project becomes one.
+        storages: folder -> storage title; each existing folder not yet a storage of the project becomes
+            one, and a storage outside the server's document root (from before the media tree) is removed.
         what: the project as an error names it when Label Studio rejects it.
     """
     from label_studio_sdk.core.api_error import ApiError
@@ -83,6 +84,9 @@ def find_or_create_project(
             "project update", lambda: client.projects.update(id=project_id, maximum_annotations=annotators)
         )
     listed = conn.call("storage listing", lambda: client.import_storage.local.list(project=project_id))
+    for gone in [s for s in listed if conn.document_root not in Path(s.path).parents]:
+        # made when the document root was the workspace: it serves nothing now, and names the workspace
+        conn.call("storage removal", lambda s=gone: client.import_storage.local.delete(id=s.id))
     have = {Path(s.path) for s in listed}
     for folder, title in storages.items():
         if folder.exists() and folder.resolve() not in have:
@@ -96,7 +100,8 @@ def find_or_create_project(
 
 
 def ensure_project(ws: Workspace, conn: Connection, overlap: int | None = None) -> int:
-    """The workspace's project on this server, created once (with its storages) and reused after."""
+    """The workspace's project on this server, created once and reused after; its storages are the
+    workspace's candidates, concepts and previews in the media tree."""
     path = project_file(ws)
     recorded = json.loads(path.read_text()) if path.exists() else {}
     recorded_id = recorded.get("project_id") if recorded.get("url") == conn.url else None
@@ -112,7 +117,6 @@ def ensure_project(ws: Workspace, conn: Connection, overlap: int | None = None) 
             "show_collab_predictions": False,
         }
 
-    thumbs_dir(ws).mkdir(parents=True, exist_ok=True)
     folders = (ws.candidates_dir, ws.concepts_dir, thumbs_dir(ws))
     project_id, created = find_or_create_project(
         conn,
@@ -120,7 +124,7 @@ def ensure_project(ws: Workspace, conn: Connection, overlap: int | None = None) 
         project_marker(ws),
         settings,
         overlap,
-        {folder: folder.name for folder in folders},
+        {media_folder(conn, folder): folder.name for folder in folders},
         f"the project ({xml_path.name})",
     )
     if created:

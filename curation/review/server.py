@@ -1,12 +1,19 @@
-"""A local Label Studio server owned by a workspace: start it detached, find it again, stop it.
+"""A workspace's Label Studio server: its own (started detached, found again, stopped) or a team's.
 
 The server outlives the `curate review serve` command (annotators keep working after it returns),
 so its URL, process id and credentials live in `review/server.json` (mode 0600). A generated admin
 password and legacy API token are fixed at first start and reused on every restart, because Label
 Studio keeps its users in the data dir and would otherwise refuse the new ones. On a shared machine
 the credentials travel in the server's environment (a command line is readable by every account),
-the data dir (its database holds the token) is owner-only, and sign-up is closed: the recorded
-admin is the only login; annotators join through the organization's invite link (`invite_url`).
+the data dir (its database holds every user's token) is owner-only, and sign-up is closed: the
+recorded admin is the only login; annotators join through the organization's invite link (`invite_url`).
+
+Any user of a Label Studio can read every file below its document root (`curation/review/media.py`),
+so a server `serve` starts serves `<workspace>/media` alone, and a team's server recorded by
+`use_server` must have a document root that holds none of this workspace's secrets. A workspace
+only ever writes to its own server: `serve` records the port Label Studio really bound (it moves by
+itself when the asked one is taken meanwhile) and names the server's organization after the
+workspace (`workspace_marker`), which `check_identity` reads back before any write.
 
 A team keeps Label Studio's data in PostgreSQL (`deploy/postgres.sh` prints the `DJANGO_DB` /
 `POSTGRE_*` variables its settings read); the server inherits them from `serve`'s environment.
@@ -19,11 +26,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,6 +35,8 @@ import requests
 from curation.core.errors import CurateError
 from curation.core.ports import choose_port
 from curation.core.workspace import Workspace, atomic_write_text
+from curation.review.media import check_document_root, own_media, publish_existing
+from curation.review.server_process import is_healthy, is_our_server, listening_ports, start_server, terminate
 
 ADMIN_EMAIL = "curate@example.com"
 START_TIMEOUT_S = 180.0
@@ -55,6 +60,7 @@ class ServerInfo:
     document_root: str = ""
     managed: bool = True
     database: str = ""  # "" = SQLite in the data dir, else `database_in`'s address of a managed server
+    media: str = ""  # this workspace's folder below document_root; "" = recorded before the media tree
 
     def to_json(self) -> str:
         payload = asdict(self)
@@ -63,7 +69,7 @@ class ServerInfo:
 
 
 def data_dir_of(root: Path) -> Path:
-    """Where `serve` keeps the Label Studio data of the workspace at `root` (its document root too)."""
+    """Where `serve` keeps the Label Studio data of the workspace at `root`."""
     return root / "review" / "labelstudio-data"
 
 
@@ -118,78 +124,119 @@ def database_in(env: Mapping[str, str]) -> str:
     return f"postgresql://{user}@{host}:{port}/{name}"
 
 
-def is_healthy(url: str, timeout: float = 3.0) -> bool:
-    try:
-        return requests.get(f"{url}/health", timeout=timeout).status_code == 200
-    except requests.RequestException:
-        return False
+def workspace_marker(ws: Workspace) -> str:
+    """The title `serve` gives its server's organization: whose server it is, checked before any write.
 
-
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child (started by this process, exited, not reaped) still answers kill(0)
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return True
-
-
-def _data_dir_arg(data_dir: Path) -> str:
-    """The server's `--data-dir` argument: also how `stop` recognises the server it started."""
-    return f"--data-dir={data_dir.resolve()}"
-
-
-def _is_our_server(pid: int | None, data_dir: Path) -> bool:
-    """Whether `pid` is a live Label Studio started on this data dir (a recorded pid may since have
-    been reused by an unrelated process, which `stop` must never kill)."""
-    if not _pid_alive(pid):
-        return False
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return _data_dir_arg(data_dir).encode() in argv
-
-
-def _log_tail(log: Path, lines: int = 15) -> str:
-    if not log.exists():
-        return "(no log)"
-    return " | ".join(line.strip() for line in log.read_text(errors="replace").splitlines()[-lines:])
-
-
-def start_server(
-    data_dir: Path,
-    document_root: Path,
-    port: int,
-    log: Path,
-    email: str,
-    password: str,
-    token: str,
-    timeout: float = START_TIMEOUT_S,
-) -> int:
-    """Start `label-studio` detached and wait until /health answers; returns its process id.
-
-    Detached (own session, output to `log`) so it survives the command that started it and a
-    Ctrl-C in the user's terminal. Fails with the log's tail if the process dies or never answers.
+    Keyed on the workspace id: a copy of the workspace given a new id (`cp -r`, then a fork) still
+    holds the original's server.json, URL and token, and must not write into the original's server.
     """
-    executable = Path(sys.executable).parent / "label-studio"
-    if not executable.exists():
-        raise CurateError(f"label-studio is not installed next to {sys.executable}")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    data_dir.chmod(0o700)
-    log.parent.mkdir(parents=True, exist_ok=True)
+    return f"curate workspace {ws.workspace_id}"
+
+
+def _organization(info: ServerInfo) -> dict | None:
+    """The organization the recorded token's user belongs to; None when the server refuses the token."""
+    try:
+        reply = requests.get(f"{info.url}/api/organizations/", headers={"Authorization": f"Token {info.token}"}, timeout=30)
+    except requests.RequestException as exc:
+        raise CurateError(f"Label Studio is not reachable at {info.url}: {exc}") from exc
+    if reply.status_code in (401, 403):
+        return None
+    reply.raise_for_status()
+    return reply.json()[0]
+
+
+def check_identity(ws: Workspace, info: ServerInfo) -> None:
+    """Refuse a recorded server of this workspace that is not the one `serve` started for it.
+
+    Another workspace's server may answer on the recorded port (it took the port while this one
+    was stopped), or a copied workspace may hold its original's record: writing there would put
+    tasks into someone else's projects.
+    """
+    organization = _organization(info)
+    marker = workspace_marker(ws)
+    if organization is None or organization["title"] != marker:
+        whose = "refuses this workspace's token" if organization is None else f"is {organization['title']!r}"
+        raise CurateError(
+            f"the Label Studio at {info.url} is not this workspace's (its organization {whose}, this "
+            f"workspace's is {marker!r}): nothing was written; start its own with `curate review serve -w {ws.root}`"
+        )
+
+
+def _claim(ws: Workspace, info: ServerInfo) -> None:
+    """Name a server this workspace started (checked by its process) after the workspace."""
+    organization = _organization(info)
+    if organization is None:
+        raise CurateError(f"the Label Studio this workspace started at {info.url} refuses its token ({info.path})")
+    if organization["title"] != workspace_marker(ws):
+        reply = requests.patch(
+            f"{info.url}/api/organizations/{organization['id']}",
+            json={"title": workspace_marker(ws)},
+            headers={"Authorization": f"Token {info.token}"},
+            timeout=30,
+        )
+        reply.raise_for_status()
+
+
+def _quiet(line: str) -> None:
+    """The default for `serve`'s messages: none."""
+
+
+def serve(
+    ws: Workspace,
+    port: int | None = None,
+    timeout: float = START_TIMEOUT_S,
+    echo: Callable[[str], None] = _quiet,
+) -> ServerInfo:
+    """Start (or find) the workspace's Label Studio, serving the workspace's media folder alone.
+
+    Idempotent: a recorded server that still runs is returned, with the port its process really
+    listens on. Credentials of an earlier start are reused, since they are already stored in the
+    data dir. A server recorded before the media tree (its document root the workspace itself, so
+    it served review/server.json and its own database to any user) is restarted on the media
+    folder, with everything annotators may see published there, so the tasks pushed before find
+    their images again (`echo` says so, and that push gives the projects storages there).
+
+    Args:
+        ws: the workspace; data dir under review/labelstudio-data, log in review/labelstudio.log.
+        port: port on 127.0.0.1; default from config.review.port, the nearest free one above if
+            that is taken (the CLI says so).
+        timeout: seconds to wait for /health.
+        echo: where a migration says what it did.
+    """
+    known = read_server(ws)
+    if known and not known.managed:
+        if not is_healthy(known.url):
+            raise CurateError(f"Label Studio is not reachable at {known.url} (recorded in {known.path})")
+        return known
+    data_dir = data_dir_of(ws.root)
+    media = own_media(ws.root)
+    running = known is not None and is_our_server(known.pid, data_dir)
+    if known and running and known.media == str(media):
+        bound = listening_ports(known.pid or 0)
+        url = f"http://127.0.0.1:{min(bound)}" if bound else ""
+        if url and is_healthy(url):
+            known.url = url  # where it listens, whatever was recorded
+            _claim(ws, known)
+            return write_server(ws, known)
+    database = database_in(os.environ)
+    if known and known.database != database:
+        raise CurateError(
+            f"this workspace's Label Studio keeps its data in {known.database or 'SQLite, in ' + str(data_dir)}, "
+            f"but this environment points it at {database or 'SQLite'}: set the same DJANGO_DB/POSTGRE_* "
+            "variables as at its first start (deploy/postgres.sh start DIR prints them)"
+        )
+    if known and running:
+        terminate(known.pid or 0)  # it serves the whole workspace (recorded before the media tree), or hangs
+    media.mkdir(exist_ok=True)
+    published = publish_existing(ws.root, media) if known and known.media != str(media) else None
+    email = known.email if known else ADMIN_EMAIL
+    password = known.password if known else secrets.token_urlsafe(12)
+    token = known.token if known else secrets.token_hex(20)
     env = {
-        **os.environ,
         "LATEST_VERSION_CHECK": "false",
-        "LOCAL_FILES_SERVING_ENABLED": "true",
-        "LOCAL_FILES_DOCUMENT_ROOT": str(document_root),
+        # prefixed: Label Studio reads LABEL_STUDIO_<name> before <name>, so nothing inherited overrides them
+        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(media),
         "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
         "LABEL_STUDIO_USERNAME": email,
         "LABEL_STUDIO_PASSWORD": password,
@@ -200,114 +247,29 @@ def start_server(
         # (pulls, the Data Manager) no longer block annotators. PostgreSQL ignores it.
         "AZURE_MOUNT_FIX": "true",
     }
-    command = [
-        str(executable),
-        "start",
-        "--no-browser",
-        "--internal-host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        _data_dir_arg(data_dir),
-        "--enable-legacy-api-token",
-    ]
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            command,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise CurateError(
-                f"Label Studio exited with code {process.returncode} while starting: {_log_tail(log)}"
-            )
-        if is_healthy(url):
-            return process.pid
-        time.sleep(1.0)
-    terminate(process.pid)
-    raise CurateError(f"Label Studio did not answer on {url} within {timeout:.0f} s: {_log_tail(log)}")
-
-
-def terminate(pid: int, grace: float = 15.0) -> None:
-    """Stop the server's whole process group (label-studio forks workers), SIGKILL after `grace`."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return
-        except ChildProcessError:  # not our child: poll instead
-            if not _pid_alive(pid):
-                return
-        time.sleep(0.2)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def serve(ws: Workspace, port: int | None = None, timeout: float = START_TIMEOUT_S) -> ServerInfo:
-    """Start (or find) the workspace's Label Studio, serving the workspace's files to the labeling page.
-
-    Idempotent: a recorded server that is alive and healthy is returned as is. Credentials of an
-    earlier start are reused, since they are already stored in the data dir.
-
-    Args:
-        ws: the workspace; data dir under review/labelstudio-data, log in review/labelstudio.log.
-        port: port on 127.0.0.1; default from config.review.port, the nearest free one above if
-            that is taken (the CLI says so).
-        timeout: seconds to wait for /health.
-    """
-    known = read_server(ws)
-    if known and not known.managed:
-        if not is_healthy(known.url):
-            raise CurateError(f"Label Studio is not reachable at {known.url} (recorded in {known.path})")
-        return known
-    data_dir = data_dir_of(ws.root)
-    if known and _is_our_server(known.pid, data_dir) and is_healthy(known.url):
-        return known
-    database = database_in(os.environ)
-    if known and known.database != database:
-        raise CurateError(
-            f"this workspace's Label Studio keeps its data in {known.database or 'SQLite, in ' + str(data_dir)}, "
-            f"but this environment points it at {database or 'SQLite'}: set the same DJANGO_DB/POSTGRE_* "
-            "variables as at its first start (deploy/postgres.sh start DIR prints them)"
-        )
     chosen = choose_port(port or ws.config.review.port)
-    email = known.email if known else ADMIN_EMAIL
-    password = known.password if known else secrets.token_urlsafe(12)
-    token = known.token if known else secrets.token_hex(20)
-    pid = start_server(
-        data_dir,
-        ws.root,
-        chosen,
-        ws.review_dir / "labelstudio.log",
-        email,
-        password,
-        token,
-        timeout=timeout,
-    )
-    url = f"http://127.0.0.1:{chosen}"
+    pid, bound = start_server(data_dir, chosen, ws.review_dir / "labelstudio.log", env, timeout)
     info = ServerInfo(
-        url=url,
+        url=f"http://127.0.0.1:{bound}",
         email=email,
         password=password,
         token=token,
         path=server_file(ws),
         pid=pid,
-        document_root=str(ws.root),
+        document_root=str(media),
         database=database,
+        media=str(media),
     )
-    return write_server(ws, info)
+    _claim(ws, info)
+    write_server(ws, info)
+    if published is not None:
+        echo(
+            f"review: Label Studio now serves {media} alone (it served the whole workspace, credentials "
+            f"included); {published} images published there. Run `curate review push` (and `curate study "
+            "create` again for each study) to move the projects' storages there: until then tasks pushed "
+            "before show no image"
+        )
+    return info
 
 
 def use_server(ws: Workspace, url: str, token: str, document_root: Path | None = None) -> ServerInfo:
@@ -316,15 +278,21 @@ def use_server(ws: Workspace, url: str, token: str, document_root: Path | None =
     Args:
         url: the server's base URL.
         token: an API token (legacy token auth must be enabled on the server).
-        document_root: the server's LOCAL_FILES_DOCUMENT_ROOT; it must contain the workspace.
-            Default: the workspace root.
+        document_root: the server's LOCAL_FILES_DOCUMENT_ROOT: a folder holding only media, never
+            this workspace's root or a folder above it. The workspace publishes into
+            `<document_root>/<workspace id>/`, its own subtree.
     """
     url = url.rstrip("/")
     if not is_healthy(url):
         raise CurateError(f"Label Studio is not reachable at {url}")
-    root = (document_root or ws.root).resolve()
-    if root != ws.root and root not in ws.root.parents:
-        raise CurateError(f"the workspace {ws.root} is not inside the server's document root {root}")
+    if document_root is None:
+        raise CurateError(f"pass --document-root: the LOCAL_FILES_DOCUMENT_ROOT of {url}, a folder holding only media")
+    root = document_root.resolve()
+    if not root.is_dir():
+        raise CurateError(f"the document root {root} is not a folder on this machine")
+    check_document_root(ws.root, root)
+    media = root / ws.workspace_id
+    media.mkdir(exist_ok=True)
     info = ServerInfo(
         url=url,
         email="",
@@ -333,6 +301,7 @@ def use_server(ws: Workspace, url: str, token: str, document_root: Path | None =
         path=server_file(ws),
         document_root=str(root),
         managed=False,
+        media=str(media),
     )
     return write_server(ws, info)
 
@@ -362,7 +331,7 @@ def stop(ws: Workspace) -> bool:
     known = read_server(ws)
     if not known or not known.managed or not known.pid:
         return False
-    ours = _is_our_server(known.pid, data_dir_of(ws.root))
+    ours = is_our_server(known.pid, data_dir_of(ws.root))
     if ours:
         terminate(known.pid)
     known.pid = None

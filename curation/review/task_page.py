@@ -1,6 +1,7 @@
 """What an annotator sees of a candidate: one Label Studio task's data, its reference strip and score table.
 
-The task points at the candidate, its preview and its concepts' cut-outs through local-files URLs;
+The task points at the candidate, its preview and its concepts' cut-outs, published into the media
+tree, through local-files URLs;
 the machine scores are labelled with their direction and whether their weights were random, and a
 calibrated triage rule shows as a hint, never as a pre-selected decision.
 """
@@ -16,7 +17,7 @@ from curation.core import dataset as ds
 from curation.core.thumbnails import candidate_thumb, thumbnail, thumbs_dir
 from curation.core.workspace import Workspace
 from curation.review.calibration import ScoreCalibration, rule_for
-from curation.review.client import Connection, local_url
+from curation.review.client import Connection, media_url
 from curation.review.project import IMAGE
 
 THUMB = "thumb"  # the Data Manager's image column
@@ -31,7 +32,7 @@ def candidate_task(
     random: set[str],
     rules: dict[str, ScoreCalibration],
 ) -> dict[str, Any]:
-    """One task: image and references as local-files URLs, caption, labelled scores.
+    """One task: image, preview and reference cut-outs as local-files URLs, caption, labelled scores.
 
     No decision is ever pre-selected: a pre-filled choice turns the annotator's own hotkey into
     "clear", so a calibrated rule shows up as a hint line in the scores panel instead.
@@ -42,12 +43,7 @@ def candidate_task(
             cutout = cover_cutout(ws, concepts[cid])  # what is pasted, not the photo around it
             thumb = thumbnail(cutout, thumbs_dir(ws) / "refs" / f"{cid}-{cutout.stem}.jpg")
             refs.append(
-                {
-                    "concept": cid,
-                    "name": concepts[cid].name,
-                    "url": local_url(conn, conn.workspace_root / concepts[cid].refs[0]),
-                    "thumb": local_url(conn, thumb),
-                }
+                {"concept": cid, "name": concepts[cid].name, "url": media_url(conn, cutout), "thumb": media_url(conn, thumb)}
             )
     shown = {name: round(row[name], 4) for name in scores if row[name] is not None}
     rule = rule_for(rules, len(row[ds.CONCEPTS] or []))
@@ -59,8 +55,8 @@ def candidate_task(
     return {
         "data": {
             ds.CANDIDATE_ID: row[ds.CANDIDATE_ID],
-            IMAGE: local_url(conn, Path(row["filepath"])),
-            THUMB: local_url(conn, thumbnail(Path(row["filepath"]), candidate_thumb(thumbs_dir(ws), row[ds.CANDIDATE_ID]))),
+            IMAGE: media_url(conn, Path(row["filepath"])),
+            THUMB: media_url(conn, thumbnail(Path(row["filepath"]), candidate_thumb(thumbs_dir(ws), row[ds.CANDIDATE_ID]))),
             ds.CAPTION: row[ds.CAPTION] or "",
             ds.CONCEPTS: list(row[ds.CONCEPTS] or []),
             "refs": refs,

@@ -5,7 +5,9 @@ one image per configuration side by side, each scored 1-10 per criterion. The st
 images are copied under study/<name>/images/ with opaque names (the evaluator's paths,
 images/<configuration>/..., would name the configuration in the task's URL), their order is
 shuffled per task with a seed, and which configuration sits in which slot is kept only in the
-workspace (study/<name>/mapping.json).
+workspace (study/<name>/mapping.json). Label Studio serves the study's images and references from
+the media tree alone (its storage is the study's folder there), so no rater can fetch the mapping,
+the ratings or a pull by editing an image URL.
 
 Like review, the project is found again by a marker in its description, and tasks are keyed by a
 content id (`study_task`), so re-creating adds only what is new.
@@ -26,7 +28,7 @@ from curation.core.errors import CurateError
 from curation.core.progress import ProgressFn, no_progress
 from curation.core.records import Concept, content_id
 from curation.core.workspace import Workspace, atomic_write_bytes, atomic_write_json
-from curation.review.client import Connection, connect, local_url
+from curation.review.client import Connection, connect, media_folder, media_url
 from curation.review.project import find_or_create_project
 from curation.study.evaluation_folder import Item, read_evaluation
 from curation.study.rating_page import DEFAULT_CRITERIA, STUDY_XML, TASK_KEY, check_criteria, label_config
@@ -102,7 +104,7 @@ def _references(
         if not target.exists():
             atomic_write_bytes(target, source.read_bytes())
         cells.append(
-            f'<figure style="margin:0;text-align:center"><img src="{html.escape(local_url(conn, target))}" '
+            f'<figure style="margin:0;text-align:center"><img src="{html.escape(media_url(conn, target))}" '
             f'style="height:96px;max-width:120px;object-fit:contain"/><figcaption>'
             f"{html.escape(concept.name)} ({html.escape(concept.class_noun)})</figcaption></figure>"
         )
@@ -194,7 +196,7 @@ def create(
         f"curate study: {ws.workspace_id}/{name}",
         lambda: {"title": f"curate study {name}", "label_config": label_config(len(configurations), criteria)},
         state["raters"],
-        {folder.resolve(): f"study {name}"},
+        {media_folder(conn, folder): f"study {name}"},
         f"the study project ({STUDY_XML.name})",
     )
     state["project_id"] = project_id
@@ -206,7 +208,7 @@ def create(
             continue
         data = {TASK_KEY: item.key, "prompt": item.prompt, "references": references[item.key]}
         for slot, file in enumerate(mapping[item.key]["files"], start=1):
-            data[f"image_{slot}"] = local_url(conn, folder / file)
+            data[f"image_{slot}"] = media_url(conn, folder / file)
         tasks.append({"data": data})
     for start in range(0, len(tasks), BATCH):
         conn.import_tasks(project_id, tasks[start : start + BATCH], TASK_KEY)
