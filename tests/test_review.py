@@ -18,14 +18,17 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from curation.cli import app
+from curation.concepts.references import cover_cutout
 from curation.core import dataset as ds
+from curation.core.acceptance import accepted_view
 from curation.core.config import CurateConfig, ReviewConfig, dump_config
 from curation.core.errors import CurateError
+from curation.core.labeling_config import CONFIG_DIR, parse_labeling_config
 from curation.core.ports import free_port
 from curation.core.workspace import Workspace
 from curation.review.agreement import krippendorff_alpha
 from curation.review.client import PULL_TITLE, Connection, connect
-from curation.review.pull import REVIEW_FIELDS, aggregate, annotation_result, pull, status
+from curation.review.pull import REVIEW_FIELDS, aggregate, annotation_result, pull
 from curation.review.push import push
 from curation.review.server import (
     ServerInfo,
@@ -37,6 +40,7 @@ from curation.review.server import (
     use_server,
     write_server,
 )
+from curation.review.status import status
 from tests.fixtures.labelstudio import seeded_home
 from tests.fixtures.sample_concepts import flat_concept
 
@@ -137,7 +141,9 @@ def test_push_serves_images_and_does_not_duplicate(
     assert served.status_code == 200
     assert served.content == (ws.candidates_dir / "s000" / "cand003.png").read_bytes()
     ref = requests.get(labelstudio.url + task.data["refs"][0]["url"], headers=headers, timeout=30)
-    assert ref.status_code == 200 and ref.content == (ws.concept_dir("cat") / "refs" / "0.png").read_bytes()
+    assert ref.status_code == 200 and ref.content == cover_cutout(ws, ws.concepts()["cat"]).read_bytes()
+    published = Path(labelstudio.document_root) / ws.workspace_id / "candidates" / "s000" / "cand003.png"
+    assert published.samefile(ws.candidates_dir / "s000" / "cand003.png")  # a hard link in the media tree
     assert [r["name"] for r in task.data["refs"]] == ["Cat", "Mug"] and "<img" in task.data["refs_html"]
     # no decision is pre-filled (a pre-selected choice turns the annotator's hotkey into "clear");
     # scores are shown labelled with their direction
@@ -195,7 +201,7 @@ def test_pull_writes_reviews_idempotently_and_follows_edits(
     assert got["cand001"][ds.REVIEW_REASONS] == ["artifacts", "bad layout"]
     assert got["cand001"][ds.CAPTION_FIXED] == "a cat beside a mug"
     assert got["cand003"][ds.REVIEW_DECISION] is None
-    assert len(ds.accepted_view(ds.open_dataset(ws), min_quality=4)) == 2
+    assert len(accepted_view(ds.open_dataset(ws), min_quality=4)) == 2
 
     assert delta_ids(first.raw_path) == ["cand000", "cand001", "cand002", "cand003"]
 
@@ -211,7 +217,7 @@ def test_pull_writes_reviews_idempotently_and_follows_edits(
     assert sorted((ws.review_dir / "pulls").glob("*.jsonl.gz")) == [first.raw_path, third.raw_path]
     got = reviews(ws)
     assert got["cand000"][ds.REVIEW_DECISION] is None and got["cand000"][ds.REVIEW_QUALITY] is None
-    assert got["cand002"][ds.REVIEW_DECISION] == "reject" and got["cand002"][ds.REVIEW_QUALITY] == 1.0
+    assert got["cand002"][ds.REVIEW_DECISION] == "reject" and got["cand002"][ds.REVIEW_QUALITY] is None  # a reject's stars
 
 
 def test_pull_chunks_survive_a_server_stop_and_then_read_only_what_changed(
@@ -259,9 +265,6 @@ def test_pull_chunks_survive_a_server_stop_and_then_read_only_what_changed(
     views = conn.get_json("/api/dm/views/", "views", project=project_id)
     assert not [v for v in views if v["data"].get("title") == PULL_TITLE]  # the killed pull's are gone too
     assert not [e for e in conn.get_json(f"/api/projects/{project_id}/exports/", "exports") if e["title"] == PULL_TITLE]
-    # Label Studio keeps a deleted export's file: the pulls removed theirs from the server's data dir
-    exported = data_dir_of(labelstudio_home.root) / "media" / "export"
-    assert exported.is_dir() and not list(exported.glob(f"{project_id}/*.json"))
 
     state = json.loads((folder / "state.json").read_text())  # as if the last pull started a day later
     state.update(after=connect(ws).server_time().isoformat(), recent={})
@@ -311,7 +314,7 @@ def test_several_annotators_with_disagreement(labelstudio_workspace: Callable[..
     assert got["cand000"][ds.REVIEW_DECISION] == "accept"
     assert got["cand000"][ds.REVIEW_ANNOTATORS] == 3
     assert got["cand000"][ds.REVIEW_AGREEMENT] == pytest.approx(2 / 3, abs=1e-3)
-    assert got["cand000"][ds.REVIEW_QUALITY] == pytest.approx(3.0)
+    assert got["cand000"][ds.REVIEW_QUALITY] == pytest.approx(4.0)  # the accepts' stars; the reject's 1 is no vote
     assert got["cand001"][ds.REVIEW_DECISION] == "reject"  # a tie is not an accept
     assert got["cand001"][ds.REVIEW_AGREEMENT] == 0.5
     project_id = json.loads((ws.review_dir / "project.json").read_text())["project_id"]
@@ -320,12 +323,12 @@ def test_several_annotators_with_disagreement(labelstudio_workspace: Callable[..
     assert column == {"cand000": pytest.approx(0.6667), "cand001": 0.5}  # the Data Manager's column
     summary = status(ws)
     assert (summary.tasks, summary.annotated, summary.accepted, summary.rejected) == (2, 2, 1, 1)
-    assert summary.per_concept == {"cat": (1, 2), "mug": (1, 2)}
-    # by hand: decisions [a a r], [a r] -> alpha = 1 - 4 * 4/12 = -1/3; ratings [5 3 1], [3 3] -> 1 - 4 * 24/80
+    assert summary.per_concept == {"cat": (2, 1, 1), "mug": (2, 1, 1)}  # reviewed, accepted, for export
+    # by hand: decisions [a a r], [a r] -> alpha = 1 - 4 * 4/12 = -1/3; accepts' stars [5 3], [3] -> 1 - 1 * 8/8
     agreement = summary.agreement
     assert agreement is not None and agreement.overlapped == 2
-    assert agreement.decision_alpha == pytest.approx(-1 / 3) and agreement.quality_alpha == pytest.approx(-0.2)
-    assert sorted(agreement.per_annotator.values()) == [(1, 0), (2, 1), (2, 2)]
+    assert agreement.decision_alpha == pytest.approx(-1 / 3) and agreement.quality_alpha == pytest.approx(0.0)
+    assert sorted(agreement.per_annotator.values()) == [(1, 0, 0), (2, 1, 0), (2, 2, 0)]
     assert sorted(agreement.per_annotator) == sorted(u.email for u in users)  # emails, not "user <id>"
     assert "Krippendorff's alpha on 2 tasks" in summary.summary()
     disputed = ds.open_dataset(ws).load_saved_view(ds.VIEW_DISPUTED)
@@ -352,8 +355,10 @@ def test_aggregate_ignores_skips_and_keeps_latest_caption() -> None:
             "was_cancelled": cancelled,
         }
 
+    config = parse_labeling_config((CONFIG_DIR / "review.xml").read_text(), "review.xml")
     review = aggregate(
-        [ann("reject", 1, "3", cancelled=True), ann("accept", 4, "2", "new"), ann("accept", 2, "1", "old")]
+        [ann("reject", 1, "3", cancelled=True), ann("accept", 4, "2", "new"), ann("accept", 2, "1", "old")],
+        config,
     )
     assert review[ds.REVIEW_DECISION] == "accept" and review[ds.REVIEW_ANNOTATORS] == 2
     assert (
@@ -361,7 +366,7 @@ def test_aggregate_ignores_skips_and_keeps_latest_caption() -> None:
         and review[ds.CAPTION_FIXED] == "new"
         and review[ds.REVIEW_AGREEMENT] == 1.0
     )
-    assert aggregate([])[ds.REVIEW_DECISION] is None
+    assert aggregate([], config)[ds.REVIEW_DECISION] is None
 
 
 def test_server_not_running_names_the_url(labelstudio_workspace: Callable[..., Workspace], tmp_path) -> None:
@@ -433,7 +438,7 @@ def test_project_is_found_by_workspace_id_after_a_rename_never_by_folder_name(
     config.index.dataset_name = f"review-test-twin-{uuid.uuid4().hex[:10]}"
     twin_root = labelstudio_home.root / "workspaces" / uuid.uuid4().hex[:10] / renamed.name
     twin = Workspace.create(twin_root, config)
-    use_server(twin, labelstudio.url, labelstudio.token, document_root=labelstudio_home.root)
+    use_server(twin, labelstudio.url, labelstudio.token, document_root=Path(labelstudio.document_root))
     build_candidates(twin, 2)
     push(twin)
     assert json.loads((twin.review_dir / "project.json").read_text())["project_id"] != project_id
@@ -518,29 +523,34 @@ def test_push_follows_a_capped_page_size_and_serve_says_the_port_moved(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A server that caps page_size (here 4) must not make a re-push duplicate tasks; the configured
-    port is taken by someone else, and `review serve` says where it went instead."""
+    port is taken by someone else, and `review serve` says where it went instead, and where the
+    password is, never the password. A pull from the workspace's own server removes the export
+    snapshot files Label Studio keeps in its data dir."""
     monkeypatch.setenv("LABEL_STUDIO_TASK_API_PAGE_SIZE_MAX", "4")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         taken = busy.getsockname()[1]
-        home = seeded_home(tmp_path_factory.mktemp("capped-home"), CurateConfig(review=ReviewConfig(port=taken)))
+        config = CurateConfig(review=ReviewConfig(port=taken, batch_size=5, pull_page_size=4))
+        config.index.dataset_name = f"review-capped-{uuid.uuid4().hex[:8]}"
+        home = seeded_home(tmp_path_factory.mktemp("capped-home"), config)
         try:
             result = CliRunner().invoke(app, ["review", "serve", "-w", str(home.root)])
             assert result.exit_code == 0, result.output
             info = read_server(home)
             assert f"port {taken} was busy; serving on {info.url.rsplit(':', 1)[1]}" in result.output
-            config = CurateConfig(review=ReviewConfig(batch_size=5))
-            config.index.dataset_name = f"review-capped-{uuid.uuid4().hex[:8]}"
-            ws = Workspace.create(home.root / "ws", config)
-            use_server(ws, info.url, info.token, document_root=home.root)
-            ids = build_candidates(ws, 10)
-            first = push(ws)
+            assert info.password not in result.output and f"password in {info.path}" in result.output
+            ids = build_candidates(home, 10)
+            first = push(home)
             assert first.pushed == 10
-            assert connect(ws).task_keys(first.project_id, ds.CANDIDATE_ID) == set(ids)
-            again = push(ws)
+            assert connect(home).task_keys(first.project_id, ds.CANDIDATE_ID) == set(ids)
+            again = push(home)
             assert (again.pushed, again.already) == (0, 10)
-            project_tasks = connect(ws).client.tasks.list(project=first.project_id, fields="task_only")
+            project_tasks = connect(home).client.tasks.list(project=first.project_id, fields="task_only")
             assert sorted(t.data[ds.CANDIDATE_ID] for t in project_tasks) == ids  # no task twice
+            assert pull(home).read == 10  # in 3 snapshots
+            # Label Studio keeps a deleted export's file: the pull removed theirs from the server's data dir
+            exported = data_dir_of(home.root) / "media" / "export"
+            assert exported.is_dir() and not list(exported.glob(f"{first.project_id}/*.json"))
         finally:
             stop(home)
