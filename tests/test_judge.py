@@ -144,3 +144,25 @@ def test_transformers_judge_from_a_folder_logs_random_replies_and_caches_them(tm
     Image.new("RGB", (48, 48)).save(ws.candidates_dir / "s000" / "cand000.png")  # a new image is asked again
     with pytest.raises(CurateError, match="cannot load the judge .* transformers vision-language model"):
         judge(ws, str(model))
+
+
+def test_a_recaption_is_judged_again_and_cached_images_are_not_reread(tmp_path: Path, fake_llm: FakeLLM) -> None:
+    """The cache key held the image and concepts but not the caption (a recaptioned candidate kept its old
+    verdict), and every run read and hashed every image although the index had hashed them already."""
+    ws = Workspace.create(tmp_path / "ws")
+    reviewed_dataset(ws, "random")
+    dataset = ds.open_dataset(ws)
+    ids, paths = dataset.values(ds.CANDIDATE_ID), dataset.values("filepath")
+    dataset.set_values(ds.IMAGE_HASH, [f"{i:016x}" for i in range(len(ids))])  # as `curate index` writes it
+    fake_llm.responder = verdict_for
+    assert judge(ws, "openai:fake-vlm").judged == len(ids)
+    asked = len(fake_llm.requests)
+
+    recaptioned = dataset.match({ds.CANDIDATE_ID: ids[1]}).first()
+    recaptioned[ds.CAPTION] = "scene 1, a new caption from a recaption"
+    recaptioned.save()
+    Path(paths[2]).unlink()  # cached: its bytes are never needed again
+    report = judge(ws, "openai:fake-vlm")
+    assert (report.judged, report.cached) == (len(ids), len(ids) - 1)
+    [request] = fake_llm.requests[asked:]
+    assert "a new caption from a recaption" in json.dumps(request["messages"])

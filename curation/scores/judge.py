@@ -7,9 +7,9 @@ against human decisions like any other score before it may triage anything. The 
 (`[index] judge`, or `curate judge --model`): `openai:<model>` asks any OpenAI-compatible vision
 endpoint (OPENAI_BASE_URL / OPENAI_API_KEY), anything else is a transformers image-text-to-text
 model (hub id or folder: LLaVA, Qwen2-VL, ...) run here. Replies are cached by (setting, image
-hash, concepts), so a re-run sends nothing and loads no model; a reply that is not a valid verdict,
-even after `json_repair`, is logged to index/judge_rejections.jsonl and the candidate is skipped,
-not guessed.
+hash, prompt: concepts and caption), so a re-run sends nothing and loads no model, and a recaptioned
+candidate is asked again; a reply that is not a valid verdict, even after `json_repair`, is logged
+to index/judge_rejections.jsonl and the candidate is skipped, not guessed.
 """
 
 from __future__ import annotations
@@ -179,24 +179,25 @@ def judge(ws: Workspace, setting: str, progress: ProgressFn = no_progress) -> Ju
     cache = ws.root / "index" / "judge_cache"
     rejections = ws.root / "index" / "judge_rejections.jsonl"
     fields = [ds.CANDIDATE_ID, "filepath", ds.CONCEPTS, ds.CAPTION]
-    rows = list(zip(*dataset.values(fields), strict=True))
+    rows = list(zip(*dataset.values(fields), ds.field_values(dataset, ds.IMAGE_HASH), strict=True))
     verdicts: dict[str, Verdict] = {}
     vlm: VLM | None = None
     cached = malformed = 0
-    for done, (cid, filepath, concepts, caption) in enumerate(rows, 1):
-        image = Path(filepath).read_bytes()
+    for done, (cid, filepath, concepts, caption, indexed_hash) in enumerate(rows, 1):
         labels = [names.get(c, c) for c in concepts or []]
-        key = hashlib.sha256(
-            json.dumps([setting, hashlib.sha256(image).hexdigest(), labels]).encode()
-        ).hexdigest()
+        prompt = PROMPT.format(concepts=", ".join(labels) or "(none)", caption=caption or "")
+        # the index already hashed each image it decoded: reading every image again only to hash it
+        # cost a full pass over the candidates on every run; the prompt (caption included) is in the
+        # key, so a recaptioned candidate is asked again instead of given its old verdict
+        image_key = indexed_hash or hashlib.sha256(Path(filepath).read_bytes()).hexdigest()[:16]
+        key = hashlib.sha256(json.dumps([setting, image_key, prompt]).encode()).hexdigest()
         path = cache / f"{key}.json"
         if path.exists():
             reply, cached = json.loads(path.read_text())["reply"], cached + 1
         else:
             vlm = vlm or load_judge(setting)
-            prompt = PROMPT.format(concepts=", ".join(labels) or "(none)", caption=caption or "")
             try:
-                reply = vlm.ask(prompt, image)
+                reply = vlm.ask(prompt, Path(filepath).read_bytes())
             except Unanswered as exc:
                 _log(rejections, cid, str(exc), "")
                 malformed += 1
