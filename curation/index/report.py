@@ -17,7 +17,7 @@ import numpy as np
 from curation.core import dataset as ds
 from curation.core.progress import ProgressFn, no_progress
 from curation.core.workspace import atomic_write_bytes, atomic_write_text
-from curation.scores import presence as P
+from curation.scores import presence
 from curation.scores.artifacts import ARTIFACT_SCORES
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 REPORTS_DIR = "reports"
 SUMMARY = "summary.md"
 _BINS = 20
-_RANGES = {ds.CLIP_T: (0.0, 2.5), P.CP_CLIP: (-1.0, 1.0)} | {
+_RANGES = {ds.CLIP_T: (0.0, 2.5), presence.CP_CLIP: (-1.0, 1.0)} | {
     s.name: (s.low, s.high) for s in ARTIFACT_SCORES.values()
 }
 """Every score drawn, with its declared range so histograms of different runs line up."""
@@ -55,7 +55,7 @@ def write_report(ws: Workspace, progress: ProgressFn = no_progress) -> ReportRes
     """
     dataset = ds.open_dataset(ws, require_samples=True)
     scores = [name for name in _RANGES if dataset.has_field(name)]
-    wanted = [ds.N_CONCEPTS, P.MISSING_CONCEPTS, ds.NEAR_DUP_OF, *scores]
+    wanted = [ds.N_CONCEPTS, presence.MISSING_CONCEPTS, ds.NEAR_DUP_OF, *scores]
     existing = [f for f in wanted if dataset.has_field(f)]
     present = dict(zip(existing, dataset.values(existing)))
     columns = [present.get(f, [None] * len(dataset)) for f in wanted]
@@ -130,7 +130,7 @@ def _summary(
             ),
             "",
         ]
-    if info.get("presence_source") == P.SOURCE_PLAN:
+    if info.get("presence_source") == presence.SOURCE_PLAN:
         lines += [
             (
                 "> Presence came from the **planned boxes** (no detector configured): cp_clip measures "
@@ -161,7 +161,7 @@ def _summary(
             direction = ">" if spec.higher_is_worse else "<"
             lines.append(f"| {spec.name} | {direction} {spec.threshold} | {flagged} |")
     lines += [
-        f"| {P.MISSING_CONCEPTS} | at least one | {missing} |",
+        f"| {presence.MISSING_CONCEPTS} | at least one | {missing} |",
         f"| {ds.NEAR_DUP_OF} | set | {near_dups} |",
         "",
         f"Histograms: `hist_<score>.png` beside this file ({len(values)} scores).",
