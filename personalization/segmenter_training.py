@@ -3,7 +3,7 @@
 The MSP paper (Jain et al., appendix A.4-A.6) trains a ResNet-34-encoder U-Net on its target subjects
 (zoom 0.4-0.5, crops of 0.65-0.95 with p=0.1, random translations on a 512x512 canvas, 100 background
 scenes; batch 4, lr 1e-4, 14 epochs) and uses it twice: its class scores steer generation (SAL
-guidance, `generators/msp.py`) and its encoder features compare a generated subject with the
+guidance, `generators/msp/sal.py`) and its encoder features compare a generated subject with the
 subject's photos (SAS, `personalization.metrics.sas`).
 
 Our generator already makes the paper's hand-built data: every composite keeps which pasted layer

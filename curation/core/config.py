@@ -73,7 +73,7 @@ GEN4GEN_NEGATIVE_PROMPT = (
 
 
 class MSPSettings(_Section):
-    """The knobs of one MSP-Diffusion run (`generators/msp.py`); saved verbatim into every candidate's provenance.
+    """The knobs of one MSP-Diffusion run (`generators/msp/`); saved verbatim into every candidate's provenance.
 
     Defined here, not beside the generator, so loading curate.toml never imports the generator's code.
     """
