@@ -366,8 +366,8 @@ def review_status(
     token: TokenOpt = "",
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
-    """Counts of tasks, annotated, accepted, rejected, per concept, and annotator agreement."""
-    from curation.review.pull import status
+    """Tasks, reviewed / accepted / for export / rejected / disputed, invalid annotations, agreement."""
+    from curation.review.status import status
 
     typer.echo(status(_workspace(workspace), url=url or None, token=token or None).summary())
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from curation.core.acceptance import accepted_view
 from curation.core.dataset import (
     CANDIDATE_ID,
     CAPTION,
@@ -21,7 +22,6 @@ from curation.core.dataset import (
     N_CONCEPTS,
     NEAR_DUP_OF,
     REVIEW_QUALITY,
-    accepted_view,
     field_values,
     near_duplicate_copies,
     open_dataset,

@@ -12,6 +12,7 @@ import pytest
 
 from curation.concepts.references import add_concept
 from curation.core import dataset as ds
+from curation.core.acceptance import accepted_view
 from curation.core.config import dump_config
 from curation.core.records import Candidate
 from curation.core.workspace import Workspace, atomic_write_text
@@ -97,7 +98,7 @@ def test_chain_exports_exactly_the_accepted_candidates(workspace: Workspace, tmp
 
     pull(ws)
     dataset = ds.open_dataset(ws)
-    assert set(ds.accepted_view(dataset, 3).values(ds.CANDIDATE_ID)) == expected
+    assert set(accepted_view(dataset, 3).values(ds.CANDIDATE_ID)) == expected
     export = export_mycanvas(ws, min_quality=3).path
     metadata = read_metadata(export)
     assert set(metadata) == expected
@@ -133,7 +134,7 @@ def test_demo_runs_the_whole_chain_and_reruns_unchanged(workspace: Workspace) ->
     assert len(task_candidate_ids(workspace)) == n
     assert dataset.count(ds.REVIEW_DECISION) == n  # every task answered and pulled
     export = workspace.exports_dir / "mycanvas"
-    accepted = set(ds.accepted_view(dataset, workspace.config.export.min_quality).values(ds.CANDIDATE_ID))
+    accepted = set(accepted_view(dataset, workspace.config.export.min_quality).values(ds.CANDIDATE_ID))
     assert accepted and set(read_metadata(export)) == accepted
 
     before = tree_digest(workspace.root / "exports"), tree_digest(workspace.candidates_dir)

@@ -33,7 +33,7 @@ REQUIRED_VIEWS = {
     ds.VIEW_UNREVIEWED,
     ds.VIEW_ACCEPTED,
     ds.VIEW_REJECTED,
-    ds.VIEW_ACCEPTED_Q3,
+    ds.VIEW_ACCEPTED_FOR_EXPORT,
     ds.VIEW_HIGH_ARTIFACTS,
     ds.VIEW_TOP_CANDIDATES,
 }
@@ -94,7 +94,7 @@ def test_app_sidebar_groups_readable_views_and_no_rejected_top_candidate(candida
     assert best[ds.CANDIDATE_ID] in dataset.load_saved_view(ds.VIEW_TOP_CANDIDATES).values(ds.CANDIDATE_ID)
     best[ds.REVIEW_DECISION] = ds.REJECT
     best.save()
-    save_views(dataset)
+    save_views(dataset, ws.config.export.min_quality)
     assert best[ds.CANDIDATE_ID] not in dataset.load_saved_view(ds.VIEW_TOP_CANDIDATES).values(ds.CANDIDATE_ID)
 
 

@@ -167,7 +167,7 @@ def test_every_control_is_in_view_and_keyboard_only_submits(
             save_annotation(page, partial(page.keyboard.press, "Control+Enter"))
         page.close()
     report = pull(ws)
-    assert (report.annotated, report.accepted, report.unrated_accepts) == (1, 1, 0)
+    assert (report.annotated, report.accepted, report.invalid_count) == (1, 1, 0)
     tasks = connect(ws).get_json("/api/tasks/", "tasks", project=project_id, fields="task_only")["tasks"]
     columns = {t["data"][ds.CANDIDATE_ID]: {c: t["data"].get(c) for c in DM_COLUMNS} for t in tasks}
     assert columns == {

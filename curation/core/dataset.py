@@ -1,4 +1,4 @@
-"""The FiftyOne dataset of a workspace: its name, how to open it, its field names and saved views.
+"""The FiftyOne dataset of a workspace: its name, how to open it, its field names and saved views' names.
 
 Indexing, review and export all meet here, so field names are constants in one place and a typo
 is an import error instead of a silently empty field.
@@ -43,20 +43,22 @@ NEAR_DUP_CHECKED = "near_dup_checked"  # False until this sample was compared wi
 VIEW_UNREVIEWED = "unreviewed"
 VIEW_ACCEPTED = "accepted"
 VIEW_REJECTED = "rejected"
-VIEW_ACCEPTED_Q3 = "accepted_quality>=3"
+VIEW_ACCEPTED_FOR_EXPORT = "accepted_for_export"  # accepted with quality >= export.min_quality
 VIEW_HIGH_ARTIFACTS = "high_artifacts"
 VIEW_NEAR_DUPLICATES = "near_duplicates"
 VIEW_TOP_CANDIDATES = "top_candidates"
-VIEW_DISPUTED = "disputed"  # annotators disagreed on the decision (`review pull` keeps it)
+VIEW_DISPUTED = "disputed"  # two or more votes that differ
+VIEW_INVALID = "invalid_annotations"  # annotations the labeling page cannot produce (never counted)
 VIEW_TRIAGED_OUT = "triaged_out"  # held back from review by a calibrated rule (`review push --triage`)
 
-# review (written by `curate review pull`)
+# review (written by `curate review pull`; what they mean: curation/core/acceptance.py)
 REVIEW_DECISION = "review_decision"  # "accept" | "reject" | None
-REVIEW_QUALITY = "review_quality"  # mean of annotators' 1-5 ranks, or None
-REVIEW_ANNOTATORS = "review_annotators"
-REVIEW_AGREEMENT = "review_agreement"
-REVIEW_REASONS = "review_reasons"
+REVIEW_QUALITY = "review_quality"  # mean of the accepting annotators' 1-5 stars on an accept, else None
+REVIEW_ANNOTATORS = "review_annotators"  # valid votes
+REVIEW_AGREEMENT = "review_agreement"  # share of the votes for the decision
+REVIEW_REASONS = "review_reasons"  # names from the labeling config's reasons only
 CAPTION_FIXED = "caption_fixed"  # annotator-corrected caption; export prefers it to CAPTION
+REVIEW_INVALID = "review_invalid"  # "<annotator>: <what is wrong>" per annotation that was not counted
 TRIAGE = "triage"  # the calibrated rule that held a candidate back from review, or None
 
 ACCEPT = "accept"
@@ -108,16 +110,6 @@ def field_values(collection: fo.Dataset | fo.DatasetView, name: str) -> list[Any
     if collection.has_field(name):
         return collection.values(name)
     return [None] * len(collection)
-
-
-def accepted_view(dataset: fo.Dataset, min_quality: float | None = None) -> fo.DatasetView:
-    """Accepted candidates, optionally only those whose mean quality reaches `min_quality`."""
-    from fiftyone import ViewField as F
-
-    view = dataset.match(F(REVIEW_DECISION) == ACCEPT)
-    if min_quality is not None:
-        view = view.match(F(REVIEW_QUALITY) >= min_quality)
-    return view
 
 
 def near_duplicate_copies(near_dup_of: Mapping[str, str | None], accepted: Collection[str]) -> set[str]:

@@ -169,7 +169,7 @@ def index_workspace(
         if diversity or diversity_due(dataset, config.diversity_growth):
             compute_diversity(dataset, report)
         progress(DATASET_STAGE, 2, 2)
-    save_views(dataset)
+    save_views(dataset, ws.config.export.min_quality)
     index_concepts(ws)  # the cut-outs, as the dataset `<name>-concepts`
     if dataset.info.get(INDEX_COMPLETE) is not True:  # last: every step above has finished
         dataset.info[INDEX_COMPLETE] = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from curation.core import dataset as ds
+from curation.core.acceptance import is_rejected, review_views
 from curation.scores.artifacts import ARTIFACT_SCORES
 from curation.scores.presence import (
     CP_CLIP,
@@ -24,8 +25,12 @@ if TYPE_CHECKING:
     import fiftyone as fo
 
 
-def save_views(dataset: fo.Dataset) -> list[str]:
+def save_views(dataset: fo.Dataset, min_quality: float) -> list[str]:
     """(Re)save the browsing views; they are queries, so they stay current as fields change.
+
+    Args:
+        dataset: The index dataset.
+        min_quality: `export.min_quality`, for the `accepted_for_export` view.
 
     Returns:
         The names of the saved views.
@@ -36,15 +41,11 @@ def save_views(dataset: fo.Dataset) -> list[str]:
     for spec in ARTIFACT_SCORES.values():
         term = F(spec.name) > spec.threshold if spec.higher_is_worse else F(spec.name) < spec.threshold
         high = term if high is None else high | term
-    rule = " or ".join(f"{s.name} {'>' if s.higher_is_worse else '<'} {s.threshold:g}" for s in ARTIFACT_SCORES.values())
+    rule = " or ".join(
+        f"{s.name} {'>' if s.higher_is_worse else '<'} {s.threshold:g}" for s in ARTIFACT_SCORES.values()
+    )
     views = {
-        ds.VIEW_UNREVIEWED: (
-            dataset.match(F(ds.REVIEW_DECISION) == None),  # Mongo query: `is None` would not work
-            "no human decision pulled yet",
-        ),
-        ds.VIEW_ACCEPTED: (ds.accepted_view(dataset), "review_decision == accept (majority of annotators)"),
-        ds.VIEW_REJECTED: (dataset.match(F(ds.REVIEW_DECISION) == ds.REJECT), "review_decision == reject"),
-        ds.VIEW_ACCEPTED_Q3: (ds.accepted_view(dataset, min_quality=3), "accepted and review_quality >= 3"),
+        **review_views(dataset, min_quality),
         ds.VIEW_HIGH_ARTIFACTS: (dataset.match(high), f"any artifact score past its threshold: {rule}"),
         ds.VIEW_NEAR_DUPLICATES: (
             dataset.match(F(ds.NEAR_DUP_OF) != None),
@@ -55,7 +56,7 @@ def save_views(dataset: fo.Dataset) -> list[str]:
             "presence found at least one planned concept missing",
         ),
         ds.VIEW_TOP_CANDIDATES: (
-            dataset.match(~high & (F(ds.NEAR_DUP_OF) == None) & (F(ds.REVIEW_DECISION) != ds.REJECT)).sort_by(
+            dataset.match(~high & (F(ds.NEAR_DUP_OF) == None) & ~is_rejected()).sort_by(
                 ds.CLIP_T, reverse=True
             ),
             f"not rejected by a human, no near-duplicate, no artifact score past ({rule}); best clip_t first",
@@ -83,7 +84,7 @@ def _sidebar(dataset: fo.Dataset) -> None:
         "presence": [CP_CLIP, PRESENCE, MISSING_CONCEPTS, DETECTIONS, PRESENCE_SOURCE],
         "review": [
             ds.REVIEW_DECISION, ds.REVIEW_QUALITY, ds.REVIEW_AGREEMENT, ds.REVIEW_ANNOTATORS,
-            ds.REVIEW_REASONS, ds.CAPTION_FIXED, ds.TRIAGE,
+            ds.REVIEW_REASONS, ds.CAPTION_FIXED, ds.REVIEW_INVALID, ds.TRIAGE,
         ],
         "provenance": [
             ds.CANDIDATE_ID, ds.CONCEPTS, ds.N_CONCEPTS, ds.CAPTION, ds.PROMPT, ds.GENERATOR, ds.PLAN_ID,

@@ -9,8 +9,12 @@ plan per composition.
 
 Counts come from two places: reviews from the FiftyOne dataset (what `curate review pull` wrote),
 and pending work from the current plans (every candidate `curate generate` would make for them
-that has no review yet: not generated, not indexed, not pushed or not annotated). "Accepted" is
-what export takes (accepted with quality >= export.min_quality); any other review counts as rejected.
+that has no review yet: not generated, not indexed, not pushed or not annotated). The words are
+those of the one acceptance rule (curation/core/acceptance.py): "accepted" is what a default export
+takes (accepted for export: quality >= export.min_quality, and not a near-duplicate copy of another
+accepted candidate); "left out" is accepted in review but not taken (lower quality, unrated, a
+copy); "rejected" is rejected in review. Only the labeling config's reason names are counted: the
+reasons reach the top-up's LLM prompt, and a review field may hold text from before pulls were checked.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from curation.core import dataset as ds
+from curation.core.acceptance import is_accepted, is_accepted_for_export, is_reviewed
 from curation.core.config import CurationConfig
+from curation.core.labeling_config import labeling_config
 from curation.core.workspace import Workspace
 
 Composition = tuple[str, ...]
@@ -79,9 +85,10 @@ def planned_compositions(ws: Workspace) -> list[Composition]:
 
 @dataclass
 class Counts:
-    """Accepted, pending and rejected candidates against a target."""
+    """Accepted (for export), left out, pending and rejected candidates against a target."""
 
     accepted: int = 0
+    left_out: int = 0
     pending: int = 0
     rejected: int = 0
     target: int = 0
@@ -93,6 +100,7 @@ class Counts:
 
     def add(self, other: Counts) -> None:
         self.accepted += other.accepted
+        self.left_out += other.left_out
         self.pending += other.pending
         self.rejected += other.rejected
 
@@ -142,7 +150,11 @@ class Shape:
 
     def table(self) -> str:
         """The status table; `to make` is what `curate topup` would ask for before its budget."""
-        lines = [f"accepted = accepted in review with quality >= {self.min_quality:g}", ""]
+        lines = [
+            f"accepted = accepted in review with quality >= {self.min_quality:g}: what `curate export` takes",
+            "left out = accepted in review but not taken (lower quality, unrated, a near-duplicate copy)",
+            "",
+        ]
         lines += [f"{'composition':<34} {_COLUMNS} {'rate':>5} {'to make':>8}"]
         for c in self.compositions:
             lines.append(f"{_row(c.key, c)} {c.rate:>5.2f} {c.to_make:>8}")
@@ -157,50 +169,63 @@ class Shape:
         return "\n".join(lines)
 
 
-_COLUMNS = f"{'accepted':>8} {'pending':>8} {'rejected':>8} {'target':>7} {'short':>6}"
+_COLUMNS = f"{'accepted':>8} {'left out':>8} {'pending':>8} {'rejected':>8} {'target':>7} {'short':>6}"
 
 
 def _row(name: str, c: Counts) -> str:
     label = name if len(name) <= 34 else name[:31] + "..."
-    return f"{label:<34} {c.accepted:>8} {c.pending:>8} {c.rejected:>8} {c.target:>7} {c.shortfall:>6}"
+    return (
+        f"{label:<34} {c.accepted:>8} {c.left_out:>8} {c.pending:>8} {c.rejected:>8} {c.target:>7} "
+        f"{c.shortfall:>6}"
+    )
 
 
-NEAR_DUPLICATE = "near-duplicate"
-"""The reason recorded for an accepted candidate export drops as a copy of another accepted one."""
+ACCEPTED, LEFT_OUT, REJECTED = "accepted", "left out", "rejected"
+"""What a reviewed candidate counts as here (see the module docstring)."""
 
 
-def read_reviews(ws: Workspace) -> dict[str, tuple[Composition, bool, list[str]]]:
-    """candidate_id -> (its composition, accepted for export, review reasons), for reviewed samples.
+@dataclass(frozen=True)
+class Review:
+    """A reviewed candidate as status counts it."""
+
+    composition: Composition
+    outcome: str  # ACCEPTED, LEFT_OUT or REJECTED
+    reasons: tuple[str, ...]  # the labeling config's reason names only
+
+
+def read_reviews(ws: Workspace) -> dict[str, Review]:
+    """candidate_id -> its review, for reviewed samples that are still part of the set.
 
     Like a default export, an accepted candidate marked as a near-duplicate of another accepted one
-    does not count: it would not be exported, so it fills no target.
+    is left out: it would not be exported, so it fills no target.
     """
     dataset = ds.find_dataset(ws)
     if dataset is None:
         return {}
-    min_quality = ws.config.export.min_quality
-    columns = [
-        ds.field_values(dataset, f)
-        for f in (ds.CANDIDATE_ID, ds.CONCEPTS, ds.REVIEW_DECISION, ds.REVIEW_QUALITY)
-    ]
-    extra = zip(
-        ds.field_values(dataset, ds.REVIEW_REASONS),
-        ds.field_values(dataset, ds.NEAR_DUP_OF),
-        dataset.values("filepath"),
-        strict=True,
+    for_export = set(
+        dataset.match(is_accepted_for_export(ws.config.export.min_quality)).values(ds.CANDIDATE_ID)
     )
+    accepted = set(dataset.match(is_accepted()).values(ds.CANDIDATE_ID))
+    reviewed = dataset.match(is_reviewed())
+    known = set(labeling_config(ws).reasons)
     reviews = {}
     originals = {}
-    for (cid, concepts, decision, quality), (why, original, filepath) in zip(
-        zip(*columns, strict=True), extra, strict=True
+    for cid, concepts, why, original, filepath in zip(
+        *(
+            ds.field_values(reviewed, f)
+            for f in (ds.CANDIDATE_ID, ds.CONCEPTS, ds.REVIEW_REASONS, ds.NEAR_DUP_OF)
+        ),
+        reviewed.values("filepath"),
+        strict=True,
     ):
-        if decision is None or cid is None or ws.is_stale(cid, filepath):
+        if cid is None or ws.is_stale(cid, filepath):
             continue  # a stale candidate's review outlives it, but export skips it: it fills no target
-        accepted = decision == ds.ACCEPT and quality is not None and quality >= min_quality
-        reviews[cid] = (tuple(sorted(concepts or [])), accepted, list(why or []))
+        outcome = ACCEPTED if cid in for_export else LEFT_OUT if cid in accepted else REJECTED
+        reasons = tuple(r for r in why or [] if r in known)
+        reviews[cid] = Review(tuple(sorted(concepts or [])), outcome, reasons)
         originals[cid] = original
-    for cid in ds.near_duplicate_copies(originals, {c for c, review in reviews.items() if review[1]}):
-        reviews[cid] = (reviews[cid][0], False, [NEAR_DUPLICATE])
+    for cid in ds.near_duplicate_copies(originals, {c for c, r in reviews.items() if r.outcome == ACCEPTED}):
+        reviews[cid] = Review(reviews[cid].composition, LEFT_OUT, reviews[cid].reasons)
     return reviews
 
 
@@ -213,14 +238,16 @@ def read_shape(ws: Workspace) -> Shape:
     targets = compute_targets(compositions, config)
     reviews = read_reviews(ws)
     states = {c: CompositionState(concepts=c, target=targets.per_composition[c]) for c in compositions}
-    for composition, accepted, reasons in reviews.values():
-        if (state := states.get(composition)) is None:
+    for review in reviews.values():
+        if (state := states.get(review.composition)) is None:
             continue
-        if accepted:
+        if review.outcome == ACCEPTED:
             state.accepted += 1
+        elif review.outcome == LEFT_OUT:
+            state.left_out += 1
         else:
             state.rejected += 1
-            state.reasons.update(reasons)
+            state.reasons.update(review.reasons)
     plan_compositions = {p.plan_id: tuple(sorted(p.concepts)) for p in ws.plans()}
     outcomes = {plan_id: PlanOutcome() for plan_id in plan_compositions}
     for item in plan_work(ws):
@@ -230,11 +257,11 @@ def read_shape(ws: Workspace) -> Shape:
             states[plan_compositions[item.plan.plan_id]].pending += 1
         else:
             outcome.reviewed += 1
-            outcome.accepted += review[1]
+            outcome.accepted += review.outcome == ACCEPTED
     for state in states.values():
         prior = config.prior_reviews
         state.rate = (state.accepted + config.prior_acceptance * prior) / (
-            state.accepted + state.rejected + prior
+            state.accepted + state.left_out + state.rejected + prior
         )
     buckets = {n: Counts(target=t) for n, t in targets.per_bucket.items()}
     concepts = {name: Counts(target=config.per_concept) for name in ws.concepts()}  # in no composition too

@@ -10,9 +10,10 @@ its id and shard (`generators.run` lays work out in plan order) and `curate gene
 and `review push` make, index and push just the new ones.
 
 Rounds are recorded in plans/topups.jsonl with the rejected candidates' most common review reasons
-per composition; the LLM planner puts those reasons in its prompt, the rule-based one has no place
-for them (they are only recorded). A composition whose candidates were all rejected in its last
-`give_up_rounds` rounds (the plans `curate plan` made count as its first round) stops the top-up
+per composition: names from the labeling config's list only (`read_shape` drops any other text,
+which would be an annotator's words pasted into a prompt). The LLM planner puts those reasons in
+its prompt, the rule-based one has no place for them (they are only recorded). A composition none
+of whose candidates was accepted for export in its last `give_up_rounds` rounds (the plans `curate plan` made count as its first round) stops the top-up
 with its most common rejection reason instead of asking again.
 """
 
@@ -104,7 +105,7 @@ def _rounds_of(shape: Shape, rounds: list[dict]) -> dict[Composition, list[list[
 
 
 def check_not_hopeless(shape: Shape, state: CompositionState, rounds: list[list[str]], limit: int) -> None:
-    """Refuse to plan again for a composition whose last `limit` rounds were all reviewed and all rejected.
+    """Refuse to plan again for a composition whose last `limit` rounds were all reviewed, none accepted for export.
 
     Raises:
         CurateError: naming the composition and its most common rejection reason.
@@ -123,8 +124,8 @@ def check_not_hopeless(shape: Shape, state: CompositionState, rounds: list[list[
     else:
         why = "reviewers gave no reason"
     raise CurateError(
-        f"composition {state.key} cannot reach its target of {state.target}: every candidate of its last "
-        f"{limit} rounds was rejected ({why}). Change what it is asked for (its concepts in "
+        f"composition {state.key} cannot reach its target of {state.target}: no candidate of its last "
+        f"{limit} rounds was accepted for export ({why}). Change what it is asked for (its concepts in "
         "layout.compositions_file, the layout settings or curation.per_composition) before topping up again, "
         "or raise curation.give_up_rounds"
     )

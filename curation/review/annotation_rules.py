@@ -1,0 +1,142 @@
+"""One annotation checked against the labeling config: a vote the page could have produced, or what is wrong.
+
+Label Studio's API stores whatever it is sent (a rating of 7 or 2.5, a choice the page does not
+offer, accept and reject at once, any text of any size), and any invited account can send it. An
+annotation therefore counts only when the review page could have produced it: exactly one known
+decision, whole stars on the config's scale where the page asks for them, reasons from the config's
+list, a corrected caption that is one printable line. Anything else is reported, never counted in
+part. Problems quote what was sent clipped and escaped: they are printed to terminals and kept in
+FiftyOne, and the text is the sender's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from curation.core.labeling_config import CAPTION_BOX, DECISION, QUALITY, REASONS, LabelingConfig
+from curation.core.records import printable_line
+
+MAX_CAPTION_CHARS = 1000
+"""Longest corrected caption: far beyond what a text encoder reads (CLIP: 77 tokens), far below a flood."""
+SHOWN_CHARS = 40
+"""How much of a sent value a problem quotes."""
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One annotator's valid answer: what review counts."""
+
+    decision: str
+    stars: int | None
+    """On a decision the page shows the rating for; a reject's leftover stars are dropped."""
+    reasons: tuple[str, ...]
+    caption: str | None
+
+
+def shown(value: Any) -> str:
+    """A sent value as a problem quotes it: clipped, and escaped to printable ASCII."""
+    if isinstance(value, str):
+        return ascii(value[:SHOWN_CHARS]) + ("..." if len(value) > SHOWN_CHARS else "")
+    text = ascii(value)
+    return text[:SHOWN_CHARS] + ("..." if len(text) > SHOWN_CHARS else "")
+
+
+def annotator(annotation: Mapping[str, Any]) -> str:
+    """Who made an annotation, as a snapshot names them: by user id (`review status` shows emails)."""
+    who = annotation.get("completed_by")
+    return shown(who.get("email") or who.get("id")) if isinstance(who, Mapping) else f"user {shown(who)}"
+
+
+def _strings(value: Any) -> list[str] | None:
+    """A list of strings as sent, or None when it is anything else."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    return None
+
+
+def _decision(value: Mapping[str, Any], config: LabelingConfig, problems: list[str]) -> str | None:
+    choices = _strings(value.get("choices"))
+    if choices is None or len(choices) != 1:
+        problems.append(
+            f"decision {shown(value.get('choices'))}: exactly one of {', '.join(config.decisions)}"
+        )
+        return None
+    if choices[0] not in config.decisions:
+        problems.append(f"decision {shown(choices[0])} is not one of {', '.join(config.decisions)}")
+        return None
+    return choices[0]
+
+
+def _stars(value: Mapping[str, Any], config: LabelingConfig, problems: list[str]) -> int | None:
+    stars = value.get("rating")
+    if type(stars) is not int or not 1 <= stars <= (config.rating_max or 0):  # bool and 2.5 are not stars
+        problems.append(f"rating {shown(stars)} is not a whole number of stars from 1 to {config.rating_max}")
+        return None
+    return stars
+
+
+def _reasons(value: Mapping[str, Any], config: LabelingConfig, problems: list[str]) -> tuple[str, ...]:
+    reasons = _strings(value.get("choices"))
+    if reasons is None:
+        problems.append(f"reasons {shown(value.get('choices'))} are not a list of names")
+        return ()
+    unknown = [r for r in reasons if r not in config.reasons]
+    if unknown:
+        problems.append(f"reason {shown(unknown[0])} is not one of the config's reasons")
+    elif len(set(reasons)) != len(reasons):
+        problems.append("a reason is ticked twice")
+    return tuple(reasons)
+
+
+def _caption(value: Mapping[str, Any], problems: list[str]) -> str | None:
+    lines = _strings(value.get("text"))
+    if lines is None:
+        problems.append(f"corrected caption {shown(value.get('text'))} is not a list of text")
+        return None
+    lines = [line for line in lines if line.strip()]
+    if len(lines) > 1:
+        problems.append(f"corrected caption has {len(lines)} entries: one line is expected")
+        return None
+    try:
+        return printable_line(lines[0], MAX_CAPTION_CHARS) if lines else None
+    except ValueError as exc:
+        problems.append(f"corrected caption {exc}")
+        return None
+
+
+def check_annotation(annotation: Mapping[str, Any], config: LabelingConfig) -> Vote | list[str]:
+    """The annotation as a vote, or every reason it is not one (an empty list never comes back)."""
+    result = annotation.get("result")
+    if not isinstance(result, list):
+        return [f"result {shown(result)} is not a list of answers"]
+    controls = {DECISION: "choices", QUALITY: "rating", REASONS: "choices", CAPTION_BOX: "textarea"}
+    offered = {DECISION, *([QUALITY] if config.rating_max else []), *([REASONS] if config.reasons else [])}
+    offered |= {CAPTION_BOX} if config.caption_box else set()
+    problems: list[str] = []
+    answers: dict[str, Mapping[str, Any]] = {}
+    for item in result:
+        name = item.get("from_name") if isinstance(item, Mapping) else None
+        value = item.get("value") if isinstance(item, Mapping) else None
+        if not isinstance(name, str) or name not in offered or not isinstance(value, Mapping):
+            problems.append(f"answer {shown(name)} is not a control of the page")
+        elif item.get("type") != controls[name]:
+            problems.append(f"{name} answered as {shown(item.get('type'))}, not {controls[name]}")
+        elif name in answers:
+            problems.append(f"{name} answered twice")
+        else:
+            answers[name] = value
+    if DECISION not in answers:
+        problems.append("no decision")
+    decision = _decision(answers[DECISION], config, problems) if DECISION in answers else None
+    stars = _stars(answers[QUALITY], config, problems) if QUALITY in answers else None
+    if decision is not None and decision not in config.rating_for:
+        stars = None  # rated, then switched to a decision that hides the rating: not a vote
+    elif decision is not None and stars is None and config.rating_required and QUALITY not in answers:
+        problems.append(f"{decision} without a rating: the page requires 1 to {config.rating_max} stars")
+    reasons = _reasons(answers[REASONS], config, problems) if REASONS in answers else ()
+    caption = _caption(answers[CAPTION_BOX], problems) if CAPTION_BOX in answers else None
+    if problems or decision is None:
+        return problems
+    return Vote(decision, stars, reasons, caption)
