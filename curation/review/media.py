@@ -141,7 +141,9 @@ def check_document_root(ws_root: Path, document_root: Path) -> None:
     """
     media = own_media(ws_root)
     above = document_root == ws_root or document_root in ws_root.parents
-    inside = ws_root in document_root.parents and not (document_root == media or media in document_root.parents)
+    inside = ws_root in document_root.parents and not (
+        document_root == media or media in document_root.parents
+    )
     if above or inside:
         raise CurateError(
             f"Label Studio's document root {document_root} would serve this workspace's credentials and "
