@@ -285,7 +285,7 @@ def review_serve(
     token: TokenOpt = "",
     document_root: Annotated[
         Path | None,
-        typer.Option(help="With --url: the server's LOCAL_FILES_DOCUMENT_ROOT, a folder holding the workspace."),
+        typer.Option(help="With --url: the server's LOCAL_FILES_DOCUMENT_ROOT, a folder holding only media."),
     ] = None,
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
@@ -298,15 +298,15 @@ def review_serve(
         if not token:
             raise CurateError(f"a token is needed for {url}: pass --token or set LABEL_STUDIO_TOKEN")
         info = use_server(ws, url, token, document_root=document_root)
-        typer.echo(f"Label Studio: {info.url} recorded in {info.path}")
+        typer.echo(f"Label Studio: {info.url} recorded in {info.path}; what annotators see is published to {info.media}")
         return
     if document_root:
         raise CurateError("--document-root describes a running server: pass it with --url")
     typer.echo("starting Label Studio (the first start migrates its database: about a minute)...", err=True)
-    info = serve(ws, port=port or None)
+    info = serve(ws, port=port or None, echo=lambda line: typer.echo(line, err=True))
     if note := moved_note(port or ws.config.review.port, info.url):
         typer.echo(note, err=True)
-    typer.echo(f"Label Studio: {info.url}  login {info.email} / {info.password}  (credentials in {info.path})")
+    typer.echo(f"Label Studio: {info.url}  login {info.email}, password in {info.path} (owner-only)")
     typer.echo(f"annotators sign up at {invite_url(info)}  (one account each; share it like a password)")
 
 
