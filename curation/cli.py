@@ -24,6 +24,10 @@ UrlOpt = Annotated[
     str, typer.Option(envvar="LABEL_STUDIO_URL", help="A running Label Studio (else the one `review serve` started).")
 ]
 TokenOpt = Annotated[str, typer.Option(envvar="LABEL_STUDIO_TOKEN", help="API token for --url.")]
+WaitOpt = Annotated[
+    bool,
+    typer.Option("--wait", help="Queue behind a command already changing this workspace's stage instead of stopping."),
+]
 
 app = typer.Typer(
     help=(
@@ -44,10 +48,11 @@ study_app = typer.Typer(help="The user preference study in Label Studio: create,
 app.add_typer(study_app, name="study")
 
 
-def _workspace(path: Path):
+def _workspace(path: Path, wait: bool = False):
+    """The workspace; `wait`: its writers queue behind a running command instead of stopping (`--wait`)."""
     from curation.core.workspace import Workspace
 
-    return Workspace.open(path)
+    return Workspace.open(path, wait_for_locks=wait)
 
 
 @app.command()
@@ -65,13 +70,14 @@ def concepts_add(
     photos: Annotated[list[Path], typer.Argument(help="Image files or folders of images of this concept.")],
     class_noun: Annotated[str, typer.Option("--class", "-c", help="Class noun, e.g. 'cat' (one line, <= 64).")],
     concept_id: Annotated[str, typer.Option("--id", help="Id instead of the derived one (a-z, 0-9, - or _).")] = "",
+    wait: WaitOpt = False,
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Ingest a concept's photos: segment each foreground (soft mask), assign the token <c-ID>."""
     from curation.concepts.references import add_concept, choose_concept_id
     from curation.core.progress import progress_bar
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, wait)
     concept_id = choose_concept_id(ws, name, concept_id or None)
     previous = ws.concept(concept_id)
     with progress_bar() as progress:
@@ -126,6 +132,7 @@ def concepts_show(
 @app.command()
 def plan(
     n: Annotated[int, typer.Option("--n", help="How many layout plans (compositions x backgrounds).")] = 24,
+    wait: WaitOpt = False,
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Plan layouts: background + one box per concept for compositions of 2-5 concepts."""
@@ -133,7 +140,7 @@ def plan(
     from generators.layout import plan_layouts
     from generators.llm_layout import FALLBACK
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, wait)
     with progress_bar() as progress:
         plans = plan_layouts(ws, n, progress=progress)
     fell_back = sum(p.planner == FALLBACK for p in plans)
@@ -149,13 +156,14 @@ def generate(
     generator: Annotated[
         str, typer.Option(help="'gen4gen' (paste + repaint) or 'msp' (MSP-Diffusion); empty means the config's.")
     ] = "",
+    wait: WaitOpt = False,
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Generate one candidate per plan and seed, in resumable shards (finished shards are skipped)."""
     from curation.core.progress import progress_bar
     from generators.run import generate as run_generate
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, wait)
     with progress_bar() as progress:
         report = run_generate(
             ws, workers=workers or None, progress=progress, executor=executor, generator=generator or None
@@ -175,13 +183,14 @@ def index(
             help="Recompute uniqueness and the embedding map now (else when index.diversity_growth is reached).",
         ),
     ] = False,
+    wait: WaitOpt = False,
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Index candidates in FiftyOne: CLIP, CLIP-T, concept presence (CP-CLIP), artifact scores, views."""
     from curation.core.progress import progress_bar
     from curation.index.run import index_workspace
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, wait)
     with progress_bar() as progress:
         report = index_workspace(ws, progress=progress, executor=executor, diversity=diversity)
     typer.echo(report.summary())
@@ -206,23 +215,24 @@ def judge(
             help='"openai:<model>" at OPENAI_BASE_URL, or a transformers VLM hub id/folder; default [index] judge.'
         ),
     ] = "",
+    wait: WaitOpt = False,
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Score every candidate with a VLM judge (presence, identity, artifacts, overall); cached per image."""
     from curation.core.progress import progress_bar
     from curation.scores.judge import judge as run_judge
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, wait)
     with progress_bar() as progress:
         typer.echo(run_judge(ws, model or ws.config.index.judge, progress=progress).summary())
 
 
 @app.command()
-def calibrate(workspace: WorkspaceOpt = Path(".")) -> None:
+def calibrate(wait: WaitOpt = False, workspace: WorkspaceOpt = Path(".")) -> None:
     """Each machine score against the pulled decisions: AUC, the 95%-recall triage rule, a ROC plot."""
     from curation.review.calibration import calibrate as run_calibration
 
-    typer.echo(run_calibration(_workspace(workspace)).summary())
+    typer.echo(run_calibration(_workspace(workspace, wait)).summary())
 
 
 @app.command()
@@ -240,6 +250,7 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
 @app.command()
 def topup(
     max_new: Annotated[int, typer.Option(help="Most new candidates this round; 0 means curation.max_new.")] = 0,
+    wait: WaitOpt = False,
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Append plans for the compositions short of their target (shortfall / acceptance rate, less pending)."""
@@ -247,7 +258,7 @@ def topup(
     from curation.loop.topup import topup as run_topup
 
     with progress_bar() as progress:
-        report = run_topup(_workspace(workspace), max_new=max_new or None, progress=progress)
+        report = run_topup(_workspace(workspace, wait), max_new=max_new or None, progress=progress)
     typer.echo(report.summary())
 
 
@@ -328,6 +339,7 @@ def review_push(
     ] = False,
     url: UrlOpt = "",
     token: TokenOpt = "",
+    wait: WaitOpt = False,
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Create the review project if needed and push new candidates as tasks (re-pushing adds only new ones)."""
@@ -337,7 +349,7 @@ def review_push(
     if order not in ORDERS:
         raise CurateError(f"unknown --order {order!r}: use one of {', '.join(ORDERS)}")
     with progress_bar() as progress:
-        report = push(_workspace(workspace), view=view, url=url or None, token=token or None, order=order,
+        report = push(_workspace(workspace, wait), view=view, url=url or None, token=token or None, order=order,
                       overlap=overlap or None, triage=triage, progress=progress)  # fmt: skip
     typer.echo(report.summary())
 
@@ -349,6 +361,7 @@ def review_pull(
     full: Annotated[
         bool, typer.Option("--full", help="read every task, not only those changed since the last pull")
     ] = False,
+    wait: WaitOpt = False,
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Pull annotations into FiftyOne (review_decision, review_quality, agreement...); keeps each delta, gzipped."""
@@ -356,7 +369,7 @@ def review_pull(
     from curation.review.pull import pull
 
     with progress_bar() as progress:
-        report = pull(_workspace(workspace), url=url or None, token=token or None, full=full, progress=progress)
+        report = pull(_workspace(workspace, wait), url=url or None, token=token or None, full=full, progress=progress)
     typer.echo(report.summary())
 
 
@@ -387,6 +400,7 @@ def study_create(
     ] = False,
     url: UrlOpt = "",
     token: TokenOpt = "",
+    wait: WaitOpt = False,
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """One blind task per prompt: references, prompt, each configuration's image shuffled; adds only new tasks."""
@@ -394,7 +408,7 @@ def study_create(
     from curation.study.create import create
 
     with progress_bar() as progress:
-        report = create(_workspace(workspace), evaluation, name=name or None,
+        report = create(_workspace(workspace, wait), evaluation, name=name or None,
                         criteria=[c.strip() for c in criteria.split(",") if c.strip()], raters=raters or None,
                         per_bucket=per_bucket or None, seed=seed, skip_incomplete=skip_incomplete,
                         url=url or None, token=token or None, progress=progress)  # fmt: skip
@@ -406,12 +420,13 @@ def study_pull(
     name: Annotated[str, typer.Option(help="Study name; default the workspace's only study.")] = "",
     url: UrlOpt = "",
     token: TokenOpt = "",
+    wait: WaitOpt = False,
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Pull the ratings into study/<name>/ratings.json (writes nothing when nothing changed)."""
     from curation.study.pull import pull
 
-    typer.echo(pull(_workspace(workspace), name or None, url=url or None, token=token or None).summary())
+    typer.echo(pull(_workspace(workspace, wait), name or None, url=url or None, token=token or None).summary())
 
 
 @study_app.command("report")
@@ -448,13 +463,14 @@ def export_command(
         typer.Option(help="Prior-preservation images: a subfolder per class noun, copied to class_images/."),
     ] = None,
     class_images: Annotated[int, typer.Option(help="Images per class from --class-images-from; 0 = all.")] = 0,
+    wait: WaitOpt = False,
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Write accepted candidates with quality >= threshold as a MyCanvas folder (train/metadata.jsonl)."""
     from curation.core.progress import progress_bar
     from exports.mycanvas import export_mycanvas
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, wait)
     with progress_bar() as progress:
         report = export_mycanvas(
             ws,

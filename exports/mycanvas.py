@@ -26,6 +26,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 from curation.core.errors import CurateError
+from curation.core.lock import writes
 from curation.core.progress import ProgressFn, no_progress
 from curation.core.records import Concept, content_id
 from curation.core.workspace import Workspace, atomic_write_json, atomic_write_text, make_temp_dir
@@ -239,6 +240,7 @@ def _selection_rule(
     return rule
 
 
+@writes("export")
 def export_mycanvas(
     ws: Workspace,
     name: str = "mycanvas",

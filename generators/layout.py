@@ -20,6 +20,7 @@ from PIL import Image
 
 from curation.core.config import LayoutConfig
 from curation.core.errors import CurateError
+from curation.core.lock import writes
 from curation.core.progress import ProgressFn, no_progress
 from curation.core.records import Box, Concept, LayoutPlan
 from curation.core.workspace import Workspace
@@ -177,6 +178,7 @@ def plan_one(
     return plan.with_id()
 
 
+@writes("plans")
 def plan_layouts(ws: Workspace, n: int, progress: ProgressFn = no_progress) -> list[LayoutPlan]:
     """Write `n` layout plans to plans/plans.jsonl (replacing it atomically) and return them.
 

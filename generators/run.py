@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from curation.core.errors import CurateError
+from curation.core.lock import writes
 from curation.core.progress import ProgressFn, no_progress
 from curation.core.records import Candidate, content_id
 from curation.core.workspace import (
@@ -161,6 +162,7 @@ def _close_shard(ws: Workspace, shard: str, items: list[WorkItem], failed: int) 
     )
 
 
+@writes("generate")
 def generate(
     ws: Workspace,
     workers: int | None = None,

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from curation.core.errors import CurateError
+from curation.core.lock import writes
 from curation.core.progress import ProgressFn, no_progress
 from curation.core.records import (
     CONCEPT_ID,
@@ -244,6 +245,7 @@ def _replace_dir(staged: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@writes("concepts")
 def add_concept(
     ws: Workspace,
     concept_id: str,

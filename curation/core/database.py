@@ -7,13 +7,27 @@ then write a workspace's dataset into that other folder, where it disappears fro
 service stops. Other accounts' services are never attached to, so users do not mix.
 A team's MongoDB named by `FIFTYONE_DATABASE_URI` (e.g. `deploy/mongodb.sh`) is used as it is:
 FiftyOne then starts and attaches to no service, whatever runs on the machine.
+
+Starting the embedded service is a race FiftyOne does not guard: two processes that find none
+running both start one, the second mongod cannot lock the database folder, and its process waits
+60 s and dies with `ServiceListenTimeout`. So curate checks and connects holding a per-account
+file lock (the second command then finds the first one's service and attaches), and a start that
+still fails (a service of another program shutting down as we looked) is tried once more, then
+ends in one line.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from curation.core.errors import CurateError
+
+START_ATTEMPTS = 2
 
 
 def attached_database_dir() -> str | None:
@@ -42,20 +56,55 @@ def attached_database_dir() -> str | None:
 
 
 def check_database() -> None:
-    """Raise before FiftyOne connects when its embedded database runs from another folder than configured.
+    """Connect FiftyOne, refusing first an embedded database that runs from another folder than configured.
 
     Raises:
-        CurateError: naming both folders and the two ways out.
+        CurateError: naming both folders and the two ways out; or a database service that would not start.
     """
     import fiftyone as fo
+    import fiftyone.core.odm.database as fodb
 
-    if fo.config.database_uri:
-        return  # a real MongoDB named by the user: FiftyOne connects exactly there
+    if fo.config.database_uri or not fodb._is_client_closed(fodb._client):
+        return  # a real MongoDB named by the user (FiftyOne connects exactly there), or connected already
     wanted = os.path.realpath(fo.config.database_dir)
-    running = attached_database_dir()
-    if running is not None and running != wanted:
-        raise CurateError(
-            f"FiftyOne's database is already running from {running} (another process of yours started it),"
-            f" not from FIFTYONE_DATABASE_DIR {wanted}, and FiftyOne would write there: stop that process,"
-            f" or set FIFTYONE_DATABASE_DIR={running}"
-        )
+    with _start_lock():
+        running = attached_database_dir()
+        if running is not None and running != wanted:
+            raise CurateError(
+                f"FiftyOne's database is already running from {running} (another process of yours started it),"
+                f" not from FIFTYONE_DATABASE_DIR {wanted}, and FiftyOne would write there: stop that process,"
+                f" or set FIFTYONE_DATABASE_DIR={running}"
+            )
+        _connect(wanted)
+
+
+@contextmanager
+def _start_lock() -> Iterator[None]:
+    """The per-account lock held while finding or starting the service (FiftyOne attaches to any of ours);
+    the kernel releases it if the process dies."""
+    path = Path(tempfile.gettempdir()) / f"curate-fiftyone-start-{os.getuid()}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _connect(database_dir: str) -> None:
+    """Start or attach to the database service and connect; a failed start is tried once more."""
+    import fiftyone.core.odm.database as fodb
+    from fiftyone.core.service import ServiceListenTimeout
+
+    for attempt in range(START_ATTEMPTS):
+        try:
+            fodb.get_db_conn()
+            return
+        except ServiceListenTimeout:
+            fodb._db_service = None  # else FiftyOne's next try skips the service and dials a default port
+            if attempt + 1 == START_ATTEMPTS:
+                log = Path(database_dir) / "log" / "mongo.log"
+                raise CurateError(
+                    f"FiftyOne's database service would not start from {database_dir} (its log: {log}): "
+                    "run the command again, or set FIFTYONE_DATABASE_URI to a MongoDB that runs"
+                ) from None

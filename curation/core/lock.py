@@ -4,7 +4,7 @@ Without it, two `curate index` runs started together added 40 of 80 candidates t
 the near-duplicate store interleaved, and one `review pull` deleted the partial delta another was
 writing. Every stage entry point that writes takes `stage_lock(ws, stage)` for its whole run, so a
 second command on the same stage either waits (`--wait`) or stops with one line naming the holder.
-Read-only commands take no lock and never block.
+Entry points declare it in one line, `@writes("index")`; read-only commands take no lock and never block.
 
 `fcntl.flock` is released by the kernel when its process dies, `kill -9` included, so a crashed
 command never leaves a lock behind for the next one to trip over. The lock file holds who took it
@@ -15,15 +15,17 @@ re-entrant: the demo, or a stage that runs another stage's entry point, takes th
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
 from curation.core.errors import CurateError
 
@@ -98,6 +100,28 @@ def stage_lock(root: Path, stage: str, wait: bool = False) -> Iterator[None]:
         yield
     finally:
         _release(path)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def writes(stage: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a stage entry point whose first argument is the workspace: it runs holding `ws.lock(stage)`.
+
+    The workspace says whether to wait (`Workspace.open(path, wait_for_locks=...)`, the CLI's `--wait`).
+    """
+
+    def decorate(function: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(function)
+        def locked(*args: P.args, **kwargs: P.kwargs) -> R:
+            ws: Any = args[0] if args else kwargs["ws"]
+            with ws.lock(stage):
+                return function(*args, **kwargs)
+
+        return locked
+
+    return decorate
 
 
 def _release(path: Path) -> None:

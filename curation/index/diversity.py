@@ -32,8 +32,9 @@ DIVERSITY = "diversity"
 """dataset.info key: when uniqueness and the map last ran ({"samples", "clip_fingerprint", "uniqueness", "map"})."""
 
 
-def mark_near_duplicates(ws: Workspace, dataset: fo.Dataset, report: IndexReport) -> None:
-    """Near-duplicates of the samples not yet compared with the others, from the stored CLIP embeddings.
+def mark_near_duplicates(ws: Workspace, dataset: fo.Dataset, report: IndexReport, key: str) -> None:
+    """Near-duplicates of the samples not yet compared with the others, from the stored CLIP embeddings
+    of the models `key` (`curation.index.plan.models_key`).
 
     Skipped with random weights: their distances say nothing about what images show, and every
     candidate would end up someone's duplicate.
@@ -43,7 +44,7 @@ def mark_near_duplicates(ws: Workspace, dataset: fo.Dataset, report: IndexReport
         dataset.save()
         return
     report.near_duplicate_queries, report.near_duplicates = mark_new_near_duplicates(
-        dataset, ws.index_dir / "near_duplicates", NEAR_DUP_THRESHOLD
+        dataset, ws.index_dir / "near_duplicates", NEAR_DUP_THRESHOLD, key
     )
     dataset.info["near_duplicates"] = f"cosine distance <= {NEAR_DUP_THRESHOLD}"
     dataset.save()
@@ -57,17 +58,22 @@ def diversity_due(dataset: fo.Dataset, growth: float) -> bool:
     return len(dataset) > last.get("samples", 0) * (1 + growth)
 
 
-def compute_diversity(dataset: fo.Dataset, report: IndexReport) -> None:
-    """Uniqueness (pretrained weights only, as near-duplicates) and the embedding map, over every sample."""
+def compute_diversity(dataset: fo.Dataset, report: IndexReport, key: str) -> None:
+    """Uniqueness (pretrained weights only, as near-duplicates) and the embedding map, over every sample
+    scored with the models `key`: one a run could not re-embed holds another model's embedding, whose
+    width may differ."""
     import fiftyone.brain as fob
+    from fiftyone import ViewField as F
 
-    n = len(dataset)
+    scored = dataset.match(F(ds.MODELS_KEY) == key)
+    collection = dataset if len(scored) == len(dataset) else scored
+    n = len(collection)
     if dataset.info.get("clip_weights") == "pretrained" and n > 1:
         fob.compute_uniqueness(
-            dataset, uniqueness_field=ds.UNIQUENESS, embeddings=ds.CLIP_EMBEDDING, progress=False
+            collection, uniqueness_field=ds.UNIQUENESS, embeddings=ds.CLIP_EMBEDDING, progress=False
         )
         report.uniqueness = True
-    report.visualization = visualize(dataset)
+    report.visualization = visualize(dataset, collection)
     dataset.info[DIVERSITY] = {
         "samples": n,
         "clip_fingerprint": dataset.info.get("clip_fingerprint"),
@@ -77,8 +83,8 @@ def compute_diversity(dataset: fo.Dataset, report: IndexReport) -> None:
     dataset.save()
 
 
-def visualize(dataset: fo.Dataset) -> str | None:
-    """(Re)compute the 2-D map of the CLIP embeddings that the App's Embeddings panel shows.
+def visualize(dataset: fo.Dataset, collection: fo.Dataset | fo.DatasetView) -> str | None:
+    """(Re)compute the 2-D map of `collection`'s CLIP embeddings that the App's Embeddings panel shows.
 
     UMAP keeps local neighbourhoods (clusters of similar compositions) and is used when umap-learn
     is installed; PCA needs nothing extra and still shows the main axes of variation. The method
@@ -89,7 +95,7 @@ def visualize(dataset: fo.Dataset) -> str | None:
     """
     import fiftyone.brain as fob
 
-    n = len(dataset)
+    n = len(collection)
     if n < _MIN_VISUALIZED:
         return None
     try:
@@ -99,7 +105,7 @@ def visualize(dataset: fo.Dataset) -> str | None:
     except ImportError:
         method, options = "pca", {}
     fob.compute_visualization(
-        dataset,
+        collection,
         embeddings=ds.CLIP_EMBEDDING,
         brain_key=VISUALIZATION_KEY,
         method=method,

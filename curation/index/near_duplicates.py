@@ -7,7 +7,10 @@ against an append-only store of the checked samples' CLIP embeddings kept in the
 (`index/near_duplicates/`): a blocked matrix product, O(N x d) time per query and O(block x
 queries) memory, never N x N. The store is read through a memory map, so the page cache, not
 MongoDB, serves it; it is rebuilt from the dataset when it does not match it (another dataset of
-the same name, a copied workspace, a run killed between its two writes).
+the same name, a copied workspace, a run killed between its two writes). The store and every query
+are keyed on the samples' `models_key`: embeddings of another CLIP (another width, say 512 against
+768) are never compared, and a model change starts the store over instead of multiplying mismatched
+matrices; samples a run could not re-embed keep their old key and sit out until it can.
 
 Marking rule (cosine distance <= threshold, FiftyOne's metric): of two near-copies, the one with
 the lower CLIP-T (ties to 6 decimals, which batch composition can move: the larger candidate_id) gets `near_dup_of` = the better one's id. A
@@ -49,16 +52,18 @@ class EmbeddingStore:
     """Append-only rows of (candidate_id, CLIP-T, L2-normalised embedding); the latest row per id counts.
 
     Files: `vectors.f32` (rows x dim), `clip_t.f32`, `ids.txt` (one id per line), and `meta.json`
-    written last with the dataset id and the row count, so rows a killed append left behind are
-    ignored and cut off by the next append.
+    written last with the dataset id, the models key, the width and the row count, so rows a killed
+    append left behind are ignored and cut off by the next append, and a store of another dataset or
+    model reads as empty.
     """
 
-    def __init__(self, folder: Path, dataset_id: str):
+    def __init__(self, folder: Path, dataset_id: str, key: str):
         self.folder = folder
         self.dataset_id = dataset_id
+        self.key = key
         meta_path = folder / "meta.json"
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        if meta.get("dataset") != dataset_id:
+        if meta.get("dataset") != dataset_id or meta.get("key") != key:
             meta = {}
         self.rows: int = meta.get("rows", 0)
         self.dim: int = meta.get("dim", 0)
@@ -101,7 +106,7 @@ class EmbeddingStore:
             self.latest[cid] = self.rows + offset
         self.ids += ids
         self.rows += len(ids)
-        meta = {"dataset": self.dataset_id, "rows": self.rows, "dim": self.dim}
+        meta = {"dataset": self.dataset_id, "key": self.key, "rows": self.rows, "dim": self.dim}
         atomic_write_json(self.folder / "meta.json", meta)
 
     def _valid_bytes(self, name: str) -> int:
@@ -135,8 +140,12 @@ def neighbours(
     return found
 
 
-def mark_new_near_duplicates(dataset: fo.Dataset, folder: Path, threshold: float) -> tuple[int, int]:
+def mark_new_near_duplicates(
+    dataset: fo.Dataset, folder: Path, threshold: float, key: str
+) -> tuple[int, int]:
     """Query the pending samples against the store, write `near_dup_of` on both sides, mark them checked.
+
+    Only samples scored with the models `key` take part (the others' embeddings are another model's).
 
     Returns:
         (samples queried, samples marked near_dup_of in the whole dataset afterwards).
@@ -146,16 +155,17 @@ def mark_new_near_duplicates(dataset: fo.Dataset, folder: Path, threshold: float
     for name, kind in ((ds.NEAR_DUP_OF, fo.StringField), (ds.NEAR_DUP_CHECKED, fo.BooleanField)):
         if not dataset.has_field(name):  # all None when nothing is duplicated: no type to infer
             dataset.add_sample_field(name, kind)
-    ids, embeddings, scores = _read(dataset, {ds.NEAR_DUP_CHECKED: {"$ne": True}})  # False or never checked
-    store = EmbeddingStore(folder, str(dataset._doc.id))
+    same_model = {ds.MODELS_KEY: key}
+    ids, embeddings, scores = _read(dataset, {ds.NEAR_DUP_CHECKED: {"$ne": True}, **same_model})  # False, unset
+    store = EmbeddingStore(folder, str(dataset._doc.id), key)
     pending_ids = set(ids)
-    checked = len(dataset) - len(ids)
+    checked = dataset._sample_collection.count_documents({ds.NEAR_DUP_CHECKED: True, **same_model})
     if len(store.live_ids() - pending_ids) != checked:  # not this dataset's store, or behind it
         _rebuild(store, dataset)
     # samples pointing at a re-embedded one are asked again: that copy may no longer be a copy
     updated = [cid for cid in ids if cid in store.latest]
     if updated:
-        again = {ds.NEAR_DUP_OF: {"$in": updated}, ds.CANDIDATE_ID: {"$nin": ids}}
+        again = {ds.NEAR_DUP_OF: {"$in": updated}, ds.CANDIDATE_ID: {"$nin": ids}, **same_model}
         more_ids, more_embeddings, more_scores = _read(dataset, again)
         ids, embeddings, scores = ids + more_ids, embeddings + more_embeddings, scores + more_scores
     if not ids:
@@ -210,7 +220,7 @@ def _marks(
 
 def _rebuild(store: EmbeddingStore, dataset: fo.Dataset) -> None:
     """Start the store over from the dataset's checked samples (a one-off O(N) read)."""
-    ids, embeddings, scores = _read(dataset, {ds.NEAR_DUP_CHECKED: True})
+    ids, embeddings, scores = _read(dataset, {ds.NEAR_DUP_CHECKED: True, ds.MODELS_KEY: store.key})
     vectors = _unit(np.stack(embeddings)) if ids else np.zeros((0, store.dim or 1), dtype=np.float32)
     store.append(ids, vectors, _scores(scores), reset=True)
 

@@ -17,11 +17,13 @@ them even when no candidate changed.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from curation.core import dataset as ds
 from curation.core.errors import CurateError
+from curation.core.lock import writes
 from curation.core.progress import ProgressFn, no_progress
 from curation.core.thumbnails import thumbs_dir
 from curation.index.concepts_dataset import index_concepts
@@ -34,6 +36,8 @@ from curation.scores import presence
 from curation.scores.artifacts import ARTIFACT_SCORES
 
 if TYPE_CHECKING:
+    import fiftyone as fo
+
     from curation.core.config import IndexConfig
     from curation.core.workspace import Workspace
     from curation.scores.clip import ClipScorer
@@ -44,8 +48,10 @@ INDEX_COMPLETE = "index_complete"
 """dataset.info key: False from a run's first write, True after its last step."""
 DATASET_STAGE = "near-duplicates, uniqueness, embedding map"
 """The progress stage of the dataset-wide steps (0, 1, 2 of 2)."""
+log = logging.getLogger(__name__)
 
 
+@writes("index")
 def index_workspace(
     ws: Workspace,
     progress: ProgressFn = no_progress,
@@ -76,13 +82,7 @@ def index_workspace(
     if executor not in EXECUTORS:
         raise CurateError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
     name = ds.dataset_name(ws)
-    dataset = ds.find_dataset(ws)
-    if dataset is None:  # not `or`: an empty Dataset is falsy
-        dataset = fo.Dataset(name, persistent=True)
-    dataset.persistent = True
-    if not dataset.has_field(ds.CANDIDATE_ID):
-        dataset.add_sample_field(ds.CANDIDATE_ID, fo.StringField)
-    dataset.create_index(ds.CANDIDATE_ID)  # idempotent; every upsert and lookup is keyed on it
+    dataset = _open_or_create(ws)
     report = IndexReport(dataset=name)
 
     complete = dataset.info.get(INDEX_COMPLETE) is True
@@ -164,10 +164,10 @@ def index_workspace(
         )
     if len(dataset) and (report.added or report.updated or not complete or diversity):
         progress(DATASET_STAGE, 0, 2)
-        mark_near_duplicates(ws, dataset, report)
+        mark_near_duplicates(ws, dataset, report, key)
         progress(DATASET_STAGE, 1, 2)
         if diversity or diversity_due(dataset, config.diversity_growth):
-            compute_diversity(dataset, report)
+            compute_diversity(dataset, report, key)
         progress(DATASET_STAGE, 2, 2)
     save_views(dataset, ws.config.export.min_quality)
     index_concepts(ws)  # the cut-outs, as the dataset `<name>-concepts`
@@ -179,6 +179,35 @@ def index_workspace(
 
         report.judge = judge(ws, config.judge, progress).summary()
     return report
+
+
+def _open_or_create(ws: Workspace) -> fo.Dataset:
+    """The workspace's dataset, created on first use, with a unique index on `candidate_id`.
+
+    Every upsert and lookup is keyed on `candidate_id`, and the unique index makes a second sample of
+    one candidate impossible whatever runs at once. Duplicates that an older curate let two
+    concurrent runs add are removed first (the oldest sample of each candidate stays).
+    """
+    import fiftyone as fo
+
+    dataset = ds.find_dataset(ws)
+    if dataset is None:  # not `or`: an empty Dataset is falsy
+        dataset = fo.Dataset(ds.dataset_name(ws), persistent=True)
+    dataset.persistent = True
+    if not dataset.has_field(ds.CANDIDATE_ID):
+        dataset.add_sample_field(ds.CANDIDATE_ID, fo.StringField)
+    if not dataset.get_index_information().get(ds.CANDIDATE_ID, {}).get("unique"):
+        groups = [
+            {"$group": {"_id": f"${ds.CANDIDATE_ID}", "ids": {"$push": "$_id"}}},
+            {"$match": {"ids.1": {"$exists": True}}},
+        ]
+        found = dataset._sample_collection.aggregate(groups)
+        extra = [str(i) for group in found for i in sorted(group["ids"])[1:]]
+        if extra:
+            log.warning("removing %d duplicate samples of one candidate from %s", len(extra), dataset.name)
+            dataset.delete_samples(extra)
+        dataset.create_index(ds.CANDIDATE_ID, unique=True)
+    return dataset
 
 
 def _load_sas(

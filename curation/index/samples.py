@@ -3,10 +3,10 @@
 Images are streamed in batches (`index.batch_size`): a loader thread decodes each image once,
 scores its artifacts and writes its review preview for the next batch while the model embeds the
 current one, and samples are written in bulk every `_WRITE_CHUNK` candidates (new ones added,
-changed ones updated by `candidate_id`). Only the fields `curate index` owns are written: review
-fields written by `curate review pull` are never touched. With `index.executor = "ray"` the CLIP
-embeddings come from Ray actors (`curation.index.embed_ray`) in the same batches; everything else,
-and every write, stays in this process.
+changed ones updated by `candidate_id`, each in one write). Only the fields `curate index` owns are
+written: review fields written by `curate review pull` are never touched. With
+`index.executor = "ray"` the CLIP embeddings come from Ray actors (`curation.index.embed_ray`) in
+the same batches; everything else, and every write, stays in this process.
 """
 
 from __future__ import annotations
@@ -203,8 +203,14 @@ def _fields(item: _Decoded, embedding: np.ndarray, score: float, cosine: float) 
 
 
 def _write_rows(dataset: fo.Dataset, rows: list[dict[str, Any]], report: IndexReport) -> None:
-    """Bulk-write: add_samples for new candidates, set_values keyed by candidate_id for changed ones."""
+    """Bulk-write: add_samples for new candidates, one whole-document update per changed one.
+
+    A changed sample gets all its fields in one update, which MongoDB applies to a document all or
+    nothing: written field by field, a run killed after the hashes but before the embedding left a
+    sample that matched its files and kept its old scores for good.
+    """
     import fiftyone as fo
+    from pymongo import UpdateOne
 
     new, changed = [], []
     for row in rows:
@@ -213,8 +219,12 @@ def _write_rows(dataset: fo.Dataset, rows: list[dict[str, Any]], report: IndexRe
         dataset.add_samples([fo.Sample(**row) for row in new], progress=False)
         report.added += len(new)
     if changed:
-        for key in changed[0]:
-            if key != ds.CANDIDATE_ID:
-                values = {row[ds.CANDIDATE_ID]: row[key] for row in changed}
-                dataset.set_values(key, values, key_field=ds.CANDIDATE_ID)
+        updates = []
+        for row in changed:
+            # serialised as FiftyOne inserts a sample (schema expanded, fields validated); only the
+            # fields index owns are set, so tags and review fields stay, and None overwrites old values
+            _, doc = dataset._transform_sample(fo.Sample(**row))
+            fields = {name: doc.get(name) for name in row} | {"last_modified_at": doc["last_modified_at"]}
+            updates.append(UpdateOne({ds.CANDIDATE_ID: row[ds.CANDIDATE_ID]}, {"$set": fields}))
+        dataset._sample_collection.bulk_write(updates, ordered=False)
         report.updated += len(changed)

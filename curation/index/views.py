@@ -63,9 +63,22 @@ def save_views(dataset: fo.Dataset, min_quality: float) -> list[str]:
         ),
     }
     for name, (view, description) in views.items():
-        dataset.save_view(name, view, description=description, overwrite=True)
+        if not _saved_as(dataset, name, view, description):
+            dataset.save_view(name, view, description=description, overwrite=True)
     _sidebar(dataset)
     return list(views)
+
+
+def _saved_as(dataset: fo.Dataset, name: str, view: fo.DatasetView, description: str) -> bool:
+    """Whether `name` is already saved as this view: an unchanged run rewrites nothing (each save is
+    four database writes, and a write a kill could interrupt)."""
+    from bson import json_util
+
+    if not dataset.has_saved_view(name):
+        return False
+    saved = dataset._get_saved_view_doc(name)
+    stages = [json_util.dumps(stage) for stage in view._serialize(include_uuids=False)]
+    return saved.description == description and list(saved.view_stages) == stages
 
 
 def _sidebar(dataset: fo.Dataset) -> None:
@@ -77,8 +90,10 @@ def _sidebar(dataset: fo.Dataset) -> None:
     for name in (ds.CLIP_T, ds.CLIP_T_COS, ds.UNIQUENESS, CP_CLIP):
         if dataset.has_field(name):
             field = dataset.get_field(name)
-            field.description = "RANDOM CLIP weights: meaningless" if random else "pretrained CLIP weights"
-            field.save()
+            description = "RANDOM CLIP weights: meaningless" if random else "pretrained CLIP weights"
+            if field.description != description:
+                field.description = description
+                field.save()
     ours = {
         "scores": [ds.CLIP_T, ds.CLIP_T_COS, ds.UNIQUENESS, *ARTIFACT_SCORES, ds.NEAR_DUP_OF],
         "presence": [CP_CLIP, PRESENCE, MISSING_CONCEPTS, DETECTIONS, PRESENCE_SOURCE],
@@ -99,5 +114,6 @@ def _sidebar(dataset: fo.Dataset) -> None:
         if group.name == "metadata":
             groups += [fo.SidebarGroupDocument(name=n, paths=[p for p in paths if dataset.has_field(p)])
                        for n, paths in ours.items()]  # fmt: skip
-    dataset.app_config.sidebar_groups = groups
-    dataset.save()
+    if [g.to_dict() for g in dataset.app_config.sidebar_groups or []] != [g.to_dict() for g in groups]:
+        dataset.app_config.sidebar_groups = groups
+        dataset.save()

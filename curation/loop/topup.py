@@ -29,6 +29,7 @@ import numpy as np
 
 from curation.core.config import MAX_NEW_PER_ROUND
 from curation.core.errors import CurateError
+from curation.core.lock import writes
 from curation.core.progress import ProgressFn, no_progress
 from curation.core.records import LayoutPlan, content_id
 from curation.core.workspace import Workspace, atomic_write_text
@@ -179,6 +180,7 @@ def _picks(
     return picks
 
 
+@writes("plans")
 def topup(ws: Workspace, max_new: int | None = None, progress: ProgressFn = no_progress) -> TopupReport:
     """Append plans for every short composition and record the round; see the module docstring.
 

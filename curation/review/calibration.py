@@ -19,6 +19,7 @@ from typing import Any
 
 from curation.core import dataset as ds
 from curation.core.errors import CurateError
+from curation.core.lock import writes
 from curation.core.workspace import Workspace, atomic_write_json
 from curation.scores.artifacts import ARTIFACT_SCORES
 
@@ -167,6 +168,7 @@ def numeric_scores(dataset: Any) -> list[str]:
     return sorted(names, key=lambda n: (n != ds.CLIP_T, n))
 
 
+@writes("review")
 def calibrate(ws: Workspace, plot: bool = True) -> CalibrationReport:
     """Compare every machine score with the pulled decisions; write calibration.json (and a plot)."""
     from fiftyone import ViewField as F

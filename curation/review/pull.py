@@ -29,6 +29,7 @@ from curation.core.labeling_config import (
     LabelingConfig,
     labeling_config,
 )
+from curation.core.lock import writes
 from curation.core.progress import ProgressFn, no_progress
 from curation.core.workspace import Workspace, atomic_write_json
 from curation.review.annotation_rules import Vote, annotator, check_annotation
@@ -230,6 +231,7 @@ def _candidate_of(task: dict[str, Any]) -> str | None:
     return found if isinstance(found, str) else None
 
 
+@writes("review")
 def pull(
     ws: Workspace,
     url: str | None = None,

@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args
 
 from curation.core import dataset as ds
 from curation.core.errors import CurateError
+from curation.core.lock import writes
 from curation.core.progress import ProgressFn, no_progress
 from curation.core.workspace import Workspace, atomic_write_text
 from curation.review.calibration import load_rules, random_weights, rule_for
@@ -68,6 +69,7 @@ def _order(rows: list[dict[str, Any]], order: Order, key: str | None) -> list[di
     return sorted(scored, key=lambda r: abs(r[key] - middle)) + rest
 
 
+@writes("review")
 def push(
     ws: Workspace,
     view: str = "unreviewed",

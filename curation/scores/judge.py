@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from curation.core import dataset as ds
 from curation.core.errors import CurateError
+from curation.core.lock import writes
 from curation.core.progress import ProgressFn, no_progress
 from curation.core.workspace import Workspace, atomic_write_json
 
@@ -165,6 +166,7 @@ def load_judge(setting: str) -> VLM:
     return TransformersJudge(setting)
 
 
+@writes("index")
 def judge(ws: Workspace, setting: str, progress: ProgressFn = no_progress) -> JudgeReport:
     """Ask the VLM about every candidate of the dataset and write its verdict fields.
 

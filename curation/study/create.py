@@ -25,6 +25,7 @@ from typing import Any
 
 from curation.core.buckets import BUCKET_TITLES
 from curation.core.errors import CurateError
+from curation.core.lock import writes
 from curation.core.progress import ProgressFn, no_progress
 from curation.core.records import Concept, content_id
 from curation.core.workspace import Workspace, atomic_write_bytes, atomic_write_json
@@ -111,6 +112,7 @@ def _references(
     return f'<div style="display:flex;gap:8px;flex-wrap:wrap">{"".join(cells)}</div>'
 
 
+@writes("study")
 def create(
     ws: Workspace,
     evaluation_dir: Path,

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from curation.core.lock import writes
 from curation.core.workspace import Workspace, atomic_write_bytes, atomic_write_json
 from curation.review.client import connect
 from curation.study.rating_page import SCORE_MAX, SCORE_MIN, TASK_KEY, control_name
@@ -70,6 +71,7 @@ def read_annotation(
     return (None, problems) if problems else (scores, [])
 
 
+@writes("study")
 def pull(
     ws: Workspace, name: str | None = None, url: str | None = None, token: str | None = None
 ) -> PullReport:
