@@ -37,6 +37,7 @@ from curation.core.dataset import (
     VIEW_INVALID,
     VIEW_REJECTED,
     VIEW_UNREVIEWED,
+    save_view,
 )
 
 if TYPE_CHECKING:
@@ -153,10 +154,10 @@ def review_views(collection: fo.Dataset | fo.DatasetView, min_quality: float) ->
 
 
 def save_review_views(dataset: fo.Dataset, min_quality: float) -> list[str]:
-    """(Re)save the review views; returns their names."""
+    """Save the review views where they changed (e.g. `export.min_quality`); returns their names."""
     views = review_views(dataset, min_quality)
     for name, (view, description) in views.items():
-        dataset.save_view(name, view, description=description, overwrite=True)
+        save_view(dataset, name, view, description)
     return list(views)
 
 

@@ -112,6 +112,19 @@ def field_values(collection: fo.Dataset | fo.DatasetView, name: str) -> list[Any
     return [None] * len(collection)
 
 
+def save_view(dataset: fo.Dataset, name: str, view: fo.DatasetView, description: str) -> None:
+    """Save `view` as `name` unless it is saved so already: an unchanged run rewrites nothing (each
+    save is four database writes, and a write a kill could interrupt)."""
+    from bson import json_util
+
+    if dataset.has_saved_view(name):
+        saved = dataset._get_saved_view_doc(name)
+        stages = [json_util.dumps(stage) for stage in view._serialize(include_uuids=False)]
+        if saved.description == description and list(saved.view_stages) == stages:
+            return
+    dataset.save_view(name, view, description=description, overwrite=True)
+
+
 def near_duplicate_copies(near_dup_of: Mapping[str, str | None], accepted: Collection[str]) -> set[str]:
     """Accepted candidates whose near-duplicate original is accepted too: the copies a default export drops.
 

@@ -63,22 +63,9 @@ def save_views(dataset: fo.Dataset, min_quality: float) -> list[str]:
         ),
     }
     for name, (view, description) in views.items():
-        if not _saved_as(dataset, name, view, description):
-            dataset.save_view(name, view, description=description, overwrite=True)
+        ds.save_view(dataset, name, view, description)
     _sidebar(dataset)
     return list(views)
-
-
-def _saved_as(dataset: fo.Dataset, name: str, view: fo.DatasetView, description: str) -> bool:
-    """Whether `name` is already saved as this view: an unchanged run rewrites nothing (each save is
-    four database writes, and a write a kill could interrupt)."""
-    from bson import json_util
-
-    if not dataset.has_saved_view(name):
-        return False
-    saved = dataset._get_saved_view_doc(name)
-    stages = [json_util.dumps(stage) for stage in view._serialize(include_uuids=False)]
-    return saved.description == description and list(saved.view_stages) == stages
 
 
 def _sidebar(dataset: fo.Dataset) -> None:
