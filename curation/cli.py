@@ -449,7 +449,11 @@ def export_command(
         int, typer.Option(min=0, max=5, help="Lowest review quality (1-5) to include; 0 = config.")
     ] = 0,
     formats: Annotated[
-        str, typer.Option("--format", help="mycanvas (is also imagefolder + concepts_list), webdataset; comma list.")
+        str,
+        typer.Option(
+            "--format",
+            help="mycanvas (is also imagefolder + concepts_list), webdataset, kohya, onetrainer; comma list.",
+        ),
     ] = "",
     view: Annotated[str, typer.Option(help="Saved FiftyOne view to select from (default: whole dataset).")] = "",
     include_near_duplicates: Annotated[
@@ -463,6 +467,13 @@ def export_command(
         typer.Option(help="Prior-preservation images: a subfolder per class noun, copied to class_images/."),
     ] = None,
     class_images: Annotated[int, typer.Option(help="Images per class from --class-images-from; 0 = all.")] = 0,
+    link: Annotated[
+        bool,
+        typer.Option(
+            "--link",
+            help="Hard-link the workspace's images (made read-only) instead of copying them: no extra disk.",
+        ),
+    ] = False,
     wait: WaitOpt = False,
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
@@ -483,6 +494,7 @@ def export_command(
             max_per_composition=max_per_composition or None,
             class_images_from=class_images_from,
             class_images=class_images,
+            link=link,
         )
     typer.echo(report.summary())
 

@@ -50,11 +50,26 @@ _WEBDATASET_LINES = (
     ),
     (
         '  Read them with `webdataset.WebDataset(sorted(glob("<this folder>/webdataset/concepts-*.tar")))'
-        '.decode("pil")`, or with `datasets.load_dataset("webdataset",'
-        ' data_files="<this folder>/webdataset/concepts-*.tar", split="train")` (columns ref.png, mask.png,'
-        " json); the same with `compositions-*.tar` for the images."
+        '.decode(webdataset.handle_extension("mask.png", lambda data:'
+        ' PIL.Image.open(io.BytesIO(data)).convert("L")), "pil")`: `decode("pil")` alone turns every image,'
+        ' the 8-bit soft masks too, into 3-channel RGB. Or with `datasets.load_dataset("webdataset",'
+        ' data_files="<this folder>/webdataset/concepts-*.tar", split="train")` (columns ref.png, mask.png'
+        " in mode L, json); the same with `compositions-*.tar` for the images."
     ),
 )
+_TRAINER_LINES = {
+    "kohya": (
+        "- `captioned/<concept ids joined by +>/`: each composition image with its caption as `<stem>.txt`"
+        " (one-token identifiers); `kohya/dataset.toml`: kohya-ss sd-scripts' dataset config (a subset per"
+        " folder, `class_images/` folders as `is_reg` subsets with `class_tokens`)."
+    ),
+    "onetrainer": (
+        "- `captioned/`: as above; `onetrainer/concepts.json`: OneTrainer's concept file (prompt source"
+        " `sample`); `onetrainer/references/<id>/`: each reference photo with `<stem>.txt` and its soft mask"
+        " as `<stem>-masklabel.png` (masked training); class folders as `PRIOR_PREDICTION` concepts."
+        " Start OneTrainer from inside this folder: the paths are relative to it."
+    ),
+}
 
 
 def rank_of(quality: float) -> int:
@@ -106,6 +121,27 @@ def target_table(header: str, exported: dict[str, int], targets: dict[str, int])
     return "\n".join(rows)
 
 
+def _token_table(tokens: list[tuple[str, str, str]]) -> list[str]:
+    """Which word names each concept in which route: one token in each."""
+    if not tokens:
+        return []
+    return [
+        "## Concept tokens",
+        "",
+        (
+            "Scripts that add tokens to the tokenizer (Custom Diffusion, DreamBooth-LoRA advanced, curate train)"
+            " read the token, one new token each; the others (multi-subject DreamBooth, kohya, OneTrainer) read"
+            " the identifier, a word CLIP's tokenizer (Stable Diffusion 1.x/2.x, SDXL) keeps as one token."
+            " Check it again for a base model with another tokenizer."
+        ),
+        "",
+        "| concept | token | identifier |",
+        "|---|---|---|",
+        *(f"| `{cid}` | `{token}` | `{identifier}` |" for cid, token, identifier in tokens),
+        "",
+    ]
+
+
 def render_card(
     name: str,
     per_concept: dict[str, int],
@@ -117,6 +153,7 @@ def render_card(
     targets: dict[str, dict[str, int]] | None = None,
     consumers: list[str] | None = None,
     train_bytes: int = 0,
+    tokens: list[tuple[str, str, str]] | None = None,
 ) -> str:
     """The whole README.md; deterministic (no dates), so re-exports are byte-identical.
 
@@ -134,6 +171,7 @@ def render_card(
         train_bytes: Size of everything under train/, declared with the row count in `dataset_info`:
             `datasets` keys its cache of `load_dataset(<this folder>)` on the card, not on the files,
             so without it a re-export would load the previous export's rows from the cache.
+        tokens: (concept id, exported token, one-token identifier) per concept.
     """
     shape: list[str] = []
     if targets:
@@ -182,8 +220,10 @@ def render_card(
             "",
             *_LAYOUT,
             *(_WEBDATASET_LINES if "webdataset" in formats else ()),
+            *(line for name, line in _TRAINER_LINES.items() if name in formats),
             "- `manifest.json`: counts, config hash, code version and every candidate id.",
             "",
+            *_token_table(tokens or []),
             *(consumers or []),
             "## Images per concept",
             "",

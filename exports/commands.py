@@ -1,17 +1,21 @@
 """`train_commands.json` and the card's "Train on this set": one command per consumer, runnable as printed.
 
-Each command names the export by its absolute path (the scripts resolve paths against the current
-directory), fills in what the user would otherwise build by hand from every concept.json
-(Custom Diffusion's `--modifier_token` and `--initializer_token`, the advanced LoRA script's
-`--token_abstraction`), and turns on prior preservation when the export holds class images for every
-class it would regularise. Two things stay the user's, as shell variables with the command:
-`$DIFFUSERS`, the absolute path of a clone of github.com/huggingface/diffusers (its `examples/` are
-not in the pip package),
-and `$PRETRAINED`, the base pipeline (Stable Diffusion 1.5 unless set). The card and the JSON carry
-the same strings.
+Every command starts with `cd "${EXPORT:-.}"`: it runs as printed from inside the export folder (where
+this card is), or from anywhere once `EXPORT` names the folder, on whatever machine the folder was
+copied to. After the `cd` every path is relative to the export (the scripts resolve paths against the
+current directory), and every run writes under the export's `runs/<command>/`, which re-exports keep.
+The commands fill in what the user would otherwise build by hand from every concept.json (Custom
+Diffusion's `--modifier_token` and `--initializer_token`, the advanced LoRA script's
+`--token_abstraction`), give each concept one token in every route (the scripts that add tokens get
+`<c-x>` added, one new token each; the others read one-token identifiers, see `exports.identifiers`),
+and turn on prior preservation when the export holds class images for every class it would
+regularise. What stays the user's, as shell variables: `$DIFFUSERS`, the absolute path of a clone of
+github.com/huggingface/diffusers (its `examples/` are not in the pip package), and `$PRETRAINED`, the
+base pipeline (Stable Diffusion 1.5 unless set). The card and the JSON carry the same strings.
 
-Checked against diffusers' scripts (2026-08): train_custom_diffusion.py, multi_subject_dreambooth,
-train_dreambooth_lora_sd15_advanced.py.
+Checked against diffusers' scripts (2026-08, commit 58eb52c): train_custom_diffusion.py,
+multi_subject_dreambooth, train_dreambooth_lora_sd15_advanced.py (tests/consumers/ holds them and runs
+every command).
 """
 
 from __future__ import annotations
@@ -19,14 +23,16 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from curation.core.records import Concept
-from exports.concepts_list import COMPOSITIONS_LIST_FILE, CONCEPTS_LIST_FILE
+from exports.concepts_list import COMPOSITIONS_LIST_FILE, CONCEPTS_LIST_FILE, DREAMBOOTH_LIST_FILE
 
 COMMANDS_FILE = "train_commands.json"
+RUNS_DIR = "runs"
+"""Where every command writes (`runs/<command name>/`), inside the export; re-exports keep it."""
 DEFAULT_PRETRAINED = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-_PRETRAINED = f'"${{PRETRAINED:-{DEFAULT_PRETRAINED}}}"'
+PRETRAINED = f'"${{PRETRAINED:-{DEFAULT_PRETRAINED}}}"'
+CD_EXPORT = 'cd "${EXPORT:-.}"'
 _SCRIPTS = {
     "custom_diffusion": "examples/custom_diffusion/train_custom_diffusion.py",
     "multi_subject_dreambooth": (
@@ -49,16 +55,18 @@ class TrainCommand:
     command: str
 
 
-class _Raw(str):
-    """An argument the shell must expand (a variable), so it is written as is, not quoted."""
+class Raw(str):
+    """An argument the shell must expand (a variable) or an operator, so it is written as is, not quoted."""
 
 
-def _line(program: list[str], args: list[str]) -> str:
-    return " ".join(a if isinstance(a, _Raw) else shlex.quote(a) for a in [*program, *args])
+def command_line(program: list[str], args: list[str]) -> str:
+    """`cd "${EXPORT:-.}" && <program> <args>`, every argument quoted unless it is Raw."""
+    words = [Raw(CD_EXPORT), Raw("&&"), *program, *args]
+    return " ".join(a if isinstance(a, Raw) else shlex.quote(a) for a in words)
 
 
 def _script(key: str) -> list[str]:
-    return ["python", _Raw(f'"$DIFFUSERS/{_SCRIPTS[key]}"')]
+    return ["python", Raw(f'"$DIFFUSERS/{_SCRIPTS[key]}"')]
 
 
 def initializer_word(class_noun: str) -> str:
@@ -66,7 +74,9 @@ def initializer_word(class_noun: str) -> str:
     return class_noun.split()[-1].lower()
 
 
-def _prior(class_dirs: list[str], class_counts: dict[str, int], flag: str, at_least: int = 1) -> list[str]:
+def prior_flags(
+    class_dirs: list[str], class_counts: dict[str, int], flag: str, at_least: int = 1
+) -> list[str]:
     """Prior-preservation flags when every class folder the list names holds `at_least` images, else none."""
     counts = [class_counts.get(d, 0) for d in class_dirs]
     if not counts or min(counts) < at_least:
@@ -74,25 +84,11 @@ def _prior(class_dirs: list[str], class_counts: dict[str, int], flag: str, at_le
     return [flag, "--prior_loss_weight", f"{PRIOR_LOSS_WEIGHT:g}", "--num_class_images", str(min(counts))]
 
 
-def train_commands(
-    root: Path,
-    runs: Path,
-    concepts: list[Concept],
-    lists: dict[str, list[dict[str, str]]],
-    class_counts: dict[str, int],
+def _custom_diffusion(
+    concepts: list[Concept], lists: dict[str, list[dict[str, str]]], class_counts: dict[str, int]
 ) -> list[TrainCommand]:
-    """The commands for an export that will live at `root`.
-
-    Args:
-        root: The export's absolute final path.
-        runs: Absolute folder the runs write under (one subfolder per command).
-        concepts: The exported concepts (with exported tokens), sorted by id.
-        lists: File name -> entries of each concepts list written.
-        class_counts: Absolute class folder -> images it holds.
-    """
     modifier = "+".join(c.token for c in concepts)
     initializer = "+".join(initializer_word(c.class_noun) for c in concepts)
-    common = ["--resolution", "512", "--train_batch_size", "1"]
     commands = []
     for name, list_file, trains_on in (
         ("custom_diffusion_concepts", CONCEPTS_LIST_FILE, "each concept's reference photos"),
@@ -102,16 +98,15 @@ def train_commands(
             "the composition folders, one prompt per concept set",
         ),
     ):
-        class_dirs = [e["class_data_dir"] for e in lists[list_file]]
         args = [
-            "--pretrained_model_name_or_path", _Raw(_PRETRAINED),
-            "--concepts_list", str(root / list_file),
+            "--pretrained_model_name_or_path", Raw(PRETRAINED),
+            "--concepts_list", list_file,
             "--modifier_token", modifier,
             "--initializer_token", initializer,
-            "--output_dir", str(runs / name),
-            *common,
+            "--output_dir", f"{RUNS_DIR}/{name}",
+            "--resolution", "512", "--train_batch_size", "1",
             "--learning_rate", "1e-5", "--max_train_steps", "500", "--scale_lr", "--hflip",
-            *_prior(class_dirs, class_counts, "--with_prior_preservation"),
+            *prior_flags([e["class_data_dir"] for e in lists[list_file]], class_counts, "--with_prior_preservation"),
         ]  # fmt: skip
         commands.append(
             TrainCommand(
@@ -119,22 +114,40 @@ def train_commands(
                 consumer="diffusers " + _SCRIPTS["custom_diffusion"],
                 trains_on=trains_on,
                 note=(
-                    "one prompt per folder: the script reads no per-image captions (use the LoRA"
-                    " command or curate train for those)"
+                    "adds each `<c-x>` as one new token; one prompt per folder: the script reads no"
+                    " per-image captions (use the LoRA command or curate train for those)"
                 ),
-                command=_line(_script("custom_diffusion"), args),
+                command=command_line(_script("custom_diffusion"), args),
             )
         )
-    concept_dirs = [e["class_data_dir"] for e in lists[CONCEPTS_LIST_FILE]]
+    return commands
+
+
+def train_commands(
+    concepts: list[Concept],
+    identifiers: dict[str, str],
+    lists: dict[str, list[dict[str, str]]],
+    class_counts: dict[str, int],
+) -> list[TrainCommand]:
+    """The diffusers and curate commands of an export; every path is relative to the export folder.
+
+    Args:
+        concepts: The exported concepts (with exported tokens), sorted by id.
+        identifiers: Concept id -> its one-token identifier (for the scripts that add no tokens).
+        lists: File name -> entries of each concepts list written.
+        class_counts: Class folder (relative to the export) -> images it holds.
+    """
+    commands = _custom_diffusion(concepts, lists, class_counts)
+    dreambooth_dirs = [e["class_data_dir"] for e in lists[DREAMBOOTH_LIST_FILE]]
     args = [
-        "--pretrained_model_name_or_path", _Raw(_PRETRAINED),
-        "--concepts_list", str(root / CONCEPTS_LIST_FILE),
-        "--output_dir", str(runs / "dreambooth_multi_subject"),
-        *common,
+        "--pretrained_model_name_or_path", Raw(PRETRAINED),
+        "--concepts_list", DREAMBOOTH_LIST_FILE,
+        "--output_dir", f"{RUNS_DIR}/dreambooth_multi_subject",
+        "--resolution", "512", "--train_batch_size", "1",
         "--learning_rate", "5e-6", "--max_train_steps", "800",
         # the script indexes subject i's class images modulo i + 1 (the folder count), so every
         # class folder needs an image per subject or its data loader runs out of range
-        *_prior(concept_dirs, class_counts, "--with_prior_preservation", at_least=len(concept_dirs)),
+        *prior_flags(dreambooth_dirs, class_counts, "--with_prior_preservation", at_least=len(dreambooth_dirs)),
     ]  # fmt: skip
     commands.append(
         TrainCommand(
@@ -142,23 +155,24 @@ def train_commands(
             consumer="diffusers " + _SCRIPTS["multi_subject_dreambooth"],
             trains_on="each concept's reference photos, one subject per folder",
             note=(
-                "adds no tokens: export with a rare-token [export] token_format such as 'sks{n}' so the"
-                " token is not split into pieces that contain the class word; prior preservation is on"
-                " only when every class folder holds an image per subject (the script needs that many)"
+                "adds no tokens, so its list names each concept by a one-token identifier ("
+                + ", ".join(f"`{identifiers[c.concept_id]}` {c.class_noun}" for c in concepts)
+                + "); prior preservation is on only when every class folder holds an image per subject"
+                " (the script needs that many)"
             ),
-            command=_line(_script("multi_subject_dreambooth"), args),
+            command=command_line(_script("multi_subject_dreambooth"), args),
         )
     )
-    phrases = " and ".join(c.phrase for c in concepts)
     args = [
-        "--pretrained_model_name_or_path", _Raw(_PRETRAINED),
-        "--dataset_name", str(root),
+        "--pretrained_model_name_or_path", Raw(PRETRAINED),
+        "--dataset_name", "..",
         "--caption_column", "caption",
-        "--instance_prompt", f"photo of {phrases}",
+        "--instance_prompt", "photo of " + " and ".join(c.phrase for c in concepts),
         "--token_abstraction", ",".join(c.token for c in concepts),
+        "--num_new_tokens_per_abstraction", "1",
         "--train_text_encoder_ti",
         "--output_dir", "dreambooth_lora_advanced",
-        *common,
+        "--resolution", "512", "--train_batch_size", "1",
         "--learning_rate", "1e-4", "--max_train_steps", "500",
     ]  # fmt: skip
     commands.append(
@@ -167,20 +181,20 @@ def train_commands(
             consumer="diffusers " + _SCRIPTS["dreambooth_lora_advanced"],
             trains_on="the compositions with their per-image captions (train/metadata.jsonl)",
             note=(
-                "each token becomes new textual-inversion tokens; the command cds into the runs folder"
+                "each `<c-x>` becomes one new textual-inversion token; the command cds into runs/"
                 " because the script saves its embeddings under `<output_dir>/<output_dir>_emb.safetensors`,"
                 " which only works for a relative --output_dir; the SDXL script"
                 " (train_dreambooth_lora_sdxl_advanced.py) takes the same flags with an SDXL base"
             ),
-            command=_line(
+            command=command_line(
                 [
                     "mkdir",
                     "-p",
-                    str(runs),
-                    _Raw("&&"),
+                    RUNS_DIR,
+                    Raw("&&"),
                     "cd",
-                    str(runs),
-                    _Raw("&&"),
+                    RUNS_DIR,
+                    Raw("&&"),
                     *_script("dreambooth_lora_advanced"),
                 ],
                 args,
@@ -189,39 +203,40 @@ def train_commands(
     )
     args = [
         "train",
-        str(root),
+        ".",
         "--output",
-        str(runs / "curate_train"),
+        f"{RUNS_DIR}/curate_train",
         "--pretrained",
-        _Raw(_PRETRAINED),
+        Raw(PRETRAINED),
         "--gen4gen",
     ]
-    if _prior(concept_dirs, class_counts, "--prior-preservation"):
+    concept_dirs = [e["class_data_dir"] for e in lists[CONCEPTS_LIST_FILE]]
+    if prior_flags(concept_dirs, class_counts, "--prior-preservation"):
         args += ["--prior-preservation", "--prior-loss-weight", f"{PRIOR_LOSS_WEIGHT:g}"]
     commands.append(
         TrainCommand(
             name="curate_train",
             consumer="curate train",
             trains_on="the compositions with per-image captions (Gen4Gen prompting), tokens added",
-            note="Custom Diffusion by default; --method lora for PEFT LoRA",
-            command=_line(["curate"], args),
+            note="Custom Diffusion by default, each `<c-x>` one new token; --method lora for PEFT LoRA",
+            command=command_line(["curate"], args),
         )
     )
     return commands
 
 
-def commands_json(root: Path, commands: list[TrainCommand]) -> str:
-    """The machine-readable file: the export, what the variables mean, and every command."""
+VARIABLES = {
+    "EXPORT": "the export folder (where this file is); unset, the commands run from inside it",
+    "DIFFUSERS": "absolute path of a github.com/huggingface/diffusers clone (examples/ are not pip-installed)",
+    "PRETRAINED": f"base pipeline id or folder; {DEFAULT_PRETRAINED} when unset",
+}
+
+
+def commands_json(commands: list[TrainCommand], variables: dict[str, str]) -> str:
+    """The machine-readable file: what the variables mean, and every command (no absolute path)."""
     return (
         json.dumps(
-            {
-                "export": str(root),
-                "variables": {
-                    "DIFFUSERS": "absolute path of a github.com/huggingface/diffusers clone (examples/ are not pip-installed)",
-                    "PRETRAINED": f"base pipeline id or folder; {DEFAULT_PRETRAINED} when unset",
-                },
-                "commands": [asdict(c) for c in commands],
-            },
+            {"variables": variables, "commands": [asdict(c) for c in commands]},
             indent=2,
             sort_keys=True,
         )
@@ -229,17 +244,19 @@ def commands_json(root: Path, commands: list[TrainCommand]) -> str:
     )
 
 
-def card_section(commands: list[TrainCommand]) -> list[str]:
+def card_section(commands: list[TrainCommand], variables: dict[str, str]) -> list[str]:
     """Card lines: each command in a bash block, with what it trains on and its limit."""
     lines = [
         "## Train on this set",
         "",
         (
-            "Each command runs as printed from any directory (paths are absolute, or it cds first; the same strings are in"
-            " `train_commands.json`). Set `DIFFUSERS` to the absolute path of a clone of"
-            " github.com/huggingface/diffusers;"
-            f" `PRETRAINED` defaults to `{DEFAULT_PRETRAINED}`."
+            "Copy or rsync this folder anywhere (it names no path outside itself) and run each command from"
+            " inside it, or from anywhere with `EXPORT` set to it: every command first changes into the folder,"
+            " reads only what is in it and writes under its `runs/` (the same strings are in"
+            " `train_commands.json`)."
         ),
+        "",
+        *(f"- `{name}`: {meaning}" for name, meaning in variables.items()),
         "",
     ]
     for command in commands:

@@ -3,20 +3,21 @@
 One folder serves every consumer: `train/` grouped images + `metadata.jsonl` (Hugging Face
 imagefolder), `concepts/` references and masks, `concepts_list*.json` (diffusers Custom Diffusion and
 multi-subject DreamBooth), `train_commands.json` (each consumer's command line), the dataset card and
-a manifest; `webdataset/` shards when asked for; `class_images/` for prior preservation. Everything is
+a manifest; `webdataset/` shards and the kohya / OneTrainer layouts when asked for; `class_images/` for
+prior preservation. No file names a path outside the export, so it travels. Everything is
 built in a hidden temp folder beside the destination and swapped in at the end, so a failure leaves the
-previous export as it was; the previous export's class images are carried over. The output is a pure
+previous export as it was; the previous export's class images and training runs (`runs/`) are carried
+over. The output is a pure
 function of (selection, reviews, concepts, config, class images): no timestamps, sorted keys, fixed
 tar headers, so re-exporting the same selection yields byte-identical files.
 
-Images and references are hard links to the workspace files where the filesystem allows (no extra
-disk for a 10K set). The workspace only ever replaces files (atomic rename), so a later step cannot
-change an export through a shared link; editing exported files in place would change the workspace's.
+Images and references are copies (reflinks where the filesystem has them), so a trainer that edits
+its input in place never touches the workspace; `link=True` hard-links them read-only instead
+(`exports.placing`).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections import Counter
@@ -33,16 +34,21 @@ from curation.core.workspace import Workspace, atomic_write_json, atomic_write_t
 from curation.loop.targets import export_targets
 from exports.card import render_card
 from exports.class_images import add_from_folder, class_counts, keep_previous
-from exports.commands import COMMANDS_FILE, card_section, commands_json, train_commands
-from exports.concepts_list import write_concepts_lists
+from exports.commands import COMMANDS_FILE, RUNS_DIR, VARIABLES, card_section, commands_json, train_commands
+from exports.concepts_list import composition_class_prompt, composition_folders, write_concepts_lists
+from exports.identifiers import assign_identifiers
 from exports.imagefolder import DATA_DIR, metadata_row, write_metadata
+from exports.kohya import VARIABLE as KOHYA_VARIABLE
+from exports.placing import Placer
 from exports.select import ExportItem, Selection, select_candidates
 from exports.tokens import retoken, rewrite
+from exports.trainer_formats import FORMATS as TRAINER_FORMATS
+from exports.trainer_formats import class_prompts, write_trainer_formats
 from exports.webdataset import write_shards
 
 CORE_FORMATS = ("mycanvas", "imagefolder", "concepts_list")
 """Formats the core folder already is: the mycanvas layout doubles as imagefolder and concepts_list."""
-EXTRA_FORMATS = ("webdataset",)
+EXTRA_FORMATS = ("webdataset", *TRAINER_FORMATS)
 MANIFEST_FILE = "manifest.json"
 
 
@@ -60,8 +66,7 @@ class ExportReport:
     skipped_stale: int = 0
     skipped_missing: int = 0
     capped: int = 0
-    linked: int = 0
-    copied: int = 0
+    files: str = ""
     shards: list[Path] = field(default_factory=list)
     class_images: dict[str, int] = field(default_factory=dict)
 
@@ -73,7 +78,7 @@ class ExportReport:
                 f" in {len(self.per_composition)} compositions to {self.path}"
             ),
             f"formats: {', '.join(self.formats)}",
-            f"files: {self.linked} hard-linked, {self.copied} copied",
+            self.files,
         ]
         if self.dropped_near_duplicates:
             parts.append(f"{self.dropped_near_duplicates} near-duplicates left out")
@@ -125,35 +130,34 @@ def export_destination(ws: Workspace, name: str) -> Path:
     return destination
 
 
-def _place(source: Path, target: Path) -> bool:
-    """Hard-link `source` at `target` (True), or copy it where links are impossible (False)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-        return True
-    except FileNotFoundError:
-        raise
-    except OSError:
-        shutil.copyfile(source, target)
-        return False
+def _carry_runs(source: Path, target: Path) -> None:
+    """Move `source/runs/` (what the printed commands trained) into `target` unless it has its own."""
+    if (source / RUNS_DIR).is_dir() and not (target / RUNS_DIR).exists():
+        (source / RUNS_DIR).rename(target / RUNS_DIR)
 
 
 def _recover(destination: Path) -> None:
-    """Undo what a killed export left: restore a displaced previous export, drop unfinished temp folders."""
+    """Undo what a killed export left: restore a displaced previous export, drop unfinished temp folders;
+    training runs caught in either go back to the export."""
     for old in sorted(destination.parent.glob(f".{destination.name}.old-*")):
         if destination.exists():
+            _carry_runs(old, destination)
             shutil.rmtree(old)
         else:
             old.rename(destination)
     for tmp in destination.parent.glob(f".{destination.name}.tmp-*"):
+        if destination.exists():
+            _carry_runs(tmp, destination)
         shutil.rmtree(tmp)
 
 
 def _swap_into_place(tmp: Path, destination: Path) -> None:
-    """Replace the destination by the finished temp folder; the old one is removed only afterwards."""
+    """Replace the destination by the finished temp folder, its runs/ moved over; the old one is removed
+    only afterwards."""
     old = tmp.with_name(tmp.name.replace(".tmp-", ".old-", 1))
     if destination.exists():
         destination.rename(old)
+        _carry_runs(old, tmp)
     tmp.rename(destination)
     if old.exists():
         shutil.rmtree(old)
@@ -186,21 +190,12 @@ def _used_concepts(ws: Workspace, items: list[ExportItem]) -> dict[str, Concept]
 
 
 class _Writer:
-    """Fills one temp folder; counts links vs copies and names the candidate or file that fails."""
+    """Fills one temp folder with the workspace's files through one Placer (copies, or read-only links)."""
 
-    def __init__(self, ws: Workspace, root: Path):
+    def __init__(self, ws: Workspace, root: Path, link: bool):
         self.ws = ws
-        self.root = root
-        self.linked = 0
-        self.copied = 0
-
-    def place(self, source: Path, relative: str, owner: str) -> None:
-        try:
-            linked = _place(source, self.root / relative)
-        except FileNotFoundError as exc:
-            raise CurateError(f"{owner}: file {source} is missing; re-run the step that makes it") from exc
-        self.linked += linked
-        self.copied += not linked
+        self.placer = Placer(root, link)
+        self.place = self.placer.place
 
     def images(self, items: list[ExportItem], progress: ProgressFn) -> None:
         for done, item in enumerate(items, start=1):
@@ -220,7 +215,9 @@ class _Writer:
                 for source, target in zip(paths, moved[kind], strict=True):
                     self.place(self.ws.resolve(source), target, f"concept {concept.concept_id}")
             placed[concept.concept_id] = concept.model_copy(update=moved)
-            atomic_write_json(self.root / folder / "concept.json", placed[concept.concept_id].model_dump())
+            atomic_write_json(
+                self.placer.root / folder / "concept.json", placed[concept.concept_id].model_dump()
+            )
         return placed
 
 
@@ -254,6 +251,7 @@ def export_mycanvas(
     max_per_composition: int | None = None,
     class_images_from: Path | None = None,
     class_images: int = 0,
+    link: bool = False,
 ) -> ExportReport:
     """Export the accepted candidates to `exports/<name>/`, replacing the previous export atomically.
 
@@ -269,8 +267,10 @@ def export_mycanvas(
         shard_size: Samples per WebDataset shard.
         max_per_composition: At most this many images per concept set (best quality, then CLIP-T).
         class_images_from: A folder with one subfolder of prior-preservation images per class noun;
-            they go to class_images/<class>/, beside the class images the previous export held.
+            they go to class_images/<class>/, beside the class images the previous export held, and
+            each composition's class ("cat and dog") gets its own folder or its members' images.
         class_images: Images taken per class from `class_images_from`; 0 takes them all.
+        link: Hard-link the workspace's files (read-only) instead of copying them.
 
     Raises:
         CurateError: bad name or format, no dataset, a missing candidate file or concept.
@@ -290,6 +290,11 @@ def export_mycanvas(
     concepts, renamed = retoken(_used_concepts(ws, items), ws.config.export.token_format)
     items = [replace(item, caption=rewrite(item.caption, renamed)) for item in items]
     rows = [metadata_row(item, concepts) for item in items]
+    identifiers = assign_identifiers(
+        concepts,
+        [text for item in items for text in (item.caption, item.background)]
+        + [c.class_noun for c in concepts.values()],
+    )
     per_concept = dict(sorted(Counter(c for item in items for c in item.concepts).items()))
     per_composition = dict(sorted(Counter(item.composition for item in items).items()))
 
@@ -297,28 +302,27 @@ def export_mycanvas(
     _recover(destination)
     tmp = make_temp_dir(ws.exports_dir, f".{name}.tmp-")
     try:
-        writer = _Writer(ws, tmp)
+        writer = _Writer(ws, tmp, link)
         writer.images(items, progress)
         placed = writer.concepts(concepts)
-        keep_previous(destination, writer.place)
+        keep_previous(destination, tmp)
         if class_images_from is not None:
-            nouns = [c.class_noun for c in concepts.values()]
-            add_from_folder(Path(class_images_from), nouns, class_images, writer.place)
+            classes = {c.class_noun: [c.class_noun] for c in concepts.values()}
+            for item in composition_folders(items).values():
+                members = [concepts[c] for c in item.concepts]
+                classes[composition_class_prompt(members)] = [c.class_noun for c in members]
+            add_from_folder(Path(class_images_from), classes, class_images, writer.place)
         prior = class_counts(tmp)
         write_metadata(tmp, rows)
-        root = destination.resolve()
-        lists = write_concepts_lists(tmp, items, concepts, root)
-        commands = train_commands(
-            root,
-            ws.root.resolve() / "train" / name,
-            [concepts[c] for c in sorted(concepts)],
-            lists,
-            {str(root / folder): n for folder, n in prior.items()},
+        lists = write_concepts_lists(tmp, items, concepts, identifiers)
+        ordered = [concepts[c] for c in sorted(concepts)]
+        commands = train_commands(ordered, identifiers, lists, prior)
+        commands += write_trainer_formats(
+            tmp, chosen_formats, items, placed, identifiers, class_prompts(lists, prior)
         )
-        atomic_write_text(tmp / COMMANDS_FILE, commands_json(root, commands))
-        shards = (
-            write_shards(tmp, items, rows, placed, shard_size) if "webdataset" in chosen_formats else []
-        )
+        variables = {**VARIABLES, **(KOHYA_VARIABLE if "kohya" in chosen_formats else {})}
+        atomic_write_text(tmp / COMMANDS_FILE, commands_json(commands, variables))
+        shards = write_shards(tmp, items, rows, placed, shard_size) if "webdataset" in chosen_formats else []
         atomic_write_text(
             tmp / "README.md",
             render_card(
@@ -330,7 +334,8 @@ def export_mycanvas(
                 selection_rule=_selection_rule(selection, include_near_duplicates, max_per_composition),
                 formats=chosen_formats,
                 targets=targets,
-                consumers=card_section(commands),
+                consumers=card_section(commands, variables),
+                tokens=[(c.concept_id, c.token, identifiers[c.concept_id]) for c in ordered],
                 train_bytes=sum(p.stat().st_size for p in (tmp / "train").rglob("*") if p.is_file()),
             ),
         )
@@ -360,6 +365,7 @@ def export_mycanvas(
                     "class_images": prior,
                 },
                 "tokens": {cid: concepts[cid].token for cid in sorted(concepts)},
+                "identifiers": identifiers,
                 "token_format": ws.config.export.token_format,
                 "config_hash": content_id(ws.config.model_dump()),
                 "code_version": _code_version(),
@@ -386,8 +392,7 @@ def export_mycanvas(
         skipped_stale=len(selection.skipped_stale),
         skipped_missing=len(selection.skipped_missing),
         capped=len(selection.capped),
-        linked=writer.linked,
-        copied=writer.copied,
+        files=writer.placer.summary(),
         shards=[destination / s.relative_to(tmp) for s in shards],
         class_images=prior,
     )

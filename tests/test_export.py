@@ -193,7 +193,6 @@ def test_exports_exactly_the_accepted_candidates_with_enough_quality(built, expo
         image = exported / "train" / row["file_name"]
         source = built.ws.root / candidate.image
         assert image.read_bytes() == source.read_bytes()
-        assert image.stat().st_ino == source.stat().st_ino  # hard link on the same filesystem
         assert row["concepts"] == candidate.concepts
         assert row["tokens"] == [f"<c-{c}>" for c in candidate.concepts]
         assert row["boxes"] == [
@@ -216,26 +215,56 @@ def test_exports_exactly_the_accepted_candidates_with_enough_quality(built, expo
 
 
 def test_concepts_lists_follow_the_diffusers_custom_diffusion_format(exported):
-    root = exported.resolve()
     entries = json.loads((exported / "concepts_list.json").read_text())
     assert [e["class_prompt"] for e in entries] == sorted(NOUNS)
     for entry in entries:
         assert set(entry) == {"instance_prompt", "class_prompt", "instance_data_dir", "class_data_dir"}
         noun = entry["class_prompt"]
         assert entry["instance_prompt"] == f"photo of a <c-{noun}> {noun}"
-        # absolute: the scripts open these paths against whatever directory they run from
-        assert entry["instance_data_dir"] == str(root / "concepts" / noun / "refs")
-        assert entry["class_data_dir"] == str(root / "class_images" / noun)
-        folder = Path(entry["instance_data_dir"])
+        # relative to the export, which every printed command changes into first
+        assert entry["instance_data_dir"] == f"concepts/{noun}/refs"
+        assert entry["class_data_dir"] == f"class_images/{noun}"
+        folder = exported / entry["instance_data_dir"]
         assert sorted(p.name for p in folder.iterdir()) == ["0.png", "1.png"]  # every file an image
     compositions = json.loads((exported / "concepts_list_compositions.json").read_text())
     assert len(compositions) == 5
-    two = next(e for e in compositions if e["instance_data_dir"] == str(root / "train/images/cat+dog"))
+    two = next(e for e in compositions if e["instance_data_dir"] == "train/images/cat+dog")
     assert two["instance_prompt"] == "photo of a <c-cat> cat and a <c-dog> dog"
-    assert two["class_data_dir"] == str(root / "class_images/cat_and_dog")
+    assert two["class_data_dir"] == "class_images/cat_and_dog"
     assert all(
-        p.suffix == ".png" for e in compositions for p in Path(e["instance_data_dir"]).iterdir()
+        p.suffix == ".png" for e in compositions for p in (exported / e["instance_data_dir"]).iterdir()
     )
+    identifiers = json.loads((exported / "manifest.json").read_text())["identifiers"]
+    dreambooth = json.loads((exported / "concepts_list_dreambooth.json").read_text())
+    assert [e["instance_prompt"] for e in dreambooth] == [
+        f"photo of a {identifiers[c]} {NOUNS[c]}" for c in sorted(NOUNS)
+    ]
+    assert [e["instance_data_dir"] for e in dreambooth] == [e["instance_data_dir"] for e in entries]
+
+
+def _inodes(folder: Path, skip: Path | None = None) -> dict[tuple[int, int], Path]:
+    return {
+        (p.stat().st_dev, p.stat().st_ino): p
+        for p in folder.rglob("*")
+        if p.is_file() and (skip is None or skip not in p.parents)
+    }
+
+
+def test_no_exported_file_shares_an_inode_with_the_workspace_unless_linked(tmp_path):
+    """A trainer that resizes in place, or a user's mogrify, must not edit the workspace's candidates."""
+    built = build_workspace(tmp_path / "ws")
+    report = export_mycanvas(built.ws, formats="mycanvas,webdataset,kohya,onetrainer")
+    workspace = _inodes(built.ws.root, skip=built.ws.exports_dir)
+    exported = _inodes(report.path)
+    assert len(exported) > 40 and not set(exported) & set(workspace)
+    assert "files: 25 " in report.summary() and "hard-linked" not in report.summary()  # 5 images, 20 refs+masks
+
+    linked = export_mycanvas(built.ws, name="linked", link=True)
+    assert "25 hard-linked (read-only, shared with the workspace)" in linked.summary()
+    for candidate in (built.candidates[k] for k in EXPORTED):
+        source = built.ws.root / candidate.image
+        image = linked.path / "train/images" / "+".join(sorted(candidate.concepts)) / source.name
+        assert image.stat().st_ino == source.stat().st_ino and image.stat().st_mode & 0o222 == 0
 
 
 def test_card_counts_and_rank_table(exported):
