@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from curation.core.config import CurateConfig, SegmentConfig
 from curation.core.progress import ProgressFn, no_progress
 from curation.core.workspace import Workspace
 
@@ -92,7 +93,9 @@ def run_demo(
     from generators.layout import plan_layouts
     from generators.run import generate
 
-    ws = Workspace.create(root)
+    # the defaults, except that `auto` segmentation never fetches: the demo downloads nothing, and takes
+    # a model only when one is already on this machine
+    ws = Workspace.create(root, CurateConfig(segment=SegmentConfig(fetch=False)))
     echo(f"workspace: {ws.root}")
     photos = write_sample_photos(ws.root / "photos")
     for concept_id, paths in photos.items():

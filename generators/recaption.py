@@ -215,6 +215,9 @@ class TransformersCaptioner(VLMCaptioner):
     @classmethod
     def from_pretrained(cls, name: str, settings: GenerateConfig) -> TransformersCaptioner:
         """Load by hub id or folder, on GPU in fp16 when present."""
+        from curation.models.registry import require_local
+
+        require_local("generate.recaption", name)
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         device, dtype = resolve_device(settings.device, settings.dtype)

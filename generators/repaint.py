@@ -246,6 +246,11 @@ class DiffusionRepainter:
 
 def load_diffusion_repainter(name: str, settings: GenerateConfig) -> DiffusionRepainter:
     """Load an inpainting pipeline (hub id or `save_pretrained` folder) once, on GPU when present."""
+    from curation.models.registry import require_local
+
+    require_local("generate.repaint", name, pipeline=True)
+    if settings.refiner:
+        require_local("generate.refiner", settings.refiner, pipeline=True)
     import diffusers
     from diffusers import AutoPipelineForInpainting
 

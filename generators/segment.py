@@ -11,8 +11,10 @@ alpha uint8 HxW) and is chosen by `segment.backend` through `load_segmenter`:
 - ``isnet``, ``sam``, ``semantic:<id>``, ``birefnet``, ``rmbg``: model backends
   (`generators/segment_models.py`), each loaded by hub id, local folder or file through the
   library's own loading call.
-- ``auto``: the first of `AUTO_ORDER` whose weights are already on the machine, else classical;
-  the concept records which one ran (`Concept.segmenter`).
+- ``auto`` (the default): what `curation/models/registry.py`'s `auto_choice` picks: the first model
+  whose weights are on this machine, else IS-Net general-use fetched into rembg's folder, else (offline,
+  or `segment.fetch = false`) classical, said once on stderr with the reason. The concept records
+  which one ran (`Concept.segmenter`).
 
 Masks are checked, not trusted: `mask_flags` marks empty, whole-frame, fragmented, frame-cut,
 uncertain and holed masks so composition can avoid them instead of silently pasting a bad cut-out.
@@ -20,7 +22,9 @@ uncertain and holed masks so composition can avoid them instead of silently past
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from functools import cache
 from typing import Protocol
 
 import cv2
@@ -29,11 +33,9 @@ import numpy as np
 from curation.core.config import SegmentConfig
 from curation.core.errors import CurateError
 
+_log = logging.getLogger(__name__)
 CLASSICAL = "classical"
 AUTO = "auto"
-AUTO_ORDER = ("birefnet", "isnet", "sam")
-"""What `auto` tries, best first: BiRefNet (only with trust_remote_code) leads the salient-object
-benchmarks, IS-Net is what Gen4Gen used, SAM needs two models and a detector hit."""
 _WORK_SIDE = 256
 """GrabCut runs at this longest side (then the mask is upscaled): at full 450x300 it took 2.4 s
 on a busy 2-core machine, at 256 px 0.1-0.6 s per photo."""
@@ -280,9 +282,10 @@ class ClassicalSegmenter:
 
 
 def _load_model(kind: str, model: str, settings: SegmentConfig, local_only: bool = False) -> Segmenter:
+    from curation.models.registry import DEFAULT_SEGMENT_MODELS
     from generators import segment_models as models
 
-    model = model or models.DEFAULT_MODELS.get(kind, "")
+    model = model or DEFAULT_SEGMENT_MODELS.get(kind, "")
     if kind == "semantic" and model:
         return models.load_semantic(model, settings)
     if kind == "sam":
@@ -298,23 +301,41 @@ def _load_model(kind: str, model: str, settings: SegmentConfig, local_only: bool
     )
 
 
+@cache
+def _fall_back(why: str) -> None:
+    """Said once per reason and process: the classical backend loses subjects a model cuts out whole."""
+    _log.warning(
+        "segment.backend = 'auto' falls back to the classical backend because %s; classical often keeps only "
+        "part of a subject that fills the frame or sits on a busy background: `curate models fetch` puts "
+        "IS-Net general-use on this machine",
+        why,
+    )
+
+
 def load_segmenter(backend: str, settings: SegmentConfig | None = None) -> Segmenter:
     """The segmenter `segment.backend` names, loaded once.
 
-    `auto` takes the first of `AUTO_ORDER` whose weights are already here (hub cache, rembg's cache)
-    and never downloads: offline it falls back to classical at once instead of retrying the hub.
+    `auto` loads what `auto_choice` picks: a model already here (never a hub download), or IS-Net
+    general-use fetched from rembg's release. A fetch or load that fails falls back to classical,
+    loudly; a device the user named and cannot have (CUDA without onnxruntime's CUDA provider) stays
+    an error.
     """
     settings = settings or SegmentConfig(backend=backend)
     if backend == CLASSICAL:
         return ClassicalSegmenter()
     if backend == AUTO:
-        for kind in AUTO_ORDER:
-            if kind == "birefnet" and not settings.trust_remote_code:
-                continue
+        from curation.core.devices import onnx_providers
+        from curation.models.registry import auto_choice
+
+        kind, why = auto_choice(settings)
+        if kind == "isnet":
+            onnx_providers(settings.device, "segment.device")
+        if kind != CLASSICAL:
             try:
-                return _load_model(kind, "", settings, local_only=True)
-            except CurateError:
-                continue
+                return _load_model(kind, "", settings, local_only=kind != "isnet")
+            except CurateError as exc:
+                why = f"{kind} did not load ({exc})"
+        _fall_back(why)
         return ClassicalSegmenter()
     kind, _, model = backend.partition(":")
     return _load_model(kind, model, settings)

@@ -20,9 +20,7 @@ real checkpoint and a tiny model saved to a folder in the tests run exactly the 
 
 from __future__ import annotations
 
-import os
 import re
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,17 +30,10 @@ import cv2
 import numpy as np
 
 from curation.core.config import SegmentConfig
-from curation.core.devices import torch_device
+from curation.core.devices import CUDA_PROVIDER, onnx_providers, torch_device
 from curation.core.errors import CurateError
-
-DEFAULT_MODELS = {
-    "isnet": "isnet-general-use",
-    "birefnet": "ZhengPeng7/BiRefNet",
-    "rmbg": "briaai/RMBG-2.0",
-    "sam": "facebook/sam-vit-base",
-}
-REMBG_URL = "https://github.com/danielgatis/rembg/releases/download/v0.0.0/{name}.onnx"
-"""Where rembg downloads its ONNX models from; they are cached where rembg keeps them (`$U2NET_HOME`, ~/.u2net)."""
+from curation.models import rembg
+from curation.models.registry import FETCH_COMMAND, offline, require_local
 
 SYNONYMS: dict[str, tuple[str, ...]] = {
     "cat": ("kitten", "animal"),
@@ -75,16 +66,6 @@ def _from_pretrained(kind: str, model_id: str, loader: Callable[[], Any]) -> Any
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CurateError(f"cannot load {kind} segmentation model {model_id!r}: {first}") from exc
-
-
-def _require_local(kind: str, model_id: str) -> None:
-    """For `auto`: refuse a hub id whose files are not in the hub cache, before transformers asks the
-    network (its adapter lookup retries the hub for ~40 s offline even with local_files_only)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    if Path(model_id).is_dir() or isinstance(try_to_load_from_cache(model_id, "config.json"), str):
-        return
-    raise CurateError(f"{kind} model {model_id!r} is not on this machine")
 
 
 def _alpha(prob: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -153,6 +134,7 @@ def load_semantic(model_id: str, settings: SegmentConfig) -> SemanticSegmenter:
     )
 
     device = torch_device(settings.device)
+    require_local("segment.backend", model_id)
     processor = _from_pretrained("semantic", model_id, lambda: AutoImageProcessor.from_pretrained(model_id))
     try:
         model = AutoModelForSemanticSegmentation.from_pretrained(model_id)
@@ -229,9 +211,8 @@ def load_sam(model_id: str, settings: SegmentConfig, local_only: bool = False) -
 
     device = torch_device(settings.device)
     detector_id = settings.detector
-    if local_only:
-        _require_local("detector", detector_id)
-        _require_local("SAM", model_id)
+    require_local("segment.backend", model_id)
+    require_local("segment.detector", detector_id)
     detector = _from_pretrained(
         "detector", detector_id, lambda: AutoModelForZeroShotObjectDetection.from_pretrained(detector_id, local_files_only=local_only)
     )
@@ -275,49 +256,44 @@ class OnnxMatteSegmenter:
 
 
 def _onnx_file(model: str, download: bool) -> Path:
-    """A path as given; a bare name is rembg's model of that name, downloaded into rembg's cache once."""
-    if model.endswith(".onnx") or os.sep in model:
+    """A path as given; a bare name or file name is rembg's IS-Net of that name, fetched once into
+    rembg's folder (md5 checked) unless `download` is off or HF_HUB_OFFLINE is set."""
+    if rembg.is_path(model):
         path = Path(model).expanduser()
         if not path.is_file():
             raise CurateError(f"isnet model file not found: {path}")
         return path
-    cache = Path(os.environ.get("U2NET_HOME", Path.home() / ".u2net")).expanduser()
-    path = cache / f"{model}.onnx"
-    if path.is_file():
+    name = rembg.isnet_name(model)
+    if path := rembg.cached_file(name):
         return path
-    if not download:
-        raise CurateError(f"isnet model {model!r} is not in {cache}")
-    url = REMBG_URL.format(name=model)
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".part")
-        with urllib.request.urlopen(url, timeout=30) as response, partial.open("wb") as out:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-        os.replace(partial, path)
-    except OSError as exc:
-        raise CurateError(
-            f"isnet model {model!r} is not in {cache} and could not be downloaded from {url} ({exc}); "
-            "put the .onnx file there or give its path as segment.backend = 'isnet:/path/model.onnx'"
-        ) from exc
-    return path
+    if download and not offline():
+        return rembg.fetch(name)
+    why = f"run `{FETCH_COMMAND}` where there is internet" if offline() else "it is fetched when named"
+    raise CurateError(
+        f"segment.backend 'isnet:{model}': {name}.onnx is not in {rembg.cache_dir()} (rembg's folder: "
+        f"$U2NET_HOME, else $XDG_DATA_HOME/.u2net, else ~/.u2net){' and HF_HUB_OFFLINE is set' if offline() else ''}: "
+        f"{why}, or name the file as isnet:/path/{name}.onnx"
+    )
 
 
 def load_isnet(model: str, settings: SegmentConfig, local_only: bool = False) -> OnnxMatteSegmenter:
+    """IS-Net through onnxruntime on `segment.device`: a CUDA device needs the CUDA provider (the
+    `curate[gpu]` extra), and a session that did not start on it is refused, never run on the CPU."""
     try:
         import onnxruntime
     except ImportError as exc:
         raise CurateError("the isnet backend needs onnxruntime: pip install onnxruntime") from exc
-    path = _onnx_file(model, download=not local_only)
-    providers = ["CPUExecutionProvider"]
-    if torch_device(settings.device).startswith("cuda") and "CUDAExecutionProvider" in (
-        onnxruntime.get_available_providers()
-    ):
-        providers.insert(0, "CUDAExecutionProvider")
+    providers = onnx_providers(settings.device, "segment.device")
+    path = _onnx_file(model or rembg.DEFAULT_ISNET, download=not local_only)
     try:
         session = onnxruntime.InferenceSession(str(path), providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped errors for a damaged model
         raise CurateError(f"cannot load isnet model {str(path)!r}: {str(exc).splitlines()[0]}") from exc
+    if providers[0] != "CPUExecutionProvider" and CUDA_PROVIDER not in session.get_providers():
+        raise CurateError(
+            f"segment.device = {settings.device!r}: onnxruntime could not start CUDA for IS-Net (its CUDA and "
+            "cuDNN libraries are missing or do not match this onnxruntime-gpu); set segment.device = 'cpu'"
+        )
     side = session.get_inputs()[0].shape[-1]
     return OnnxMatteSegmenter(f"isnet:{model}", session, side if isinstance(side, int) else 1024)
 
@@ -357,8 +333,7 @@ def load_remote_code(
     from transformers import AutoModelForImageSegmentation
 
     device = torch_device(settings.device)
-    if local_only:
-        _require_local(kind, model_id)
+    require_local("segment.backend", model_id)
     model = _from_pretrained(
         kind,
         model_id,

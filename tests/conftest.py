@@ -22,6 +22,8 @@ os.environ.setdefault("FIFTYONE_DATABASE_NAME", f"curate-tests-{_SESSION_DIR.nam
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# rembg's model folder: empty, so `segment.backend = "auto"` takes classical unless a test puts IS-Net there
+os.environ["U2NET_HOME"] = str(_SESSION_DIR / "u2net")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 pytest_plugins = ["tests.fixtures.labelstudio", "tests.fixtures.sample_concepts", "tests.fixtures.tiny_clip", "tests.fixtures.candidate_workspace", "tests.fixtures.fake_llm", "tests.fixtures.ray_session"]

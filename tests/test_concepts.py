@@ -181,7 +181,7 @@ def test_model_backend_loads_a_saved_model_by_path(
     alpha = segmenter(sample_photo("chelsea", 96), "cat")
     assert alpha.shape == sample_photo("chelsea", 96).shape[:2] and alpha.dtype == np.uint8
 
-    config_text = ws.config_path.read_text().replace('backend = "classical"', f'backend = "semantic:{folder}"')
+    config_text = ws.config_path.read_text().replace('backend = "auto"', f'backend = "semantic:{folder}"')
     ws.config_path.write_text(config_text)
     concept = add_concept(ws, "cat", concept_photos["cat"][:1], class_noun="cat")
     assert concept.segmenter == f"semantic:{folder}"

@@ -17,7 +17,7 @@ from curation.core.config import SegmentConfig
 from curation.core.errors import CurateError
 from generators.segment import ClassicalSegmenter, load_segmenter
 from generators.segment_models import matching_labels
-from tests.fixtures.tiny_pipelines import build_tiny_owlvit
+from tests.fixtures.tiny_pipelines import build_tiny_owlvit, export_tiny_isnet
 
 ADE_LIKE = ["wall", "building", "sky", "floor", "tree", "person;individual", "car", "animal", "glass", "bottle"]
 """A slice of ADE20K's label names, as nvidia/segformer-b0-finetuned-ade-512-512's config spells them."""
@@ -153,22 +153,10 @@ def test_sam_backend_masks_inside_the_detectors_box(tiny_sam: tuple[Path, Path])
 # -- isnet (onnxruntime) -----------------------------------------------------------------------
 
 
-def _export_tiny_isnet(path: Path) -> Path:
-    """IS-Net's interface (1x3x1024x1024 normalised -> 1x1x1024x1024 sigmoid); foreground = redder than blue."""
-    import torch
-
-    class Net(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.sigmoid(8 * (x[:, 0:1] - x[:, 2:3]))
-
-    torch.onnx.export(Net(), torch.zeros(1, 3, 1024, 1024), str(path), dynamo=False, input_names=["input.1"])
-    return path
-
-
 def test_isnet_backend_runs_an_onnx_model_from_a_file_and_from_rembgs_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    onnx_file = _export_tiny_isnet(tmp_path / "tiny-isnet.onnx")
+    onnx_file = export_tiny_isnet(tmp_path / "tiny-isnet.onnx")
     image, truth = _disc()
     segmenter = load_segmenter(f"isnet:{onnx_file}")
     assert segmenter.name == f"isnet:{onnx_file}" and segmenter.side == 1024
@@ -187,13 +175,14 @@ def test_isnet_backend_runs_an_onnx_model_from_a_file_and_from_rembgs_cache(
 
 
 def test_auto_falls_back_to_classical_without_downloading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No weights in rembg's cache or the hub cache: classical, and nothing fetched into either."""
+    """No weights in rembg's cache or the hub cache and HF_HUB_OFFLINE set (as for the whole suite):
+    classical, and nothing fetched into either; named explicitly, IS-Net is one error naming the fetch."""
     monkeypatch.setenv("U2NET_HOME", str(tmp_path / "u2net"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     assert isinstance(load_segmenter("auto"), ClassicalSegmenter)
     assert not (tmp_path / "u2net").exists() and not list((tmp_path / "hf").rglob("*.json"))
-    with pytest.raises(CurateError, match="isnet model 'isnet-general-use' is not in .*could not be downloaded"):
-        load_segmenter("isnet")  # named explicitly, it is fetched (here: no internet, a clear error)
+    with pytest.raises(CurateError, match="isnet-general-use.onnx is not in .*HF_HUB_OFFLINE is set: run `curate models fetch`"):
+        load_segmenter("isnet")
 
 
 # -- birefnet / rmbg ---------------------------------------------------------------------------

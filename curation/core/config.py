@@ -26,9 +26,14 @@ class _Section(BaseModel):
 
 class SegmentConfig(_Section):
     backend: str = Field(
-        "classical",
-        description="classical | auto | isnet[:FILE.onnx|NAME] | sam[:ID] | semantic:ID | birefnet[:ID] | "
-        "rmbg[:ID] (ID: hub id or local folder)",
+        "auto",
+        description="auto (the best model on this machine, else IS-Net fetched, else classical) | classical | "
+        "isnet[:FILE.onnx|NAME] | sam[:ID] | semantic:ID | birefnet[:ID] | rmbg[:ID] (ID: hub id or local folder)",
+    )
+    fetch: bool = Field(
+        True,
+        description="auto: fetch IS-Net general-use (176 MB) into rembg's folder when no model is here; "
+        "false: use only what is on this machine",
     )
     max_side: int = Field(1024, description="photos are downscaled to this longest side on ingest")
     detector: str = Field(

@@ -5,8 +5,16 @@ Kept out of the stages (repaint, recaption, MSP) so none of them imports another
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
+
+from curation.core.errors import CurateError
+
+_log = logging.getLogger(__name__)
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
 
 
 def torch_device(device: str | None = None) -> str:
@@ -51,3 +59,40 @@ def worker_devices(device: str, workers: int, visible: Sequence[str]) -> list[st
     if device in ("auto", ""):
         return ["cpu"] * workers
     return [device] * workers
+
+
+def onnx_providers(device: str, setting: str) -> list[Any]:
+    """The onnxruntime execution providers a model runs on for `device` (as `torch_device` reads it).
+
+    The PyPI `onnxruntime` wheel is CPU-only; its GPU build is `onnxruntime-gpu` (`pip install
+    'curate[gpu]'`). A CUDA device the user named without a CUDA provider is an error, not a silent CPU
+    run; 'auto' on a machine with a GPU but the CPU wheel runs on the CPU and says so once.
+
+    Raises:
+        CurateError: `setting` names a CUDA device and this onnxruntime has no CUDA provider, or a
+            device onnxruntime cannot use.
+    """
+    import onnxruntime
+
+    target = torch_device(device)
+    if target == "cpu":
+        return [CPU_PROVIDER]
+    available = onnxruntime.get_available_providers()
+    if not target.startswith("cuda"):
+        raise CurateError(f"{setting} = {device!r}: onnxruntime models run on 'cpu' or 'cuda[:N]'")
+    if CUDA_PROVIDER not in available:
+        why = f"this onnxruntime has no CUDA provider (it has {', '.join(available)})"
+        if device in ("", "auto"):
+            _say_once(f"{setting} = 'auto' found a GPU, but {why}: running on the CPU; pip install 'curate[gpu]' to use it")
+            return [CPU_PROVIDER]
+        raise CurateError(
+            f"{setting} = {device!r}, but {why}: install the GPU build (pip uninstall onnxruntime; "
+            f"pip install 'curate[gpu]') or set {setting} = 'cpu'"
+        )
+    index = int(target.partition(":")[2] or 0)
+    return [(CUDA_PROVIDER, {"device_id": index}), CPU_PROVIDER]
+
+
+@cache
+def _say_once(message: str) -> None:
+    _log.warning(message)

@@ -130,6 +130,9 @@ class TransformersJudge:
     """An image-text-to-text model (hub id or folder) through its processor's chat template, greedy."""
 
     def __init__(self, name: str) -> None:
+        from curation.models.registry import require_local
+
+        require_local("index.judge", name)
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 

@@ -190,6 +190,9 @@ def load_detector(model_id: str, device: str | None = None) -> OwlDetector:
     Raises:
         CurateError: the model cannot be found or is not a zero-shot detector.
     """
+    from curation.models.registry import require_local
+
+    require_local("index.detector", model_id)
     from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
     device = torch_device(device)

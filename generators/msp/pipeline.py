@@ -159,6 +159,11 @@ class MSPGenerator:
         M_SAL is loaded and checked against `subjects` first, so a missing or mismatched segmenter
         is one error before the diffusion model loads and before any image is made.
         """
+        from curation.models.registry import require_local
+
+        require_local("generate.msp.model", settings.model, pipeline=True)
+        if settings.controlnet:
+            require_local("generate.msp.controlnet", settings.controlnet)
         sal = load_sal(settings.sal_model, subjects, device) if settings.sal_model else None
         generator = cls.from_pretrained(settings.model, controlnet=settings.controlnet or None, device=device)
         if sal is not None:
