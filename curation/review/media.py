@@ -21,6 +21,7 @@ import errno
 import os
 import secrets
 import shutil
+import stat
 from functools import lru_cache
 from pathlib import Path
 
@@ -37,28 +38,28 @@ def own_media(ws_root: Path) -> Path:
     return ws_root / MEDIA
 
 
-def shown(relative: Path) -> bool:
-    """Whether a workspace-relative path is something annotators may see.
+def shown(relative: str) -> bool:
+    """Whether a workspace-relative POSIX path is something annotators may see.
 
     Candidates' images, the concepts' photos and cut-outs, review previews and a study's blinded
     images and references: each in its own folder and an image by its name, so no record, mapping,
     rating or credential ever qualifies, whatever a caller passes.
     """
-    parts = relative.parts
-    if relative.suffix.lower() not in IMAGE_SUFFIXES:
+    parts = relative.split("/")
+    if os.path.splitext(parts[-1])[1].lower() not in IMAGE_SUFFIXES:
         return False
     return (
         (len(parts) == 3 and parts[0] == "candidates")
         or (len(parts) == 4 and parts[0] == "concepts" and parts[2] in ("refs", "cutouts"))
-        or (len(parts) >= 3 and parts[:2] == ("review", "thumbs"))
+        or (len(parts) >= 3 and parts[:2] == ["review", "thumbs"])
         or (len(parts) == 4 and parts[0] == "study" and parts[2] in ("images", "refs"))
     )
 
 
 @lru_cache(maxsize=4096)
-def _real_folder(folder: Path) -> Path:
+def _real_folder(folder: str) -> str:
     """A folder with its links resolved, once: a push names 100K images in a handful of folders."""
-    return folder.resolve()
+    return os.path.realpath(folder)
 
 
 def publish(ws_root: Path, media_root: Path, source: Path) -> Path:
@@ -66,44 +67,48 @@ def publish(ws_root: Path, media_root: Path, source: Path) -> Path:
 
     The file itself is linked, never a symlink: a symlinked source (say a "candidate" pointing at
     review/server.json) is followed to its target, which must itself be something annotators may see.
-    Publishing again is free (the link is already there); a source replaced since (a new inode, or a
-    copy whose size or time differ) is published anew.
+    Publishing again costs a failed link and a stat (the link is there); a source replaced since (a
+    new inode, or a copy whose size or time differ) is published anew. Strings, not Path objects,
+    on the way: parsing paths cost more than the link itself, and a push publishes two files a task.
     """
-    source = Path(source).absolute()
-    real = _real_folder(source.parent) / source.name
-    if real.is_symlink():
-        real = Path(os.path.realpath(real))
-    root = _real_folder(ws_root)
+    folder, name = os.path.split(os.path.abspath(source))
+    real = os.path.join(_real_folder(folder), name)
     try:
-        relative = real.relative_to(root)
-    except ValueError:
-        relative = None
+        want = os.lstat(real)
+        if stat.S_ISLNK(want.st_mode):
+            real = os.path.realpath(real)
+            want = os.stat(real)
+    except FileNotFoundError:
+        raise CurateError(f"{source} does not exist: re-run the step that makes it") from None
+    root = _real_folder(os.fspath(ws_root))
+    relative = real[len(root) + 1 :] if real.startswith(root + os.sep) else None
     if relative is None or not shown(relative):
         raise CurateError(
             f"{source} is not an image annotators may see (candidates, concept cut-outs, previews, study "
             f"images inside {root}): refusing to serve it through Label Studio"
         )
-    try:
-        want = real.stat()
-    except FileNotFoundError:
-        raise CurateError(f"{source} does not exist: re-run the step that makes it") from None
-    target = media_root / relative
+    target = os.path.join(media_root, relative)
     _link(real, want, target)
-    return target
+    return Path(target)
 
 
-def _link(source: Path, want: os.stat_result, target: Path) -> None:
+def _link(source: str, want: os.stat_result, target: str) -> None:
     """Make `target` the same file as `source`: a hard link, a copy where linking is impossible."""
     try:
-        have = target.stat()
+        os.link(source, target, follow_symlinks=False)
+        return
+    except FileNotFoundError:  # its folder is new
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+    except FileExistsError:
+        have = os.stat(target)
         if (have.st_dev, have.st_ino) == (want.st_dev, want.st_ino):
             return
         if (have.st_size, have.st_mtime_ns) == (want.st_size, want.st_mtime_ns):
             return  # the copy made where a link was impossible
-    except FileNotFoundError:
-        pass
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+    except OSError as exc:
+        if exc.errno not in _COPY_INSTEAD:
+            raise
+    temp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{secrets.token_hex(6)}.tmp")
     try:
         try:
             os.link(source, temp, follow_symlinks=False)
@@ -111,9 +116,9 @@ def _link(source: Path, want: os.stat_result, target: Path) -> None:
             if exc.errno not in _COPY_INSTEAD:
                 raise
             shutil.copy2(source, temp, follow_symlinks=False)
-        os.replace(temp, target)
+        os.replace(temp, target)  # atomic: a reader sees the old file or the new one
     except BaseException:
-        temp.unlink(missing_ok=True)
+        Path(temp).unlink(missing_ok=True)
         raise
 
 
@@ -126,7 +131,7 @@ def publish_existing(ws_root: Path, media_root: Path) -> int:
     count = 0
     for pattern in ("candidates/*/*", "concepts/*/*/*", "review/thumbs/**/*", "study/*/*/*"):
         for path in ws_root.glob(pattern):
-            if shown(path.relative_to(ws_root)) and not path.is_symlink():
+            if shown(path.relative_to(ws_root).as_posix()) and not path.is_symlink():
                 publish(ws_root, media_root, path)
                 count += 1
     return count
