@@ -114,7 +114,7 @@ def _custom_diffusion(
                 consumer="diffusers " + _SCRIPTS["custom_diffusion"],
                 trains_on=trains_on,
                 note=(
-                    "adds each `<c-x>` as one new token; one prompt per folder: the script reads no"
+                    "adds each concept's token as one new token; one prompt per folder: the script reads no"
                     " per-image captions (use the LoRA command or curate train for those)"
                 ),
                 command=command_line(_script("custom_diffusion"), args),
@@ -181,7 +181,7 @@ def train_commands(
             consumer="diffusers " + _SCRIPTS["dreambooth_lora_advanced"],
             trains_on="the compositions with their per-image captions (train/metadata.jsonl)",
             note=(
-                "each `<c-x>` becomes one new textual-inversion token; the command cds into runs/"
+                "each concept's token becomes one new textual-inversion token; the command cds into runs/"
                 " because the script saves its embeddings under `<output_dir>/<output_dir>_emb.safetensors`,"
                 " which only works for a relative --output_dir; the SDXL script"
                 " (train_dreambooth_lora_sdxl_advanced.py) takes the same flags with an SDXL base"
@@ -218,7 +218,7 @@ def train_commands(
             name="curate_train",
             consumer="curate train",
             trains_on="the compositions with per-image captions (Gen4Gen prompting), tokens added",
-            note="Custom Diffusion by default, each `<c-x>` one new token; --method lora for PEFT LoRA",
+            note="Custom Diffusion by default, each concept's token one new token; --method lora for PEFT LoRA",
             command=command_line(["curate"], args),
         )
     )

@@ -1,16 +1,15 @@
-"""The export as the ecosystem's own loaders and trainers see it (issue 13).
+"""The export as the ecosystem's own loaders and trainers see it (issues 13 and 28).
 
 Each route is exercised with the consumer's own code where it is installed here: `datasets`' imagefolder
-and webdataset builders, the `webdataset` package, and `curate train`'s reader. diffusers' example scripts
-are not installed; for them the tests check what those scripts do with the files (open the
-`concepts_list.json` paths against the current directory, split `--modifier_token` on '+'), and the
-commands were run by hand against a tiny pipeline (see the issue's closing note).
+and webdataset builders, the `webdataset` package, and `curate train`'s reader. Here the commands'
+arguments are checked against what diffusers' scripts do with them (open the concepts-list paths
+against the current directory, which the command's leading cd makes the export, split
+`--modifier_token` on '+'); test_export_travels.py runs every command with the scripts themselves.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 from pathlib import Path
@@ -37,8 +36,10 @@ def exported(built) -> Path:
 
 def _commands(export: Path) -> dict[str, list[str]]:
     data = json.loads((export / "train_commands.json").read_text())
-    assert data["export"] == str(export.resolve())
-    return {c["name"]: shlex.split(c["command"]) for c in data["commands"]}
+    assert set(data["variables"]) >= {"EXPORT", "DIFFUSERS", "PRETRAINED"}
+    commands = {c["name"]: shlex.split(c["command"]) for c in data["commands"]}
+    assert all(argv[:3] == ["cd", "${EXPORT:-.}", "&&"] for argv in commands.values())
+    return {name: argv[3:] for name, argv in commands.items()}
 
 
 def _flag(argv: list[str], name: str) -> str:
@@ -71,37 +72,36 @@ def test_card_and_json_carry_the_same_commands_with_tokens_filled_in(built, expo
         assert _flag(argv, "--initializer_token").split("+") == [NOUNS[c] for c in ids]
         assert "--with_prior_preservation" not in argv  # no class images were exported
     lora = commands["dreambooth_lora_advanced"]
-    assert _flag(lora, "--dataset_name") == str(exported.resolve())
+    assert _flag(lora, "--dataset_name") == ".."  # the export, from its runs/
     assert _flag(lora, "--caption_column") == "caption"
     abstractions = _flag(lora, "--token_abstraction").split(",")
     assert all(
         set(re.findall(r"<c-[a-z]+>", row["caption"])) <= set(abstractions)
         for row in read_rows(exported).values()
     )
-    assert commands["curate_train"][:3] == ["curate", "train", str(exported.resolve())]
-    runs = built.ws.root.resolve() / "train" / "mycanvas"
+    assert _flag(lora, "--num_new_tokens_per_abstraction") == "1"
+    assert commands["curate_train"][:3] == ["curate", "train", "."]
     # the advanced script saves to f"{output_dir}/{output_dir}_emb.safetensors": relative, after a cd
-    assert lora[:6] == ["mkdir", "-p", str(runs), "&&", "cd", str(runs)]
+    assert lora[:6] == ["mkdir", "-p", "runs", "&&", "cd", "runs"]
     assert _flag(lora, "--output_dir") == "dreambooth_lora_advanced"
     for name, argv in commands.items():
         if name != "dreambooth_lora_advanced":
             output = _flag(argv, "--output_dir" if "--output_dir" in argv else "--output")
-            assert output == str(runs / name)
+            assert output == f"runs/{name}"
 
 
-def test_concepts_lists_open_from_any_directory(exported, tmp_path, monkeypatch):
-    """What both diffusers scripts do with the list: Path(instance_data_dir).iterdir() from the cwd."""
-    monkeypatch.chdir(tmp_path)
+def test_concepts_lists_open_from_the_export(exported, monkeypatch):
+    """What both diffusers scripts do with the list: Path(instance_data_dir).iterdir() from the cwd,
+    which the command's `cd "${EXPORT:-.}"` makes the export."""
+    monkeypatch.chdir(exported)
     commands = _commands(exported)
     for name in ("custom_diffusion_concepts", "custom_diffusion_compositions", "dreambooth_multi_subject"):
         entries = json.loads(Path(_flag(commands[name], "--concepts_list")).read_text())
         for entry in entries:
             files = [p for p in Path(entry["instance_data_dir"]).iterdir() if p.is_file()]
             assert files and all(p.suffix == ".png" for p in files)
-            assert Path(entry["class_data_dir"]).is_absolute()
-            assert os.path.commonpath([entry["class_data_dir"], str(exported.resolve())]) == str(
-                exported.resolve()
-            )
+            assert not Path(entry["class_data_dir"]).is_absolute()
+            assert Path(entry["class_data_dir"]).resolve().is_relative_to(exported.resolve())
 
 
 def test_datasets_loads_exactly_the_compositions_by_folder_and_by_imagefolder(exported, tmp_path):
@@ -228,30 +228,38 @@ def test_class_images_fill_the_lists_commands_and_survive_re_exports(tmp_path):
 
     report = export_mycanvas(built.ws, class_images_from=priors, class_images=2)
     export = report.path
-    expected = {f"class_images/{noun}": 2 for noun in NOUNS}
-    assert report.class_images == expected
+    compositions = {
+        e["class_data_dir"]: e["class_prompt"]
+        for e in json.loads((export / "concepts_list_compositions.json").read_text())
+    }
+    expected = {f"class_images/{noun}": 2 for noun in NOUNS} | {folder: 2 for folder in compositions}
+    assert report.class_images == expected and len(compositions) == 5
     assert json.loads((export / "manifest.json").read_text())["counts"]["class_images"] == expected
-    assert "10 class images in 5 class folders" in report.summary()
+    assert "20 class images in 10 class folders" in report.summary()
+    # a composition's class without its own folder in priors/ takes its members' images in turn
+    assert sorted(p.name for p in (export / "class_images/cat_and_dog").iterdir()) == [
+        "cat-0.png",
+        "dog-0.png",
+    ]
+    assert (export / "class_images/cat_and_dog/dog-0.png").read_bytes() == (priors / "dog/0.png").read_bytes()
     commands = _commands(export)
-    single = commands["custom_diffusion_concepts"]
-    assert "--with_prior_preservation" in single and _flag(single, "--num_class_images") == "2"
-    assert _flag(single, "--prior_loss_weight") == "1"
-    assert (
-        "--with_prior_preservation" not in commands["custom_diffusion_compositions"]
-    )  # none for 'cat and dog'
+    for name in ("custom_diffusion_concepts", "custom_diffusion_compositions"):
+        argv = commands[name]
+        assert "--with_prior_preservation" in argv and _flag(argv, "--num_class_images") == "2"
+        assert _flag(argv, "--prior_loss_weight") == "1"
     assert "--prior-preservation" in commands["curate_train"]
     # multi-subject DreamBooth indexes class images modulo the subject's position: 2 < 5 subjects
     assert "--with_prior_preservation" not in commands["dreambooth_multi_subject"]
 
     # diffusers' script generates the composition classes into class_data_dir; the next export keeps all
-    composed = json.loads((export / "concepts_list_compositions.json").read_text())
-    generated = Path(composed[0]["class_data_dir"]) / "generated-0.png"
-    generated.parent.mkdir(parents=True)
+    generated = export / "class_images" / "mug_and_plant" / "generated-0.png"
     generated.write_bytes(_png(9, 16))
-    before = {k: v for k, v in tree_digest(export).items() if k.startswith("class_images/")}
+    (export / "runs/custom_diffusion_concepts").mkdir(parents=True)  # what a command trained in place
+    (export / "runs/custom_diffusion_concepts/weights.safetensors").write_bytes(b"trained")
+    before = {k: v for k, v in tree_digest(export).items() if k.startswith(("class_images/", "runs/"))}
     again = export_mycanvas(built.ws)
-    after = {k: v for k, v in tree_digest(again.path).items() if k.startswith("class_images/")}
-    assert after == before and len(after) == 11
+    after = {k: v for k, v in tree_digest(again.path).items() if k.startswith(("class_images/", "runs/"))}
+    assert after == before and len(after) == 22
 
     from personalization.data import read_export
 
@@ -271,7 +279,7 @@ def test_cli_export_takes_class_images_and_train_takes_prior_preservation(tmp_pa
     args = ["export", "-w", str(built.ws.root), "--class-images-from", str(priors), "--class-images", "1"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "5 class images in 5 class folders" in result.output
+    assert "10 class images in 10 class folders" in result.output
     no_priors = build_tiny_export(tmp_path / "plain")  # the flag reaches the trainer, which checks first
     args = ["train", str(no_priors), "-o", str(tmp_path / "run"), "--prior-preservation", "--cpu"]
     result = CliRunner().invoke(app, args)
