@@ -196,8 +196,9 @@ class ExportConfig(_Section):
     token_format: str = Field(
         "<c-{id}>",
         description=(
-            "the personal token in exported captions, lists and commands: {id} is the concept id,"
-            " {n} its 1-based index in id order; e.g. 'sks{n}' for scripts that add no tokens"
+            "the personal token in exported captions, lists and commands of the trainers that add it to the"
+            " tokenizer: {id} is the concept id, {n} its 1-based index in id order; trainers that add no"
+            " tokens get one-token identifiers instead (exports.identifiers)"
         ),
     )
 
