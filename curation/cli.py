@@ -46,6 +46,8 @@ app.add_typer(concepts_app, name="concepts")
 app.add_typer(review_app, name="review")
 study_app = typer.Typer(help="The user preference study in Label Studio: create, pull, report.", no_args_is_help=True)
 app.add_typer(study_app, name="study")
+models_app = typer.Typer(help="The models the settings name: list them, fetch them ahead of time.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 
 def _workspace(path: Path, wait: bool = False):
@@ -74,7 +76,7 @@ def concepts_add(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Ingest a concept's photos: segment each foreground (soft mask), assign the token <c-ID>."""
-    from curation.concepts.references import add_concept, choose_concept_id
+    from curation.concepts.references import PHOTO_ALPHA, add_concept, choose_concept_id
     from curation.core.progress import progress_bar
 
     ws = _workspace(workspace, wait)
@@ -90,6 +92,8 @@ def concepts_add(
     line = f"{concept.concept_id}: {len(concept.refs)} photos, token {concept.token}, segmenter {concept.segmenter}"
     if concept.name != concept.concept_id:
         line = f"{concept.name!r} -> {line}"
+    if own := concept.mask_sources.count(PHOTO_ALPHA):
+        line += f"; photos that came cut out (their own alpha is the mask): {own}"
     flagged = [photo_flags for photo_flags in concept.mask_flags if photo_flags]
     if flagged:
         kinds = ", ".join(sorted({flag for photo_flags in flagged for flag in photo_flags}))
@@ -119,13 +123,15 @@ def concepts_show(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Where a concept's preview is (photo | mask | cut-out per photo), its segmenter and mask flags."""
-    from curation.concepts.references import show_concept
+    from curation.concepts.references import PHOTO_ALPHA, show_concept
 
     ws = _workspace(workspace)
     concept, preview = show_concept(ws, name)
     typer.echo(f"{concept.concept_id}: {len(concept.refs)} photos, segmenter {concept.segmenter}")
-    for ref, flags in zip(concept.refs, concept.mask_flags):
-        typer.echo(f"  {ref}: {', '.join(flags) or 'ok'}")
+    sources = [*concept.mask_sources, *[""] * len(concept.refs)]  # older records name no source
+    for ref, flags, source in zip(concept.refs, concept.mask_flags, sources):
+        own = " (mask: the photo's own alpha, not segmented)" if source == PHOTO_ALPHA else ""
+        typer.echo(f"  {ref}: {', '.join(flags) or 'ok'}{own}")
     typer.echo(f"preview: {preview}")
 
 
@@ -497,6 +503,30 @@ def export_command(
             link=link,
         )
     typer.echo(report.summary())
+
+
+@models_app.command("list")
+def models_list(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Every model the settings load, per stage: from where, on which device, here or not, size, checksum."""
+    from curation.models.registry import FETCH_COMMAND, resolve
+
+    ws = _workspace(workspace)
+    models = resolve(ws.config, ws.root)
+    for model in models:
+        typer.echo(model.describe())
+    missing = [m.setting for m in models if not m.present]
+    if missing:
+        typer.echo(f"{len(missing)} not here ({', '.join(missing)}): `{FETCH_COMMAND} -w {ws.root}` fetches them")
+
+
+@models_app.command("fetch")
+def models_fetch(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Download every model the settings need into the caches the stages read (HF_HOME, rembg's folder)."""
+    from curation.models.fetch import fetch_models
+
+    ws = _workspace(workspace)
+    models = fetch_models(ws.config, typer.echo, ws.root)
+    typer.echo(f"all {len(models)} models the settings name are on this machine")
 
 
 @app.command()

@@ -79,6 +79,12 @@ def write_sample_photos(folder: Path) -> dict[str, list[Path]]:
     return photos
 
 
+def demo_config() -> CurateConfig:
+    """The defaults, except that `auto` segmentation never fetches: the demo downloads nothing and takes
+    a segmentation model only when one is already on this machine (IS-Net in rembg's folder, say)."""
+    return CurateConfig(segment=SegmentConfig(fetch=False))
+
+
 def run_demo(
     root: Path,
     n_plans: int,
@@ -93,9 +99,7 @@ def run_demo(
     from generators.layout import plan_layouts
     from generators.run import generate
 
-    # the defaults, except that `auto` segmentation never fetches: the demo downloads nothing, and takes
-    # a model only when one is already on this machine
-    ws = Workspace.create(root, CurateConfig(segment=SegmentConfig(fetch=False)))
+    ws = Workspace.create(root, demo_config())
     echo(f"workspace: {ws.root}")
     photos = write_sample_photos(ws.root / "photos")
     for concept_id, paths in photos.items():

@@ -26,7 +26,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["U2NET_HOME"] = str(_SESSION_DIR / "u2net")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-pytest_plugins = ["tests.fixtures.labelstudio", "tests.fixtures.sample_concepts", "tests.fixtures.tiny_clip", "tests.fixtures.candidate_workspace", "tests.fixtures.fake_llm", "tests.fixtures.ray_session"]
+pytest_plugins = ["tests.fixtures.labelstudio", "tests.fixtures.sample_concepts", "tests.fixtures.tiny_clip", "tests.fixtures.candidate_workspace", "tests.fixtures.fake_llm", "tests.fixtures.ray_session", "tests.fixtures.fake_hub"]
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:

@@ -613,3 +613,60 @@ def test_a_record_with_fewer_masks_than_photos_shows_them_whole(
         assert dataset.count() == 2 and sorted(dataset.values("mask"), key=str) == [str(ws.resolve(full.masks[0])), None]
     finally:
         dataset.delete()
+
+
+# -- photos that come cut out ----------------------------------------------------------------------
+
+
+def _cut_out(rgb: np.ndarray, path: Path) -> tuple[Path, np.ndarray]:
+    """`rgb` with an alpha disc, soft-edged as a matting tool leaves it: a photo someone already cut out."""
+    h, w = rgb.shape[:2]
+    alpha = np.zeros((h, w), np.uint8)
+    cv2.circle(alpha, (w // 2, h // 2), min(h, w) // 3, 255, -1)
+    alpha = cv2.GaussianBlur(alpha, (0, 0), 1.5)
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(path)
+    return path, alpha
+
+
+def test_a_photo_that_comes_cut_out_is_its_own_mask(ws: Workspace, tmp_path: Path) -> None:
+    """Before, the alpha was dropped and the photo segmented again: IoU 0.60 with the alpha disc over
+    a photo, and the same disc over a flat colour refused as 'empty'. Now the alpha is the mask, exactly,
+    and a concept of cut-outs loads no segmentation model (here one that could not load)."""
+    from curation.concepts.references import PHOTO_ALPHA
+    from curation.core.config import dump_config
+
+    photo = sample_photo("chelsea", 120)
+    over_photo, alpha = _cut_out(photo, tmp_path / "disc-over-photo.png")
+    over_flat, _ = _cut_out(np.full_like(photo, (90, 140, 60)), tmp_path / "disc-over-flat.png")
+    config = ws.config
+    config.segment.backend = f"isnet:{tmp_path / 'no-such-model.onnx'}"
+    ws.config_path.write_text(dump_config(config))
+    for concept_id, path in (("disc", over_photo), ("flat", over_flat)):
+        concept = add_concept(ws, concept_id, [path], class_noun="disc")
+        mask = np.asarray(Image.open(ws.resolve(concept.masks[0])))
+        assert np.array_equal(mask, alpha), concept_id  # IoU 1.0, soft edge and all
+        assert concept.mask_sources == [PHOTO_ALPHA] and concept.segmenter == PHOTO_ALPHA
+        assert concept.mask_flags == [[]]
+        assert np.array_equal(np.asarray(Image.open(ws.resolve(concept.refs[0]))), np.asarray(Image.open(path))[..., :3])
+    opaque = tmp_path / "opaque.png"
+    Image.fromarray(np.dstack([photo, np.full(photo.shape[:2], 255, np.uint8)]), "RGBA").save(opaque)
+    with pytest.raises(CurateError, match="isnet model file not found"):  # an opaque alpha is no cut-out
+        add_concept(ws, "opaque", [opaque], class_noun="cat")
+
+
+def test_concepts_show_flags_masks_from_the_photos_alpha(tmp_path: Path, concept_photos: dict[str, list[Path]]) -> None:
+    """A cut-out beside an ordinary photo: only the ordinary one is segmented (auto, offline here, says
+    once that it falls back to classical), and `concepts show` tells which mask came with its photo."""
+    root = tmp_path / "ws"
+    assert _curate("init", str(root)).returncode == 0
+    cut, _ = _cut_out(sample_photo("chelsea", 200), tmp_path / "cat-cut-out.png")
+    added = _curate("concepts", "add", "cat", str(cut), str(concept_photos["cat"][0]), "--class", "cat", "-w", str(root))
+    assert added.returncode == 0, added.stderr
+    assert "segmenter classical; photos that came cut out (their own alpha is the mask): 1" in added.stdout
+    assert added.stderr.count("falls back to the classical backend because IS-Net general-use is not in") == 1
+    concept = Workspace.open(root).concept("cat")
+    assert concept is not None and sorted(concept.mask_sources) == ["classical", "photo alpha"]
+    shown = _curate("concepts", "show", "cat", "-w", str(root)).stdout
+    for ref, flags, source in zip(concept.refs, concept.mask_flags, concept.mask_sources, strict=True):
+        own = " (mask: the photo's own alpha, not segmented)" if source == "photo alpha" else ""
+        assert f"  {ref}: {', '.join(flags) or 'ok'}{own}\n" in shown

@@ -38,6 +38,11 @@ MAX_PIXELS = 40_000_000
 MIN_PHOTO_SIDE = 64
 """Photos whose shorter side (as read, and after the downscale to `segment.max_side`) is below this
 are refused: a cut-out of a few pixels segments into nothing and fails every candidate it is pasted in."""
+PHOTO_ALPHA = "photo alpha"
+"""`Concept.mask_sources` entry of a mask that is the photo's own alpha channel."""
+MIN_TRANSPARENT = 0.01
+"""A photo's alpha is a cut-out when at least this share of it is transparent (alpha < 128): an opaque
+alpha channel (many PNGs carry one) or a few transparent corner pixels are no subject's outline."""
 
 
 def _name_key(name: str) -> str:
@@ -109,8 +114,18 @@ def _collect(photos: list[Path]) -> list[Path]:
     return found
 
 
-def _read_photo(path: Path, max_side: int) -> np.ndarray:
-    """Decode, orient, bound and downscale one photo to RGB uint8; any failure names the file."""
+def _own_alpha(image: Image.Image) -> np.ndarray | None:
+    """The photo's alpha channel when it is a real cut-out (someone already cut the subject out: it is
+    the mask, exactly, and segmenting the photo again can only lose it), else None."""
+    if "A" not in image.getbands() and "transparency" not in image.info:
+        return None
+    alpha = np.asarray(image.convert("RGBA"))[..., 3]
+    return alpha if (alpha < 128).mean() >= MIN_TRANSPARENT else None
+
+
+def _read_photo(path: Path, max_side: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode, orient, bound and downscale one photo to RGB uint8 and its own alpha when that is a
+    cut-out (see `_own_alpha`); any failure names the file."""
     try:
         with Image.open(path) as image:
             w, h = image.size
@@ -120,7 +135,8 @@ def _read_photo(path: Path, max_side: int) -> np.ndarray:
                 raise CurateError(
                     f"{path}: {w}x{h} pixels is too small: photos need at least {MIN_PHOTO_SIDE} px on the shorter side"
                 )
-            image = ImageOps.exif_transpose(image).convert("RGB")
+            image = ImageOps.exif_transpose(image)
+            image = image.convert("RGBA" if _own_alpha(image) is not None else "RGB")
             image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     except CurateError:
         raise
@@ -134,7 +150,8 @@ def _read_photo(path: Path, max_side: int) -> np.ndarray:
             f"{path}: {w}x{h} pixels shrinks to {image.width}x{image.height} at segment.max_side = {max_side}, "
             f"under the {MIN_PHOTO_SIDE} px minimum on the shorter side: crop it or raise segment.max_side"
         )
-    return np.asarray(image)
+    pixels = np.asarray(image)
+    return (pixels[..., :3], pixels[..., 3]) if image.mode == "RGBA" else (pixels, None)
 
 
 PREVIEW_ROW_HEIGHT = 160
@@ -274,12 +291,15 @@ def add_concept(
     name = _checked("concept name", name or concept_id, MAX_NAME_CHARS)
     config = ws.config.segment
     paths = _collect(photos)
-    images: dict[str, np.ndarray] = {}
+    images: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     for path in paths:
-        rgb = _read_photo(path, config.max_side)
-        images.setdefault(_pixel_hash(rgb), rgb)  # the same photo twice is one reference
+        rgb, own = _read_photo(path, config.max_side)
+        key = _pixel_hash(rgb if own is None else np.dstack([rgb, own]))
+        images.setdefault(key, (rgb, own))  # the same photo twice is one reference
 
-    segmenter = load_segmenter(config.backend, config)
+    # a photo that is already a cut-out is never segmented again; a concept of cut-outs loads no model
+    needs_model = any(own is None for _, own in images.values())
+    segmenter = load_segmenter(config.backend, config) if needs_model else None
     final = ws.concept_dir(concept_id)
     staging_root = ws.concepts_dir / ".staging"
     staging_root.mkdir(parents=True, exist_ok=True)
@@ -290,9 +310,10 @@ def add_concept(
     try:
         (staged / "refs").mkdir()
         (staged / "masks").mkdir()
-        refs, masks, flags, rows = [], [], [], []
-        for done, (key, rgb) in enumerate(sorted(images.items()), start=1):
-            alpha = segmenter(rgb, class_noun)
+        refs, masks, flags, rows, sources = [], [], [], [], []
+        for done, (key, (rgb, own)) in enumerate(sorted(images.items(), key=lambda item: item[0]), start=1):
+            alpha = own if own is not None else segmenter(rgb, class_noun)
+            sources.append(PHOTO_ALPHA if own is not None else segmenter.name)
             Image.fromarray(rgb).save(staged / "refs" / f"{key}.png")
             Image.fromarray(alpha).save(staged / "masks" / f"{key}.png")
             refs.append(f"concepts/{concept_id}/refs/{key}.png")
@@ -315,7 +336,8 @@ def add_concept(
             refs=refs,
             masks=masks,
             mask_flags=flags,
-            segmenter=segmenter.name,
+            segmenter=segmenter.name if segmenter else PHOTO_ALPHA,
+            mask_sources=sources,
         )
         write_preview(rows, staged / PREVIEW_NAME)
         atomic_write_json(staged / "concept.json", concept.model_dump())  # same file ws.save_concept writes

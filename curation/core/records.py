@@ -72,6 +72,11 @@ class Concept(BaseModel):
         default_factory=list, description="quality flags per mask (see generators.segment.mask_flags)"
     )
     segmenter: str = ""
+    mask_sources: list[str] = Field(
+        default_factory=list,
+        description="what made each mask, same order as refs: the segmenter's name, or 'photo alpha' for a "
+        "photo that came as a cut-out (its own alpha channel, used as is); empty in older records",
+    )
 
     @property
     def phrase(self) -> str:

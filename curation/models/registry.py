@@ -223,6 +223,10 @@ def _isnet(setting: str, model: str, settings: SegmentConfig, note: str = "") ->
                  note or ("" if path else f"fetched from {rembg.url_for(name)}" if published else "not found"))
 
 
+def _noted(model: Model, note: str) -> Model:
+    return replace(model, note="; ".join(filter(None, (model.note, note))))
+
+
 def segment_models(settings: SegmentConfig, for_fetch: bool = False) -> list[Model]:
     """The models `segment.backend` loads (none for classical; SAM brings its detector). `for_fetch`:
     `auto` with no model here wants IS-Net general-use, whatever keeps it from fetching on its own."""
@@ -243,11 +247,11 @@ def segment_models(settings: SegmentConfig, for_fetch: bool = False) -> list[Mod
     device = torch_device(settings.device)
     if kind == "sam":
         return [
-            replace(_pretrained("segmentation", setting, model, device), note=note),
+            _noted(_pretrained("segmentation", setting, model, device), note),
             _pretrained("segmentation", "segment.detector", settings.detector, device),
         ]
     if kind in ("semantic", "birefnet", "rmbg") and model:
-        return [replace(_pretrained("segmentation", setting, model, device), note=note)]
+        return [_noted(_pretrained("segmentation", setting, model, device), note)]
     raise CurateError(
         f"unknown segment.backend {settings.backend!r}: use classical, auto, isnet[:FILE.onnx|NAME], "
         "sam[:ID], semantic:ID, birefnet[:ID] or rmbg[:ID] (ID: a hub id or a local folder)"
