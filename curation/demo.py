@@ -119,10 +119,8 @@ def run_demo(
         echo(push(ws).summary())
         echo(f"annotated by the scripted demo annotator: {annotate_for_demo(ws)} tasks")
         echo(pull(ws).summary())
-        echo(
-            f"review: {info.url}  login {info.email}, password in {info.path}  "
-            f"(stop with `curate review stop -w {ws.root}`)"
-        )
+        login = f"  login {info.email}, password in {info.path}" if info.managed else ""
+        echo(f"review: {info.url}{login}  (stop with `curate review stop -w {ws.root}`)")
         report = export_mycanvas(ws, progress=progress)
         echo(report.summary())
     else:
