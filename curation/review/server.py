@@ -136,7 +136,9 @@ def workspace_marker(ws: Workspace) -> str:
 def _organization(info: ServerInfo) -> dict | None:
     """The organization the recorded token's user belongs to; None when the server refuses the token."""
     try:
-        reply = requests.get(f"{info.url}/api/organizations/", headers={"Authorization": f"Token {info.token}"}, timeout=30)
+        reply = requests.get(
+            f"{info.url}/api/organizations/", headers={"Authorization": f"Token {info.token}"}, timeout=30
+        )
     except requests.RequestException as exc:
         raise CurateError(f"Label Studio is not reachable at {info.url}: {exc}") from exc
     if reply.status_code in (401, 403):
@@ -166,7 +168,9 @@ def _claim(ws: Workspace, info: ServerInfo) -> None:
     """Name a server this workspace started (checked by its process) after the workspace."""
     organization = _organization(info)
     if organization is None:
-        raise CurateError(f"the Label Studio this workspace started at {info.url} refuses its token ({info.path})")
+        raise CurateError(
+            f"the Label Studio this workspace started at {info.url} refuses its token ({info.path})"
+        )
     if organization["title"] != workspace_marker(ws):
         reply = requests.patch(
             f"{info.url}/api/organizations/{organization['id']}",
@@ -286,7 +290,9 @@ def use_server(ws: Workspace, url: str, token: str, document_root: Path | None =
     if not is_healthy(url):
         raise CurateError(f"Label Studio is not reachable at {url}")
     if document_root is None:
-        raise CurateError(f"pass --document-root: the LOCAL_FILES_DOCUMENT_ROOT of {url}, a folder holding only media")
+        raise CurateError(
+            f"pass --document-root: the LOCAL_FILES_DOCUMENT_ROOT of {url}, a folder holding only media"
+        )
     root = document_root.resolve()
     if not root.is_dir():
         raise CurateError(f"the document root {root} is not a folder on this machine")

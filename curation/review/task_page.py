@@ -43,7 +43,12 @@ def candidate_task(
             cutout = cover_cutout(ws, concepts[cid])  # what is pasted, not the photo around it
             thumb = thumbnail(cutout, thumbs_dir(ws) / "refs" / f"{cid}-{cutout.stem}.jpg")
             refs.append(
-                {"concept": cid, "name": concepts[cid].name, "url": media_url(conn, cutout), "thumb": media_url(conn, thumb)}
+                {
+                    "concept": cid,
+                    "name": concepts[cid].name,
+                    "url": media_url(conn, cutout),
+                    "thumb": media_url(conn, thumb),
+                }
             )
     shown = {name: round(row[name], 4) for name in scores if row[name] is not None}
     rule = rule_for(rules, len(row[ds.CONCEPTS] or []))
