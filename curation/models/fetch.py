@@ -44,13 +44,18 @@ def hub_files(files: list[str], pipeline: bool) -> list[str]:
     """
     kept = [f for f in files if not any(fnmatch(f, pattern) for pattern in OTHER_FORMATS)]
     weights = [PurePosixPath(f) for f in kept if f.endswith(WEIGHT_SUFFIXES)]
+
+    def stem(path: PurePosixPath) -> str:  # 'model' of model.safetensors, model-00001-of-00002..., model.fp16...
+        return path.name.split(".")[0].split("-")[0]
+
     dropped = set()
     for path in weights:
-        siblings = [w for w in weights if w.parent == path.parent]
+        siblings = [w for w in weights if w.parent == path.parent and w != path]
+        plain = [w for w in siblings if stem(w) == stem(path) and len(w.name.split(".")) == 2]
         if path.suffix != ".safetensors" and any(w.suffix == ".safetensors" for w in siblings):
             dropped.add(str(path))
-        elif len(path.name.split(".")) > 2 and any(len(w.name.split(".")) == 2 for w in siblings):
-            dropped.add(str(path))  # a variant beside the plain weights
+        elif len(path.name.split(".")) > 2 and plain:
+            dropped.add(str(path))  # a variant (model.fp16.safetensors) beside the plain weights
         elif pipeline and str(path.parent) == ".":
             dropped.add(str(path))
     return [f for f in kept if f not in dropped]
