@@ -46,8 +46,9 @@ def dataset_config(composition_dirs: list[str], class_tokens: dict[str, str]) ->
             {
                 "resolution": RESOLUTION,
                 "batch_size": 1,
+                # no bucket_no_upscale: it sizes a bucket by the image, and an image under
+                # bucket_reso_steps (64 px) gets a 0-wide bucket (ZeroDivisionError in select_bucket)
                 "enable_bucket": True,
-                "bucket_no_upscale": True,
                 "subsets": subsets,
             }
         ],

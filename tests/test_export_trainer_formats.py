@@ -211,6 +211,9 @@ def test_kohya_dataset_config_passes_its_schema_and_reads_every_caption(export, 
     assert config["general"]["caption_extension"] == ".txt"
     [dataset] = config["datasets"]
     assert dataset["resolution"] == (512, 512) and dataset["batch_size"] == 1
+    # kohya's own reader on this export (by hand) divided by zero with bucket_no_upscale: the
+    # 16 px class images got a 0-wide bucket; without it kohya upscales them into a bucket
+    assert dataset["enable_bucket"] is True and not dataset.get("bucket_no_upscale", False)
     monkeypatch.chdir(export)  # the command's cd
     rows = {row["candidate_id"]: row for row in read_rows(export).values()}
     identifiers = _manifest(export)["identifiers"]
