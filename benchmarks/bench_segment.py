@@ -12,7 +12,10 @@ photographic backgrounds. Case types, `per_type` images each:
 
 IoU is taken at alpha >= 0.5; the boundary F-score (DAVIS-style) matches the boundary pixels of the
 two hard masks within 0.8% of the image diagonal. Backends are any `segment.backend` value; a backend
-that needs a class noun gets 'object' (semantic models have no such label and report n/a).
+that needs a class noun gets 'object' (semantic models have no such label and report n/a). By default
+IS-Net (rembg's file, fetched when missing and online; `isnet:FILE.onnx` for another) runs beside
+classical; a backend that cannot load (not here offline, a device without its provider) prints n/a
+and why.
 
     .venv/bin/python benchmarks/bench_segment.py --backends classical isnet sam --device cuda
 """
@@ -171,17 +174,17 @@ def evaluate(segmenter, cases: list[Case]) -> dict[str, tuple[float, float]]:
     return {kind: (float(np.mean([r[0] for r in rs])), float(np.mean([r[1] for r in rs]))) for kind, rs in per.items()}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     from curation.core.config import SegmentConfig
     from curation.core.errors import CurateError
     from generators.segment import load_segmenter
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backends", nargs="+", default=["classical"], help="segment.backend values")
+    parser.add_argument("--backends", nargs="+", default=["classical", "isnet"], help="segment.backend values")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--per-type", type=int, default=10, help="images per case type")
     parser.add_argument("--trust-remote-code", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     cases = make_cases(args.per_type)
     columns = [*CASE_TYPES, "all"]

@@ -14,7 +14,7 @@ PACKAGES = ("curation", "generators", "exports", "personalization")
 CORE = ("curation.core",)
 """Floor 1: records, config, workspace, errors, ... Everything stands on it; it imports nothing above."""
 SHARED = {"curation.models": CORE, "curation.scores": (*CORE, "curation.models")}
-"""Floor 2: model code several stages load (M_SAL) and the machine scores (index, review, evaluator)."""
+"""Floor 2: model code several stages load (M_SAL, the model registry) and the machine scores (index, review, evaluator)."""
 STAGES = (
     "generators",
     "exports",

@@ -199,6 +199,25 @@ def test_cuda_without_a_cuda_provider_is_one_error_line(
     assert "pip install 'curate[gpu]'" in result.stderr
 
 
+def test_bench_segment_runs_isnet_beside_classical(
+    rembg_home: Path, tiny_onnx: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """By default the benchmark prints IS-Net's row under classical's; one that cannot load says why."""
+    from benchmarks.bench_segment import CASE_TYPES, main
+
+    main(["--per-type", "1"])  # no IS-Net here, offline
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and not line.startswith("| backend |")]
+    assert rows[0].startswith("| classical | ") and rows[1].startswith("| isnet | n/a: segment.backend 'isnet:")
+    assert "run `curate models fetch`" in rows[1]
+    folder = rembg.cache_dir()
+    folder.mkdir(parents=True)
+    (folder / "isnet-general-use.onnx").write_bytes(tiny_onnx.read_bytes())
+    main(["--per-type", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and not line.startswith("| backend |")]
+    assert [row.split(" | ")[0] for row in rows] == ["| classical", "| isnet:isnet-general-use"]
+    assert all(len(row.split(" | ")) == len(CASE_TYPES) + 3 for row in rows)  # name, types, all, s/photo
+
+
 # -- the real IS-Net -----------------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""Which torch device and dtype a model runs on: one rule for every stage that loads a model.
+"""Which torch device and dtype a model runs on, and which onnxruntime providers an ONNX model gets: one
+rule for every stage that loads a model.
 
 Kept out of the stages (repaint, recaption, MSP) so none of them imports another for it.
 """
