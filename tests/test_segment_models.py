@@ -142,22 +142,26 @@ def test_fetch_checks_rembgs_md5_and_auto_fetches_isnet_when_it_can(
 def test_auto_without_isnet_falls_back_in_seconds_and_says_why_once(
     rembg_home: Path, black_hole: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The demo's case: nothing here and an endpoint that would hang. Offline (HF_HUB_OFFLINE, as this
-    suite runs) or with segment.fetch = false nothing is asked of the network; online, the fetch gives
+    """Nothing here and an endpoint that would hang. Offline (HF_HUB_OFFLINE, as this suite runs) or with
+    the demo's settings (segment.fetch = false) nothing is asked of the network; online, the fetch gives
     up after rembg.TIMEOUT_S. One warning (not one per load) says classical runs and why."""
     from huggingface_hub import constants
 
+    from curation.core.devices import torch_device
+    from curation.demo import demo_config
+
+    torch_device("auto")  # torch's import (10-20 s on a busy 2-core machine) is not what is timed here
     monkeypatch.setenv(rembg.URL_ENV, black_hole)
     monkeypatch.setattr(rembg, "TIMEOUT_S", 1.0)
-    cases = [("HF_HUB_OFFLINE is set", True, True), ("segment.fetch = false", False, False),
-             ("isnet did not load (could not fetch", False, True)]
-    for why, offline, fetch in cases:
+    cases = [("HF_HUB_OFFLINE is set", True, SegmentConfig()), ("segment.fetch = false", False, demo_config().segment),
+             ("isnet did not load (could not fetch", False, SegmentConfig())]
+    for why, offline, settings in cases:
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
         monkeypatch.setenv("HF_HUB_OFFLINE", "1" if offline else "0")
         caplog.clear()
         start = time.monotonic()
         for _ in range(2):
-            assert isinstance(load_segmenter("auto", SegmentConfig(fetch=fetch)), ClassicalSegmenter)
+            assert isinstance(load_segmenter("auto", settings), ClassicalSegmenter)
         assert time.monotonic() - start < 8, why
         said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
         assert len(said) == 1, said
