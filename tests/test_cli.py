@@ -34,6 +34,9 @@ COMMANDS = [
     ["study", "pull"],
     ["study", "report"],
     ["demo"],
+    ["models"],
+    ["models", "list"],
+    ["models", "fetch"],
 ]
 
 
