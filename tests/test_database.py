@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from curation.core.database import attached_database_dir
 from curation.core.workspace import Workspace
@@ -24,13 +27,73 @@ def test_a_command_configured_for_another_database_folder_stops_before_writing(t
     env = {**os.environ, "FIFTYONE_DATABASE_DIR": str(elsewhere)}
 
     refused = subprocess.run([CURATE, "index", "-w", str(ws.root)], capture_output=True, text=True, env=env,
-                             timeout=600)  # fmt: skip
+                             timeout=600, check=False)  # fmt: skip
     assert refused.returncode == 1, refused.stderr
     assert refused.stderr.startswith("error: FiftyOne's database is already running from ")
     assert str(elsewhere) in refused.stderr and f"FIFTYONE_DATABASE_DIR={running}" in refused.stderr
     assert refused.stderr.count("\n") == 1 and not fo.dataset_exists(f"curate-{ws.workspace_id}")
 
     accepted = subprocess.run([CURATE, "index", "-w", str(ws.root)], capture_output=True, text=True,
-                              env={**env, "FIFTYONE_DATABASE_DIR": running}, timeout=600)  # fmt: skip
+                              env={**env, "FIFTYONE_DATABASE_DIR": running}, timeout=600, check=False)  # fmt: skip
     assert accepted.returncode == 0, accepted.stderr
     assert fo.dataset_exists(f"curate-{ws.workspace_id}")
+
+
+STARTER = """
+import os, sys, time
+from pathlib import Path
+
+from curation.cli import main
+import fiftyone  # noqa: F401  (imported before the start line, so both processes start together)
+
+Path(sys.argv[2]).touch()
+while not os.path.exists(sys.argv[3]):
+    time.sleep(0.005)
+sys.argv = ["curate", "status", "-w", sys.argv[1]]
+main()
+"""
+"""`curate status` in a process that imports everything first, then waits for the start line."""
+
+
+def _private_pid_namespace() -> bool:
+    """Whether `unshare` can give commands a PID namespace of their own (root, or user namespaces)."""
+    try:
+        probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], timeout=60, check=False)
+        return probe.returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def test_two_commands_that_both_find_no_database_running_both_connect(tmp_path: Path) -> None:
+    """Two commands started at the same moment where no FiftyOne database runs: both used to start
+    one, and the second died after 60 s with `ServiceListenTimeout`. In a PID namespace of their own
+    they see none of this account's services, as on a machine where nothing runs yet."""
+    if not _private_pid_namespace():
+        pytest.skip("needs `unshare --pid` to hide this session's database service")
+    workspaces = [Workspace.create(tmp_path / f"ws{k}").root for k in (1, 2)]
+    go = tmp_path / "go"
+    env = {k: v for k, v in os.environ.items() if k != "FIFTYONE_PRIVATE_DATABASE_PORT"}
+    env |= {"FIFTYONE_DATABASE_DIR": str(tmp_path / "db"), "STARTER": STARTER}
+    runs = " & ".join(
+        f'"{sys.executable}" -c "$STARTER" {ws} {tmp_path / f"ready{k}"} {go} > {tmp_path / f"out{k}"} 2>&1; '
+        f"echo $? > {tmp_path / f'code{k}'}"
+        for k, ws in enumerate(workspaces)
+    )
+    namespace = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", f"{{ {runs}; }} & wait"],
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while not all((tmp_path / f"ready{k}").exists() for k in range(2)) and time.monotonic() < deadline:
+            assert namespace.poll() is None, "a command died before the start line"
+            time.sleep(0.1)
+        go.touch()
+        namespace.wait(timeout=600)
+    finally:
+        namespace.kill()
+    for k in range(2):
+        output = (tmp_path / f"out{k}").read_text()
+        assert (tmp_path / f"code{k}").read_text().strip() in ("0", "1"), output
+        assert "Traceback" not in output and "ServiceListenTimeout" not in output, output
+        assert "would not start" not in output, output

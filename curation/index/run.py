@@ -186,13 +186,20 @@ def _open_or_create(ws: Workspace) -> fo.Dataset:
 
     Every upsert and lookup is keyed on `candidate_id`, and the unique index makes a second sample of
     one candidate impossible whatever runs at once. Duplicates that an older curate let two
-    concurrent runs add are removed first (the oldest sample of each candidate stays).
+    concurrent runs add are removed first (the oldest sample of each candidate stays). A dataset a
+    kill left half-created gets its missing default indexes.
     """
     import fiftyone as fo
 
     dataset = ds.find_dataset(ws)
     if dataset is None:  # not `or`: an empty Dataset is falsy
         dataset = fo.Dataset(ds.dataset_name(ws), persistent=True)
+    if set(dataset._get_default_indexes()) - set(dataset.list_indexes()):
+        # killed while FiftyOne created the dataset: it makes the default indexes after the dataset's
+        # record, and never again
+        from fiftyone.core.dataset import _create_indexes
+
+        _create_indexes(dataset._sample_collection_name, None)
     dataset.persistent = True
     if not dataset.has_field(ds.CANDIDATE_ID):
         dataset.add_sample_field(ds.CANDIDATE_ID, fo.StringField)

@@ -87,11 +87,19 @@ class TopupReport:
 
 
 def read_rounds(ws: Workspace) -> list[dict]:
-    """The recorded top-up rounds, oldest first."""
+    """The recorded top-up rounds, oldest first.
+
+    A round is recorded before its plans are written; a last round whose plans are not all in
+    plans.jsonl was killed in between and never happened (the next top-up asks again).
+    """
     path = ws.plans_path.parent / TOPUPS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rounds = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    last = {plan_id for ids in rounds[-1]["plans"].values() for plan_id in ids} if rounds else set()
+    if not last <= {plan.plan_id for plan in ws.plans()}:
+        rounds.pop()
+    return rounds
 
 
 def _rounds_of(shape: Shape, rounds: list[dict]) -> dict[Composition, list[list[str]]]:
@@ -244,11 +252,11 @@ def topup(ws: Workspace, max_new: int | None = None, progress: ProgressFn = no_p
     for plan in new:
         added.setdefault(composition_key(tuple(plan.concepts)), []).append(plan.plan_id)
     report.plans = {name: len(ids) for name, ids in added.items()}
-    # plans first: a kill before the ledger is written leaves them as round 0, still pending
-    ws.write_plans(existing + new)
     entry = {"round": report.round, "plans": added, "asked": report.asked, "avoid": report.avoid,
              "planner": report.planner, "max_new": budget}  # fmt: skip
-    ledger = ws.plans_path.parent / TOPUPS_FILE
-    previous = ledger.read_text() if ledger.exists() else ""
-    atomic_write_text(ledger, previous + json.dumps(entry, sort_keys=True) + "\n")
+    # the round first, its plans last: killed in between, the round is dropped (`read_rounds`) and the
+    # next top-up asks again; plans first would leave them pending as round 0, the round unrecorded
+    lines = [json.dumps(r, sort_keys=True) + "\n" for r in [*rounds, entry]]
+    atomic_write_text(ws.plans_path.parent / TOPUPS_FILE, "".join(lines))
+    ws.write_plans(existing + new)
     return report
