@@ -148,8 +148,9 @@ def fmt(name: str, seconds: float, mb: list[float], n: int, extra: str = "") -> 
 def annotated_project(ws, conn, n: int) -> None:
     """A project whose n tasks carry one annotation each (accept 4 / reject 2 alternating), recorded as ws's."""
     from curation.core import dataset as ds
+    from curation.core.labeling_config import CONFIG_DIR
     from curation.core.workspace import atomic_write_json
-    from curation.review.project import CONFIG_DIR, project_file, project_marker
+    from curation.review.project import project_file, project_marker
     from curation.review.pull import annotation_result
 
     project = conn.client.projects.create(

@@ -16,13 +16,10 @@ import requests
 
 from curation.core import dataset as ds
 from curation.core.errors import CurateError
+from curation.core.labeling_config import CONFIG_DIR, IMAGE
 from curation.core.thumbnails import thumbs_dir
 from curation.core.workspace import Workspace, atomic_write_json
 from curation.review.client import Connection, media_folder
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "review_ui_config"  # at the repository root
-# control names in review_ui_config/review.xml: the export's `from_name`s
-DECISION, QUALITY, REASONS, CAPTION_BOX, IMAGE = "decision", "quality", "reasons", "caption_fixed", "image"
 
 
 def project_file(ws: Workspace) -> Path:

@@ -14,11 +14,11 @@ from typing import Any
 
 from curation.concepts.references import cover_cutout
 from curation.core import dataset as ds
+from curation.core.labeling_config import IMAGE
 from curation.core.thumbnails import candidate_thumb, thumbnail, thumbs_dir
 from curation.core.workspace import Workspace
 from curation.review.calibration import ScoreCalibration, rule_for
 from curation.review.client import Connection, media_url
-from curation.review.project import IMAGE
 
 THUMB = "thumb"  # the Data Manager's image column
 

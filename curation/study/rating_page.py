@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.core.errors import CurateError
-from curation.review.project import CONFIG_DIR
+from curation.core.labeling_config import CONFIG_DIR
 
 STUDY_XML = CONFIG_DIR / "study.xml"
 TASK_KEY = "study_task"
