@@ -98,6 +98,7 @@ def test_no_file_of_the_export_names_a_path_outside_it(travelled):
         if path.is_file() and path.suffix in {".json", ".jsonl", ".md", ".toml", ".txt"}:
             text = path.read_text()
             assert str(travelled.workspace) not in text and str(travelled.base) not in text, path
+    assert "paths are relative to this folder" in (travelled.copy / "README.md").read_text()
     for command in travelled.commands.values():
         assert command.startswith('cd "${EXPORT:-.}" && ')
         assert not re.search(r"(^|\s)/", command.replace('"$DIFFUSERS/', "").replace('"$SD_SCRIPTS/', ""))
