@@ -220,7 +220,7 @@ def test_unknown_backends_and_executors_are_clear_errors(concept_ws: Workspace) 
     with pytest.raises(CurateError, match="unknown executor 'spark'"):
         generate(concept_ws, executor="spark")
     _set_generate(concept_ws, repaint="diffusers/stable-diffusion-xl-1.0-inpainting-0.1")
-    with pytest.raises(CurateError, match="needs the diffusion repaint"):
+    with pytest.raises(CurateError, match="generate.repaint = .* is not on this machine .* `curate models fetch`"):
         generate(concept_ws)
     assert not concept_ws.candidates_dir.exists()
 

@@ -161,10 +161,10 @@ class MSPGenerator:
         """
         from curation.models.registry import require_local
 
+        sal = load_sal(settings.sal_model, subjects, device) if settings.sal_model else None
         require_local("generate.msp.model", settings.model, pipeline=True)
         if settings.controlnet:
             require_local("generate.msp.controlnet", settings.controlnet)
-        sal = load_sal(settings.sal_model, subjects, device) if settings.sal_model else None
         generator = cls.from_pretrained(settings.model, controlnet=settings.controlnet or None, device=device)
         if sal is not None:
             sal.model.to(generator.pipe.device)
