@@ -20,6 +20,7 @@ real checkpoint and a tiny model saved to a folder in the tests run exactly the 
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from curation.core.devices import CUDA_PROVIDER, onnx_providers, torch_device
 from curation.core.errors import CurateError
 from curation.models import rembg
 from curation.models.registry import FETCH_COMMAND, offline, require_local
+
+_log = logging.getLogger(__name__)
 
 SYNONYMS: dict[str, tuple[str, ...]] = {
     "cat": ("kitten", "animal"),
@@ -267,6 +270,7 @@ def _onnx_file(model: str, download: bool) -> Path:
     if path := rembg.cached_file(name):
         return path
     if download and not offline():
+        _log.warning("fetching IS-Net %s from %s into %s, once", name, rembg.url_for(name), rembg.cache_dir())
         return rembg.fetch(name)
     why = f"run `{FETCH_COMMAND}` where there is internet" if offline() else "it is fetched when named"
     raise CurateError(

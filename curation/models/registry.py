@@ -79,7 +79,8 @@ def offline() -> bool:
     """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE): curate fetches nothing, from the hub or rembg's release."""
     from huggingface_hub import constants
 
-    return constants.is_offline_mode() or constants._is_true(os.environ.get("HF_HUB_OFFLINE"))
+    # huggingface_hub reads the variable once, at import; a later change (a test, a notebook) counts too
+    return constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def is_local(value: str) -> bool:
