@@ -132,6 +132,8 @@ def commands(root: Path, scratch: Path, photo: Path, state: str) -> list[list[st
         ["status", *w],
         ["study", "pull", *w],
         ["study", "report", *w],
+        ["models", "list", *w],
+        ["models", "fetch", *w],
         ["study", "create", str(scratch / "no-evaluation"), *w],
         ["export", *w],
         ["export", "--name", "../../escape", *w],
