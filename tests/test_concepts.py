@@ -558,10 +558,11 @@ def test_cutouts_are_the_masked_references_and_the_review_strip_shows_them(
     flagged = concept.model_copy(update={"mask_flags": [["holes"], []]})
     assert cover_cutout(ws, flagged) == paths[1]  # the first clean mask stands for the concept
 
-    conn = Connection("http://127.0.0.1:9", "token", ws.root.resolve(), ws.root)
+    media = ws.root / "media"  # what a server `curate review serve` started serves, and nothing else
+    conn = Connection("http://127.0.0.1:9", "token", media, media, ws.root)
     row = {"candidate_id": "c1", "filepath": str(ws.resolve(concept.refs[0])), "caption": "", "concepts": ["mug"]}
     ref = candidate_task(ws, conn, row, {"mug": concept}, [], set(), {})["data"]["refs"][0]
-    thumb = np.asarray(Image.open(ws.root / ref["thumb"].split("?d=")[1]).convert("RGB")).astype(int)
+    thumb = np.asarray(Image.open(media / ref["thumb"].split("?d=")[1]).convert("RGB")).astype(int)
     cut = Image.open(cover_cutout(ws, concept))
     assert abs(thumb.shape[1] / thumb.shape[0] - cut.width / cut.height) < 0.05  # the cut-out's frame
     outside = np.asarray(cut.resize(thumb.shape[1::-1]))[..., 3] == 0
