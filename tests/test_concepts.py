@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from curation.concepts.references import MIN_PHOTO_SIDE, add_concept, choose_concept_id, concept_id_for
 from curation.core.errors import CurateError
 from curation.core.records import CONCEPT_ID, MAX_CLASS_NOUN_CHARS, Concept
-from curation.core.workspace import Workspace
+from curation.core.workspace import Workspace, atomic_write_bytes
 from generators.segment import UNUSABLE_FLAGS, load_segmenter, mask_flags
 from tests.fixtures.sample_concepts import sample_photo, small_config
 
@@ -568,6 +568,14 @@ def test_cutouts_are_the_masked_references_and_the_review_strip_shows_them(
     outside = np.asarray(cut.resize(thumb.shape[1::-1]))[..., 3] == 0
     assert outside.any() and (thumb[outside].min(1) >= 235).mean() > 0.95, "white where the cut-out is transparent"
 
+    # re-segmenting the same photos rewrites the cut-out under the same name: the strip shows the new one
+    rewritten = cover_cutout(ws, concept)
+    atomic_write_bytes(rewritten, _png_bytes(Image.new("RGBA", (20, 10), (255, 0, 0, 255))))
+    again = candidate_task(ws, conn, row, {"mug": concept}, [], set(), {})["data"]["refs"][0]
+    assert again["thumb"] != ref["thumb"]
+    fresh = np.asarray(Image.open(media / again["thumb"].split("?d=")[1]).convert("RGB")).astype(int)
+    assert fresh.shape[:2] == (10, 20) and (fresh[..., 0] > 200).all() and (fresh[..., 1] < 60).all()
+
 
 def test_index_writes_the_concepts_cutouts_as_a_fiftyone_dataset(
     ws: Workspace, concept_photos: dict[str, list[Path]]
@@ -671,3 +679,11 @@ def test_concepts_show_flags_masks_from_the_photos_alpha(tmp_path: Path, concept
     for ref, flags, source in zip(concept.refs, concept.mask_flags, concept.mask_sources, strict=True):
         own = " (mask: the photo's own alpha, not segmented)" if source == "photo alpha" else ""
         assert f"  {ref}: {', '.join(flags) or 'ok'}{own}\n" in shown
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -15,6 +15,7 @@ from typing import Any
 from curation.concepts.references import cover_cutout
 from curation.core import dataset as ds
 from curation.core.labeling_config import IMAGE
+from curation.core.records import content_id
 from curation.core.thumbnails import candidate_thumb, thumbnail, thumbs_dir
 from curation.core.workspace import Workspace
 from curation.review.calibration import ScoreCalibration, rule_for
@@ -41,7 +42,7 @@ def candidate_task(
     for cid in row[ds.CONCEPTS] or []:
         if cid in concepts and concepts[cid].refs:
             cutout = cover_cutout(ws, concepts[cid])  # what is pasted, not the photo around it
-            thumb = thumbnail(cutout, thumbs_dir(ws) / "refs" / f"{cid}-{cutout.stem}.jpg")
+            thumb = thumbnail(cutout, thumbs_dir(ws) / "refs" / f"{cid}-{_version(cutout)}.jpg")
             refs.append(
                 {
                     "concept": cid,
@@ -95,3 +96,13 @@ def _scores_html(shown: dict[str, float], random: set[str], suggestion: str | No
     table = f'<table class="scores" style="font-size:11px;line-height:1.2">{rows}</table>' if rows else "(no machine scores)"
     hint = f'<div style="font-size:11px">machine hint: {html.escape(suggestion)}</div>' if suggestion else ""
     return f"{hint}{table}"
+
+
+def _version(path: Path) -> str:
+    """A name for this version of a file: its name, inode, size and mtime (what a rewrite changes).
+
+    A cut-out is named by its photo's hash, so re-segmenting the same photos rewrites it under the same
+    name; a preview named after the file alone would show the old cut-out for good.
+    """
+    stat = path.stat()
+    return content_id([path.stem, stat.st_ino, stat.st_size, stat.st_mtime_ns], 12)
