@@ -124,9 +124,10 @@ def ensure_project(ws: Workspace, conn: Connection, overlap: int | None = None) 
         {media_folder(conn, folder): folder.name for folder in folders},
         f"the project ({xml_path.name})",
     )
-    if created:
-        _data_manager_tab(conn, project_id)
     if project_id != recorded_id:
+        # made now, or by a run killed before it recorded the id (and maybe before the tab): the id last
+        if created or not conn.get_json("/api/dm/views/", "data manager tabs", project=project_id):
+            _data_manager_tab(conn, project_id)
         atomic_write_json(path, {"url": conn.url, "project_id": project_id})
     return project_id
 
