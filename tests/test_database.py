@@ -74,19 +74,20 @@ def test_two_commands_that_both_find_no_database_running_both_connect(tmp_path: 
     go = tmp_path / "go"
     env = {k: v for k, v in os.environ.items() if k != "FIFTYONE_PRIVATE_DATABASE_PORT"}
     env |= {"FIFTYONE_DATABASE_DIR": str(tmp_path / "db"), "STARTER": STARTER}
-    runs = " & ".join(
-        f'"{sys.executable}" -c "$STARTER" {ws} {tmp_path / f"ready{k}"} {go} > {tmp_path / f"out{k}"} 2>&1; '
-        f"echo $? > {tmp_path / f'code{k}'}"
+    runs = " ".join(  # each command and its exit code in a background subshell: the two run side by side
+        f'( "{sys.executable}" -c "$STARTER" {ws} {tmp_path / f"ready{k}"} {go} > {tmp_path / f"out{k}"} 2>&1; '
+        f"echo $? > {tmp_path / f'code{k}'} ) &"
         for k, ws in enumerate(workspaces)
     )
     namespace = subprocess.Popen(
-        ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", f"{{ {runs}; }} & wait"],
+        ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", f"{runs} wait"],
         env=env,
     )
     try:
         deadline = time.monotonic() + 600
-        while not all((tmp_path / f"ready{k}").exists() for k in range(2)) and time.monotonic() < deadline:
+        while not all((tmp_path / f"ready{k}").exists() for k in range(2)):
             assert namespace.poll() is None, "a command died before the start line"
+            assert time.monotonic() < deadline, "the two commands never both reached the start line"
             time.sleep(0.1)
         go.touch()
         namespace.wait(timeout=600)
