@@ -55,10 +55,15 @@ main()
 """`curate status` in a process that imports everything first, then waits for the start line."""
 
 
-def _private_pid_namespace() -> bool:
-    """Whether `unshare` can give commands a PID namespace of their own (root, or user namespaces)."""
+NAMESPACES = ["unshare", "--pid", "--fork", "--mount-proc", "--net", "--kill-child"]
+"""Processes and a network of their own: this session's database service is hidden from the two
+commands, and the service they start answers no process outside (none of ours attaches to it)."""
+
+
+def _private_namespaces() -> bool:
+    """Whether `unshare` can give commands their own PID and network namespaces (root, or user namespaces)."""
     try:
-        probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], timeout=60, check=False)
+        probe = subprocess.run([*NAMESPACES, "ip", "link", "set", "lo", "up"], timeout=60, check=False)
         return probe.returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
@@ -66,10 +71,10 @@ def _private_pid_namespace() -> bool:
 
 def test_two_commands_that_both_find_no_database_running_both_connect(tmp_path: Path) -> None:
     """Two commands started at the same moment where no FiftyOne database runs: both used to start
-    one, and the second died after 60 s with `ServiceListenTimeout`. In a PID namespace of their own
-    they see none of this account's services, as on a machine where nothing runs yet."""
-    if not _private_pid_namespace():
-        pytest.skip("needs `unshare --pid` to hide this session's database service")
+    one, and the second died after 60 s with `ServiceListenTimeout`. In namespaces of their own they
+    see none of this account's services, as on a machine where nothing runs yet."""
+    if not _private_namespaces():
+        pytest.skip("needs `unshare --pid --net` to hide this session's database service")
     workspaces = [Workspace.create(tmp_path / f"ws{k}").root for k in (1, 2)]
     go = tmp_path / "go"
     env = {k: v for k, v in os.environ.items() if k != "FIFTYONE_PRIVATE_DATABASE_PORT"}
@@ -80,7 +85,7 @@ def test_two_commands_that_both_find_no_database_running_both_connect(tmp_path: 
         for k, ws in enumerate(workspaces)
     )
     namespace = subprocess.Popen(
-        ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", f"{runs} wait"],
+        [*NAMESPACES, "sh", "-c", f"ip link set lo up && {{ {runs} wait; }}"],
         env=env,
     )
     try:
