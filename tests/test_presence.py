@@ -207,6 +207,7 @@ def test_index_stores_presence_and_redoes_it_when_the_detector_changes(candidate
     # at 0.5 every concept with references is found and its box stored beside the plan's
     _configure(ws, detection_threshold=0.5)
     assert index_workspace(ws).updated == 6
+    dataset.reload()  # index writes each changed sample whole, outside this process's sample objects
     three = dataset.one(F(ds.CANDIDATE_ID) == candidates[1].candidate_id)
     assert three[P.MISSING_CONCEPTS] == []
     boxes = three[P.DETECTIONS].detections
