@@ -50,6 +50,15 @@ def test_two_runs_at_once_leave_what_two_in_a_row_leave(fork_server, tmp_path, c
     concurrent_trial(fork_server, template, lambda ws: [*argv, "--wait", "-w", str(ws)], tmp_path)
 
 
+@pytest.mark.parametrize("command", ["push", "pull"])
+def test_two_review_runs_at_once_leave_what_two_in_a_row_leave(fork_server, labelstudio_workspace, command):
+    ws = labelstudio_workspace()
+    fork_server.call(f"{CRASH}:prepare_review", str(ws.root))
+    setup = {"push": f"{INJECT}:copy_workspace", "pull": f"{CRASH}:push_and_annotate"}[command]
+    scratch = ws.root.parent / f"{ws.root.name}-together"
+    concurrent_trial(fork_server, ws.root, lambda w: ["review", command, "--wait", "-w", str(w)], scratch, setup)
+
+
 def test_a_second_writer_stops_with_one_line_or_waits_with_wait(fork_server, tmp_path):
     ws = tmp_path / "ws"
     fork_server.call(f"{CRASH}:prepare_first_index", str(ws))
