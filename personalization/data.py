@@ -61,6 +61,8 @@ class Composition:
     background: str | None = None
     quality: float | None = None
     candidate_id: str = ""
+    boxes: tuple[tuple[float, float, float, float], ...] = ()
+    """Each concept's box (x, y, w, h) in the image's pixels, from metadata.jsonl (masked training loss)."""
 
     @property
     def n_concepts(self) -> int:
@@ -142,6 +144,16 @@ def _reference_masks(
     return tuple(masks), tuple(mask_flags)
 
 
+def _boxes(meta_path: Path, row: dict) -> tuple[tuple[float, float, float, float], ...]:
+    """A row's boxes ({concept_id, x, y, w, h} in pixels, as `curate export` writes them) as tuples."""
+    try:
+        return tuple((b["x"], b["y"], b["w"], b["h"]) for b in row.get("boxes") or ())
+    except (KeyError, TypeError) as exc:
+        raise CurateError(
+            f"{meta_path}: {row['file_name']} has boxes that are not {{x, y, w, h}} objects"
+        ) from exc
+
+
 def _noun_after_token(caption: str, token: str) -> str | None:
     """The word right after the token in a caption ("<c-cat> cat sits" -> "cat")."""
     _, found, rest = caption.partition(token)
@@ -196,6 +208,7 @@ def read_export(export_dir: Path) -> Export:
                 background=row.get("background"),
                 quality=row.get("quality"),
                 candidate_id=str(row.get("candidate_id", "")),
+                boxes=_boxes(meta_path, row),
             )
         )
     concepts = {}
