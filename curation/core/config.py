@@ -186,7 +186,25 @@ class ReviewConfig(_Section):
     pull_page_size: int = Field(
         5000,
         ge=1,
-        description="tasks per export snapshot when pulling (memory holds two); fewer means more requests",
+        description="tasks per export snapshot when pulling; fewer means more requests",
+    )
+    pull_in_flight: int = Field(
+        2,
+        ge=1,
+        description=(
+            "export snapshots a pull keeps in flight at once (memory holds one more chunk than this);"
+            " more than the server's workers only queues"
+        ),
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description=(
+            "worker processes of the Label Studio `curate review serve` starts: 1 runs `label-studio start`"
+            " (Django's development server, one process, for one user); more runs Label Studio's production"
+            " server, uWSGI with that many workers, for a team"
+        ),
     )
 
 
