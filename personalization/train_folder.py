@@ -111,10 +111,19 @@ def trainable_state(unet, text_encoder, new_ids: list[int]) -> dict[str, Any]:
 
 def restore_checkpoint(folder: Path, unet, text_encoder, new_ids: list[int], optimizer) -> None:
     """Load a checkpoint's trainable tensors into the models and its state into the optimizer."""
+    state, optimizer_state = read_checkpoint(folder)
+    _restore_trainable(state, unet, text_encoder, new_ids)
+    optimizer.load_state_dict(optimizer_state)
+
+
+def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A checkpoint's trainable tensors (as `write_checkpoint` was given them) and optimizer state."""
     import torch
 
-    _restore_trainable(torch.load(folder / _TRAINABLE_FILE, weights_only=True), unet, text_encoder, new_ids)
-    optimizer.load_state_dict(torch.load(folder / _OPTIMIZER_FILE, weights_only=True))
+    return (
+        torch.load(folder / _TRAINABLE_FILE, weights_only=True),
+        torch.load(folder / _OPTIMIZER_FILE, weights_only=True),
+    )
 
 
 def _restore_trainable(state: dict[str, Any], unet, text_encoder, new_ids: list[int]) -> None:
@@ -173,21 +182,24 @@ def save_pipeline(pipe, unet, text_encoder, method: str, output_dir: Path) -> Pa
     return final
 
 
-def finished_report(output_dir: Path, steps: int) -> TrainReport | None:
+def finished_report(
+    output_dir: Path, steps: int, saved: str = "pipeline/model_index.json"
+) -> TrainReport | None:
     """The report of a run already trained to `steps` and saved; None when anything is missing.
 
-    The report is written after the pipeline, so its presence with the same step count and a matching
-    last checkpoint proves the saved pipeline holds exactly those weights.
+    The report is written after the pipeline (or the LoRA folder: `saved` names the file that proves
+    it), so its presence with the same step count and a matching last checkpoint proves the saved
+    weights are exactly those.
     """
     report_path = output_dir / "train_report.json"
     checkpoints = list_checkpoints(output_dir)
     if not (report_path.exists() and checkpoints and checkpoints[-1][0] == steps):
         return None
-    saved = json.loads(report_path.read_text())
-    if saved.get("steps") != steps or not (output_dir / "pipeline" / "model_index.json").exists():
+    report = json.loads(report_path.read_text())
+    if report.get("steps") != steps or not (output_dir / saved).exists():
         return None
     return TrainReport(
-        **{**saved, "start_step": steps, "losses": [], "seconds": 0.0, "steps_per_second": 0.0}
+        **{**report, "start_step": steps, "losses": [], "seconds": 0.0, "steps_per_second": 0.0}
     )
 
 
