@@ -22,20 +22,31 @@ DEFAULT_SD = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 def train_command(
     export: Annotated[Path, typer.Argument(help="A `curate export` folder (metadata.jsonl, concepts/).")],
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Run folder: checkpoints, pipeline/, report.")
+        Path, typer.Option("--output", "-o", help="Run folder: checkpoints, pipeline/ or lora/, report.")
     ],
+    base: Annotated[
+        str, typer.Option(help="sd (SD 1.x/2.x: Custom Diffusion or LoRA), sdxl or flux (FLUX.1): LoRA.")
+    ] = "sd",
     pretrained: Annotated[
-        str, typer.Option(help="Stable Diffusion 1.x/2.x hub id or local pipeline folder.")
-    ] = DEFAULT_SD,
+        str,
+        typer.Option(
+            help="Hub id or local pipeline folder; '' = per base: sd " + DEFAULT_SD + ", sdxl "
+            "stabilityai/stable-diffusion-xl-base-1.0, flux black-forest-labs/FLUX.1-dev."
+        ),
+    ] = "",
     method: Annotated[
-        str, typer.Option(help="custom_diffusion (K/V + tokens) or lora (PEFT).")
-    ] = "custom_diffusion",
+        str, typer.Option(help="custom_diffusion (K/V + tokens) or lora (PEFT); sdxl and flux train lora.")
+    ] = "",
     steps: Annotated[int, typer.Option(help="Total optimisation steps of the run.")] = 500,
     learning_rate: Annotated[float, typer.Option(help="0 = method default (1e-5 CD, 1e-4 LoRA).")] = 0.0,
     batch_size: Annotated[int, typer.Option()] = 1,
-    resolution: Annotated[int, typer.Option(help="Training image size in pixels.")] = 512,
+    resolution: Annotated[
+        int, typer.Option(help="Training image size in pixels; 0 = per base: sd 512, sdxl 1024, flux 512.")
+    ] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every K steps.")] = 100,
-    mixed_precision: Annotated[str, typer.Option(help="no | fp16 | bf16")] = "no",
+    mixed_precision: Annotated[
+        str, typer.Option(help="no | fp16 | bf16; '' = per base: sd no, sdxl/flux bf16 (no fp16 there).")
+    ] = "",
     lora_rank: Annotated[int, typer.Option()] = 4,
     source: Annotated[
         str, typer.Option(help="compositions (the export's images) or sources (reference photos only).")
@@ -59,46 +70,82 @@ def train_command(
         ),
     ] = False,
     prior_loss_weight: Annotated[float, typer.Option(help="Weight of the class images' loss.")] = 1.0,
+    masked_loss: Annotated[
+        bool,
+        typer.Option(
+            "--masked-loss",
+            help="sdxl/flux: loss only inside each image's mask (refs) or boxes (compositions).",
+        ),
+    ] = False,
+    gradient_checkpointing: Annotated[
+        bool, typer.Option("--gradient-checkpointing", help="sdxl/flux: less GPU memory, ~25% slower.")
+    ] = False,
 ) -> None:
-    """Personalize a Stable Diffusion pipeline on an export's concepts (Custom Diffusion or LoRA)."""
+    """Personalize a pipeline on an export's concepts: SD 1.x/2.x (Custom Diffusion or LoRA), SDXL or FLUX.1 LoRA.
+
+    --base sdxl and --base flux train a LoRA on the UNet / transformer and each concept token as a new,
+    trained embedding (both CLIP encoders for SDXL, the CLIP encoder for FLUX.1), and save lora/ as
+    diffusers loads it (`pipe.load_lora_weights(RUN/lora)` + `load_textual_inversion`). Both want a GPU
+    and bf16. VRAM as diffusers' READMEs give it (not measured by curate): SDXL LoRA at 1024 px fits
+    under 16 GB with gradient checkpointing, 8-bit Adam and fp16 (curate has the first, with AdamW and
+    bf16: plan on more); a FLUX.1-dev LoRA can exceed 40 GB. FLUX.1-dev needs its licence accepted on
+    the hub.
+    """
     from curation.core.progress import progress_bar
     from personalization.prompts import GEN4GEN_STRATEGY, PromptStrategy
     from personalization.train import train
+    from personalization.train_lora import train_lora
 
+    if base not in ("sd", "sdxl", "flux"):
+        raise CurateError(f"unknown base {base!r}: use sd, sdxl or flux")
+    method = method or ("custom_diffusion" if base == "sd" else "lora")
     if method not in ("custom_diffusion", "lora"):
         raise CurateError(f"unknown method {method!r}: use custom_diffusion or lora")
-    if mixed_precision not in ("no", "fp16", "bf16"):
-        raise CurateError(f"unknown mixed precision {mixed_precision!r}: use no, fp16 or bf16")
+    if base != "sd" and method != "lora":
+        raise CurateError(f"--base {base} trains LoRA only; drop --method {method}")
+    mixed_precision = mixed_precision or ("no" if base == "sd" else "bf16")
+    if mixed_precision not in ("no", "fp16", "bf16") or (base != "sd" and mixed_precision == "fp16"):
+        offered = "no, fp16 or bf16" if base == "sd" else "no or bf16"
+        raise CurateError(
+            f"mixed precision {mixed_precision!r} is not offered for --base {base}: use {offered}"
+        )
+    if base == "sd" and (masked_loss or gradient_checkpointing):
+        raise CurateError("--masked-loss and --gradient-checkpointing are offered for --base sdxl and flux")
     strategy = (
         PromptStrategy(repeat=GEN4GEN_STRATEGY.repeat, separate_background=True, source=source)
         if gen4gen
         else PromptStrategy(repeat=repeat, separate_background=separate_background, source=source)
     )
+    common = {
+        "strategy": strategy,
+        "batch_size": batch_size,
+        "checkpoint_every": checkpoint_every,
+        "mixed_precision": mixed_precision,
+        "lora_rank": lora_rank,
+        "seed": seed,
+        "cpu": cpu,
+        "resume": resume,
+        "prior_loss_weight": prior_loss_weight if prior_preservation else None,
+    }
     with progress_bar() as progress:
-        report = train(
-            export,
-            output,
-            pretrained,
-            method,
-            steps,
-            strategy=strategy,
-            learning_rate=learning_rate or None,
-            batch_size=batch_size,
-            resolution=resolution,
-            checkpoint_every=checkpoint_every,
-            mixed_precision=mixed_precision,
-            lora_rank=lora_rank,
-            seed=seed,
-            cpu=cpu,
-            resume=resume,
-            prior_loss_weight=prior_loss_weight if prior_preservation else None,
-            progress=progress,
-        )
+        if base == "sd":
+            report = train(
+                export, output, pretrained or DEFAULT_SD, method, steps, learning_rate=learning_rate or None,
+                resolution=resolution or 512, progress=progress, **common,
+            )  # fmt: skip
+        else:
+            report = train_lora(
+                export, output, base, pretrained, steps, learning_rate=learning_rate or 1e-4,
+                resolution=resolution, masked_loss=masked_loss, gradient_checkpointing=gradient_checkpointing,
+                progress=progress, **common,
+            )  # fmt: skip
     last = f", last loss {report.losses[-1]:.4f}" if report.losses else ""
     prior = f" + {report.class_images} class images" if report.class_images else ""
+    peak = f", peak {report.peak_memory_mb:.0f} MiB" if report.peak_memory_mb else ""
+    saved = "pipeline" if base == "sd" else "LoRA + token embeddings"
     typer.echo(
         f"trained {report.method} steps {report.start_step}->{report.steps} on {report.examples} images{prior} "
-        f"({report.steps_per_second} steps/s on {report.device}{last}); pipeline: {report.pipeline_dir}"
+        f"({report.steps_per_second} steps/s on {report.device}{peak}{last}); {saved}: {report.pipeline_dir}"
     )
 
 

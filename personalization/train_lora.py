@@ -119,6 +119,39 @@ def masked_mse(prediction, target, mask):
     return squared.sum(dim=(1, 2, 3)) / (weight.sum(dim=(1, 2, 3)) * channels).clamp_min(1e-8)
 
 
+def step_loss(
+    model,
+    chosen: list[LoraExample],
+    resolution: int,
+    masked: bool,
+    batch_size: int,
+    prior_loss_weight: float | None,
+    generator,
+):
+    """One step's loss: the first `batch_size` examples are the concepts', any after them class images.
+
+    Draws the VAE sample, noise and timesteps from `generator`, so the same seed gives the same loss
+    (tests measure a fixed batch before and after training with it).
+    """
+    import torch
+
+    loaded = [example.load(resolution, masked) for example in chosen]
+    crops: list[SquareCrop] = [crop for crop, _ in loaded]
+    masks = torch.stack([mask for _, mask in loaded])
+    with torch.no_grad():
+        latents = model.encode_images(torch.stack([c.pixels for c in crops]), generator)
+    half = model.weight_dtype != torch.float32
+    with torch.autocast(latents.device.type, dtype=model.weight_dtype, enabled=half):
+        prediction, target = model.prediction_and_target(
+            latents, [e.prompt for e in chosen], crops, generator
+        )
+    per_example = masked_mse(prediction, target, masks)
+    loss = per_example[:batch_size].mean()
+    if len(chosen) > batch_size:
+        loss = loss + prior_loss_weight * per_example[batch_size:].mean()
+    return loss
+
+
 def _add_lora(denoiser, rank: int, targets: list[str], gradient_checkpointing: bool) -> list:
     """Freeze the denoiser, add the LoRA adapter, keep its tensors float32; returns them."""
     from peft import LoraConfig
@@ -149,7 +182,7 @@ def train_lora(
     checkpoint_every: int = 100,
     keep_checkpoints: int = 2,
     mixed_precision: Literal["no", "bf16"] = "bf16",
-    lora_rank: int = 16,
+    lora_rank: int = 4,
     seed: int = 0,
     cpu: bool = False,
     resume: bool = True,
@@ -214,7 +247,7 @@ def train_lora(
     if finished is not None:
         return finished
 
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    accelerator = Accelerator(cpu=cpu)
     weight_dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float32
     model = _DENOISING[base].load(pretrained)
     tables = model.add_tokens(export)
@@ -257,19 +290,7 @@ def train_lora(
         if class_examples:
             picks = torch.randint(len(class_examples), (batch_size,), generator=generator)
             chosen += [class_examples[i] for i in picks]
-        loaded = [example.load(resolution, masked_loss) for example in chosen]
-        crops: list[SquareCrop] = [crop for crop, _ in loaded]
-        masks = torch.stack([mask for _, mask in loaded])
-        with torch.no_grad():
-            latents = model.encode_images(torch.stack([c.pixels for c in crops]), generator)
-        with accelerator.autocast():
-            prediction, target = model.prediction_and_target(
-                latents, [e.prompt for e in chosen], crops, generator
-            )
-        per_example = masked_mse(prediction, target, masks)
-        loss = per_example[:batch_size].mean()
-        if class_examples:
-            loss = loss + prior_loss_weight * per_example[batch_size:].mean()
+        loss = step_loss(model, chosen, resolution, masked_loss, batch_size, prior_loss_weight, generator)
         loss.backward()
         for table in tables.values():
             table.zero_frozen_grads()
