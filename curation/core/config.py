@@ -114,9 +114,33 @@ class MSPSettings(_Section):
         return min(math.floor(self.kappa * steps_run + 0.5), steps_run)
 
 
+class FluxFillSettings(_Section):
+    """The knobs of the FLUX.1 Fill repaint (`repaint = "flux-fill[:ID]"`), apart from the SDXL path's.
+
+    FLUX.1 Fill is guidance-distilled: `guidance_scale` is an input of the transformer, not
+    classifier-free guidance, and Black Forest Labs' examples use 30 (SDXL's 6 would wash it out),
+    so it cannot share the SDXL default. The mask blur, batch size, device and dtype are shared.
+    """
+
+    guidance_scale: float = Field(30.0, ge=0.0, description="distilled guidance (BFL's examples: 30)")
+    steps: int = Field(50, ge=1, description="denoising steps (BFL's examples: 50; 28 is faster)")
+    strength: float = Field(1.0, gt=0, le=1, description="1: the masked area starts from noise, as Fill is trained")
+    max_sequence_length: int = Field(512, ge=1, le=512, description="T5 prompt tokens")
+    offload: Literal["auto", "none", "model", "sequential"] = Field(
+        "auto",
+        description=(
+            "GPU memory: none (all on the GPU, ~33 GB in bf16), model (one component at a time, ~24 GB), "
+            "sequential (layer by layer, a few GB, slow); auto picks by the GPU's memory"
+        ),
+    )
+
+
 class GenerateConfig(_Section):
     generator: Literal["gen4gen", "msp"] = "gen4gen"
-    repaint: str = Field("classical", description="'classical' (offline) or a diffusers inpainting pipeline id")
+    repaint: str = Field(
+        "classical",
+        description="'classical' (offline), a diffusers inpainting pipeline id, or 'flux-fill[:ID]' (FLUX.1 Fill)",
+    )
     recaption: str = Field("template", description="'template' (offline) or a VLM id")
     shard_size: int = 200
     workers: int = 1
@@ -142,6 +166,7 @@ class GenerateConfig(_Section):
     recaption_prompt: str = "Describe this photo in one sentence, naming every object and the setting."
     recaption_max_tokens: int = Field(60, ge=1)
     msp: MSPSettings = Field(MSPSettings(), description="generator 'msp': [generate.msp]")
+    flux_fill: FluxFillSettings = Field(FluxFillSettings(), description="repaint 'flux-fill': [generate.flux_fill]")
 
 
 class IndexConfig(_Section):
