@@ -149,12 +149,14 @@ def train_command(
     )
 
 
-def _configurations(runs: list[str]) -> dict[str, str]:
+def _configurations(
+    runs: list[str], usage: str = "--run takes LABEL=PATH (e.g. 'CD + MyCanvas=runs/cd')"
+) -> dict[str, str]:
     configurations = {}
     for item in runs:
         label, sep, path = item.partition("=")
         if not sep or not label or not path:
-            raise CurateError(f"--run takes LABEL=PATH (e.g. 'CD + MyCanvas=runs/cd'), got {item!r}")
+            raise CurateError(f"{usage}, got {item!r}")
         if label in configurations:
             raise CurateError(f"configuration label {label!r} given twice")
         configurations[label] = path
@@ -180,9 +182,15 @@ def evaluate_command(
         typer.Option("--single-subjects", help="Each concept alone is a set too (MSP Table 1's n=1 column)."),
     ] = False,
     images_per_prompt: Annotated[int, typer.Option()] = 2,
-    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 50,
-    guidance: Annotated[float, typer.Option()] = 6.0,
-    resolution: Annotated[int, typer.Option(help="Image size; 0 = the pipeline's default.")] = 0,
+    steps: Annotated[
+        int, typer.Option(help="Sampling steps; 0 = per base: SD/SDXL 50, FLUX.1 28 (MSP rows: 50).")
+    ] = 0,
+    guidance: Annotated[
+        float, typer.Option(help="Guidance scale; -1 = per base: SD/SDXL 6.0, FLUX.1 3.5.")
+    ] = -1.0,
+    resolution: Annotated[
+        int, typer.Option(help="Image side; 0 = per base: SD its pipeline's, SDXL/FLUX.1 1024.")
+    ] = 0,
     seed: Annotated[int, typer.Option()] = 0,
     detection_threshold: Annotated[float, typer.Option()] = 0.1,
     ref_reduce: Annotated[str, typer.Option(help="mean | max cosine over a concept's references.")] = "mean",
@@ -198,8 +206,25 @@ def evaluate_command(
     ] = "",
     run: Annotated[
         list[str] | None,
-        typer.Option(help="LABEL=PATH of a `curate train` folder or pipeline id; repeat per row."),
+        typer.Option(
+            help="LABEL=PATH: a `curate train` folder, an SD/SDXL/FLUX.1 pipeline folder or id, or a LoRA "
+            "folder; repeat per row."
+        ),
     ] = None,
+    base: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="LABEL=BASE: the base pipeline of that row's LoRA folder when its record names none "
+            "(or a local copy of it); repeat per row."
+        ),
+    ] = None,
+    dtype: Annotated[
+        str,
+        typer.Option(help="auto (CPU float32; GPU float16, FLUX.1 bfloat16) | float32 | float16 | bfloat16."),
+    ] = "auto",
+    cpu_offload: Annotated[
+        bool, typer.Option("--cpu-offload", help="Model CPU offload (FLUX.1 on a 24 GB GPU).")
+    ] = False,
     msp: Annotated[
         str,
         typer.Option(help="`curate train` folder or pipeline id the MSP rows run on; empty = no MSP rows."),
@@ -224,7 +249,10 @@ def evaluate_command(
         raise CurateError("--ref-reduce takes mean|max and --clip-t takes clipscore|cosine")
     if not 0.0 <= kappa <= 1.0 or sal_scale < 0 or sal_steps < 0:
         raise CurateError("--kappa takes 0..1, --sal-scale and --sal-steps at least 0")
+    if dtype not in ("auto", "float32", "float16", "bfloat16"):
+        raise CurateError(f"unknown --dtype {dtype!r}: use auto, float32, float16 or bfloat16")
     configurations: dict[str, str | Path | MSPConfiguration] = dict(_configurations(run or []))
+    bases = _configurations(base or [], "--base takes LABEL=BASE (e.g. 'SDXL LoRA=stabilityai/...')")
     if msp:
         names = [name.strip() for name in msp_configs.split(",") if name.strip()]
         for label, config in msp_configurations(msp, names).items():
@@ -241,9 +269,11 @@ def evaluate_command(
         prompts_per_set=prompts_per_set,
         single_subjects=single_subjects,
         images_per_prompt=images_per_prompt,
-        steps=steps,
-        guidance=guidance,
+        steps=steps or None,
+        guidance=None if guidance < 0 else guidance,
         resolution=resolution or None,
+        dtype=dtype,
+        cpu_offload=cpu_offload,
         seed=seed,
         detection_threshold=detection_threshold,
         ref_reduce=ref_reduce,
@@ -261,6 +291,7 @@ def evaluate_command(
             settings,
             device=device or None,
             progress=progress,
+            bases=bases,
         )
     typer.echo(Path(report.table_path).read_text())
     typer.echo(

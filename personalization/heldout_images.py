@@ -1,47 +1,26 @@
 """Generate the held-out images of one plain configuration, and the row every evaluated image starts as.
 
-A plain configuration is a `curate train` folder (its prompts written with the strategy it was trained
-with, read from run.json), or any diffusers pipeline folder or hub id (a baseline row, plain prompts):
-one text-to-image call per image. The MSP rows (`personalization.msp_rows`) use the same rows, seeds
-and files, so rows differ by the model only.
+A plain configuration is any text-to-image model `personalization.eval_pipelines` resolves (SD 1.x/2.x,
+SDXL, FLUX.1, a `curate train` folder, a base + LoRA folder): one text-to-image call per image, with
+its family's steps, guidance and size (`EvalSettings.generation`). Every family gets the same held-out
+prompts and the same seeds, and the MSP rows (`personalization.msp_rows`) the same rows, seeds and
+files, so rows differ by the model only.
 """
 
 from __future__ import annotations
 
 import gc
+from dataclasses import asdict
 from pathlib import Path
 
 from curation.core.buckets import bucket, msp_bucket
-from curation.core.errors import CurateError
+from curation.core.devices import torch_device
 from curation.core.progress import ProgressFn
 from curation.core.workspace import atomic_write_bytes
 from personalization.data import Export
+from personalization.eval_pipelines import ModelSource, load_model
 from personalization.eval_settings import EvalSettings
 from personalization.prompts import EvalPrompt, heldout_prompts
-from personalization.train_folder import pipeline_source, trained_strategy
-
-
-def _load_pipeline(source: str | Path, device: str | None):
-    """A `curate train` folder, a pipeline folder, or a hub id; plus the strategy it was trained with."""
-    from diffusers import StableDiffusionPipeline
-
-    strategy = trained_strategy(source)
-    try:
-        pipe = StableDiffusionPipeline.from_pretrained(pipeline_source(source), safety_checker=None)
-    except (OSError, ValueError) as exc:
-        raise CurateError(f"cannot load pipeline {source!s}: {str(exc).splitlines()[0]}") from exc
-    pipe.set_progress_bar_config(disable=True)
-    if device:
-        pipe.to(device)
-    elif _cuda():
-        pipe.to("cuda")
-    return pipe, strategy
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def image_row(label: str, path: Path, out_dir: Path, prompt: EvalPrompt, text: str) -> dict:
@@ -88,36 +67,45 @@ def release_memory() -> None:
 
 def generate_images(
     label: str,
-    source: str | Path,
+    model: ModelSource,
     export: Export,
     settings: EvalSettings,
     out_dir: Path,
     device: str | None,
     progress: ProgressFn,
 ) -> list[dict]:
-    """Generate and save every held-out image of one configuration; rows without scores yet."""
+    """Generate and save every held-out image of one configuration; rows without scores yet.
+
+    Each row records the seed, steps, guidance and size it was made with, and the model's family.
+    """
     import torch
 
-    pipe, strategy = _load_pipeline(source, device)
+    sampling = settings.generation(model.family)
+    pipe = load_model(model, settings, torch_device(device))
     prompts: list[EvalPrompt] = heldout_prompts(
-        export, strategy, settings.backgrounds, settings.prompts_per_set, settings.single_subjects
+        export, model.strategy, settings.backgrounds, settings.prompts_per_set, settings.single_subjects
     )
-    size = {"height": settings.resolution, "width": settings.resolution} if settings.resolution else {}
+    size = {"height": sampling.resolution, "width": sampling.resolution} if sampling.resolution else {}
     rows = []
     total = len(prompts) * settings.images_per_prompt
     for prompt_index, prompt in enumerate(prompts):
+        text = model.prompt(prompt.prompt)
         for k in range(settings.images_per_prompt):
-            generator = torch.Generator().manual_seed(image_seed(settings, prompt_index, k))
+            seed = image_seed(settings, prompt_index, k)
             image = pipe(
-                prompt.prompt,
-                num_inference_steps=settings.steps,
-                guidance_scale=settings.guidance,
-                generator=generator,
+                text,
+                num_inference_steps=sampling.steps,
+                guidance_scale=sampling.guidance,
+                generator=torch.Generator().manual_seed(seed),
                 **size,
             ).images[0]
             path = image_path(out_dir, label, prompt_index, k)
             save_png(image, path)
-            rows.append(image_row(label, path, out_dir, prompt, prompt.prompt))
+            row = image_row(label, path, out_dir, prompt, text)
+            row.update(
+                seed=seed, family=model.family, sampling={**asdict(sampling), "size": list(image.size)}
+            )
+            rows.append(row)
             progress(f"generate {label}", len(rows), total)
     del pipe
     release_memory()

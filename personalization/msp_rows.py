@@ -61,9 +61,10 @@ def check_msp_rows(msp_rows: list[MSPConfiguration], settings: EvalSettings) -> 
     """Refuse MSP rows the settings cannot run: SAL without a segmenter, a scaffold phase of no step."""
     if any(c.sal for c in msp_rows) and not settings.subject_segmenter:
         raise CurateError("MSP rows with SAL need a subject segmenter (M_SAL): pass --subject-segmenter")
-    if any(c.scaffold for c in msp_rows) and int(settings.steps * settings.scaffold_strength) < 1:
+    steps = settings.generation("sd").steps
+    if any(c.scaffold for c in msp_rows) and int(steps * settings.scaffold_strength) < 1:
         raise CurateError(
-            f"MSP rows with a scaffold run steps x scaffold_strength = {settings.steps} x "
+            f"MSP rows with a scaffold run steps x scaffold_strength = {steps} x "
             f"{settings.scaffold_strength} steps, less than one: raise --steps"
         )
 
@@ -90,7 +91,8 @@ def generate_msp_images(
 
     generator = MSPGenerator.from_pretrained(pipeline_source(config.model), device=device)
     pipe = generator.pipe
-    size = settings.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    sampling = settings.generation("sd")
+    size = sampling.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     concepts = concept_records(export)
     prompts = heldout_prompts(
         export, PromptStrategy(), settings.backgrounds, settings.prompts_per_set, settings.single_subjects
@@ -103,8 +105,8 @@ def generate_msp_images(
         model=config.model,
         scaffold=config.scaffold,
         kappa=settings.kappa,
-        steps=settings.steps,
-        guidance_scale=settings.guidance,
+        steps=sampling.steps,
+        guidance_scale=sampling.guidance,
         scaffold_strength=settings.scaffold_strength,
         sal_model=msal.source if config.sal else "",
         sal_scale=settings.sal_scale,

@@ -1,0 +1,243 @@
+"""`curate evaluate` on SDXL, FLUX.1 and LoRA rows beside an SD 1.x row: one table, the same prompts and seeds.
+
+Tiny random-init models of the real classes: StableDiffusionPipeline (stable-diffusion-v1-5's shape),
+StableDiffusionXLPipeline (stable-diffusion-xl-base-1.0's), FluxPipeline (FLUX.1-dev's: CLIP-L + T5,
+FluxTransformer2DModel), and LoRA folders written the way `curate train --base sdxl` writes them
+(`personalization.lora_folder`) and the way diffusers' advanced DreamBooth-LoRA script does
+(pytorch_lora_weights.safetensors, `<name>_emb.safetensors`, a README.md model card). Scores come from
+random weights: they show the rows line up, not which model is better.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from curation.core.errors import CurateError
+from personalization.cli_commands import evaluate_command
+from tests.fixtures.personalization_export import CONCEPTS, build_tiny_export
+from tests.fixtures.tiny_clip import register_tiny_clip
+from tests.fixtures.tiny_pipelines import build_tiny_dinov2, build_tiny_owlvit, build_tiny_sd, build_tiny_sdxl
+
+pytestmark = pytest.mark.timeout(400)
+TOKENS = [f"<c-{cid}>" for cid in sorted(CONCEPTS)]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("models")
+    sdxl = build_tiny_sdxl(folder)
+    return {
+        "sd": str(build_tiny_sd(folder, vae_downsample=8)),
+        "sdxl": str(sdxl),
+        "sdxl_lora": str(curate_sdxl_lora(sdxl, folder / "sdxl-run")),
+        "owl": str(build_tiny_owlvit(folder)),
+        "dino": str(build_tiny_dinov2(folder)),
+        "clip": register_tiny_clip(),
+    }
+
+
+def sdxl_lora_layers(base: Path, rank: int = 4) -> dict:
+    """A rank-`rank` LoRA on the tiny SDXL UNet's attention, B non-zero so it changes the image."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(3)
+    unet = StableDiffusionXLPipeline.from_pretrained(base).unet
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5)
+    return get_peft_model_state_dict(unet)
+
+
+def token_rows(width: int = 32, seed: int = 4):
+    import torch
+
+    return torch.randn(len(TOKENS), width, generator=torch.Generator().manual_seed(seed))
+
+
+def curate_sdxl_lora(base: Path, run: Path, recorded: Path | None = None) -> Path:
+    """A run folder as `curate train --base sdxl` leaves it (its lora/ written by the trainer's own writer)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from personalization.lora_folder import save_lora_folder
+
+    layers = sdxl_lora_layers(base)
+    save_lora_folder(
+        run,
+        lambda folder: StableDiffusionXLPipeline.save_lora_weights(folder, unet_lora_layers=layers),
+        {"clip_l": token_rows(seed=4), "clip_g": token_rows(seed=5)},
+        {"clip_l": "text_encoder", "clip_g": "text_encoder_2"},
+        {"base": "sdxl", "pretrained": str(recorded or base), "tokens": TOKENS},
+    )
+    return run
+
+
+def diffusers_sdxl_lora(base: Path, folder: Path, card: bool = True) -> Path:
+    """The advanced SDXL script's output: LoRA, `<name>_emb.safetensors` (<s0>.. rows), model card."""
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import save_file
+
+    StableDiffusionXLPipeline.save_lora_weights(folder, unet_lora_layers=sdxl_lora_layers(base))
+    save_file(
+        {"clip_l": token_rows(seed=6), "clip_g": token_rows(seed=7)},
+        folder / f"{folder.name}_emb.safetensors",
+    )
+    if card:  # the script's model card: base_model in the front matter, the trigger lines
+        triggers = "".join(
+            f"\nto trigger concept `{t}` → use `<s{i}>` in your prompt \n" for i, t in enumerate(TOKENS)
+        )
+        (folder / "README.md").write_text(
+            f"---\nbase_model: {base}\nlibrary_name: diffusers\n---\n\n# SDXL LoRA DreamBooth\n{triggers}"
+        )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cli() -> typer.Typer:
+    app = typer.Typer()
+    app.command("evaluate")(evaluate_command)
+    app.command("noop")(lambda: None)  # two commands: typer keeps `evaluate` as a subcommand
+    return app
+
+
+def _evaluate(cli, export: Path, out: Path, runs: dict[str, str], models: dict[str, str], *extra: str):
+    args = ["evaluate", str(export), "-o", str(out), "--clip-model", models["clip"], "--clip-pretrained", ""]
+    args += ["--detector", models["owl"], "--dino", models["dino"], "--prompts-per-set", "1"]
+    args += ["--images-per-prompt", "1", "--steps", "1", "--resolution", "64", "--device", "cpu"]
+    for label, path in runs.items():
+        args += ["--run", f"{label}={path}"]
+    result = CliRunner().invoke(cli, args + list(extra))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_sdxl_and_lora_rows_line_up_with_the_sd_row(cli, models, tmp_path):
+    export = build_tiny_export(tmp_path / "export")
+    out = tmp_path / "eval"
+    runs = {"SD 1.5": models["sd"], "SDXL": models["sdxl"], "SDXL LoRA": models["sdxl_lora"]}
+    _evaluate(cli, export, out, runs, models)
+
+    results = json.loads((out / "results.json").read_text())
+    rows = {label: [r for r in results["rows"] if r["configuration"] == label] for label in runs}
+    assert [len(r) for r in rows.values()] == [3, 3, 3]
+    assert results["configurations"]["SDXL LoRA"] == f"sdxl LoRA {models['sdxl_lora']} on {models['sdxl']}"
+    for index, base in enumerate(rows["SD 1.5"]):
+        for label in ("SDXL", "SDXL LoRA"):
+            row = rows[label][index]
+            same = ("plain_text", "background", "concepts", "bucket", "msp_bucket", "seed")
+            assert {k: row[k] for k in same} == {k: base[k] for k in same}
+            assert row["prompt"] == base["prompt"]  # curate's LoRA reads the export's own tokens
+            assert row["sampling"] == {"steps": 1, "guidance": 6.0, "resolution": 64, "size": [64, 64]}
+        assert [rows[label][index]["family"] for label in runs] == ["sd", "sdxl", "sdxl"]
+    for label in runs:  # same columns, same buckets, one row per table
+        for metric in ("cp_clip", "ti_clip", "clip_i", "clip_t", "dino", "dnc"):
+            assert [results["aggregates"][label][metric][b]["n"] for b in ("<=3", "4", "5")] == [1, 1, 1]
+    table = (out / "table.md").read_text()
+    assert all(table.count(f"| {label} |") == 3 for label in runs)
+
+    from PIL import Image
+
+    def pixels(row):
+        return np.asarray(Image.open(out / row["image"]), dtype=np.int16)
+
+    moved = [
+        np.abs(pixels(a) - pixels(b)).max() for a, b in zip(rows["SDXL"], rows["SDXL LoRA"], strict=True)
+    ]
+    assert min(moved) > 0, "the LoRA and the token rows must change SDXL's images"
+
+
+def test_a_lora_run_loads_with_its_tokens_as_one_token_each(models):
+    """The evaluator's loader: base + LoRA + both encoders' rows; each export token is one new token."""
+    import torch
+    from safetensors.torch import load_file
+
+    from personalization.data import read_export
+    from personalization.eval_pipelines import load_model, resolve_source
+    from personalization.eval_settings import EvalSettings
+
+    export = read_export(build_tiny_export(Path(models["sdxl_lora"]).parent / "export-tokens"))
+    model = resolve_source(models["sdxl_lora"], export)
+    assert (model.family, model.pipeline, model.lora.inserted) == ("sdxl", models["sdxl"], tuple(TOKENS))
+    pipe = load_model(model, EvalSettings(), "cpu")
+    rows = load_file(str(Path(models["sdxl_lora"]) / "lora" / "embeddings.safetensors"))
+    for tokenizer, encoder, key in (
+        (pipe.tokenizer, pipe.text_encoder, "clip_l"),
+        (pipe.tokenizer_2, pipe.text_encoder_2, "clip_g"),
+    ):
+        ids = tokenizer.convert_tokens_to_ids(TOKENS)
+        assert tokenizer("<c-cat> cat").input_ids[1:3] == [ids[0], tokenizer.convert_tokens_to_ids("cat</w>")]
+        assert torch.equal(encoder.get_input_embeddings().weight[ids], rows[key])
+    assert any("lora" in name for name, _ in pipe.unet.named_parameters())
+
+
+def test_a_diffusers_script_lora_folder_maps_tokens_from_its_model_card(tmp_path, models):
+    from personalization.data import read_export
+    from personalization.eval_pipelines import resolve_source
+
+    export = read_export(build_tiny_export(tmp_path / "export"))
+    folder = diffusers_sdxl_lora(Path(models["sdxl"]), tmp_path / "dreambooth_lora_sdxl_advanced")
+    model = resolve_source(folder, export)
+    assert (model.family, model.pipeline) == ("sdxl", models["sdxl"])
+    assert model.lora.inserted == ("<s0>", "<s1>", "<s2>", "<s3>", "<s4>")
+    assert model.prompt("<c-cat> cat and <c-teapot> teapot") == "<s0> cat and <s4> teapot"
+    assert model.lora.components == {"clip_l": "text_encoder", "clip_g": "text_encoder_2"}
+
+
+def test_a_lora_folder_without_its_base_fails_in_one_line(cli, models, tmp_path):
+    export = build_tiny_export(tmp_path / "export")
+    out = tmp_path / "eval"
+    bare = diffusers_sdxl_lora(
+        Path(models["sdxl"]), tmp_path / "bare", card=False
+    )  # no model card, no run record
+    with pytest.raises(
+        CurateError, match=r"LoRA folder .*bare names no base model .* give --base LABEL="
+    ) as err:
+        _evaluate(cli, export, out, {"SD": models["sd"], "LoRA": str(bare)}, models)
+    assert "\n" not in str(err.value)
+    moved = tmp_path / "moved-run"
+    curate_sdxl_lora(
+        Path(models["sdxl"]), moved, recorded=tmp_path / "gone-base"
+    )  # its recorded base is not on this machine
+    with pytest.raises(CurateError, match=r"the base of LoRA .*moved-run: .*gone-base.*give --base") as err:
+        _evaluate(cli, export, out, {"SD": models["sd"], "LoRA": str(moved)}, models)
+    assert "\n" not in str(err.value)
+    assert not (out / "images").exists()  # refused before any image
+    with pytest.raises(CurateError, match="--base names no configuration: 'Nope'"):
+        _evaluate(cli, export, out, {"LoRA": str(bare)}, models, "--base", f"Nope={models['sdxl']}")
+
+    # given the base, both resolve (the card-less rows are the export's tokens by concept id)
+    from personalization.data import read_export
+    from personalization.eval_pipelines import resolve_source
+
+    exp = read_export(export)
+    for folder in (bare, moved):
+        model = resolve_source(folder, exp, base=models["sdxl"])
+        assert (model.family, model.pipeline, model.lora.inserted) == ("sdxl", models["sdxl"], tuple(TOKENS))
+    assert resolve_source(bare, exp, base=models["sdxl"]).prompt("<c-cat> cat") == "<c-cat> cat"
+    with pytest.raises(CurateError, match="--base is for LoRA folders"):
+        resolve_source(models["sd"], exp, base=models["sdxl"])
+
+
+def test_generation_defaults_per_family():
+    from personalization.eval_settings import EvalSettings
+
+    defaults = EvalSettings()
+    assert defaults.generation("sd").resolution is None  # the SD pipeline's own 512 / 768
+    assert (defaults.generation("sdxl").resolution, defaults.generation("sdxl").guidance) == (1024, 6.0)
+    flux = defaults.generation("flux")
+    assert (flux.steps, flux.guidance, flux.resolution) == (28, 3.5, 1024)
+    pinned = EvalSettings(steps=4, guidance=0.0, resolution=256)
+    assert {pinned.generation(f) for f in ("sd", "sdxl", "flux")} == {pinned.generation("sd")}
+    assert pinned.generation("flux").guidance == 0.0
