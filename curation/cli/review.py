@@ -14,7 +14,14 @@ review_app = typer.Typer(help="Human review in Label Studio: serve, push tasks, 
 
 
 def calibrate(wait: WaitOpt = False, workspace: WorkspaceOpt = Path(".")) -> None:
-    """Each machine score against the pulled decisions: AUC, the 95%-recall triage rule, a ROC plot."""
+    """Each machine score against the pulled decisions: AUC, the triage rule each concept count earns, a ROC plot.
+
+    A rule's recall of accepted candidates is checked on reviews it was not chosen on (5-fold
+    cross-validation, seeded; score and cut chosen inside each fold) and must have a one-sided 95%
+    Clopper-Pearson lower bound of at least 95%. A concept count needs >= 59 accepted and >= 20
+    rejected reviews; one that falls short gets no triage (never another count's or the pooled
+    rule). Writes review/calibration.json, read by `curate review push --triage`.
+    """
     from curation.review.calibration import calibrate as run_calibration
 
     typer.echo(run_calibration(open_workspace(workspace, wait)).summary())
@@ -68,7 +75,13 @@ def review_push(
     order: Annotated[str, typer.Option(help="Task order: uncertain | score | random | view.")] = "uncertain",
     overlap: Annotated[int, typer.Option(min=0, help="Annotators per task; 0 keeps the project's setting.")] = 0,
     triage: Annotated[
-        bool, typer.Option("--triage", help="Hold back what `curate calibrate`'s rule would reject (view triaged_out).")
+        bool,
+        typer.Option(
+            "--triage",
+            help="Hold back what a concept count's calibrated rule would reject (view triaged_out), only where"
+            " `curate calibrate` showed a held-out 95% lower bound >= 95% recall of accepts; the summary says"
+            " what each concept count did and why.",
+        ),
     ] = False,
     url: UrlOpt = "",
     token: TokenOpt = "",

@@ -22,7 +22,7 @@ from curation.core.errors import CurateError
 from curation.core.lock import writes
 from curation.core.progress import ProgressFn, no_progress
 from curation.core.workspace import Workspace, atomic_write_text
-from curation.review.calibration import load_rules, random_weights, rule_for
+from curation.review.calibration import hold_back, load_groups, load_rules, random_weights
 from curation.review.client import Connection, connect
 from curation.review.project import ensure_project
 from curation.review.task_page import candidate_task
@@ -39,12 +39,14 @@ class PushReport:
     already: int
     pushed: int
     held: int = 0
+    triage: tuple[str, ...] = ()  # with --triage: what it did for each concept count, and why
 
     def summary(self) -> str:
         held = f", {self.held} held back by triage (view `{ds.VIEW_TRIAGED_OUT}`)" if self.held else ""
+        triage = "".join(f"\n  triage, {line}" for line in self.triage)
         return (
             f"review push: {self.pushed} new tasks ({self.already} already in project {self.project_id}, "
-            f"{self.in_view} in view{held}) at {self.url}/projects/{self.project_id}"
+            f"{self.in_view} in view{held}) at {self.url}/projects/{self.project_id}{triage}"
         )
 
 
@@ -88,10 +90,13 @@ def push(
         order: task order: `uncertain` (machine score nearest the median first), `score` (best
             first), `random` (seeded), `view` (as stored).
         overlap: annotators per task (the project's maximum_annotations).
-        triage: hold back the candidates `curate calibrate`'s rule is confident people would reject;
-            they get a `triage` field and the `triaged_out` view, nothing is deleted, and a push
+        triage: hold back the candidates `curate calibrate`'s rule says people would reject, only
+            for concept counts whose rule passed the held-out check (lower bound on the recall of
+            accepts >= 95%); every other count is sent whole and the summary says why. Held ones
+            get a `triage` field and the `triaged_out` view, nothing is deleted, and a push
             without triage sends them (clearing the field).
     """
+    groups = load_groups(ws) if triage else {}  # refuse before touching the server
     conn = connect(ws, url, token)
     dataset = ds.open_dataset(ws)
     if not dataset.has_saved_view(view):
@@ -111,13 +116,9 @@ def push(
     random = {name for name in scores if random_weights(dataset, name)}
     rules = load_rules(ws)
     held: dict[str, str] = {}
+    notes: list[str] = []
     if triage:
-        if not rules:
-            raise CurateError("no calibrated triage rule yet: run `curate calibrate` after pulling reviews")
-        for r in new:
-            rule = rule_for(rules, len(r[ds.CONCEPTS] or []))
-            if rule and rule.score not in random and rule.holds(r.get(rule.score)):
-                held[r[ds.CANDIDATE_ID]] = f"{rule.rule_text()} (calibrated on {rule.accepted + rule.rejected} reviews)"
+        held, notes = hold_back(new, rules, groups, random)
         new = [r for r in new if r[ds.CANDIDATE_ID] not in held]
     ordered = _order(new, order, key)
     batch = ws.config.review.batch_size
@@ -136,7 +137,9 @@ def push(
             _record_pushed(ws, sending.result())
             progress("push tasks", len(ordered), len(ordered))
     _record_triage(dataset, held, [r[ds.CANDIDATE_ID] for r in new])
-    return PushReport(project_id, conn.url, len(rows), len(rows) - len(new) - len(held), len(new), len(held))
+    return PushReport(
+        project_id, conn.url, len(rows), len(rows) - len(new) - len(held), len(new), len(held), tuple(notes)
+    )
 
 
 def pushed_file(ws: Workspace) -> Path:
