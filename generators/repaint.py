@@ -1,7 +1,7 @@
 """Repaint: make pasted objects belong to their scene.
 
 Backends are chosen by the `generate.repaint` config string and share one contract
-(`Repainter`: a batch of `RepaintJob`s -> final RGB images, one per job):
+(`Repainter`: a batch of `RepaintJob`s -> final RGB images, one per job; `generators/repaint_contract.py`):
 
 - ``classical`` (offline default): per-object colour-statistics transfer in Lab toward the
   background around the object (the Reinhard recipe, applied partially so identity survives),
@@ -9,6 +9,7 @@ Backends are chosen by the `generate.repaint` config string and share one contra
   (cv2.seamlessClone) was not used: it drags a whole object's colours toward its surroundings
   (identity drift), and one call per object took 150 ms against 45 ms for this whole repaint
   (512 px canvas, one 200x160 object, busy 2-core machine).
+- ``flux-fill[:ID]``: FLUX.1 Fill (`generators/flux_fill.py`), same mask and paste-back.
 - anything else is a diffusers inpainting pipeline id or a local folder saved with
   `save_pretrained` (`diffusers/stable-diffusion-xl-1.0-inpainting-0.1` as in Gen4Gen, or an
   SD 1.x/2.x inpainting model), loaded with `AutoPipelineForInpainting`. As in Gen4Gen's script
@@ -20,10 +21,9 @@ Backends are chosen by the `generate.repaint` config string and share one contra
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import cv2
 import numpy as np
@@ -32,31 +32,21 @@ from curation.core.config import GenerateConfig
 from curation.core.devices import resolve_device
 from curation.core.errors import CurateError
 from curation.core.records import Concept, LayoutPlan
-from generators.compose import Composition, Layer, paste
+from curation.models.registry import flux_fill_model, gated_error, require_local
+from generators.compose import Layer, paste
+from generators.flux_fill import flux_fill_settings, load_flux_fill_repainter
 from generators.phrases import join_phrases, left_to_right
+from generators.repaint_contract import (
+    Repainter,
+    RepaintJob,
+    by_canvas_size,
+    paste_back,
+    pipeline_inputs,
+    pipeline_revision,
+    work_size,
+)
 
 CLASSICAL = "classical"
-_SNAPSHOT = re.compile(r"snapshots/([0-9a-f]{40})")
-
-
-@dataclass(frozen=True)
-class RepaintJob:
-    """One candidate's repaint input; `seed` alone fixes the diffusion noise for it."""
-
-    composition: Composition
-    prompt: str
-    seed: int
-
-
-class Repainter(Protocol):
-    """Turns compositions into final images; `name` and `config()` go into provenance."""
-
-    name: str
-    batch_size: int
-
-    def config(self) -> dict[str, object]: ...
-
-    def __call__(self, jobs: Sequence[RepaintJob]) -> list[np.ndarray]: ...
 
 
 def repaint_prompt(plan: LayoutPlan, concepts: dict[str, Concept]) -> str:
@@ -77,6 +67,8 @@ def repaint_settings(config: GenerateConfig) -> dict[str, object]:
     """
     if config.repaint == CLASSICAL:
         return {}
+    if flux_fill_model(config.repaint):
+        return flux_fill_settings(config)
     settings: dict[str, object] = {
         "guidance_scale": config.guidance_scale,
         "steps": config.steps,
@@ -130,36 +122,6 @@ class ClassicalRepainter:
         return out
 
 
-def object_alpha(composition: Composition) -> np.ndarray:
-    """Coverage of all layers on the canvas, float 0..1 (1 - product of each layer's 1 - alpha)."""
-    height, width = composition.background.shape[:2]
-    clear = np.ones((height, width), np.float32)
-    for layer in composition.layers:
-        h, w = layer.alpha.shape
-        clear[layer.y : layer.y + h, layer.x : layer.x + w] *= 1 - layer.alpha
-    return 1 - clear
-
-
-def repaint_mask(composition: Composition, blur: int) -> np.ndarray:
-    """Gen4Gen's inpainting mask, uint8, 255 = repaint: the object alpha box-blurred by `blur` px,
-    stretched from [127.5, 255] to [0, 255] (so the repaint reaches a little under each object's
-    edge and blends it in), then inverted so the background is repainted and the objects kept."""
-    alpha = object_alpha(composition) * 255
-    if blur >= 1:
-        alpha = cv2.blur(alpha, (2 * blur + 1, 2 * blur + 1))
-        alpha = (alpha - 127.5) * 2
-    return (255 - np.clip(alpha, 0, 255) + 0.5).astype(np.uint8)
-
-
-def _revision(pipe: Any) -> str | None:
-    """The hub commit a pipeline was loaded from, read off its cached snapshot path (None for folders)."""
-    for component in pipe.components.values():
-        path = str(getattr(getattr(component, "config", None), "_name_or_path", "") or "")
-        if match := _SNAPSHOT.search(path.replace("\\", "/")):
-            return match.group(1)
-    return None
-
-
 @dataclass
 class DiffusionRepainter:
     """Batched diffusers inpainting of the background, then the objects blended back in.
@@ -181,37 +143,22 @@ class DiffusionRepainter:
     def config(self) -> dict[str, object]:
         return {"name": self.name, **repaint_settings(self.settings), **self.provenance}
 
-    def _size(self, height: int, width: int) -> tuple[int, int]:
-        step = max(8, int(self.pipe.vae_scale_factor))
-        return max(step, height // step * step), max(step, width // step * step)
-
     def __call__(self, jobs: Sequence[RepaintJob]) -> list[np.ndarray]:
-        import torch
-        from PIL import Image
+        return by_canvas_size(jobs, self._repaint)
 
-        if not jobs:
-            return []
-        shapes = {job.composition.background.shape for job in jobs}
-        if len(shapes) > 1:  # one pipeline call needs one size; mixed canvases go one size at a time
-            by_shape = [[j for j in jobs if j.composition.background.shape == s] for s in shapes]
-            done = {id(j): img for group in by_shape for j, img in zip(group, self(group), strict=True)}
-            return [done[id(j)] for j in jobs]
+    def _repaint(self, jobs: Sequence[RepaintJob]) -> list[np.ndarray]:
+        """One pipeline call for jobs of one canvas size."""
+        import torch
+
         height, width = jobs[0].composition.background.shape[:2]
-        work_h, work_w = self._size(height, width)
-        images, masks = [], []
-        for job in jobs:
-            image, mask = job.composition.image, repaint_mask(job.composition, self.settings.mask_blur)
-            if (work_h, work_w) != (height, width):
-                image = cv2.resize(image, (work_w, work_h), interpolation=cv2.INTER_AREA)
-                mask = cv2.resize(mask, (work_w, work_h), interpolation=cv2.INTER_AREA)
-            images.append(Image.fromarray(image))
-            masks.append(Image.fromarray(mask))
+        size = work_size(height, width, max(8, int(self.pipe.vae_scale_factor)))
+        images, masks = pipeline_inputs(jobs, size, self.settings.mask_blur)
         common = {
             "prompt": [job.prompt for job in jobs],
             "negative_prompt": [self.settings.negative_prompt] * len(jobs),
             "mask_image": masks,
-            "height": work_h,
-            "width": work_w,
+            "height": size[0],
+            "width": size[1],
             "guidance_scale": self.settings.guidance_scale,
             "num_inference_steps": self.settings.steps,
             "strength": self.settings.strength,
@@ -235,19 +182,11 @@ class DiffusionRepainter:
                     denoising_start=self.settings.refiner_start,
                     **common,
                 ).images
-        results = []
-        for job, repainted in zip(jobs, out, strict=True):
-            pixels = (np.clip(np.asarray(repainted, np.float32), 0, 1) * 255 + 0.5).astype(np.uint8)
-            if (work_h, work_w) != (height, width):
-                pixels = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_CUBIC)
-            results.append(paste(pixels, job.composition.layers))
-        return results
+        return paste_back(jobs, out)
 
 
 def load_diffusion_repainter(name: str, settings: GenerateConfig) -> DiffusionRepainter:
     """Load an inpainting pipeline (hub id or `save_pretrained` folder) once, on GPU when present."""
-    from curation.models.registry import require_local
-
     require_local("generate.repaint", name, pipeline=True)
     if settings.refiner:
         require_local("generate.refiner", settings.refiner, pipeline=True)
@@ -262,6 +201,8 @@ def load_diffusion_repainter(name: str, settings: GenerateConfig) -> DiffusionRe
             shared = {k: pipe.components[k] for k in ("text_encoder_2", "vae") if k in pipe.components}
             refiner = AutoPipelineForInpainting.from_pretrained(settings.refiner, dtype=dtype, **shared)
     except (OSError, ValueError) as exc:
+        if gated := gated_error(exc, "generate.repaint", name):
+            raise gated from exc
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CurateError(
             f"repaint backend {name!r} needs the diffusion repaint pipeline, which could not be loaded: "
@@ -275,14 +216,17 @@ def load_diffusion_repainter(name: str, settings: GenerateConfig) -> DiffusionRe
         "pipeline": type(pipe).__name__,
         "scheduler": type(pipe.scheduler).__name__,
         "name_or_path": str(pipe.name_or_path),
-        "revision": _revision(pipe),
+        "revision": pipeline_revision(pipe),
         "diffusers_version": diffusers.__version__,
         "device": device,
         "dtype": str(dtype).removeprefix("torch."),
         "batch_size": settings.batch_size,
     }
     if refiner is not None:
-        provenance |= {"refiner_pipeline": type(refiner).__name__, "refiner_revision": _revision(refiner)}
+        provenance |= {
+            "refiner_pipeline": type(refiner).__name__,
+            "refiner_revision": pipeline_revision(refiner),
+        }
     return DiffusionRepainter(name=name, settings=settings, pipe=pipe, refiner=refiner, provenance=provenance)
 
 
@@ -290,10 +234,14 @@ def load_repainter(name: str, settings: GenerateConfig | None = None) -> Repaint
     """The repaint backend named by `config.generate.repaint`; loaded once per worker.
 
     Args:
-        name: 'classical', or a diffusers inpainting pipeline id / local folder.
+        name: 'classical', 'flux-fill[:ID]' (FLUX.1 Fill), or a diffusers inpainting pipeline id /
+            local folder.
         settings: The generate config (guidance, steps, strength, mask blur, refiner, batch size,
-            device, dtype); defaults when None.
+            device, dtype, `flux_fill`); defaults when None.
     """
     if name == CLASSICAL:
         return ClassicalRepainter()
-    return load_diffusion_repainter(name, settings or GenerateConfig(repaint=name))
+    settings = settings or GenerateConfig(repaint=name)
+    if model := flux_fill_model(name):
+        return load_flux_fill_repainter(model, settings)
+    return load_diffusion_repainter(name, settings)

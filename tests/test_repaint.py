@@ -21,7 +21,8 @@ from curation.core.errors import CurateError
 from curation.core.workspace import Workspace, atomic_write_text
 from generators.compose import Composition, Layer
 from generators.layout import plan_layouts
-from generators.repaint import RepaintJob, load_repainter, object_alpha, repaint_mask
+from generators.repaint import load_repainter
+from generators.repaint_contract import RepaintJob, object_alpha, repaint_mask
 from generators.run import plan_work
 from tests.fixtures.tiny_pipelines import build_tiny_sd, build_tiny_sdxl_inpaint
 

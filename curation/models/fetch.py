@@ -23,6 +23,7 @@ from curation.models.registry import (
     REMBG,
     WEIGHT_SUFFIXES,
     Model,
+    gated_error,
     offline,
     resolve,
 )
@@ -80,6 +81,8 @@ def _fetch(model: Model) -> str:
         files = hub_files(HfApi().list_repo_files(model.name), model.pipeline)
         return snapshot_download(model.name, allow_patterns=files)
     except (HfHubHTTPError, OSError) as exc:
+        if gated := gated_error(exc, model.setting, model.name):
+            raise gated from exc
         raise CurateError(f"could not fetch {model.setting} = {model.name!r}: {str(exc).splitlines()[0]}") from exc
 
 

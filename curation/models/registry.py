@@ -33,6 +33,10 @@ DEFAULT_SEGMENT_MODELS = {
 }
 """What `segment.backend = KIND` loads when it names no model."""
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+FLUX_FILL = "flux-fill"
+DEFAULT_FLUX_FILL = "black-forest-labs/FLUX.1-Fill-dev"
+"""What `generate.repaint = "flux-fill"` loads when it names no model (gated: licence acceptance on the hub)."""
+LOGIN_HINT = "log in here with `hf auth login` (or set HF_TOKEN to a token of that account)"
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,37 @@ def _pretrained(stage: str, setting: str, value: str, device: str, pipeline: boo
     where = snapshot or Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=value, repo_type="model")
     return Model(stage, setting, value, HUB, pipeline, device, str(where), not missing,
                  _size(snapshot) if snapshot else None, snapshot.name if snapshot else "main", note=missing)
+
+
+def flux_fill_model(repaint: str) -> str | None:
+    """The FLUX.1 Fill pipeline `generate.repaint = "flux-fill[:ID]"` loads; None for any other backend."""
+    kind, colon, model = repaint.partition(":")
+    if kind != FLUX_FILL:
+        return None
+    return model if colon and model else DEFAULT_FLUX_FILL
+
+
+def gated_error(exc: BaseException, setting: str, model_id: str) -> CurateError | None:
+    """The one-line error for a hub repo this account may not read yet (a gated licence, as the
+    FLUX.1 [dev] family's, or no login), found anywhere in the exception's chain; None for others.
+
+    huggingface_hub raises `GatedRepoError` (401/403 with the hub's GatedRepo code); the libraries
+    that call it (diffusers, transformers) re-raise it as an OSError of their own, so the chain is
+    walked rather than the outer type trusted.
+    """
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        status = getattr(response, "status_code", None)
+        if isinstance(seen, GatedRepoError) or (isinstance(seen, HfHubHTTPError) and status in (401, 403)):
+            return CurateError(
+                f"{setting} = {model_id!r} is gated on the Hugging Face Hub: accept its licence at "
+                f"https://huggingface.co/{model_id} with your account, then {LOGIN_HINT}, and run this again"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _subject_segmenter(stage: str, setting: str, value: str, device: str, root: Path | None) -> Model:
@@ -325,6 +360,8 @@ def resolve(config: CurateConfig, root: Path | None = None, for_fetch: bool = Fa
             models.append(_pretrained("MSP", "generate.msp.controlnet", msp.controlnet, gen_device))
         if msp.sal_model:
             models.append(_subject_segmenter("MSP", "generate.msp.sal_model", msp.sal_model, gen_device, None))
+    elif flux := flux_fill_model(generate.repaint):
+        models.append(_pretrained("repaint", "generate.repaint", flux, gen_device, pipeline=True))
     else:
         models.append(
             _optional("repaint", "generate.repaint", generate.repaint, gen_device, "classical", "no weights", True)
