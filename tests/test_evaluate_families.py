@@ -20,8 +20,10 @@ from typer.testing import CliRunner
 
 from curation.core.errors import CurateError
 from personalization.cli_commands import evaluate_command
+from personalization.lora_folder import save_lora_folder
 from tests.fixtures.personalization_export import CONCEPTS, build_tiny_export
 from tests.fixtures.tiny_clip import register_tiny_clip
+from tests.fixtures.tiny_flux import build_tiny_flux
 from tests.fixtures.tiny_pipelines import build_tiny_dinov2, build_tiny_owlvit, build_tiny_sd, build_tiny_sdxl
 
 pytestmark = pytest.mark.timeout(400)
@@ -31,32 +33,39 @@ TOKENS = [f"<c-{cid}>" for cid in sorted(CONCEPTS)]
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("models")
-    sdxl = build_tiny_sdxl(folder)
+    sdxl, flux = build_tiny_sdxl(folder), build_tiny_flux(folder)
     return {
         "sd": str(build_tiny_sd(folder, vae_downsample=8)),
         "sdxl": str(sdxl),
         "sdxl_lora": str(curate_sdxl_lora(sdxl, folder / "sdxl-run")),
+        "flux": str(flux),
+        "flux_lora": str(curate_flux_lora(flux, folder / "flux-run")),
         "owl": str(build_tiny_owlvit(folder)),
         "dino": str(build_tiny_dinov2(folder)),
         "clip": register_tiny_clip(),
     }
 
 
-def sdxl_lora_layers(base: Path, rank: int = 4) -> dict:
-    """A rank-`rank` LoRA on the tiny SDXL UNet's attention, B non-zero so it changes the image."""
+def lora_layers(denoiser, rank: int = 4) -> dict:
+    """A rank-`rank` LoRA on a denoiser's attention, B non-zero so it changes the image."""
     import torch
-    from diffusers import StableDiffusionXLPipeline
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
     torch.manual_seed(3)
-    unet = StableDiffusionXLPipeline.from_pretrained(base).unet
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    targets = ["to_k", "to_q", "to_v", "to_out.0"]
+    denoiser.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets))
     with torch.no_grad():
-        for name, param in unet.named_parameters():
+        for name, param in denoiser.named_parameters():
             if "lora_B" in name:
                 param.normal_(0.0, 0.5)
-    return get_peft_model_state_dict(unet)
+    return get_peft_model_state_dict(denoiser)
+
+
+def sdxl_lora_layers(base: Path) -> dict:
+    from diffusers import UNet2DConditionModel
+
+    return lora_layers(UNet2DConditionModel.from_pretrained(base, subfolder="unet"))
 
 
 def token_rows(width: int = 32, seed: int = 4):
@@ -69,8 +78,6 @@ def curate_sdxl_lora(base: Path, run: Path, recorded: Path | None = None) -> Pat
     """A run folder as `curate train --base sdxl` leaves it (its lora/ written by the trainer's own writer)."""
     from diffusers import StableDiffusionXLPipeline
 
-    from personalization.lora_folder import save_lora_folder
-
     layers = sdxl_lora_layers(base)
     save_lora_folder(
         run,
@@ -78,6 +85,21 @@ def curate_sdxl_lora(base: Path, run: Path, recorded: Path | None = None) -> Pat
         {"clip_l": token_rows(seed=4), "clip_g": token_rows(seed=5)},
         {"clip_l": "text_encoder", "clip_g": "text_encoder_2"},
         {"base": "sdxl", "pretrained": str(recorded or base), "tokens": TOKENS},
+    )
+    return run
+
+
+def curate_flux_lora(base: Path, run: Path) -> Path:
+    """A run folder as `curate train --base flux` leaves it: transformer LoRA, CLIP-L token rows."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    layers = lora_layers(FluxTransformer2DModel.from_pretrained(base, subfolder="transformer"))
+    save_lora_folder(
+        run,
+        lambda folder: FluxPipeline.save_lora_weights(folder, transformer_lora_layers=layers),
+        {"clip_l": token_rows(seed=8)},
+        {"clip_l": "text_encoder"},
+        {"base": "flux", "pretrained": str(base), "tokens": TOKENS},
     )
     return run
 
@@ -123,24 +145,32 @@ def _evaluate(cli, export: Path, out: Path, runs: dict[str, str], models: dict[s
     return result
 
 
-def test_sdxl_and_lora_rows_line_up_with_the_sd_row(cli, models, tmp_path):
+def test_sdxl_flux_and_lora_rows_line_up_with_the_sd_row(cli, models, tmp_path):
     export = build_tiny_export(tmp_path / "export")
     out = tmp_path / "eval"
-    runs = {"SD 1.5": models["sd"], "SDXL": models["sdxl"], "SDXL LoRA": models["sdxl_lora"]}
+    runs = {
+        "SD 1.5": models["sd"],
+        "SDXL": models["sdxl"],
+        "SDXL LoRA": models["sdxl_lora"],
+        "FLUX.1": models["flux"],
+        "FLUX.1 LoRA": models["flux_lora"],
+    }
     _evaluate(cli, export, out, runs, models)
 
     results = json.loads((out / "results.json").read_text())
     rows = {label: [r for r in results["rows"] if r["configuration"] == label] for label in runs}
-    assert [len(r) for r in rows.values()] == [3, 3, 3]
+    assert [len(r) for r in rows.values()] == [3, 3, 3, 3, 3]
     assert results["configurations"]["SDXL LoRA"] == f"sdxl LoRA {models['sdxl_lora']} on {models['sdxl']}"
+    assert results["configurations"]["FLUX.1"] == models["flux"]
     for index, base in enumerate(rows["SD 1.5"]):
-        for label in ("SDXL", "SDXL LoRA"):
+        for label in list(runs)[1:]:
             row = rows[label][index]
             same = ("plain_text", "background", "concepts", "bucket", "msp_bucket", "seed")
             assert {k: row[k] for k in same} == {k: base[k] for k in same}
-            assert row["prompt"] == base["prompt"]  # curate's LoRA reads the export's own tokens
-            assert row["sampling"] == {"steps": 1, "guidance": 6.0, "resolution": 64, "size": [64, 64]}
-        assert [rows[label][index]["family"] for label in runs] == ["sd", "sdxl", "sdxl"]
+            assert row["prompt"] == base["prompt"]  # curate's LoRAs read the export's own tokens
+            guidance = 3.5 if label.startswith("FLUX") else 6.0  # each family's default guidance
+            assert row["sampling"] == {"steps": 1, "guidance": guidance, "resolution": 64, "size": [64, 64]}
+        assert [rows[label][index]["family"] for label in runs] == ["sd", "sdxl", "sdxl", "flux", "flux"]
     for label in runs:  # same columns, same buckets, one row per table
         for metric in ("cp_clip", "ti_clip", "clip_i", "clip_t", "dino", "dnc"):
             assert [results["aggregates"][label][metric][b]["n"] for b in ("<=3", "4", "5")] == [1, 1, 1]
@@ -152,10 +182,9 @@ def test_sdxl_and_lora_rows_line_up_with_the_sd_row(cli, models, tmp_path):
     def pixels(row):
         return np.asarray(Image.open(out / row["image"]), dtype=np.int16)
 
-    moved = [
-        np.abs(pixels(a) - pixels(b)).max() for a, b in zip(rows["SDXL"], rows["SDXL LoRA"], strict=True)
-    ]
-    assert min(moved) > 0, "the LoRA and the token rows must change SDXL's images"
+    for plain, tuned in (("SDXL", "SDXL LoRA"), ("FLUX.1", "FLUX.1 LoRA")):
+        moved = [np.abs(pixels(a) - pixels(b)).max() for a, b in zip(rows[plain], rows[tuned], strict=True)]
+        assert min(moved) > 0, f"the LoRA and the token rows must change {plain}'s images"
 
 
 def test_a_lora_run_loads_with_its_tokens_as_one_token_each(models):
