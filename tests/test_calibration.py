@@ -147,6 +147,20 @@ def test_in_sample_recall_passes_where_the_held_out_bound_refuses() -> None:
         assert calibrate_reviews(k, a, ["2"] * 120, s, set())[2] == {}
 
 
+def test_rules_that_pass_keep_the_promise_on_a_known_distribution() -> None:
+    # 400 accepted ~ N(0, 1), 130 rejected ~ N(-3, 1) on one score, three pure-noise scores beside it
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        accepted = [True] * 400 + [False] * 130
+        scores = {"good": np.r_[rng.normal(0, 1, 400), rng.normal(-3, 1, 130)].tolist()}
+        scores |= {f"noise{j}": rng.normal(0, 1, 530).tolist() for j in range(3)}
+        keys = [f"c{i:03d}" for i in range(530)]
+        _, groups, rules = calibrate_reviews(keys, accepted, ["2"] * 530, scores, set())
+        rule = rules["2"]  # earned every time: the data allow it
+        assert rule.score == "good" and groups["2"].heldout.chosen == {"good": 5}
+        assert 1 - NormalDist().cdf(rule.threshold) >= RECALL  # and it keeps 95% of all future accepts
+
+
 @settings(max_examples=80, deadline=None)
 @given(
     st.lists(
