@@ -139,6 +139,11 @@ def test_in_sample_recall_passes_where_the_held_out_bound_refuses() -> None:
     assert (verdict.heldout.accepted, verdict.heldout.accepted_kept) == (60, 56)
     assert verdict.reason == "held-out recall 0.933, its 95% lower bound 0.854 < 0.95"
     assert sum(verdict.heldout.chosen.values()) == 5  # a score was chosen inside every fold
+    # seeded folds over sorted ids: the order reviews come back from the database changes nothing
+    backwards = calibrate_reviews(
+        keys[::-1], accepted[::-1], ["2"] * 120, {n: v[::-1] for n, v in scores.items()}, set()
+    )
+    assert backwards[1]["2"] == verdict
     # the in-sample rows are still reported, with their AUCs
     assert {r.score for r in rows if r.group == "2"} == set(NOISY_SCORES)
     # another seed, same verdict: never a rule on 60 noisy accepts
