@@ -1,7 +1,8 @@
 """Every command killed at every write point, then re-run, ends as if it had never been killed.
 
-Each test prepares a small workspace once, counts the write points of an uninterrupted run, and
-then, for every N, kills a fresh copy right after its Nth write and runs the command again
+Each test prepares a small workspace once, records the write points of an uninterrupted run, and
+then, for every N that `kill_points` keeps (every kind of write; of a run of like writes, its first
+and last), kills a fresh copy right after its Nth write and runs the command again
 (`tests/fixtures/fault_injection.py`); files, FiftyOne documents and Label Studio tasks must equal
 the uninterrupted copy's. The `prepare_*` functions run inside the fork server's children.
 """
@@ -107,11 +108,13 @@ def test_index_killed_at_any_write_then_rerun_equals_one_run(fork_server, tmp_pa
 def write_reviews(ws, verdicts: dict[str, tuple[str, float | None]]) -> None:
     """Review fields set on the dataset as a pull writes them: candidate id -> (decision, quality)."""
     from curation.core import dataset as ds
+    from curation.core import dataset_summary
 
     dataset = ds.open_dataset(ws)
     for field, k in ((ds.REVIEW_DECISION, 0), (ds.REVIEW_QUALITY, 1)):
         dataset.set_values(field, {cid: v[k] for cid, v in verdicts.items()}, key_field=ds.CANDIDATE_ID)
     dataset.set_values(ds.REVIEW_ANNOTATORS, dict.fromkeys(verdicts, 1), key_field=ds.CANDIDATE_ID)
+    dataset_summary.record(ws)  # as a pull ends: what status and topup read
 
 
 def prepare_export(root: str) -> None:
@@ -245,3 +248,17 @@ def test_review_killed_at_any_write_then_rerun_equals_one_run(fork_server, label
     setup = {"push": "tests.fixtures.fault_injection:copy_workspace", "pull": f"{HERE}:push_and_annotate"}[command]
     report = crash_trials(fork_server, ws.root, lambda w: ["review", command, "-w", str(w)], scratch, setup)
     print(report.line())
+
+
+def test_kill_points_keep_every_kind_of_write_and_both_ends_of_each_run() -> None:
+    from tests.fixtures.fault_injection import kill_points
+
+    ws = "/ws/candidates/00001"
+    trace = [
+        "mongo datasets.update_one", "mongo datasets.update_one", "mongo datasets.update_one",
+        f"os.replace {ws}/.a.png.0123456789ab.tmp", f"os.replace {ws}/.a.json.0123456789ab.tmp",
+        f"os.replace {ws}/.b.png.0123456789ab.tmp", "http POST http://h/api/dm/views/?project=1",
+        "http POST http://h/api/dm/views/?project=1", "mongo views.insert_one",
+    ]  # fmt: skip
+    # 2 is inside a run of three like writes; 9 is the last write (a finished run, not a trial)
+    assert kill_points(trace) == [1, 3, 4, 5, 6, 7, 8]
