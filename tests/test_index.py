@@ -2,7 +2,6 @@
 
 import json
 import socket
-import time
 import urllib.request
 
 import numpy as np
@@ -181,32 +180,26 @@ def test_cli_index_prints_summary(candidate_ws):
 
 def test_launch_app_serves_the_dataset_next_to_a_busy_port_without_tracking(candidate_ws):
     """The wanted port is taken (a colleague's App): the App serves on the next free port at once
-    instead of timing out, and tells the browser not to track usage even if the user's config would."""
-    import fiftyone as fo
-
+    instead of timing out, and tells the browser not to track usage even if the user's config would.
+    The start is waited for while the server lives (said on `echo`), and its own output goes to a log."""
     ws, _ = candidate_ws
     with pytest.raises(CurateError, match="curate index"):
         launch_app(ws)
     index_workspace(ws)
-    tracking = fo.config.do_not_track
+    said: list[str] = []
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", free_port()))
         busy.listen()
         taken = busy.getsockname()[1]
         expected = choose_port(taken)
         assert expected != taken and port_free(expected)
-        fo.config.do_not_track = False  # as for a user who never set FIFTYONE_DO_NOT_TRACK
+        server = launch_app(ws, port=taken, echo=said.append)  # FIFTYONE_DO_NOT_TRACK unset in its env
         try:
-            url = launch_app(ws, port=taken)
+            url = server.url
             assert url == f"http://127.0.0.1:{expected}/datasets/{ds.dataset_name(ws)}"
             assert moved_note(taken, url) == f"port {taken} was busy; serving on {expected}"
-            deadline, status = time.monotonic() + 90, None
-            while time.monotonic() < deadline and status != 200:
-                try:
-                    status = urllib.request.urlopen(url, timeout=5).status
-                except OSError:
-                    time.sleep(2)
-            assert status == 200
+            assert said[0].startswith(f"starting the FiftyOne App on port {expected}")
+            assert urllib.request.urlopen(url, timeout=30).status == 200  # answered before launch_app returned
             query = urllib.request.Request(
                 f"http://127.0.0.1:{expected}/graphql",
                 data=json.dumps({"query": "{ doNotTrack }"}).encode(),
@@ -214,8 +207,9 @@ def test_launch_app_serves_the_dataset_next_to_a_busy_port_without_tracking(cand
             )
             assert json.loads(urllib.request.urlopen(query, timeout=30).read())["data"] == {"doNotTrack": True}
         finally:
-            fo.close_app()
-            fo.config.do_not_track = tracking
+            server.stop()
+    assert server.process.poll() is not None and server.log.exists()
+
 
 def _field(dataset, candidate_id, *names):
     sample = dataset.one(F(ds.CANDIDATE_ID) == candidate_id)

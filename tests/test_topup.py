@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 from curation.cli import app
 from curation.core import dataset as ds
+from curation.core import dataset_summary
 from curation.core.config import CurateConfig, dump_config
 from curation.core.errors import CurateError
 from curation.core.workspace import STALE_DIR, Workspace, atomic_write_text
@@ -107,6 +108,7 @@ def write_reviews(ws: Workspace, verdicts: dict[str, list[Verdict]]) -> None:
             fields[ds.REVIEW_REASONS][candidate_id] = reasons
     for name, values in fields.items():
         dataset.set_values(name, values, key_field=ds.CANDIDATE_ID)
+    dataset_summary.record(ws)  # as a pull ends: what status and topup read
 
 
 def digest(folder: Path) -> dict[str, str]:

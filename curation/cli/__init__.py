@@ -31,6 +31,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: see `command_group`
 )
 app.add_typer(build.concepts_app, name="concepts")
 app.add_typer(review.review_app, name="review")

@@ -7,15 +7,17 @@ from typing import Annotated
 
 import typer
 
-from curation.cli.options import WaitOpt, WorkspaceOpt, open_workspace
+from curation.cli.options import RecountOpt, WaitOpt, WorkspaceOpt, open_workspace
 
 
-def status(workspace: WorkspaceOpt = Path(".")) -> None:
+def status(recount: RecountOpt = False, workspace: WorkspaceOpt = Path(".")) -> None:
     """Accepted / pending / rejected against the [curation] targets, per composition, bucket and concept."""
     from curation.loop.targets import read_shape
 
     ws = open_workspace(workspace)
-    shape = read_shape(ws)
+    shape = read_shape(ws, recount=recount)
+    for note in shape.notes:
+        typer.echo(f"note: {note}", err=True)
     typer.echo(shape.table())
     if not shape.targets.any:
         typer.echo(f"no targets set: put per_composition, per_concept or buckets under [curation] in {ws.config_path}")

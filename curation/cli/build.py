@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 
-from curation.cli.options import WaitOpt, WorkspaceOpt, open_workspace
+from curation.cli.options import WaitOpt, WorkspaceOpt, command_group, open_workspace
+from curation.core.errors import CurateError
 
-concepts_app = typer.Typer(help="Add and list personal concepts (photos -> segmented references).", no_args_is_help=True)
+concepts_app = command_group("Add and list personal concepts (photos -> segmented references).")
 
 
 def init(path: Annotated[Path, typer.Argument(help="Folder to create.")]) -> None:
@@ -124,17 +125,19 @@ def app_command(
     from curation.core.ports import moved_note
     from curation.index.app import launch_app
 
-    url = launch_app(open_workspace(workspace), address=address, port=port)
-    if note := moved_note(port, url):
+    server = launch_app(
+        open_workspace(workspace), address=address, port=port, echo=lambda line: typer.echo(line, err=True)
+    )
+    if note := moved_note(port, server.url):
         typer.echo(note, err=True)
-    typer.echo(f"FiftyOne App: {url}  (Ctrl-C to stop)")
+    typer.echo(f"FiftyOne App: {server.url}  (Ctrl-C to stop)")
     try:
-        import time
-
-        while True:
-            time.sleep(3600)
+        code = server.process.wait()
+        raise CurateError(f"the FiftyOne App server stopped (exit code {code}); its log: {server.log}")
     except KeyboardInterrupt:
         pass
+    finally:
+        server.stop()
 
 
 @concepts_app.command("add")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from curation.cli.options import WorkspaceOpt, open_workspace
+from curation.cli.options import WorkspaceOpt, command_group, open_workspace
 
-models_app = typer.Typer(help="The models the settings name: list them, fetch them ahead of time.", no_args_is_help=True)
+models_app = command_group("The models the settings name: list them, fetch them ahead of time.")
 
 
 @models_app.command("list")

@@ -7,10 +7,18 @@ from typing import Annotated
 
 import typer
 
-from curation.cli.options import TokenOpt, UrlOpt, WaitOpt, WorkspaceOpt, open_workspace
+from curation.cli.options import (
+    RecountOpt,
+    TokenOpt,
+    UrlOpt,
+    WaitOpt,
+    WorkspaceOpt,
+    command_group,
+    open_workspace,
+)
 from curation.core.errors import CurateError
 
-review_app = typer.Typer(help="Human review in Label Studio: serve, push tasks, pull decisions.", no_args_is_help=True)
+review_app = command_group("Human review in Label Studio: serve, push tasks, pull decisions.")
 
 
 def calibrate(wait: WaitOpt = False, workspace: WorkspaceOpt = Path(".")) -> None:
@@ -123,9 +131,13 @@ def review_pull(
 def review_status(
     url: UrlOpt = "",
     token: TokenOpt = "",
+    recount: RecountOpt = False,
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Tasks, reviewed / accepted / for export / rejected / disputed, invalid annotations, agreement."""
     from curation.review.status import status
 
-    typer.echo(status(open_workspace(workspace), url=url or None, token=token or None).summary())
+    report = status(open_workspace(workspace), url=url or None, token=token or None, recount=recount)
+    for note in report.notes:
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(report.summary())

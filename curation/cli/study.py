@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from curation.cli.options import TokenOpt, UrlOpt, WaitOpt, WorkspaceOpt, open_workspace
+from curation.cli.options import TokenOpt, UrlOpt, WaitOpt, WorkspaceOpt, command_group, open_workspace
 
-study_app = typer.Typer(help="The user preference study in Label Studio: create, pull, report.", no_args_is_help=True)
+study_app = command_group("The user preference study in Label Studio: create, pull, report.")
 
 
 @study_app.command("create")

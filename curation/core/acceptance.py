@@ -193,3 +193,57 @@ def count_reviews(collection: fo.Dataset | fo.DatasetView, min_quality: float) -
         invalid=collection.match(has_invalid_annotations()).count(),
         min_quality=min_quality,
     )
+
+
+# -- the same rules over one sample's written fields, for figures counted without MongoDB ----------
+@dataclass(frozen=True)
+class WrittenReview:
+    """A sample's review fields as a pull wrote them, judged by the expressions above as MongoDB judges
+    them: a null quality is below every number and a null agreement below 1. `curate status` and
+    `review status` count the dataset summary (curation/core/dataset_summary.py) with these."""
+
+    decision: str | None
+    quality: float | None
+    annotators: int | None
+    agreement: float | None
+    invalid: list[str] | None
+
+    @property
+    def reviewed(self) -> bool:
+        return self.decision is not None
+
+    @property
+    def accepted(self) -> bool:
+        return self.decision == ACCEPT
+
+    def accepted_for_export(self, min_quality: float) -> bool:
+        return self.accepted and self.quality is not None and self.quality >= min_quality
+
+    @property
+    def rejected(self) -> bool:
+        return self.decision == REJECT
+
+    @property
+    def several_votes(self) -> bool:
+        return self.annotators is not None and self.annotators >= 2
+
+    @property
+    def disputed(self) -> bool:
+        return self.several_votes and (self.agreement is None or self.agreement < 1)
+
+    @property
+    def has_invalid(self) -> bool:
+        return bool(self.invalid)
+
+
+def count_written(reviews: Sequence[WrittenReview], min_quality: float) -> ReviewCounts:
+    """`count_reviews` over written reviews held in memory: the same categories by the same rules."""
+    return ReviewCounts(
+        reviewed=sum(r.reviewed for r in reviews),
+        accepted=sum(r.accepted for r in reviews),
+        for_export=sum(r.accepted_for_export(min_quality) for r in reviews),
+        rejected=sum(r.rejected for r in reviews),
+        disputed=sum(r.disputed for r in reviews),
+        invalid=sum(r.has_invalid for r in reviews),
+        min_quality=min_quality,
+    )

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from curation.core import dataset as ds
+from curation.core.dataset_summary import keeps_summary
 from curation.core.errors import CurateError
 from curation.core.lock import writes
 from curation.core.progress import ProgressFn, no_progress
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 
 
 @writes("index")
+@keeps_summary("index")  # status reads what it wrote without starting FiftyOne
 def index_workspace(
     ws: Workspace,
     progress: ProgressFn = no_progress,

@@ -7,7 +7,8 @@ hold the concept; and its bucket's share (`buckets`, by concept count) of the to
 target therefore meets the concept and bucket targets too, and `curate topup` only ever has to
 plan per composition.
 
-Counts come from two places: reviews from the FiftyOne dataset (what `curate review pull` wrote),
+Counts come from two places: reviews from the FiftyOne dataset (what `curate review pull` wrote, read
+from the summary its writers record, curation/core/dataset_summary.py, without starting FiftyOne),
 and pending work from the current plans (every candidate `curate generate` would make for them
 that has no review yet: not generated, not indexed, not pushed or not annotated). The words are
 those of the one acceptance rule (curation/core/acceptance.py): "accepted" is what a default export
@@ -24,8 +25,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from curation.core import dataset as ds
-from curation.core.acceptance import is_accepted, is_accepted_for_export, is_reviewed
+from curation.core import dataset_summary
 from curation.core.config import CurationConfig
+from curation.core.dataset_summary import FILEPATH, DatasetSummary, written_review
 from curation.core.labeling_config import labeling_config
 from curation.core.workspace import Workspace
 
@@ -147,6 +149,8 @@ class Shape:
     """plan_id -> its composition, for every plan in plans.jsonl (file order)."""
     min_quality: float
     targets: Targets
+    notes: list[str] = field(default_factory=list)
+    """What to know about where the review counts came from (curation/core/dataset_summary.py)."""
 
     def table(self) -> str:
         """The status table; `to make` is what `curate topup` would ask for before its budget."""
@@ -193,50 +197,51 @@ class Review:
     reasons: tuple[str, ...]  # the labeling config's reason names only
 
 
-def read_reviews(ws: Workspace) -> dict[str, Review]:
+def read_reviews(ws: Workspace, summary: DatasetSummary | None) -> dict[str, Review]:
     """candidate_id -> its review, for reviewed samples that are still part of the set.
 
     Like a default export, an accepted candidate marked as a near-duplicate of another accepted one
     is left out: it would not be exported, so it fills no target.
     """
-    dataset = ds.find_dataset(ws)
-    if dataset is None:
+    if summary is None:
         return {}
-    for_export = set(
-        dataset.match(is_accepted_for_export(ws.config.export.min_quality)).values(ds.CANDIDATE_ID)
-    )
-    accepted = set(dataset.match(is_accepted()).values(ds.CANDIDATE_ID))
-    reviewed = dataset.match(is_reviewed())
+    min_quality = ws.config.export.min_quality
     known = set(labeling_config(ws).reasons)
     reviews = {}
     originals = {}
-    for cid, concepts, why, original, filepath in zip(
-        *(
-            ds.field_values(reviewed, f)
-            for f in (ds.CANDIDATE_ID, ds.CONCEPTS, ds.REVIEW_REASONS, ds.NEAR_DUP_OF)
-        ),
-        reviewed.values("filepath"),
-        strict=True,
-    ):
-        if cid is None or ws.is_stale(cid, filepath):
+    for row in summary.rows():
+        written = written_review(row)
+        cid = row[ds.CANDIDATE_ID]
+        if not written.reviewed or cid is None or ws.is_stale(cid, row[FILEPATH]):
             continue  # a stale candidate's review outlives it, but export skips it: it fills no target
-        outcome = ACCEPTED if cid in for_export else LEFT_OUT if cid in accepted else REJECTED
-        reasons = tuple(r for r in why or [] if r in known)
-        reviews[cid] = Review(tuple(sorted(concepts or [])), outcome, reasons)
-        originals[cid] = original
+        outcome = (
+            ACCEPTED
+            if written.accepted_for_export(min_quality)
+            else LEFT_OUT
+            if written.accepted
+            else REJECTED
+        )
+        reasons = tuple(r for r in row[ds.REVIEW_REASONS] or [] if r in known)
+        reviews[cid] = Review(tuple(sorted(row[ds.CONCEPTS] or [])), outcome, reasons)
+        originals[cid] = row[ds.NEAR_DUP_OF]
     for cid in ds.near_duplicate_copies(originals, {c for c, r in reviews.items() if r.outcome == ACCEPTED}):
         reviews[cid] = Review(reviews[cid].composition, LEFT_OUT, reviews[cid].reasons)
     return reviews
 
 
-def read_shape(ws: Workspace) -> Shape:
-    """Counts per composition, bucket and concept, against the targets; no dataset yet means no reviews."""
+def read_shape(ws: Workspace, recount: bool = False) -> Shape:
+    """Counts per composition, bucket and concept, against the targets; no dataset yet means no reviews.
+
+    Args:
+        recount: Count the dataset's reviews in FiftyOne itself, not the summary its writers recorded.
+    """
     from generators.run import plan_work
 
     config = ws.config.curation
     compositions = planned_compositions(ws)
     targets = compute_targets(compositions, config)
-    reviews = read_reviews(ws)
+    reading = dataset_summary.read(ws, recount)
+    reviews = read_reviews(ws, reading.summary)
     states = {c: CompositionState(concepts=c, target=targets.per_composition[c]) for c in compositions}
     for review in reviews.values():
         if (state := states.get(review.composition)) is None:
@@ -278,6 +283,7 @@ def read_shape(ws: Workspace) -> Shape:
         plan_compositions=plan_compositions,
         min_quality=ws.config.export.min_quality,
         targets=targets,
+        notes=reading.notes,
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from curation.core import dataset as ds
 from curation.core.acceptance import ReviewCounts, count_reviews, save_review_views, verdict
+from curation.core.dataset_summary import keeps_summary
 from curation.core.errors import CurateError
 from curation.core.labeling_config import (
     CAPTION_BOX,
@@ -232,6 +233,7 @@ def _candidate_of(task: dict[str, Any]) -> str | None:
 
 
 @writes("review")
+@keeps_summary("review")  # status reads what it wrote without starting FiftyOne
 def pull(
     ws: Workspace,
     url: str | None = None,

@@ -1,32 +1,30 @@
 """`curate review status`: tasks on the server, reviews in FiftyOne, agreement from the pulled deltas.
 
 Counts use the one acceptance rule (curation/core/acceptance.py), so they equal the App's saved
-views, `curate status` and the export. Agreement is measured where it means something: the mean
+views, `curate status` and the export. The reviews are read from the summary the dataset's writers
+record (curation/core/dataset_summary.py): FiftyOne is neither imported nor started unless that
+summary cannot be trusted or `--recount` asks for the dataset itself. Agreement is measured where it means something: the mean
 share of votes for the decision over candidates with two or more votes (one vote agrees with
 itself), and Krippendorff's alpha over the votes the deltas hold, valid annotations only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from curation.core import dataset as ds
-from curation.core.acceptance import (
-    ReviewCounts,
-    count_reviews,
-    has_several_votes,
-    is_accepted,
-    is_accepted_for_export,
-    is_reviewed,
-)
+from curation.core import dataset_summary
+from curation.core.acceptance import ReviewCounts, count_written
+from curation.core.errors import CurateError
 from curation.core.labeling_config import LabelingConfig, labeling_config
 from curation.core.workspace import Workspace
 from curation.review.agreement import krippendorff_alpha
 from curation.review.annotation_rules import Vote, annotator, check_annotation
 from curation.review.client import Connection, connect
 from curation.review.deltas import replay
-from curation.review.pull import ensure_review_fields, project_id_of
+from curation.review.pull import project_id_of
 
 AnnotatorVote = tuple[str, Vote | None]
 """One annotator's vote on a task, None when their annotation was invalid."""
@@ -102,6 +100,7 @@ class StatusReport:
     mean_agreement: float | None  # over candidates with two or more valid votes
     per_concept: dict[str, tuple[int, int, int]]  # concept -> (reviewed, accepted, for export)
     agreement: Agreement | None = None  # from the pulled deltas; None before any annotation was pulled
+    notes: list[str] = field(default_factory=list)  # where the review counts came from, when it matters
 
     @property
     def accepted(self) -> int:
@@ -131,19 +130,38 @@ class StatusReport:
         return "\n".join(lines)
 
 
-def status(ws: Workspace, url: str | None = None, token: str | None = None) -> StatusReport:
-    """Task counts from the server, reviews from FiftyOne (what the last pull wrote), alpha from the deltas."""
+def status(
+    ws: Workspace, url: str | None = None, token: str | None = None, recount: bool = False
+) -> StatusReport:
+    """Task counts from the server, reviews as the last pull wrote them, alpha from the deltas.
+
+    Args:
+        recount: Count the reviews in the FiftyOne dataset itself, not in the summary its writers recorded.
+    """
     conn = connect(ws, url, token)
     project_id = project_id_of(ws)
     project = conn.get_json(f"/api/projects/{project_id}", "project lookup")
-    dataset = ds.open_dataset(ws)
-    ensure_review_fields(dataset)
+    reading = dataset_summary.read(ws, recount)
+    if reading.summary is None:
+        raise CurateError(
+            f"no FiftyOne dataset {ds.dataset_name(ws)!r} yet: run `curate index -w {ws.root}` first"
+        )
     min_quality = ws.config.export.min_quality
-    columns = [
-        dataset.match(expr).count_values(ds.CONCEPTS)
-        for expr in (is_reviewed(), is_accepted(), is_accepted_for_export(min_quality))
-    ]
-    several = dataset.match(has_several_votes())
+    written = []
+    per_concept: dict[str, Counter[str]] = {}
+    invalid_annotations = 0
+    agreements = []
+    for row in reading.summary.rows():
+        review = dataset_summary.written_review(row)
+        written.append(review)
+        invalid_annotations += len(review.invalid or [])
+        if review.several_votes and review.agreement is not None:
+            agreements.append(review.agreement)
+        for concept in row[ds.CONCEPTS] or []:
+            counts = per_concept.setdefault(concept, Counter())
+            counts["reviewed"] += review.reviewed
+            counts["accepted"] += review.accepted
+            counts["for export"] += review.accepted_for_export(min_quality)
     config = labeling_config(ws)
     votes = replay(ws, lambda task: task_votes(task, config) or None)
     return StatusReport(
@@ -151,11 +169,16 @@ def status(ws: Workspace, url: str | None = None, token: str | None = None) -> S
         project_id=project_id,
         tasks=project["task_number"],
         annotated=project["num_tasks_with_annotations"],
-        counts=count_reviews(dataset, min_quality),
-        invalid_annotations=dataset.count(f"{ds.REVIEW_INVALID}[]"),
-        mean_agreement=several.mean(ds.REVIEW_AGREEMENT) if several.count() else None,
-        per_concept={c: tuple(column.get(c, 0) for column in columns) for c in columns[0] if c is not None},
+        counts=count_written(written, min_quality),
+        invalid_annotations=invalid_annotations,
+        mean_agreement=sum(agreements) / len(agreements) if agreements else None,
+        per_concept={
+            c: (n["reviewed"], n["accepted"], n["for export"])
+            for c, n in per_concept.items()
+            if n["reviewed"]
+        },
         agreement=_named(agreement(list(votes.values())), conn) if votes else None,
+        notes=reading.notes,
     )
 
 
