@@ -26,6 +26,14 @@ def project_file(ws: Workspace) -> Path:
     return ws.review_dir / "project.json"
 
 
+def project_id_of(ws: Workspace) -> int:
+    """The id of the project `curate review push` made for the workspace, as it recorded it."""
+    path = project_file(ws)
+    if not path.exists():
+        raise CurateError(f"nothing pushed yet from {ws.root}: run `curate review push` first")
+    return int(json.loads(path.read_text())["project_id"])
+
+
 def project_marker(ws: Workspace) -> str:
     """The project description that finds the workspace's project when project.json was lost.
 
@@ -139,7 +147,8 @@ def _data_manager_tab(conn: Connection, project_id: int) -> None:
     reference strip and score table as HTML source; the raw annotation JSON column is hidden too,
     since pull writes the decision, quality and agreement as columns of their own (`show_reviews`).
     """
-    hidden = [f"tasks:data.{key}" for key in (IMAGE, "refs", "refs_html", "scores", ds.CONCEPTS)] + [
+    page_data = (IMAGE, "images", "strip", "captions", "refs", "refs_html", "scores", ds.CONCEPTS)
+    hidden = [f"tasks:data.{key}" for key in (*page_data, "candidate_ids", "page")] + [
         f"tasks:{column}"
         for column in (
             "inner_id", "cancelled_annotations", "total_predictions", "annotations_ids", "predictions_score",

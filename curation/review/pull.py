@@ -36,7 +36,7 @@ from curation.core.workspace import Workspace, atomic_write_json
 from curation.review.annotation_rules import Vote, annotator, check_annotation
 from curation.review.client import connect
 from curation.review.deltas import new_delta_name, pulls_dir, slim_task
-from curation.review.project import project_file
+from curation.review.project import project_id_of
 from curation.review.pull_chunks import task_chunks
 
 REVIEW_FIELDS = (
@@ -195,13 +195,6 @@ def _write_reviews(dataset: Any, reviews: dict[str, dict[str, Any]]) -> tuple[in
         for name in REVIEW_FIELDS:
             dataset.set_values(name, {sid: r[name] for sid, r in changed.items()}, key_field="id")
     return len(changed), set(cids)
-
-
-def project_id_of(ws: Workspace) -> int:
-    path = project_file(ws)
-    if not path.exists():
-        raise CurateError(f"nothing pushed yet from {ws.root}: run `curate review push` first")
-    return int(json.loads(path.read_text())["project_id"])
 
 
 class _Tally:

@@ -24,7 +24,7 @@ from curation.review.agreement import krippendorff_alpha
 from curation.review.annotation_rules import Vote, annotator, check_annotation
 from curation.review.client import Connection, connect
 from curation.review.deltas import replay
-from curation.review.pull import project_id_of
+from curation.review.project import project_id_of
 
 AnnotatorVote = tuple[str, Vote | None]
 """One annotator's vote on a task, None when their annotation was invalid."""
