@@ -48,7 +48,11 @@ def review_serve(
     ] = None,
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
-    """Start a local Label Studio serving the workspace's images (or record --url); prints URL and login."""
+    """Start a local Label Studio serving the workspace's images (or record --url); prints URL and login.
+
+    `[review] workers` in curate.toml: 1 (default) runs `label-studio start`, one process; more runs
+    Label Studio's production server, uWSGI with that many workers, for a team (deploy/README.md).
+    """
     from curation.core.ports import moved_note
     from curation.review.server import invite_url, serve, use_server
 
@@ -65,7 +69,10 @@ def review_serve(
     info = serve(ws, port=port or None, echo=lambda line: typer.echo(line, err=True))
     if note := moved_note(port or ws.config.review.port, info.url):
         typer.echo(note, err=True)
-    typer.echo(f"Label Studio: {info.url}  login {info.email}, password in {info.path} (owner-only)")
+    server = f"uWSGI, {info.workers} workers" if info.workers > 1 else "one process"
+    typer.echo(
+        f"Label Studio: {info.url} ({server})  login {info.email}, password in {info.path} (owner-only)"
+    )
     typer.echo(f"annotators sign up at {invite_url(info)}  (one account each; share it like a password)")
 
 

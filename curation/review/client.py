@@ -14,10 +14,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from functools import cached_property
 from pathlib import Path
@@ -120,56 +119,6 @@ class Connection:
         """The server's clock (its HTTP Date header): task `updated_at` times are on it, not on ours."""
         response = self.call("clock", lambda: requests.get(f"{self.url}/health", timeout=30))
         return parsedate_to_datetime(response.headers["Date"])
-
-    def task_chunks(
-        self, project_id: int, chunk: int, updated_after: datetime | None = None
-    ) -> Iterator[tuple[list[dict[str, Any]], int]]:
-        """The project's tasks with their annotations, a chunk of ids at a time, each with how many remain.
-
-        Each chunk is one of Label Studio's export snapshots, restricted by a temporary Data Manager
-        view to an id range (and, given `updated_after`, to the tasks touched since: saving or deleting
-        an annotation stamps its task). Snapshots serialize a task for about a third of what the task
-        API costs, and the next one is made while the caller works on this one, so server and client
-        run side by side. Id ranges, not page numbers, split the work: a task deleted meanwhile cannot
-        push another out of sight. The view and the snapshot are deleted as soon as the chunk is read;
-        ones left by a killed pull are deleted by the next.
-        """
-        self._drop_pull_leftovers(project_id)
-        changed: list[dict[str, Any]] = []
-        if updated_after is not None:
-            stamp = updated_after.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            changed.append(
-                {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": stamp}
-            )
-        first, total = self._first_task(project_id, changed, "tasks:id")
-        if not total:
-            return
-        last, _ = self._first_task(project_id, changed, "-tasks:id")
-        parts = -(-total // chunk)
-        bounds = [first + (last + 1 - first) * k // parts for k in range(parts)] + [last + 1]
-        done = 0
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(self._snapshot, project_id, changed, bounds[0], bounds[1])
-            for k in range(parts):
-                tasks = pending.result()
-                if k + 1 < parts:
-                    pending = pool.submit(self._snapshot, project_id, changed, bounds[k + 1], bounds[k + 2])
-                if tasks:
-                    yield tasks, max(total - done, len(tasks))
-                done += len(tasks)
-
-    def _first_task(self, project_id: int, filters: list[dict[str, Any]], ordering: str) -> tuple[int, int]:
-        """The first task id in `ordering` among those matching `filters`, and how many match."""
-        payload = self.get_json(
-            "/api/tasks/",
-            "task pull",
-            project=project_id,
-            fields="task_only",
-            page=1,
-            page_size=1,
-            query=json.dumps({"filters": {"conjunction": "and", "items": filters}, "ordering": [ordering]}),
-        )
-        return (payload["tasks"][0]["id"] if payload["tasks"] else 0), payload["total"]
 
     def _snapshot(self, project_id: int, filters: list[dict[str, Any]], low: int, high: int) -> list[dict[str, Any]]:
         """The tasks with ids in [low, high) matching `filters`, through a temporary view and export snapshot."""
@@ -296,7 +245,9 @@ class Connection:
         does, but the task API took 7.7 min on PostgreSQL (it queries per task). A push reads this
         only when its record of what it imported disagrees with the server.
         """
-        chunks = self.task_chunks(project_id, KEY_CHUNK)
+        from curation.review.pull_chunks import task_chunks  # it reads snapshots through this class
+
+        chunks = task_chunks(self, project_id, KEY_CHUNK)
         return {t["data"][key] for tasks, _ in chunks for t in tasks if key in t["data"]}
 
     def import_tasks(self, project_id: int, tasks: list[dict[str, Any]], key: str) -> list[str]:

@@ -236,9 +236,9 @@ def pull(
 ) -> PullReport:
     """Read the tasks changed since the last pull, a chunk at a time, and write their reviews onto the samples.
 
-    Memory holds two chunks of at most ~`review.pull_page_size` tasks (the one written and the one
-    Label Studio is exporting meanwhile), whatever the project's size. Each chunk's reviews are
-    written before the next chunk is taken, and only those that differ from the samples, so
+    Memory holds at most `review.pull_in_flight` + 1 chunks of ~`review.pull_page_size` tasks (the
+    one written and those Label Studio is exporting meanwhile), whatever the project's size. Each
+    chunk's reviews are written before the next chunk is taken, and only those that differ from the samples, so
     pulling twice changes nothing the second time. The tasks read go, slimmed to ids, update time
     and annotations, into a delta renamed into place only when the pull ends; the pull's start is
     recorded last. A pull that dies therefore leaves no delta and no new start: the next one reads
@@ -279,7 +279,10 @@ def pull(
     next_recent: dict[str, str] = {}
     try:
         with gzip.open(partial, "wt", encoding="utf-8") as raw:
-            for tasks, remaining in task_chunks(conn, project_id, ws.config.review.pull_page_size, after):
+            settings = ws.config.review
+            for tasks, remaining in task_chunks(
+                conn, project_id, settings.pull_page_size, after, settings.pull_in_flight
+            ):
                 reviews: dict[str, dict[str, Any]] = {}
                 named = [task for task in tasks if _candidate_of(task) is not None]
                 for task in tasks:

@@ -1,4 +1,4 @@
-"""A project's tasks in chunks of at most `chunk` tasks, each one Label Studio export snapshot.
+"""A project's tasks in chunks of at most `chunk` tasks, each one Label Studio export snapshot, several in flight.
 
 Chunks are id ranges, so a task deleted meanwhile cannot push another out of sight (page numbers
 would), but their bounds are counted, not spread evenly: task ids are numbered across every project
@@ -6,19 +6,27 @@ of a server, and on a shared server another project's imports between two of thi
 pushes leave a gap of ids that equal-width ranges would fold into neighbouring chunks (one chunk
 held ~10x `pull_page_size` tasks so). Each bound is the id of the task at position k x chunk among
 the project's tasks, read as a one-task page of the task list.
+
+Label Studio writes a snapshot inside the request that asks for it (~1.6 ms a task on one core),
+so a server with several workers (`[review] workers`) writes several at once: `in_flight` chunks are
+asked for together and handed on in the order they finish. Nothing downstream depends on that order
+(each task is in one chunk, and a pull writes each chunk's reviews by candidate), and memory holds
+at most `in_flight` + 1 chunks: one more is asked for only when a finished one is taken.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
-from typing import Any
+from itertools import pairwise
+from typing import TYPE_CHECKING, Any
 
 import requests
 
-from curation.review.client import Connection
+if TYPE_CHECKING:  # client.py reads a project's keys through task_chunks
+    from curation.review.client import Connection
 
 
 def _task_at(
@@ -73,13 +81,19 @@ def chunk_bounds(
 
 
 def task_chunks(
-    conn: Connection, project_id: int, chunk: int, updated_after: datetime | None = None
+    conn: Connection,
+    project_id: int,
+    chunk: int,
+    updated_after: datetime | None = None,
+    in_flight: int = 1,
 ) -> Iterator[tuple[list[dict[str, Any]], int]]:
     """The project's tasks with their annotations, at most ~`chunk` at a time, each with how many remain.
 
     Given `updated_after`, only the tasks touched since (saving or deleting an annotation stamps its
-    task). The next snapshot is made while the caller works on this one, so server and client run
-    side by side and memory holds two chunks. Views and snapshots a killed pull left are deleted first.
+    task). `in_flight` snapshots are made at once while the caller works on a finished one, so
+    server and client run side by side and memory holds at most `in_flight` + 1 chunks. Chunks come
+    in the order they finish. A chunk that fails raises once the snapshots still running have ended
+    (each deletes its own view and snapshot); views and snapshots a killed pull left are deleted first.
     """
     conn._drop_pull_leftovers(project_id)
     filters: list[dict[str, Any]] = []
@@ -89,15 +103,20 @@ def task_chunks(
             {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": stamp}
         )
     bounds, total = chunk_bounds(conn, project_id, filters, chunk)
-    if not bounds:
-        return
+    ranges = pairwise(bounds)
     done = 0
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(conn._snapshot, project_id, filters, bounds[0], bounds[1])
-        for k in range(len(bounds) - 1):
-            tasks = pending.result()
-            if k + 2 < len(bounds):
-                pending = pool.submit(conn._snapshot, project_id, filters, bounds[k + 1], bounds[k + 2])
+    with ThreadPoolExecutor(max_workers=in_flight) as pool:
+
+        def ask() -> list[Future[list[dict[str, Any]]]]:
+            low_high = next(ranges, None)
+            return [] if low_high is None else [pool.submit(conn._snapshot, project_id, filters, *low_high)]
+
+        outstanding = [future for _ in range(in_flight) for future in ask()]
+        while outstanding:
+            finished = next(iter(wait(outstanding, return_when=FIRST_COMPLETED).done))
+            outstanding.remove(finished)
+            tasks = finished.result()
+            outstanding += ask()
             if tasks:
                 yield tasks, max(total - done, len(tasks))
             done += len(tasks)

@@ -39,8 +39,9 @@ from curation.review.media import check_document_root, own_media, publish_existi
 from curation.review.server_process import is_healthy, is_our_server, listening_ports, start_server, terminate
 
 ADMIN_EMAIL = "curate@example.com"
-START_TIMEOUT_S = 180.0
-"""First start runs ~100 migrations: 40-60 s alone, several minutes on a busy 2-core machine."""
+START_TIMEOUT_S = 300.0
+"""First start runs ~100 migrations: 40-60 s alone, several minutes on a busy 2-core machine; uWSGI's
+workers then each load Label Studio (~30 s idle, 3 min at load 15 on 2 cores)."""
 
 
 @dataclass
@@ -61,6 +62,7 @@ class ServerInfo:
     managed: bool = True
     database: str = ""  # "" = SQLite in the data dir, else `database_in`'s address of a managed server
     media: str = ""  # this workspace's folder below document_root; "" = recorded before the media tree
+    workers: int = 1  # processes of a managed server: 1 = `label-studio start`, more = uWSGI
 
     def to_json(self) -> str:
         payload = asdict(self)
@@ -194,7 +196,9 @@ def serve(
     """Start (or find) the workspace's Label Studio, serving the workspace's media folder alone.
 
     Idempotent: a recorded server that still runs is returned, with the port its process really
-    listens on. Credentials of an earlier start are reused, since they are already stored in the
+    listens on, unless it runs another number of workers than `[review] workers` asks for (1:
+    `label-studio start`, Django's development server, for one user; more: Label Studio's production
+    server, uWSGI, for a team; curation/review/server_process.py): it is then restarted. Credentials of an earlier start are reused, since they are already stored in the
     data dir. A server recorded before the media tree (its document root the workspace itself, so
     it served review/server.json and its own database to any user) is restarted on the media
     folder, with everything annotators may see published there, so the tasks pushed before find
@@ -214,8 +218,9 @@ def serve(
         return known
     data_dir = data_dir_of(ws.root)
     media = own_media(ws.root)
+    workers = ws.config.review.workers
     running = known is not None and is_our_server(known.pid, data_dir)
-    if known and running and known.media == str(media):
+    if known and running and known.media == str(media) and known.workers == workers:
         bound = listening_ports(known.pid or 0)
         url = f"http://127.0.0.1:{min(bound)}" if bound else ""
         if url and is_healthy(url):
@@ -229,8 +234,8 @@ def serve(
             f"but this environment points it at {database or 'SQLite'}: set the same DJANGO_DB/POSTGRE_* "
             "variables as at its first start (deploy/postgres.sh start DIR prints them)"
         )
-    if known and running:
-        terminate(known.pid or 0)  # it serves the whole workspace (recorded before the media tree), or hangs
+    if known and running:  # it serves the whole workspace (recorded before the media tree), runs another
+        terminate(known.pid or 0)  # number of workers than the config asks for, or hangs
     media.mkdir(exist_ok=True)
     published = publish_existing(ws.root, media) if known and known.media != str(media) else None
     email = known.email if known else ADMIN_EMAIL
@@ -252,7 +257,7 @@ def serve(
         "AZURE_MOUNT_FIX": "true",
     }
     chosen = choose_port(port or ws.config.review.port)
-    pid, bound = start_server(data_dir, chosen, ws.review_dir / "labelstudio.log", env, timeout)
+    pid, bound = start_server(data_dir, chosen, ws.review_dir / "labelstudio.log", env, timeout, workers)
     info = ServerInfo(
         url=f"http://127.0.0.1:{bound}",
         email=email,
@@ -263,6 +268,7 @@ def serve(
         document_root=str(media),
         database=database,
         media=str(media),
+        workers=workers,
     )
     _claim(ws, info)
     write_server(ws, info)
