@@ -64,7 +64,6 @@ class Sample:
     labels: np.ndarray
 
 
-
 @dataclass
 class Composite:
     """A labelled composite on disk, decoded only when a batch needs it (memory stays flat at 10K)."""
@@ -80,7 +79,6 @@ class Composite:
         return Sample(read_rgb(self.path, self.size), labels)
 
 
-
 @dataclass
 class TrainReport:
     out_dir: str
@@ -91,7 +89,6 @@ class TrainReport:
     val_iou: dict[str, float | None] = field(default_factory=dict)
     images_per_s: float = 0.0
     encoder_weights: str = ""
-
 
 
 def _fresh_unet(settings: SegmenterSettings, classes: int) -> tuple[Any, str]:
@@ -107,11 +104,9 @@ def _fresh_unet(settings: SegmenterSettings, classes: int) -> tuple[Any, str]:
     return build_unet(settings, classes), "random"
 
 
-
 def _id_fraction(candidate_id: str) -> float:
     """A stable number in [0, 1) per candidate, so the held-out set does not move between runs."""
     return int(hashlib.sha256(candidate_id.encode()).hexdigest()[:8], 16) / 16**8
-
 
 
 def composite_labels(candidate: Candidate, classes: dict[str, int], size: int) -> np.ndarray | None:
@@ -126,7 +121,6 @@ def composite_labels(candidate: Candidate, classes: dict[str, int], size: int) -
     for k, concept_id in enumerate(layer_concepts(candidate), start=1):
         lookup[k] = classes.get(concept_id, 0)
     return lookup[cv2.resize(layers, (size, size), interpolation=cv2.INTER_NEAREST)]
-
 
 
 def read_composites(
@@ -147,7 +141,6 @@ def read_composites(
     return labelled[n_val:], labelled[:n_val]
 
 
-
 def read_cutouts(ws: Workspace, concepts: Sequence[str]) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """(class, RGB uint8, alpha float 0..1) per reference photo, cropped to the mask's bounding box."""
     out = []
@@ -165,7 +158,6 @@ def read_cutouts(ws: Workspace, concepts: Sequence[str]) -> list[tuple[int, np.n
             box = slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)
             out.append((cls, rgb[box], alpha[box]))
     return out
-
 
 
 def augment_cutout(
@@ -199,14 +191,12 @@ def augment_cutout(
     return Sample(out_rgb, out_labels)
 
 
-
 def _plain_canvas(size: int, rng: np.random.Generator) -> Sample:
     """A smooth random two-colour gradient, the backdrop when the workspace has no composites yet."""
     a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
     t = np.linspace(0, 1, size)[:, None, None]
     rgb = (a * (1 - t) + b * t).repeat(size, axis=1).astype(np.uint8)
     return Sample(rgb, np.zeros((size, size), np.int64))
-
 
 
 def iou_per_class(pred: np.ndarray, target: np.ndarray, classes: int) -> list[float | None]:
@@ -217,7 +207,6 @@ def iou_per_class(pred: np.ndarray, target: np.ndarray, classes: int) -> list[fl
         union = int((p | t).sum())
         out.append(None if union == 0 else int((p & t).sum()) / union)
     return out
-
 
 
 def _validate(segmenter: SubjectSegmenter, val: list[Composite], batch_size: int) -> dict[str, float | None]:
@@ -233,7 +222,6 @@ def _validate(segmenter: SubjectSegmenter, val: list[Composite], batch_size: int
             targets += [s.labels for s in part]
     ious = iou_per_class(np.concatenate(preds), np.stack(targets), len(segmenter.concepts) + 1)
     return dict(zip(segmenter.concepts, ious[1:]))
-
 
 
 def train_segmenter(
