@@ -83,13 +83,9 @@ def train_command(
 ) -> None:
     """Personalize a pipeline on an export's concepts: SD 1.x/2.x (Custom Diffusion or LoRA), SDXL or FLUX.1 LoRA.
 
-    --base sdxl and --base flux train a LoRA on the UNet / transformer and each concept token as a new,
-    trained embedding (both CLIP encoders for SDXL, the CLIP encoder for FLUX.1), and save lora/ as
-    diffusers loads it (`pipe.load_lora_weights(RUN/lora)` + `load_textual_inversion`). Both want a GPU
-    and bf16. VRAM as diffusers' READMEs give it (not measured by curate): SDXL LoRA at 1024 px fits
-    under 16 GB with gradient checkpointing, 8-bit Adam and fp16 (curate has the first, with AdamW and
-    bf16: plan on more); a FLUX.1-dev LoRA can exceed 40 GB. FLUX.1-dev needs its licence accepted on
-    the hub.
+    --base sdxl|flux: LoRA + each concept token as a trained embedding, saved as lora/ for
+    `load_lora_weights` + `load_textual_inversion`; a bf16 GPU (VRAM, FLUX.1-dev's gated licence:
+    README, "Train and evaluate").
     """
     from curation.core.progress import progress_bar
     from personalization.prompts import GEN4GEN_STRATEGY, PromptStrategy
