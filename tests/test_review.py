@@ -27,8 +27,9 @@ from curation.core.labeling_config import CONFIG_DIR, parse_labeling_config
 from curation.core.ports import free_port
 from curation.core.workspace import Workspace
 from curation.review.agreement import krippendorff_alpha
-from curation.review.client import PULL_TITLE, Connection, connect
+from curation.review.client import Connection, connect
 from curation.review.pull import REVIEW_FIELDS, aggregate, annotation_result, pull
+from curation.review.pull_chunks import PULL_TITLE
 from curation.review.push import push
 from curation.review.server import (
     ServerInfo,

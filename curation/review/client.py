@@ -2,8 +2,8 @@
 
 Every request goes through `Connection.call`, which retries a dropped connection and then fails
 naming the server and the step, so push and pull (both idempotent) can simply be re-run. Tasks are
-read back as Label Studio's export snapshots, an id range at a time (pull reads annotations so,
-push the keys of what a project holds); images are never base64-encoded: tasks point at
+read back as Label Studio's export snapshots, an id range at a time, by `pull_chunks` (pull reads
+annotations so, push the keys of what a project holds); images are never base64-encoded: tasks point at
 `/data/local-files/?d=...` (`media_url`) in the workspace's folder of the media tree, below the
 server's document root, and a workspace connects only to a server recorded for it and, when it is
 its own, only after the server has shown it is (`check_identity`).
@@ -12,7 +12,6 @@ its own, only after the server has shown it is (`check_identity`).
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,13 +28,12 @@ from curation.core import dataset as ds
 from curation.core.errors import CurateError
 from curation.core.workspace import Workspace
 from curation.review.media import publish
+from curation.review.pull_chunks import task_chunks
 from curation.review.server import check_identity, data_dir_of, read_server
 
 DM_COLUMNS = (ds.REVIEW_DECISION, ds.REVIEW_QUALITY, ds.REVIEW_AGREEMENT)  # task data written by pull
 RETRIES = 3
-PULL_TITLE = "curate pull (temporary)"  # the views and export snapshots a pull makes and deletes
 KEY_CHUNK = 20_000  # tasks per snapshot when only their keys are wanted
-SNAPSHOT_WAIT_S = 600.0  # one chunk's export; a server whose export workers are down never finishes it
 T = TypeVar("T")
 
 
@@ -120,93 +118,13 @@ class Connection:
         response = self.call("clock", lambda: requests.get(f"{self.url}/health", timeout=30))
         return parsedate_to_datetime(response.headers["Date"])
 
-    def _snapshot(self, project_id: int, filters: list[dict[str, Any]], low: int, high: int) -> list[dict[str, Any]]:
-        """The tasks with ids in [low, high) matching `filters`, through a temporary view and export snapshot."""
-        in_range = [
-            {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": low - 1},
-            {"filter": "filter:tasks:id", "operator": "less", "type": "Number", "value": high},
-        ]
-        view = self.send_json(
-            "post",
-            "/api/dm/views/",
-            "task pull",
-            {
-                "project": project_id,
-                "data": {"title": PULL_TITLE, "filters": {"conjunction": "and", "items": in_range + filters}},
-            },
-        )
-        try:
-            export = self.send_json(
-                "post",
-                f"/api/projects/{project_id}/exports/",
-                "task pull",
-                {
-                    "title": PULL_TITLE,
-                    "task_filter_options": {"view": view["id"]},
-                    "serialization_options": {
-                        "drafts": {"only_id": True},
-                        "predictions": {"only_id": True},
-                        "annotations__completed_by": {"only_id": True},
-                        "include_annotation_history": False,
-                    },
-                },
-            )
-            try:
-                export = self._finished(project_id, export, f"tasks {low}-{high - 1}")
-                return self.get_json(
-                    f"/api/projects/{project_id}/exports/{export['id']}/download", "task pull", exportType="JSON"
-                )
-            finally:
-                self.send_json("delete", f"/api/projects/{project_id}/exports/{export['id']}", "task pull")
-                self._drop_snapshot_file(project_id, export.get("md5") or "")
-        finally:
-            self.send_json("delete", f"/api/dm/views/{view['id']}/", "task pull")
-
-    def _finished(self, project_id: int, export: dict[str, Any], what: str) -> dict[str, Any]:
-        """The snapshot once Label Studio has written it: at once without background workers, else polled."""
-        deadline = time.monotonic() + SNAPSHOT_WAIT_S
-        while export["status"] not in ("completed", "failed"):
-            if time.monotonic() > deadline:
-                raise CurateError(
-                    f"Label Studio at {self.url} has not exported {what} after {SNAPSHOT_WAIT_S:.0f} s: "
-                    "are its background workers running? Re-run the pull"
-                )
-            time.sleep(0.5)
-            export = self.get_json(f"/api/projects/{project_id}/exports/{export['id']}", "task pull")
-        if export["status"] == "failed":
-            raise CurateError(f"Label Studio at {self.url} failed to export {what}; re-run the pull")
-        return export
-
-    def _drop_snapshot_file(self, project_id: int, md5: str) -> None:
-        """Delete a deleted snapshot's file, where this machine can: Label Studio 1.23 keeps it.
-
-        Deleting an export removes its record but never its file (the feature flag that would is
-        fixed off), so every pull would leave a copy of what it read in the server's media/export.
-        A server this workspace's `curate review serve` started keeps them in its data dir, named
-        project-<id>-at-<minute>-<md5[:8]>.json; on any other server they stay.
-        """
-        if self.data_dir is None:
-            return
-        folder = self.data_dir / "media" / "export" / str(project_id)
-        if md5 and os.access(folder, os.W_OK):
-            for path in folder.glob(f"project-{project_id}-at-*-{md5[:8]}*.json"):
-                path.unlink(missing_ok=True)
-
-    def _drop_pull_leftovers(self, project_id: int) -> None:
-        """Delete the temporary views and snapshots of a pull that was killed before it could."""
-        for view in self.get_json("/api/dm/views/", "task pull", project=project_id):
-            if view.get("data", {}).get("title") == PULL_TITLE:
-                self.send_json("delete", f"/api/dm/views/{view['id']}/", "task pull")
-        for export in self.get_json(f"/api/projects/{project_id}/exports/", "task pull"):
-            if export.get("title") == PULL_TITLE:
-                self.send_json("delete", f"/api/projects/{project_id}/exports/{export['id']}", "task pull")
-                self._drop_snapshot_file(project_id, export.get("md5") or "")
-
     def send_json(self, method: str, path: str, what: str, body: dict[str, Any] | None = None) -> Any:
         """One POST/PATCH/DELETE with a JSON body; the decoded answer (None when it has none)."""
 
         def send() -> bytes:
-            response = requests.request(method, f"{self.url}{path}", json=body, headers=self.headers, timeout=600)
+            response = requests.request(
+                method, f"{self.url}{path}", json=body, headers=self.headers, timeout=600
+            )
             self.check_token(response.status_code)
             if not (method == "delete" and response.status_code == 404):  # already gone
                 response.raise_for_status()
@@ -245,8 +163,6 @@ class Connection:
         does, but the task API took 7.7 min on PostgreSQL (it queries per task). A push reads this
         only when its record of what it imported disagrees with the server.
         """
-        from curation.review.pull_chunks import task_chunks  # it reads snapshots through this class
-
         chunks = task_chunks(self, project_id, KEY_CHUNK)
         return {t["data"][key] for tasks, _ in chunks for t in tasks if key in t["data"]}
 
@@ -302,7 +218,10 @@ class Connection:
             }
 
             self.send_json(
-                "post", f"/api/dm/actions?id=add_data_field&project={project_id}", "data manager columns", body
+                "post",
+                f"/api/dm/actions?id=add_data_field&project={project_id}",
+                "data manager columns",
+                body,
             )
 
 
