@@ -6,20 +6,20 @@ latents and mask; a 16-channel VAE; CLIP and T5 text encoders) and is named in c
 `flux-fill:<folder>`, so `FluxFillPipeline.from_pretrained` and the pipeline's own call run; only the
 weights are random. Random weights cannot keep the background's look, so what is checked is what
 holds whatever the weights: the mask reaches the transformer as Gen4Gen's (white = repaint), the
-concepts' pixels survive exactly (paste-back), a seed fixes an image whatever its batch, and the
-settings of curate.toml reach the transformer.
+concepts' pixels survive exactly (paste-back), a seed fixes an image whatever its batch, the
+settings of curate.toml reach the transformer, and `curate generate` recaptions the final image.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import base64
+import io
 from pathlib import Path
 from typing import Self
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from curation.core.config import FluxFillSettings, GenerateConfig, dump_config, load_config
@@ -32,6 +32,7 @@ from generators.layout import plan_layouts
 from generators.repaint import load_repainter
 from generators.repaint_contract import object_alpha, repaint_mask
 from tests.fixtures.fake_hub import FakeHub
+from tests.fixtures.fake_llm import FakeLLM
 from tests.fixtures.tiny_flux import build_tiny_flux, build_tiny_flux_fill
 from tests.test_repaint import _job
 
@@ -176,55 +177,64 @@ def test_a_flux_checkpoint_that_is_not_fill_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_gated_model_is_one_error_line_saying_where_to_accept_its_licence(
-    concept_ws: Workspace, fake_hub: FakeHub, tmp_path: Path
+    fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The hub answers a gated repo with 401/403 and its GatedRepo code (here the fake hub does):
-    `curate generate` stops with one line, naming the licence page and how to log in."""
+    """The hub answers a gated repo with 401/403 and its GatedRepo code (here the fake hub does, online
+    for this test only): diffusers' own download raises it, and the loader turns it into one line
+    naming the licence page and how to log in."""
+    from huggingface_hub import constants, hf_api
+
     fake_hub.gated.add(DEFAULT_FLUX_FILL)
-    config = concept_ws.config
-    config.generate = config.generate.model_copy(update={"repaint": "flux-fill", "device": "cpu"})
-    atomic_write_text(concept_ws.config_path, dump_config(config))
-    plan_layouts(concept_ws, 1)
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN")
-    }
-    env |= {"HF_ENDPOINT": fake_hub.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1"}
-    curate = str(Path(sys.executable).with_name("curate"))
-    result = subprocess.run(
-        [curate, "generate", "-w", str(concept_ws.root)],
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "ENDPOINT", fake_hub.url)
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", fake_hub.url + "/{repo_id}/resolve/{revision}/{filename}"
     )
-    assert result.returncode == 1, result.stdout + result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [
-        (
-            f"error: generate.repaint = '{DEFAULT_FLUX_FILL}' is gated on the Hugging Face Hub: accept its licence at "
-            f"https://huggingface.co/{DEFAULT_FLUX_FILL} with your account, then log in here with `hf auth login` "
-            "(or set HF_TOKEN to a token of that account), and run this again"
-        )
-    ], result.stderr
-    assert "Traceback" not in result.stderr
+    monkeypatch.setattr(hf_api.api, "endpoint", fake_hub.url)
+    with pytest.raises(CurateError) as caught:
+        load_repainter("flux-fill", GenerateConfig(repaint="flux-fill", device="cpu"))
+    assert str(caught.value) == (
+        f"generate.repaint = '{DEFAULT_FLUX_FILL}' is gated on the Hugging Face Hub: accept its licence at "
+        f"https://huggingface.co/{DEFAULT_FLUX_FILL} with your account, then log in here with `hf auth login` "
+        "(or set HF_TOKEN to a token of that account), and run this again"
+    )
+    assert any(DEFAULT_FLUX_FILL in request for request in fake_hub.requests), "diffusers asked the hub"
 
 
-def test_curate_generate_with_flux_fill_end_to_end(concept_ws: Workspace, tiny_flux_fill: Path) -> None:
+def test_curate_generate_with_flux_fill_end_to_end(
+    concept_ws: Workspace, tiny_flux_fill: Path, fake_llm: FakeLLM
+) -> None:
+    """`curate generate` with `repaint = "flux-fill:<folder>"`: the candidates record FLUX's settings,
+    and the recaption (a VLM over OpenAI-compatible HTTP) sees exactly the final, pasted-back image."""
     from curation.cli import app
 
+    fake_llm.responder = lambda body: "A photo of some objects standing on the floor."
     config = concept_ws.config
     config.layout = config.layout.model_copy(update={"width": 64, "height": 64})
-    config.generate = config.generate.model_copy(update={"repaint": f"flux-fill:{tiny_flux_fill}", **FAST})
+    config.generate = config.generate.model_copy(
+        update={"repaint": f"flux-fill:{tiny_flux_fill}", "recaption": "openai:fake-vlm", **FAST}
+    )
     atomic_write_text(concept_ws.config_path, dump_config(config))
-    plan_layouts(concept_ws, 3)
+    plan_layouts(concept_ws, 2)
     result = CliRunner().invoke(app, ["generate", "--workspace", str(concept_ws.root)])
     assert result.exit_code == 0, result.output
-    assert "generated 3" in result.output and "failed 0" in result.output
+    assert "generated 2" in result.output and "failed 0" in result.output
+    seen = set()
+    for request in fake_llm.requests:
+        url = request["messages"][0]["content"][1]["image_url"]["url"]
+        seen.add(np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))).tobytes())
+    concepts = concept_ws.concepts()
     for candidate in concept_ws.candidates():
         provenance = candidate.extra["repaint"]
         assert provenance["pipeline"] == "FluxFillPipeline" and provenance["guidance_scale"] == 30.0
         assert candidate.generator_config["repaint"] == f"flux-fill:{tiny_flux_fill}"
         assert candidate.generator_config["steps"] == 2 and "<c-" not in candidate.prompt
+        image = np.asarray(Image.open(concept_ws.resolve(candidate.image)))
+        assert image.shape == (64, 64, 3) and image.tobytes() in seen, "the VLM saw the final image"
+        assert candidate.caption.startswith("A photo of some objects standing on the floor, with ")
+        assert all(concepts[c].phrase in candidate.caption for c in candidate.concepts)
     again = CliRunner().invoke(app, ["generate", "--workspace", str(concept_ws.root)])
     assert again.exit_code == 0 and "generated 0" in again.output
