@@ -3,7 +3,8 @@
 On a real indexed workspace (the candidate fixture, the real `curate index`), its figures must equal
 the dataset's own after each writer, after a re-run, after a writer killed between its dataset
 writes and its summary, and while a writer runs; the acceptance rules it counts by must equal the
-MongoDB expressions on every kind of review; and the CLI must answer `--help` and `status` without
+MongoDB expressions on every kind of review; status, top-up and review status must leave out the
+near-duplicate copies and stale candidates the export leaves out; and the CLI must answer `--help` and `status` without
 importing FiftyOne or any other heavy library. Label Studio's part (a real push and pull) is
 checked in tests/test_acceptance.py.
 """
@@ -21,9 +22,10 @@ import pytest
 from curation.core import dataset as ds
 from curation.core import dataset_summary
 from curation.core.acceptance import count_reviews, count_written
-from curation.core.workspace import Workspace
+from curation.core.workspace import STALE_DIR, Workspace
 from curation.index.run import index_workspace
-from curation.loop.targets import read_reviews
+from curation.loop.targets import ACCEPTED, LEFT_OUT, REJECTED, read_reviews
+from exports.select import select_candidates
 
 HEAVY = ("fiftyone", "torch", "label_studio_sdk", "diffusers", "ray")
 REVIEWS = {  # candidate -> the review fields a pull writes: every kind the acceptance rules tell apart
@@ -86,6 +88,37 @@ def indexed(candidate_ws) -> Workspace:
     return ws
 
 
+def consumers_leave_out_what_the_export_leaves_out(ws: Workspace) -> None:
+    """A near-duplicate copy of an accepted candidate and a stale candidate are left out by the export:
+    `export_take` (what `review status` reports) and `read_reviews` (what `curate status` and `topup`
+    count) leave out the same ones, from the summary. A copy whose original was rejected stays.
+    The marks are written by other means than the index: a process with FiftyOne connected sees it."""
+    accept = ("accept", 4.0, 1, 1.0, None, None)
+    review_writer(
+        ws, {0: accept, 1: accept, 2: ("reject", None, 1, 1.0, ["blurry"], None), 3: accept, 5: accept}
+    )
+    dataset = ds.open_dataset(ws)
+    c = sorted(dataset.values(ds.CANDIDATE_ID))
+    copies = {c[5]: c[0], c[3]: c[2]}  # a copy of an accepted candidate, a copy of a rejected one
+    dataset.set_values(ds.NEAR_DUP_OF, {cid: copies.get(cid) for cid in c}, key_field=ds.CANDIDATE_ID)
+    [record] = ws.candidates_dir.glob(f"*/{c[1]}.json")
+    (ws.candidates_dir / STALE_DIR / record.parent.name).mkdir(parents=True)
+    for path in record.parent.glob(f"{c[1]}.*"):  # where `curate generate` sets a changed plan's candidates
+        path.rename(ws.candidates_dir / STALE_DIR / record.parent.name / path.name)
+    assert "the dataset changed since" in dataset_summary.read(ws).notes[0]
+
+    dataset_summary.record(ws)  # as `curate index` ends after marking near-duplicates
+    reading = dataset_summary.read(ws)
+    assert reading.summary is not None and reading.notes == []
+    take = dataset_summary.export_take(ws, reading.summary)
+    selection = select_candidates(ws, ws.config.export.min_quality)
+    assert {item.candidate_id for item in selection.items} == take.taken == {c[0], c[3]}
+    assert set(selection.dropped_near_duplicates) == take.copies == {c[5]}
+    assert set(selection.skipped_stale) == take.stale == {c[1]}
+    outcomes = {cid: review.outcome for cid, review in read_reviews(ws, reading.summary).items()}
+    assert outcomes == {c[0]: ACCEPTED, c[2]: REJECTED, c[3]: ACCEPTED, c[5]: LEFT_OUT}  # stale: no review
+
+
 def test_summary_equals_the_dataset_after_each_writer_and_a_rerun(indexed: Workspace) -> None:
     ws = indexed
     figures, notes = summary_figures(ws)
@@ -104,6 +137,7 @@ def test_summary_equals_the_dataset_after_each_writer_and_a_rerun(indexed: Works
     index_workspace(ws)  # an unchanged re-run records the same summary
     assert summary_figures(ws) == (dataset_figures(ws), [])
     assert not list(dataset_summary.summary_dir(ws).glob("changing-*"))
+    consumers_leave_out_what_the_export_leaves_out(ws)
 
 
 def test_a_writer_killed_before_its_summary_makes_readers_count_the_dataset(indexed: Workspace) -> None:

@@ -18,7 +18,11 @@ The file never stands in for the dataset when it may say something else:
   later snapshot is the one kept;
 - the file names the database and dataset it was taken from: another FiftyOne database (URI, folder
   or name) or dataset name than now means it is not about the dataset the command would read.
-A dataset changed by other means (a notebook, the App) is not seen: `--recount` reads the dataset.
+The summary also notes the dataset's sample count and newest sample change (FiftyOne stamps every
+sample write with `last_modified_at`). A process that already has FiftyOne connected (a notebook, a
+test, a command that wrote the dataset) checks them, which costs two indexed queries, and counts from
+the dataset when they moved: a change by other means (a notebook, a script) is then seen. A fresh
+`curate status` does not start the database to check (that is the 10 s it saves): `--recount` there.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar
 
 from curation.core import dataset as ds
 from curation.core.acceptance import WrittenReview
@@ -79,6 +83,8 @@ class DatasetSummary:
     dataset: str
     samples: int
     columns: dict[str, list[Any]]
+    modified: str | None = None
+    """The newest `last_modified_at` of the dataset's samples when the summary was taken (ISO 8601)."""
 
     def rows(self) -> Iterator[dict[str, Any]]:
         """One dict per sample, field name -> value."""
@@ -120,7 +126,45 @@ def take(dataset: fo.Dataset) -> DatasetSummary:
         columns = {name: ds.field_values(view, name) for name in FIELDS}
     else:  # never pulled: no sample has a review
         columns = {name: [] for name in FIELDS}
-    return DatasetSummary(dataset.name, len(dataset), columns)
+    return DatasetSummary(dataset.name, len(dataset), columns, last_modified(dataset))
+
+
+def last_modified(dataset: fo.Dataset) -> str | None:
+    """The newest sample change FiftyOne stamped (an indexed field: one lookup), None with no samples."""
+    newest = (
+        dataset._sample_collection.find({}, {"last_modified_at": 1}).sort("last_modified_at", -1).limit(1)
+    )
+    stamps = [doc.get("last_modified_at") for doc in newest]
+    return stamps[0].isoformat() if stamps and stamps[0] is not None else None
+
+
+class ExportTake(NamedTuple):
+    """What a default `curate export` does with the accepted-for-export candidates a summary holds."""
+
+    taken: set[str]
+    copies: set[str]
+    """Left out: near-duplicate copies of a candidate taken."""
+    stale: set[str]
+    """Left out: set aside by `curate generate` (their plans or settings changed)."""
+
+
+def export_take(ws: Workspace, summary: DatasetSummary) -> ExportTake:
+    """The export's own rule (exports/select.py) over the summary: accepted for export, not stale, and
+    not a near-duplicate copy of another candidate taken (`near_duplicate_copies`). `curate status`,
+    `topup` and `review status` count what the export takes by this, so none of them can promise more."""
+    min_quality = ws.config.export.min_quality
+    chosen: dict[str, str | None] = {}
+    stale = set()
+    for row in summary.rows():
+        cid = row[ds.CANDIDATE_ID]
+        if cid is None or not written_review(row).accepted_for_export(min_quality):
+            continue
+        if ws.is_stale(cid, row[FILEPATH]):
+            stale.add(cid)
+        else:
+            chosen[cid] = row[ds.NEAR_DUP_OF]
+    copies = ds.near_duplicate_copies(chosen, chosen.keys())
+    return ExportTake(set(chosen) - copies, copies, stale)
 
 
 def database() -> dict[str, str | None]:
@@ -202,6 +246,7 @@ def record(ws: Workspace) -> None:
             "database": database(),
             "dataset": summary.dataset,
             "samples": summary.samples,
+            "modified": summary.modified,
             "columns": summary.columns,
         }
         atomic_write_bytes(summary_path(ws), json.dumps(payload, sort_keys=True).encode())
@@ -232,7 +277,8 @@ def keeps_summary(stage: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
                 if not outermost:
                     return function(*args, **kwargs)
                 mark = _mark_path(ws, stage)
-                atomic_write_json(mark, _this_process())
+                with _file_lock(ws):  # not between a recorder's finding a dead mark here and removing it
+                    atomic_write_json(mark, _this_process())
                 try:
                     result = function(*args, **kwargs)
                 except BaseException:
@@ -255,8 +301,7 @@ def keeps_summary(stage: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
 def _record_after_error(ws: Workspace, mark: Path) -> None:
     """After a writer failed: nothing to record if it never connected to the database; else record what
     the dataset now holds, and leave the mark (readers then count from the dataset) if that fails too."""
-    database_module = sys.modules.get("fiftyone.core.odm.database")
-    if database_module is None or database_module._is_client_closed(database_module._client):
+    if not _connected():
         mark.unlink(missing_ok=True)
         return
     try:
@@ -265,6 +310,12 @@ def _record_after_error(ws: Workspace, mark: Path) -> None:
         log.warning("could not record the dataset summary (readers will count from the dataset): %s", exc)
         return
     mark.unlink(missing_ok=True)
+
+
+def _connected() -> bool:
+    """Whether this process has FiftyOne connected to its database already (nothing is imported here)."""
+    database_module = sys.modules.get("fiftyone.core.odm.database")
+    return database_module is not None and not database_module._is_client_closed(database_module._client)
 
 
 # -- readers -----------------------------------------------------------------------------------
@@ -313,8 +364,23 @@ def read(ws: Workspace, recount: bool = False) -> Reading:
             f"a `{stage}` run (pid {mark['pid']}) is changing the dataset now: these figures may lack its "
             "latest writes"
         )
-    summary = DatasetSummary(payload["dataset"], payload["samples"], payload["columns"])
+    summary = DatasetSummary(
+        payload["dataset"], payload["samples"], payload["columns"], payload.get("modified")
+    )
+    if not notes and _connected() and _moved(ws, summary):
+        return _counted(
+            ws, "the dataset changed since its summary was recorded (not by `curate index` or a pull)"
+        )
     return Reading(summary, notes)
+
+
+def _moved(ws: Workspace, summary: DatasetSummary) -> bool:
+    """Whether the dataset's sample count or newest sample change differ from the summary's."""
+    dataset = ds.find_dataset(ws)
+    return dataset is not None and (len(dataset), last_modified(dataset)) != (
+        summary.samples,
+        summary.modified,
+    )
 
 
 def _counted(ws: Workspace, why: str) -> Reading:

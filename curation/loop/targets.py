@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from curation.core import dataset as ds
 from curation.core import dataset_summary
 from curation.core.config import CurationConfig
-from curation.core.dataset_summary import FILEPATH, DatasetSummary, written_review
+from curation.core.dataset_summary import FILEPATH, DatasetSummary, export_take, written_review
 from curation.core.labeling_config import labeling_config
 from curation.core.workspace import Workspace
 
@@ -200,32 +200,23 @@ class Review:
 def read_reviews(ws: Workspace, summary: DatasetSummary | None) -> dict[str, Review]:
     """candidate_id -> its review, for reviewed samples that are still part of the set.
 
-    Like a default export, an accepted candidate marked as a near-duplicate of another accepted one
-    is left out: it would not be exported, so it fills no target.
+    "Accepted" is what a default export takes (`export_take`, the export's own rule): an accepted
+    candidate marked as a near-duplicate of another accepted one is left out, as the export leaves
+    it out, so it fills no target.
     """
     if summary is None:
         return {}
-    min_quality = ws.config.export.min_quality
+    taken = export_take(ws, summary).taken
     known = set(labeling_config(ws).reasons)
     reviews = {}
-    originals = {}
     for row in summary.rows():
-        written = written_review(row)
         cid = row[ds.CANDIDATE_ID]
+        written = written_review(row)
         if not written.reviewed or cid is None or ws.is_stale(cid, row[FILEPATH]):
             continue  # a stale candidate's review outlives it, but export skips it: it fills no target
-        outcome = (
-            ACCEPTED
-            if written.accepted_for_export(min_quality)
-            else LEFT_OUT
-            if written.accepted
-            else REJECTED
-        )
+        outcome = ACCEPTED if cid in taken else LEFT_OUT if written.accepted else REJECTED
         reasons = tuple(r for r in row[ds.REVIEW_REASONS] or [] if r in known)
         reviews[cid] = Review(tuple(sorted(row[ds.CONCEPTS] or [])), outcome, reasons)
-        originals[cid] = row[ds.NEAR_DUP_OF]
-    for cid in ds.near_duplicate_copies(originals, {c for c, r in reviews.items() if r.outcome == ACCEPTED}):
-        reviews[cid] = Review(reviews[cid].composition, LEFT_OUT, reviews[cid].reasons)
     return reviews
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from curation.core import dataset as ds
 from curation.core import dataset_summary
 from curation.core.acceptance import ReviewCounts, count_written
+from curation.core.dataset_summary import ExportTake
 from curation.core.errors import CurateError
 from curation.core.labeling_config import LabelingConfig, labeling_config
 from curation.core.workspace import Workspace
@@ -98,9 +99,10 @@ class StatusReport:
     counts: ReviewCounts
     invalid_annotations: int
     mean_agreement: float | None  # over candidates with two or more valid votes
-    per_concept: dict[str, tuple[int, int, int]]  # concept -> (reviewed, accepted, for export)
+    per_concept: dict[str, tuple[int, int, int]]  # concept -> (reviewed, accepted, a default export takes)
     agreement: Agreement | None = None  # from the pulled deltas; None before any annotation was pulled
     notes: list[str] = field(default_factory=list)  # where the review counts came from, when it matters
+    exported: ExportTake | None = None  # what a default export takes of the accepted for export
 
     @property
     def accepted(self) -> int:
@@ -117,6 +119,12 @@ class StatusReport:
             f"last pull: {self.counts.words()}",
             f"mean share of votes for the decision where >= 2 voted: {agreement}",
         ]
+        if self.exported and (self.exported.copies or self.exported.stale):
+            lines.append(
+                f"a default `curate export` takes {len(self.exported.taken)} of the {self.counts.for_export} "
+                f"for export: {len(self.exported.copies)} near-duplicate copies of one taken and "
+                f"{len(self.exported.stale)} stale candidates are left out (`curate status` counts the same)"
+            )
         if self.invalid_annotations:
             lines.append(
                 f"{self.invalid_annotations} invalid annotations on {self.counts.invalid} candidates, not "
@@ -147,6 +155,7 @@ def status(
             f"no FiftyOne dataset {ds.dataset_name(ws)!r} yet: run `curate index -w {ws.root}` first"
         )
     min_quality = ws.config.export.min_quality
+    exported = dataset_summary.export_take(ws, reading.summary)
     written = []
     per_concept: dict[str, Counter[str]] = {}
     invalid_annotations = 0
@@ -161,7 +170,7 @@ def status(
             counts = per_concept.setdefault(concept, Counter())
             counts["reviewed"] += review.reviewed
             counts["accepted"] += review.accepted
-            counts["for export"] += review.accepted_for_export(min_quality)
+            counts["for export"] += row[ds.CANDIDATE_ID] in exported.taken
     config = labeling_config(ws)
     votes = replay(ws, lambda task: task_votes(task, config) or None)
     return StatusReport(
@@ -179,6 +188,7 @@ def status(
         },
         agreement=_named(agreement(list(votes.values())), conn) if votes else None,
         notes=reading.notes,
+        exported=exported,
     )
 
 
