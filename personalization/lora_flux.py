@@ -45,6 +45,7 @@ class FluxDenoising:
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         self.pipe = pipe
+        self.weight_dtype = pipe.dtype
         self.denoiser = pipe.transformer
         self.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
         self.vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
@@ -71,6 +72,7 @@ class FluxDenoising:
         """Frozen VAE, T5 and transformer in the training dtype; CLIP stays float32 (its tokens train)."""
         import torch
 
+        self.weight_dtype = weight_dtype
         self.pipe.vae.to(device, dtype=weight_dtype)
         self.pipe.text_encoder_2.to(device, dtype=weight_dtype)
         self.denoiser.to(device, dtype=weight_dtype)
@@ -111,7 +113,7 @@ class FluxDenoising:
         import torch
         from diffusers import FluxPipeline
 
-        device, dtype = latents.device, self.denoiser.dtype
+        device, dtype = latents.device, self.weight_dtype
         batch, channels, height, width = latents.shape
         if height % 2 or width % 2:
             raise CurateError(

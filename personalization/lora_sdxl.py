@@ -35,6 +35,7 @@ class SDXLDenoising:
         from diffusers import DDPMScheduler
 
         self.pipe = pipe
+        self.weight_dtype = pipe.dtype
         self.denoiser = pipe.unet
         self.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
 
@@ -63,6 +64,7 @@ class SDXLDenoising:
         """Frozen VAE and UNet in the training dtype; the text encoders stay float32 (their tokens train)."""
         import torch
 
+        self.weight_dtype = weight_dtype
         self.pipe.vae.to(device, dtype=weight_dtype)
         self.denoiser.to(device, dtype=weight_dtype)
         for encoder in (self.pipe.text_encoder, self.pipe.text_encoder_2):
@@ -114,7 +116,7 @@ class SDXLDenoising:
             dtype=torch.float32,
             device=device,
         )
-        dtype = self.denoiser.dtype
+        dtype = self.weight_dtype
         prediction = self.denoiser(
             noisy.to(dtype),
             timesteps,

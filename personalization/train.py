@@ -16,7 +16,7 @@ and adds their denoising loss times the weight, so the class itself is not overw
 The export brings the images (`curate export --class-images-from`); generating them here is not done.
 
 Not implemented (documented gaps): generating class images with the base pipeline, Custom Diffusion's
-random-crop/zoom augmentation with masked loss, and SDXL (refused with a clear error).
+random-crop/zoom augmentation with masked loss. SDXL and FLUX.1 train LoRA in `personalization.train_lora`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Literal
 from curation.core.errors import CurateError
 from curation.core.progress import ProgressFn, no_progress
 from personalization.data import Export, read_export
+from personalization.pivotal_tokens import add_concept_tokens
 from personalization.prompts import PromptStrategy, TrainExample, training_examples
 from personalization.train_folder import (
     TrainReport,
@@ -41,6 +42,7 @@ from personalization.train_folder import (
     write_checkpoint,
     write_report,
 )
+from personalization.train_images import load_square
 
 Method = Literal["custom_diffusion", "lora"]
 MixedPrecision = Literal["no", "fp16", "bf16"]
@@ -49,7 +51,7 @@ _DEFAULT_LR = {"custom_diffusion": 1e-5, "lora": 1e-4}
 _LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
-def _class_examples(export: Export) -> list[TrainExample]:
+def class_examples(export: Export) -> list[TrainExample]:
     """Every concept's class images, prompted with the bare class noun (Custom Diffusion's class_prompt)."""
     missing = [c.concept_id for c in export.concepts.values() if not c.class_images]
     if missing:
@@ -78,29 +80,6 @@ def _load_base(pretrained: str):
     return pipe
 
 
-def _add_tokens(tokenizer, text_encoder, export: Export) -> list[int]:
-    """Add each concept token and start its embedding at the mean of its class noun's embeddings."""
-    import torch
-
-    tokens = [c.token for c in export.concepts.values()]
-    clashes = [t for t in tokens if t in tokenizer.get_vocab()]
-    if clashes:
-        raise CurateError(f"tokens already in the base vocabulary: {', '.join(clashes)}; rename the concepts")
-    tokenizer.add_tokens(tokens)
-    text_encoder.resize_token_embeddings(len(tokenizer))
-    weight = text_encoder.get_input_embeddings().weight
-    new_ids = tokenizer.convert_tokens_to_ids(tokens)
-    with torch.no_grad():
-        for concept, token_id in zip(export.concepts.values(), new_ids, strict=True):
-            noun_ids = tokenizer(concept.class_noun, add_special_tokens=False).input_ids
-            if not noun_ids:
-                raise CurateError(
-                    f"class noun {concept.class_noun!r} of {concept.concept_id} tokenizes to nothing"
-                )
-            weight[token_id] = weight[noun_ids].mean(dim=0)
-    return list(new_ids)
-
-
 def _select_trainable(unet, text_encoder, method: Method, lora_rank: int) -> None:
     """Freeze everything, then unfreeze what the method trains (the token rows are masked per step)."""
     unet.requires_grad_(False)
@@ -120,24 +99,6 @@ def _select_trainable(unet, text_encoder, method: Method, lora_rank: int) -> Non
     else:
         raise CurateError(f"unknown method {method!r}: use 'custom_diffusion' or 'lora'")
     text_encoder.get_input_embeddings().weight.requires_grad_(True)
-
-
-def _load_image(path: Path, resolution: int):
-    """Resize the short side to `resolution`, centre-crop, scale to [-1, 1] CHW."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        scale = resolution / min(image.size)
-        image = image.resize(
-            (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
-        )
-        left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
-        image = image.crop((left, top, left + resolution, top + resolution))
-        array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 def train(
@@ -198,7 +159,7 @@ def train(
         raise CurateError(f"no training images in {export_dir} for data source {strategy.source!r}")
     if prior_loss_weight is not None and prior_loss_weight <= 0:
         raise CurateError(f"the prior loss weight must be positive (got {prior_loss_weight})")
-    class_examples = _class_examples(export) if prior_loss_weight is not None else []
+    prior_examples = class_examples(export) if prior_loss_weight is not None else []
     identity = run_identity(pretrained, method, export, strategy, resolution, lora_rank, prior_loss_weight)
     start_run(output_dir, identity, resume)
 
@@ -215,11 +176,10 @@ def train(
     from diffusers import DDPMScheduler
 
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    new_ids = _add_tokens(tokenizer, text_encoder, export)
+    tokens = add_concept_tokens(tokenizer, text_encoder, export)
+    new_ids = tokens.token_ids
     vae.requires_grad_(False)
     _select_trainable(unet, text_encoder, method, lora_rank)
-    frozen_rows = torch.ones(text_encoder.get_input_embeddings().weight.shape[0], dtype=torch.bool)
-    frozen_rows[new_ids] = False
 
     embed_weight = text_encoder.get_input_embeddings().weight
     unet_params = [p for p in unet.parameters() if p.requires_grad]
@@ -256,10 +216,10 @@ def train(
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
         picks = torch.randint(len(examples), (batch_size,), generator=generator).tolist()
         chosen = [examples[i] for i in picks]
-        if class_examples:
-            prior_picks = torch.randint(len(class_examples), (batch_size,), generator=generator).tolist()
-            chosen += [class_examples[i] for i in prior_picks]
-        pixels = torch.stack([_load_image(example.image, resolution) for example in chosen])
+        if prior_examples:
+            prior_picks = torch.randint(len(prior_examples), (batch_size,), generator=generator).tolist()
+            chosen += [prior_examples[i] for i in prior_picks]
+        pixels = torch.stack([load_square(example.image, resolution).pixels for example in chosen])
         prompts = [example.prompt for example in chosen]
         with torch.no_grad():
             latents = vae.encode(pixels.to(accelerator.device, dtype=weight_dtype)).latent_dist.sample(
@@ -287,13 +247,11 @@ def train(
         else:
             target = noise
         loss = F.mse_loss(prediction[:batch_size].float(), target[:batch_size].float())
-        if class_examples:
+        if prior_examples:
             prior_loss = F.mse_loss(prediction[batch_size:].float(), target[batch_size:].float())
             loss = loss + prior_loss_weight * prior_loss
         accelerator.backward(loss)
-        grad = accelerator.unwrap_model(text_encoder).get_input_embeddings().weight.grad
-        if grad is not None:
-            grad[frozen_rows.to(grad.device)] = 0
+        tokens.zero_frozen_grads()
         optimizer.step()
         optimizer.zero_grad()
         losses.append(float(loss.detach()))
@@ -323,7 +281,7 @@ def train(
         trainable_params=trainable,
         tokens={cid: c.token for cid, c in export.concepts.items()},
         examples=len(examples),
-        class_images=len(class_examples),
+        class_images=len(prior_examples),
         seconds=round(seconds, 3),
         steps_per_second=round(len(losses) / seconds, 3) if losses and seconds > 0 else 0.0,
         device=str(accelerator.device),

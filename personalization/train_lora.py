@@ -35,6 +35,7 @@ from personalization import lora_flux, lora_sdxl
 from personalization.data import Export, read_export
 from personalization.lora_folder import LORA_DIR, LORA_JSON, save_lora_folder
 from personalization.prompts import PromptStrategy, training_examples
+from personalization.train import class_examples
 from personalization.train_folder import (
     TrainReport,
     finished_report,
@@ -95,16 +96,6 @@ def lora_examples(export: Export, strategy: PromptStrategy, masked: bool) -> lis
     return examples
 
 
-def _class_examples(export: Export) -> list[LoraExample]:
-    missing = [c.concept_id for c in export.concepts.values() if not c.class_images]
-    if missing:
-        raise CurateError(
-            f"prior preservation needs class images; concept {missing[0]} has none in the export"
-            " (fill class_images/ with `curate export --class-images-from DIR`)"
-        )
-    return [LoraExample(image, c.class_noun) for c in export.concepts.values() for image in c.class_images]
-
-
 def masked_mse(prediction, target, mask):
     """Per-example mean squared error weighted by `mask` ([B, 1, h, w], resized to the latents).
 
@@ -152,14 +143,21 @@ def step_loss(
     return loss
 
 
-def _add_lora(denoiser, rank: int, targets: list[str], gradient_checkpointing: bool) -> list:
-    """Freeze the denoiser, add the LoRA adapter, keep its tensors float32; returns them."""
+def _add_lora(denoiser, rank: int, targets: list[str], gradient_checkpointing: bool, seed: int) -> list:
+    """Freeze the denoiser, add the LoRA adapter, keep its tensors float32; returns them.
+
+    The adapters' Gaussian init draws from torch's global generator: seeded here (without disturbing
+    the caller's), so two runs with the same seed start from the same A matrices.
+    """
+    import torch
     from peft import LoraConfig
 
     denoiser.requires_grad_(False)
-    denoiser.add_adapter(
-        LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=targets)
-    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        denoiser.add_adapter(
+            LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=targets)
+        )
     if gradient_checkpointing:
         denoiser.enable_gradient_checkpointing()
     trainable = [p for p in denoiser.parameters() if p.requires_grad]
@@ -236,7 +234,9 @@ def train_lora(
     examples = lora_examples(export, strategy, masked_loss)
     if not examples:
         raise CurateError(f"no training images in {export_dir} for data source {strategy.source!r}")
-    class_examples = _class_examples(export) if prior_loss_weight is not None else []
+    prior_examples = (
+        [LoraExample(e.image, e.prompt) for e in class_examples(export)] if prior_loss_weight else []
+    )
     identity = {
         **run_identity(pretrained, "lora", export, strategy, resolution, lora_rank, prior_loss_weight),
         "base": base,
@@ -255,7 +255,7 @@ def train_lora(
         encoder.requires_grad_(False)
     model.pipe.vae.requires_grad_(False)
     model.place(accelerator.device, weight_dtype)
-    lora_params = _add_lora(model.denoiser, lora_rank, module.LORA_TARGETS, gradient_checkpointing)
+    lora_params = _add_lora(model.denoiser, lora_rank, module.LORA_TARGETS, gradient_checkpointing, seed)
     for table in tables.values():
         table.weight.requires_grad_(True)
     # Token tables get no weight decay: AdamW would otherwise shrink the frozen rows despite zero gradients.
@@ -287,9 +287,9 @@ def train_lora(
     for step in range(start_step, steps):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
         chosen = [examples[i] for i in torch.randint(len(examples), (batch_size,), generator=generator)]
-        if class_examples:
-            picks = torch.randint(len(class_examples), (batch_size,), generator=generator)
-            chosen += [class_examples[i] for i in picks]
+        if prior_examples:
+            picks = torch.randint(len(prior_examples), (batch_size,), generator=generator)
+            chosen += [prior_examples[i] for i in picks]
         loss = step_loss(model, chosen, resolution, masked_loss, batch_size, prior_loss_weight, generator)
         loss.backward()
         for table in tables.values():
@@ -327,7 +327,7 @@ def train_lora(
         trainable_params=sum(p.numel() for p in lora_params) + len(export.concepts) * width,
         tokens={cid: c.token for cid, c in export.concepts.items()},
         examples=len(examples),
-        class_images=len(class_examples),
+        class_images=len(prior_examples),
         seconds=round(seconds, 3),
         steps_per_second=round(len(losses) / seconds, 3) if losses and seconds > 0 else 0.0,
         device=str(accelerator.device),

@@ -100,7 +100,7 @@ def test_custom_diffusion_and_curate_train_add_each_token_as_one(export, tokeniz
         for word in _flag(commands[name], "--initializer_token").split("+"):
             assert len(added.encode(word, add_special_tokens=False)) == 1  # the script refuses more
     added = tokenizer.__class__.from_pretrained(tokenizer.name_or_path, model_max_length=77)
-    added.add_tokens(list(tokens.values()))  # personalization.train._add_tokens
+    added.add_tokens(list(tokens.values()))  # personalization.pivotal_tokens.add_concept_tokens
     for row in read_rows(export).values():
         _one_each(added.tokenize(row["caption"]), row["caption"], tokens)
 
