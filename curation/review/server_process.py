@@ -168,6 +168,9 @@ def _command(port: int, workers: int, data_dir: Path) -> list[str]:
         "--http-timeout=600",  # an export snapshot of a large chunk on a busy machine
         # HTTP/1.1 servers send Date (Django's development server does); a pull reads the server's clock there
         "--route-run=addheader:Date: ${httptime[]}",
+        # uWSGI closes an HTTP socket after each answer but says nothing: clients (the SDK, browsers)
+        # then reuse the closed connection and get "connection reset". Saying so makes them open anew.
+        "--add-header=Connection: close",
         *_static_maps(),
         "--disable-logging",
         "--log-5xx",
