@@ -1,8 +1,8 @@
 """Annotations checked against the labeling config, and the one acceptance rule over votes: no server.
 
-The review page (review_ui_config/review.xml) lets an annotator pick accept or reject, give 1-5
-stars (required on an accept, hidden on a reject), tick reasons from a list and type one corrected
-caption. Anything else arrives only through the API and must never count, in part or whole. The
+The review page (review_ui_config/review.xml) lets an annotator pick accept or reject for each
+candidate of a page, give 1-5 stars (counted on an accept), tick reasons from a list and type one
+corrected caption. Anything else arrives only through the API and must never count, in part or whole. The
 property tests draw random payloads, half of them close to what the page sends, and check that what
 a pull writes (and so what the export reads) is always something the page could have produced.
 """
@@ -20,7 +20,7 @@ from curation.core.acceptance import verdict
 from curation.core.errors import CurateError
 from curation.core.labeling_config import CONFIG_DIR, parse_labeling_config
 from curation.core.records import printable_line
-from curation.review.annotation_rules import MAX_CAPTION_CHARS, Vote, check_annotation
+from curation.review.annotation_rules import MAX_CAPTION_CHARS, Vote, check_annotation, split_page
 from curation.review.pull import aggregate, annotation_result
 
 CONFIG = parse_labeling_config((CONFIG_DIR / "review.xml").read_text(), "review.xml")
@@ -37,18 +37,57 @@ def item(name: str, kind: str, value: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_config_is_read_from_the_xml_not_from_code() -> None:
-    assert CONFIG.decisions == (ds.ACCEPT, ds.REJECT) and CONFIG.rating_max == 5
-    assert CONFIG.rating_for == {ds.ACCEPT} and CONFIG.rating_required  # shown (and required) on accept only
+    assert CONFIG.decisions == (ds.ACCEPT, ds.REJECT) and CONFIG.rating_max == 5  # twin choices count once
+    # a page of candidates (perItem): the stars are always shown, count on accepts, and are not required
+    assert CONFIG.per_item and CONFIG.rating_for == {ds.ACCEPT} and not CONFIG.rating_required
     assert CONFIG.reasons == REASONS and CONFIG.caption_box
     xml = (CONFIG_DIR / "review.xml").read_text()
-    changed = parse_labeling_config(
-        xml.replace('maxRating="5"', 'maxRating="10"').replace('value="artifacts"', 'value="blurry"'), "x"
-    )
-    assert changed.rating_max == 10 and "blurry" in changed.reasons and "artifacts" not in changed.reasons
+    changed = parse_labeling_config(xml.replace('value="artifacts"', 'value="blurry"'), "x")
+    assert "blurry" in changed.reasons and "artifacts" not in changed.reasons
+    with pytest.raises(CurateError, match="stars 1..N"):
+        parse_labeling_config(
+            xml.replace('<Choice value="2" hotkey="2"/>', '<Choice value="7" hotkey="7"/>'), "x"
+        )
     with pytest.raises(CurateError, match="exactly the choices 'accept' and 'reject'"):
-        parse_labeling_config(xml.replace('<Choice value="reject" hotkey="r"/>', ""), "x")
+        parse_labeling_config(xml.replace('value="reject"', 'value="maybe"'), "x")
     with pytest.raises(CurateError, match="not valid XML"):
         parse_labeling_config("<View>", "x")
+    # a single-candidate page with a Rating (as pages were made before): its scale and `required` hold
+    single = parse_labeling_config(
+        '<View><Image name="image" value="$image"/><Choices name="decision" toName="image">'
+        '<Choice value="accept"/><Choice value="reject"/></Choices>'
+        '<View visibleWhen="choice-selected" whenTagName="decision" whenChoiceValue="accept">'
+        '<Rating name="quality" toName="image" maxRating="10" required="true"/></View></View>',
+        "x",
+    )
+    assert (single.rating_max, single.rating_for, single.rating_required, single.per_item) == (
+        10,
+        {ds.ACCEPT},
+        True,
+        False,
+    )
+
+
+def test_a_page_splits_into_one_annotation_per_candidate() -> None:
+    """Each slot's answers (by `item_index`) are checked alone; an answer for a slot the page lacks is
+    named, never given to a neighbour; a slot with no answer has no decision; stars come as a key per star."""
+    stars = [{**item("quality", "choices", {"choices": ["4"]}), "item_index": 0}]
+    result = [{**a, "item_index": 0} for a in annotation_result("accept")] + stars
+    result += [{**a, "item_index": 1} for a in annotation_result("reject", reasons=("artifacts",))]
+    result += [{**a, "item_index": 5} for a in annotation_result("accept", 3)]
+    slots, strays = split_page(annotation(result), 3)
+    assert strays == ["answer for candidate 5 of a page of 3"] * 2  # its decision and its stars
+    assert check_annotation(slots[0], CONFIG) == Vote("accept", 4, (), None)
+    assert check_annotation(slots[1], CONFIG) == Vote("reject", None, ("artifacts",), None)
+    assert check_annotation(slots[2], CONFIG) == ["no decision"]
+    assert split_page(annotation(annotation_result("reject")), 1)[0][0]["result"] == annotation_result(
+        "reject"
+    )
+    ten = [{**a, "item_index": 0} for a in annotation_result("accept")]
+    ten.append({**item("quality", "choices", {"choices": ["10"]}), "item_index": 0})
+    assert check_annotation(split_page(annotation(ten), 1)[0][0], CONFIG) == [
+        "rating 10 is not a whole number of stars from 1 to 5"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -64,7 +103,6 @@ def test_the_config_is_read_from_the_xml_not_from_code() -> None:
             "decision ['accept', 'reject']: exactly one of accept, reject",
         ),
         (annotation_result("accept", 4) + annotation_result("reject"), "decision answered twice"),
-        (annotation_result("accept"), "accept without a rating"),
         ([], "no decision"),
         (annotation_result("accept", 4, caption="a cat\x00 and a mug"), "without '\\x00'"),
         (annotation_result("accept", 4, caption="x" * 100_000), "100,000 characters, over the limit of 1000"),
@@ -92,6 +130,39 @@ def test_what_the_page_produces_is_a_vote_and_a_rejects_stars_are_dropped() -> N
     assert vote == Vote("accept", 4, ("artifacts",), "a cat")
     hidden = check_annotation(annotation(annotation_result("reject", 5, ("bad layout",))), CONFIG)
     assert hidden == Vote("reject", None, ("bad layout",), None)
+
+
+def test_an_accept_without_stars_counts_on_a_page_and_is_refused_where_a_rating_is_required() -> None:
+    """As review_ui_config/README.md says: Label Studio checks a per-item control's `required` on every
+    candidate whatever its decision, so review.xml cannot require stars on accepts only; an accept
+    without stars is a vote with no quality (counted as accepted, never exported at a min_quality).
+    A page whose Rating is required under accept (as pages were made before) still refuses it."""
+    assert check_annotation(annotation(annotation_result("accept")), CONFIG) == Vote("accept", None, (), None)
+    required = parse_labeling_config(
+        '<View><Image name="image" value="$image"/><Choices name="decision" toName="image">'
+        '<Choice value="accept"/><Choice value="reject"/></Choices>'
+        '<View visibleWhen="choice-selected" whenTagName="decision" whenChoiceValue="accept">'
+        '<Rating name="quality" toName="image" maxRating="5" required="true"/></View></View>',
+        "x",
+    )
+    assert check_annotation(annotation(annotation_result("accept")), required) == [
+        "accept without a rating: the page requires 1 to 5 stars"
+    ]
+    assert check_annotation(annotation(annotation_result("reject")), required) == Vote(
+        "reject", None, (), None
+    )
+
+
+def test_a_hidden_twin_is_no_choice() -> None:
+    """The hidden twins that make a repeated key keep its choice never count if a result names them."""
+    twin = [item("decision", "choices", {"choices": ["repeat key"]})]
+    assert check_annotation(annotation(twin), CONFIG) == [
+        "decision 'repeat key' is not one of accept, reject"
+    ]
+    stars = [*annotation_result("accept"), item("quality", "choices", {"choices": ["repeat key"]})]
+    assert check_annotation(annotation(stars), CONFIG) == [
+        "rating ['repeat key'] is not a whole number of stars from 1 to 5"
+    ]
 
 
 def test_verdict_is_the_one_rule_over_votes() -> None:

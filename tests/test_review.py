@@ -115,10 +115,14 @@ def test_serve_is_idempotent_and_keeps_credentials_private(
     assert answer.ok and "/user/login" not in answer.url  # the recorded admin password works
 
 
-def test_server_keeps_its_sqlite_database_in_wal_mode(labelstudio_home: Workspace, labelstudio: ServerInfo) -> None:
+def test_server_keeps_its_sqlite_database_in_wal_mode(
+    labelstudio_home: Workspace, labelstudio: ServerInfo
+) -> None:
     """WAL lets an annotator's save and the next-task query (and pulls) run without waiting on each other."""
     headers = {"Authorization": f"Token {labelstudio.token}"}
-    assert requests.get(f"{labelstudio.url}/api/projects", headers=headers, timeout=30).ok  # opens the database
+    assert requests.get(
+        f"{labelstudio.url}/api/projects", headers=headers, timeout=30
+    ).ok  # opens the database
     database = labelstudio_home.review_dir / "labelstudio-data" / "label_studio.sqlite3"
     with sqlite3.connect(database) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -136,9 +140,11 @@ def test_push_serves_images_and_does_not_duplicate(
     # best machine score first: annotators get tasks in import order
     assert sorted(tasks, key=lambda cid: tasks[cid].id) == ids[::-1]
     task = tasks["cand003"]
-    assert task.data["image"].startswith("/data/local-files/?d=") and "base64" not in json.dumps(task.data)
+    assert task.data["images"][0].startswith("/data/local-files/?d=") and "base64" not in json.dumps(
+        task.data
+    )
     headers = {"Authorization": f"Token {labelstudio.token}"}
-    served = requests.get(labelstudio.url + task.data["image"], headers=headers, timeout=30)
+    served = requests.get(labelstudio.url + task.data["images"][0], headers=headers, timeout=30)
     assert served.status_code == 200
     assert served.content == (ws.candidates_dir / "s000" / "cand003.png").read_bytes()
     ref = requests.get(labelstudio.url + task.data["refs"][0]["url"], headers=headers, timeout=30)
@@ -218,7 +224,9 @@ def test_pull_writes_reviews_idempotently_and_follows_edits(
     assert sorted((ws.review_dir / "pulls").glob("*.jsonl.gz")) == [first.raw_path, third.raw_path]
     got = reviews(ws)
     assert got["cand000"][ds.REVIEW_DECISION] is None and got["cand000"][ds.REVIEW_QUALITY] is None
-    assert got["cand002"][ds.REVIEW_DECISION] == "reject" and got["cand002"][ds.REVIEW_QUALITY] is None  # a reject's stars
+    assert (
+        got["cand002"][ds.REVIEW_DECISION] == "reject" and got["cand002"][ds.REVIEW_QUALITY] is None
+    )  # a reject's stars
 
 
 def test_pull_chunks_survive_a_server_stop_and_then_read_only_what_changed(
@@ -265,7 +273,11 @@ def test_pull_chunks_survive_a_server_stop_and_then_read_only_what_changed(
     assert delta_ids(report.raw_path) == sorted(tasks)
     views = conn.get_json("/api/dm/views/", "views", project=project_id)
     assert not [v for v in views if v["data"].get("title") == PULL_TITLE]  # the killed pull's are gone too
-    assert not [e for e in conn.get_json(f"/api/projects/{project_id}/exports/", "exports") if e["title"] == PULL_TITLE]
+    assert not [
+        e
+        for e in conn.get_json(f"/api/projects/{project_id}/exports/", "exports")
+        if e["title"] == PULL_TITLE
+    ]
 
     state = json.loads((folder / "state.json").read_text())  # as if the last pull started a day later
     state.update(after=connect(ws).server_time().isoformat(), recent={})
@@ -315,7 +327,9 @@ def test_several_annotators_with_disagreement(labelstudio_workspace: Callable[..
     assert got["cand000"][ds.REVIEW_DECISION] == "accept"
     assert got["cand000"][ds.REVIEW_ANNOTATORS] == 3
     assert got["cand000"][ds.REVIEW_AGREEMENT] == pytest.approx(2 / 3, abs=1e-3)
-    assert got["cand000"][ds.REVIEW_QUALITY] == pytest.approx(4.0)  # the accepts' stars; the reject's 1 is no vote
+    assert got["cand000"][ds.REVIEW_QUALITY] == pytest.approx(
+        4.0
+    )  # the accepts' stars; the reject's 1 is no vote
     assert got["cand001"][ds.REVIEW_DECISION] == "reject"  # a tie is not an accept
     assert got["cand001"][ds.REVIEW_AGREEMENT] == 0.5
     project_id = json.loads((ws.review_dir / "project.json").read_text())["project_id"]
@@ -336,6 +350,86 @@ def test_several_annotators_with_disagreement(labelstudio_workspace: Callable[..
     assert sorted(disputed.values(ds.CANDIDATE_ID)) == ["cand000", "cand001"]
     project = connect(ws).get_json(f"/api/projects/{summary.project_id}", "test")
     assert project["maximum_annotations"] == 3  # --overlap
+
+
+def test_a_workspace_mixes_single_and_batch_pages_and_counts_each_candidate(
+    labelstudio_workspace: Callable[..., Workspace],
+) -> None:
+    """Tasks of one candidate and a page of four in one project: re-pushes with other page sizes (and
+    without the push record) never put a candidate on a second page; two annotators' page answers
+    become per-candidate reviews, agreement and alpha."""
+    from fiftyone import ViewField as F
+
+    ws = labelstudio_workspace()
+    ids = build_candidates(ws, 6)
+    dataset = ds.open_dataset(ws)
+    dataset.save_view("first", dataset.match(F(ds.CANDIDATE_ID).is_in(ids[:2])))
+    assert push(ws, view="first", order="view", per_page=1).pushed == 2
+    report = push(ws, order="view", per_page=4)
+    assert (report.pushed, report.already, report.pages) == (4, 2, 1)
+    assert "4 new candidates on 1 pages" in report.summary()
+    for per_page in (2, 3):
+        again = push(ws, per_page=per_page)
+        assert (again.pushed, again.already) == (0, 6)
+        (ws.review_dir / "pushed.txt").unlink()  # the next push lists the project's tasks instead
+    client = connect(ws).client
+    tasks = sorted(client.tasks.list(project=report.project_id, fields="task_only"), key=lambda t: t.id)
+    assert [t.data["candidate_ids"] for t in tasks] == [[ids[0]], [ids[1]], ids[2:]]
+    users = [
+        client.users.create(
+            username=f"page{i}-{ws.name}", email=f"page{i}-{ws.name}@example.com", password="annotator-pass-1"
+        )
+        for i in range(2)
+    ]
+    answers = [  # per annotator, per slot: (decision, stars)
+        [("accept", 5), ("reject", None), ("accept", 4), ("accept", 2)],
+        [("accept", 3), ("reject", None), ("reject", None), ("accept", None)],  # an accept without stars
+    ]
+    for user, slots in zip(users, answers, strict=True):
+        result = [
+            {**answer, "item_index": slot}
+            for slot, (decision, stars) in enumerate(slots)
+            for answer in annotation_result(decision, stars)
+        ]
+        client.annotations.create(id=tasks[2].id, completed_by=user.id, result=result)
+    client.annotations.create(id=tasks[0].id, completed_by=users[0].id, result=annotation_result("reject"))
+    pulled = pull(ws)
+    assert (pulled.accepted, pulled.rejected, pulled.invalid_count) == (2, 3, 0), pulled.summary()
+    got = reviews(ws)
+    decided = {
+        c: (r[ds.REVIEW_DECISION], r[ds.REVIEW_QUALITY], r[ds.REVIEW_AGREEMENT]) for c, r in got.items()
+    }
+    assert decided == {
+        ids[0]: ("reject", None, 1.0),
+        ids[1]: (None, None, None),
+        ids[2]: ("accept", 4.0, 1.0),
+        ids[3]: ("reject", None, 1.0),
+        ids[4]: ("reject", None, 0.5),  # a tie is not an accept
+        ids[5]: ("accept", 2.0, 1.0),  # the starless accept counts, and adds no quality
+    }
+    summary = status(ws)
+    assert (summary.tasks, summary.annotated) == (3, 2)  # Label Studio's tasks: pages
+    assert summary.agreement is not None and summary.agreement.overlapped == 4  # candidates with two votes
+
+
+def test_the_likely_reject_hint_quotes_the_held_out_check() -> None:
+    """The hint says what `curate calibrate`'s cross-validation found for the rule's concept count, never
+    the in-sample fit its cut was chosen on; no rule of that count, or one from random weights, no hint."""
+    from curation.review.calibration import ScoreCalibration
+    from curation.review.crossval import HeldOut
+    from curation.review.task_page import triage_hint
+
+    rule = ScoreCalibration("clip_t", "2", 300, 100, 0.9, "<", 0.2, 60, 3, False)
+    heldout = HeldOut(folds=5, accepted=300, accepted_kept=294, rejected=100, rejected_held=54)
+    earned = {"2": (rule, heldout)}
+    row = {ds.CONCEPTS: ["cat", "mug"], "clip_t": 0.1}
+    assert triage_hint(row, earned, set()) == (
+        "likely reject (clip_t < 0.2; held out: 54 of 60 reviews such a rule held back were rejected,"
+        " it kept 98.0% of accepts, 95% lower bound 96.1%)"
+    )
+    assert triage_hint({**row, "clip_t": 0.3}, earned, set()) is None  # the rule would send it
+    assert triage_hint({**row, ds.CONCEPTS: ["cat"]}, earned, set()) is None  # never another count's rule
+    assert triage_hint(row, earned, {"clip_t"}) is None
 
 
 def test_krippendorff_alpha_by_hand() -> None:
@@ -485,7 +579,11 @@ def test_sign_up_is_closed_but_invites_work(labelstudio: ServerInfo) -> None:
         assert visitor.get(f"{labelstudio.url}/user/signup/{query}", timeout=30).ok
         return visitor.post(
             f"{labelstudio.url}/user/signup/{query}",
-            data={"email": email, "password": "Long-enough-pass-9", "csrfmiddlewaretoken": visitor.cookies["csrftoken"]},
+            data={
+                "email": email,
+                "password": "Long-enough-pass-9",
+                "csrfmiddlewaretoken": visitor.cookies["csrftoken"],
+            },
             headers={"Referer": f"{labelstudio.url}/user/signup/"},
             timeout=30,
             allow_redirects=False,
@@ -495,7 +593,9 @@ def test_sign_up_is_closed_but_invites_work(labelstudio: ServerInfo) -> None:
     assert sign_up(intruder) == 403
     invite = requests.get(f"{labelstudio.url}/api/invite", headers=headers, timeout=30).json()["token"]
     assert sign_up(invited, f"?token={invite}") == 302  # the admin's invite link still lets annotators in
-    emails = [u["email"] for u in requests.get(f"{labelstudio.url}/api/users/", headers=headers, timeout=30).json()]
+    emails = [
+        u["email"] for u in requests.get(f"{labelstudio.url}/api/users/", headers=headers, timeout=30).json()
+    ]
     assert labelstudio.email in emails and invited in emails and intruder not in emails
 
 
@@ -507,7 +607,12 @@ def test_stop_leaves_a_process_that_is_not_the_server_alone(tmp_path: Path) -> N
         write_server(
             ws,
             ServerInfo(
-                url="http://127.0.0.1:1", email="a@b.c", password="p", token="t", path=server_file(ws), pid=other.pid
+                url="http://127.0.0.1:1",
+                email="a@b.c",
+                password="p",
+                token="t",
+                path=server_file(ws),
+                pid=other.pid,
             ),
         )
         result = CliRunner().invoke(app, ["review", "stop", "-w", str(ws.root)])

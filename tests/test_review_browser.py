@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -49,7 +51,9 @@ IMAGE_STATE = """() => ({
 })"""
 
 
-def wait_for_images(page: Any, form: Any, condition: str, timeout_ms: int = 60_000, attempts: int = 3) -> None:
+def wait_for_images(
+    page: Any, form: Any, condition: str, timeout_ms: int = 60_000, attempts: int = 3
+) -> None:
     """Wait until `form` (a locator) shows and the page's images satisfy `condition` (a JavaScript function).
 
     Under CPU load Label Studio 1.23's editor now and then shows "There was an issue loading URL"
@@ -126,13 +130,12 @@ def test_keyboard_review_in_the_browser_reaches_fiftyone(
         )
         page.screenshot(path=str(ws.review_dir / "labeling-page.png"))
         # the decision controls fit in the 900 px window without scrolling
-        reject = page.locator("label", has_text="reject").first
+        reject = page.locator("label", has_text="reject").filter(visible=True).first
         box = reject.bounding_box()
         assert box is not None and box["y"] + box["height"] <= 900
         page.locator("body").click(position={"x": 5, "y": 5})  # focus the page, not a text box
-        page.keyboard.press("a")
-        for _ in range(4):
-            page.keyboard.press("q")
+        for key in ("a", "4"):
+            page.keyboard.press(key)
         try:
             save_annotation(page, submit.click)
         finally:
@@ -143,3 +146,123 @@ def test_keyboard_review_in_the_browser_reaches_fiftyone(
     sample = ds.open_dataset(ws).match({ds.CANDIDATE_ID: "cand000"}).first()
     assert sample[ds.REVIEW_DECISION] == "accept"
     assert sample[ds.REVIEW_QUALITY] == 4.0
+
+
+COUNT_MOUSE = """() => {
+  window.__mouse = 0;
+  for (const kind of ['mousedown', 'click', 'wheel', 'contextmenu'])
+    document.addEventListener(kind, e => { if (e.isTrusted) window.__mouse++; }, true);
+}"""
+PAGE_STATE = """() => ({
+  at: (document.body.innerText.match(/(\\d+) of (\\d+)/) || [])[0],
+  checked: [...new Set(Array.from(document.querySelectorAll('input:checked'))
+    .map(i => i.closest('label') ? i.closest('label').innerText.replace(/\\[.*\\]/, '').trim() : '?'))],
+})"""
+
+
+def shows(page: Any, checked: list[str], timeout_ms: int = 10_000) -> None:
+    """Wait until the page shows exactly these answers for the candidate in focus (the editor
+    re-renders a moment after the keys under load); fail with what it shows instead."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(
+            f"() => JSON.stringify(({PAGE_STATE})().checked) === {json.dumps(json.dumps(checked, separators=(',', ':')))}",
+            timeout=timeout_ms,
+        )
+    except PlaywrightTimeout:
+        raise AssertionError(f"the page shows {page.evaluate(PAGE_STATE)}, not {checked}") from None
+
+
+@pytest.mark.timeout(420)
+def test_batch_pages_keyboard_only_and_an_invalid_slot(
+    labelstudio_workspace: Callable[..., Workspace], labelstudio: ServerInfo
+) -> None:
+    """Two pages of 8 candidates of one composition: the first reviewed in the real page with keys
+    only (repeated keys idempotent, an incomplete page refused with a warning Esc closes), the second
+    answered through the API with one slot the page could not produce: the pull counts 15 of 16."""
+    from playwright.sync_api import sync_playwright
+
+    from curation.review.client import connect
+    from curation.review.pull import annotation_result
+    from tests.test_review_layout import build_scene, open_labeling
+
+    ws = labelstudio_workspace()
+    build_scene(ws, 2, n_candidates=16)
+    report = push(ws, order="view", per_page=8)
+    assert report.pushed == 16
+    again = push(ws, order="view", per_page=8)
+    assert (again.pushed, again.already) == (0, 16)  # re-push never puts a candidate on a second page
+    client = connect(ws).client
+    pages = sorted(client.tasks.list(project=report.project_id), key=lambda t: t.id)
+    assert [len(t.data["candidate_ids"]) for t in pages] == [8, 8]
+    first, second = ([str(c) for c in t.data["candidate_ids"]] for t in pages)
+    assert sorted(first + second) == [f"cand{i:03d}" for i in range(16)]
+    # the second page through the API: slot 3 with 9 stars (no such key), the others valid
+    result = []
+    for slot in range(8):
+        answers = annotation_result("accept" if slot % 2 == 0 else "reject", 9 if slot == 3 else 4)
+        result += [{**a, "item_index": slot} for a in answers]
+    client.annotations.create(id=pages[1].id, result=result)
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = open_labeling(browser, labelstudio, report.project_id, 1280, 800)
+        page.evaluate(COUNT_MOUSE)
+        try:
+            assert page.evaluate(PAGE_STATE)["at"] == "1 of 8"
+            # the image takes the room of Label Studio's (hidden) side panels
+            assert (
+                page.locator(".lsf-sidepanels__wrapper").count() == 0
+                or not page.locator(".lsf-sidepanels__wrapper").first.is_visible()
+            )
+            shown = page.locator('img[src^="blob:"]').first.bounding_box() or {}
+            assert shown.get("height", 0) >= 550, shown
+            for slot in range(8):
+                if slot:
+                    page.keyboard.press("Control+ArrowRight")
+                    page.wait_for_function(f"() => document.body.innerText.includes('{slot + 1} of 8')")
+                if slot == 7:
+                    break  # left without a decision: the submit below is refused
+                keys = ("a", "a", "5", "5", "4", "4") if slot % 2 == 0 else ("r", "r", "x")
+                for key in keys:
+                    page.keyboard.press(key)
+                expected = ["accept", "4"] if slot % 2 == 0 else ["reject", "artifacts"]
+                shows(page, expected)  # a repeated key never clears
+            page.keyboard.press("Control+Enter")
+            warning = page.get_by_text("has no decision")
+            warning.wait_for(state="visible", timeout=10_000)
+            page.keyboard.press("Escape")  # the warning closes from the keyboard, nothing stays over the page
+            warning.wait_for(state="hidden", timeout=10_000)
+            assert page.evaluate(PAGE_STATE)["at"] == "8 of 8"
+            page.keyboard.press("r")
+            page.keyboard.press("Control+ArrowLeft")  # back to a decided candidate: its own answers show
+            page.wait_for_function("() => document.body.innerText.includes('7 of 8')")
+            shows(page, ["accept", "4"])
+            save_annotation(page, partial(page.keyboard.press, "Control+Enter"))
+            assert page.evaluate("window.__mouse") == 0
+        finally:
+            page.screenshot(path=str(ws.review_dir / "batch-page.png"))
+            browser.close()
+
+    pulled = pull(ws)
+    assert (pulled.accepted, pulled.rejected) == (4 + 4, 4 + 3), pulled.summary()
+    assert pulled.invalid_count == 1, pulled.summary()
+    assert (
+        pulled.invalid[0].startswith(f"task {pages[1].id} ({second[3]}) ") and "rating 9" in pulled.invalid[0]
+    )
+    dataset = ds.open_dataset(ws)
+    reviews = dict(zip(*dataset.values([ds.CANDIDATE_ID, ds.REVIEW_DECISION]), strict=True))
+    quality = dict(zip(*dataset.values([ds.CANDIDATE_ID, ds.REVIEW_QUALITY]), strict=True))
+    assert [reviews[c] for c in first] == ["accept", "reject"] * 3 + ["accept", "reject"]
+    assert [quality[c] for c in first[:7:2]] == [4.0] * 4
+    assert reviews[second[3]] is None  # the invalid slot is not counted; its neighbours are
+    assert [reviews[c] for c in second if c != second[3]] == [
+        "accept",
+        "reject",
+        "accept",
+        "accept",
+        "reject",
+        "accept",
+        "reject",
+    ]

@@ -1,8 +1,10 @@
-"""The real labeling page at 1280x800 and 900x700, for 2 and 5 concepts: every control in view,
-keyboard-only, no toggle trap, and a rating required before an accept can be submitted."""
+"""The real labeling page at 1280x800 and 900x700, for 2 and 5 concepts: every control in view, the
+image large and Label Studio's empty side panels hidden, keyboard-only, repeated keys idempotent, and
+a page without a decision refused with a warning that Esc closes."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -83,6 +85,13 @@ def open_labeling(browser: Any, server: ServerInfo, project_id: int, width: int,
     return page
 
 
+def visible(page: Any, label: str) -> Any:
+    """The shown control of that label: each decision and star has a hidden twin bound to the same key."""
+    return page.get_by_label(re.compile(rf"^{re.escape(label)}(\[.*\])?$")).filter(
+        visible=True
+    )  # "accept[a]"
+
+
 def assert_in_view(page: Any, named: dict[str, Any], width: int, height: int) -> None:
     """Each control's box lies inside the window and above the bar that holds Submit."""
     bar = page.get_by_test_id("bottombar-submit-button").bounding_box()
@@ -125,19 +134,29 @@ def assert_data_manager_lists_thumbnails(browser: Any, server: ServerInfo, proje
 def test_every_control_is_in_view_and_keyboard_only_submits(
     labelstudio_workspace: Callable[..., Workspace], labelstudio: ServerInfo, browser: Any, n_concepts: int
 ) -> None:
+    from playwright.sync_api import expect
+
     ws = labelstudio_workspace()
     build_scene(ws, n_concepts)
     project_id = push(ws, order="view").project_id
     for width, height in ((1280, 800), (900, 700)):
         page = open_labeling(browser, labelstudio, project_id, width, height)
-        # no toggle trap: nothing is pre-selected, so one press of "a" selects accept
+        # no toggle trap: nothing is pre-selected, and a second press of "a" keeps accept
         assert page.locator("input[type=radio]:checked").count() == 0
-        page.keyboard.press("a")
-        assert page.get_by_label("accept").is_checked()
+        if width == 900:  # an undecided page is refused; its warning closes from the keyboard
+            page.keyboard.press("Control+Enter")
+            warning = page.get_by_text("has no decision")
+            warning.wait_for(state="visible", timeout=10_000)
+            page.keyboard.press("Escape")
+            warning.wait_for(state="hidden", timeout=10_000)
+        for key in ("a", "a", "3", "3"):
+            page.keyboard.press(key)
+        expect(visible(page, "accept")).to_be_checked()
+        expect(visible(page, "3")).to_be_checked()
         decision_and_submit = {
-            "accept": page.get_by_label("accept"),
-            "reject": page.get_by_label("reject"),
-            "rating": page.locator(".ant-rate").first,
+            "accept": visible(page, "accept"),
+            "reject": visible(page, "reject"),
+            **{f"{n} stars": visible(page, str(n)) for n in range(1, 6)},
             "submit": page.get_by_test_id("bottombar-submit-button"),
         }
         if width == 1280:
@@ -146,7 +165,7 @@ def test_every_control_is_in_view_and_keyboard_only_submits(
                 "image": page.locator('img[src^="blob:"]').first,
                 "caption": page.get_by_text("scene 0", exact=False).first,
                 **{f"ref {c}": page.locator(f'img[src*="thumbs/refs/{c}-"]') for c in CONCEPTS[:n_concepts]},
-                **{f"reason {r}": page.get_by_label(r) for r in REASONS},
+                **{f"reason {r}": visible(page, r) for r in REASONS},
                 "caption box": page.get_by_role("textbox").first,
                 **{
                     f"score {s}": page.locator("table.scores td", has_text=s).first
@@ -156,14 +175,14 @@ def test_every_control_is_in_view_and_keyboard_only_submits(
             }
             page.screenshot(path=str(ws.review_dir / f"layout-{n_concepts}-{width}.png"))
             assert_in_view(page, everything, width, height)
+            # the side panels are gone and the candidate takes their room
+            assert not page.locator(".lsf-sidepanels__wrapper").filter(visible=True).count()
+            image = everything["image"].bounding_box()
+            assert image is not None and image["height"] >= 550, image
         else:
             page.screenshot(path=str(ws.review_dir / f"layout-{n_concepts}-{width}.png"))
             assert_in_view(page, decision_and_submit, width, height)
-            # an accept without a rating is refused; one q (one star) and Ctrl+Enter submit it
-            page.keyboard.press("Control+Enter")
-            page.wait_for_timeout(1500)
-            assert pull(ws).annotated == 0
-            page.keyboard.press("q")
+            assert pull(ws).annotated == 0  # the refused submit saved nothing
             save_annotation(page, partial(page.keyboard.press, "Control+Enter"))
         page.close()
     report = pull(ws)
@@ -171,12 +190,16 @@ def test_every_control_is_in_view_and_keyboard_only_submits(
     tasks = connect(ws).get_json("/api/tasks/", "tasks", project=project_id, fields="task_only")["tasks"]
     columns = {t["data"][ds.CANDIDATE_ID]: {c: t["data"].get(c) for c in DM_COLUMNS} for t in tasks}
     assert columns == {
-        "cand000": {ds.REVIEW_DECISION: "accept", ds.REVIEW_QUALITY: 1.0, ds.REVIEW_AGREEMENT: None},  # one vote
+        "cand000": {
+            ds.REVIEW_DECISION: "accept",
+            ds.REVIEW_QUALITY: 3.0,
+            ds.REVIEW_AGREEMENT: None,
+        },  # one vote
         "cand001": dict.fromkeys(DM_COLUMNS),  # not reviewed: nothing written
     }
     assert_data_manager_lists_thumbnails(browser, labelstudio, project_id)
     sample = ds.open_dataset(ws).match({ds.CANDIDATE_ID: "cand000"}).first()
-    assert (sample[ds.REVIEW_DECISION], sample[ds.REVIEW_QUALITY]) == ("accept", 1.0)
+    assert (sample[ds.REVIEW_DECISION], sample[ds.REVIEW_QUALITY]) == ("accept", 3.0)
 
 
 FOCUS_IS_CAPTION_BOX = (

@@ -159,7 +159,7 @@ def test_an_invited_annotator_reads_nothing_but_media(
             assert made.status_code == 400, (path, made.text)
     assert accepted == [root / ws.workspace_id, root / ws.workspace_id / "study" / "eval-out"]  # media only
 
-    served = requests.get(labelstudio.url + task.data["image"], headers=mallory, timeout=60)
+    served = requests.get(labelstudio.url + task.data["images"][0], headers=mallory, timeout=60)
     assert served.status_code == 200  # what she was invited for loads: the refusals below are not blanket
     for name in (os.path.relpath(link, root), f"{ws.workspace_id}/candidates/s000/link.png"):
         followed = requests.get(
@@ -402,7 +402,7 @@ def test_a_workspace_served_before_the_media_tree_is_moved_by_serve_and_push(
         assert push(ws).already == 1  # the old task is the same task: pushed once
         storages = connect(ws).client.import_storage.local.list(project=project.id)
         assert all(Path(info.document_root) in Path(s.path).parents for s in storages)
-        image = requests.get(info.url + data["image"], headers=headers, timeout=60)
+        image = requests.get(info.url + data["images"][0], headers=headers, timeout=60)
         assert (
             image.status_code == 200
             and image.content == (ws.candidates_dir / "s000" / f"{ids[0]}.png").read_bytes()

@@ -98,6 +98,14 @@ def review_push(
             " what each concept count did and why.",
         ),
     ] = False,
+    batch: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Candidates of one composition per review page (keys move between them); 0 uses"
+            " review.candidates_per_page (default 1).",
+        ),
+    ] = 0,
     url: UrlOpt = "",
     token: TokenOpt = "",
     wait: WaitOpt = False,
@@ -111,7 +119,7 @@ def review_push(
         raise CurateError(f"unknown --order {order!r}: use one of {', '.join(ORDERS)}")
     with progress_bar() as progress:
         report = push(open_workspace(workspace, wait), view=view, url=url or None, token=token or None, order=order,
-                      overlap=overlap or None, triage=triage, progress=progress)  # fmt: skip
+                      overlap=overlap or None, triage=triage, per_page=batch or None, progress=progress)  # fmt: skip
     typer.echo(report.summary())
 
 

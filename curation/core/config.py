@@ -208,6 +208,15 @@ class ReviewConfig(_Section):
     label_config: str = "review.xml"
     project_title: str = ""
     batch_size: int = 500
+    candidates_per_page: int = Field(
+        1,
+        ge=1,
+        le=50,
+        description=(
+            "candidates of one composition on one review page (`review push --batch`): Label Studio's"
+            " save / next task / rebuild chain is then paid once a page, not once a candidate"
+        ),
+    )
     pull_page_size: int = Field(
         5000,
         ge=1,

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "review_ui_config"  # at the repository root
 # control names in review_ui_config/review.xml: the `from_name`s of an annotation's answers
 DECISION, QUALITY, REASONS, CAPTION_BOX, IMAGE = "decision", "quality", "reasons", "caption_fixed", "image"
+REPEAT_KEY = "repeat key"  # the alias of a choice's hidden twin (see _choice_values)
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,41 @@ class LabelingConfig:
     """The reasons that can be ticked; the only reason texts that may reach a prompt."""
     caption_box: bool
     """Whether the page has a box for a corrected caption."""
+    per_item: bool = False
+    """Whether a task is a page of several candidates (its answers carry the candidate's `item_index`).
+
+    Label Studio checks a per-item control's `required` on every candidate whatever the decision,
+    so such a page cannot require stars on accepts only: `rating_required` is then False.
+    """
 
 
 def _choice_values(control: ET.Element) -> tuple[str, ...]:
-    """What an answer holds for each choice: its alias when it has one, else its value."""
-    return tuple(c.get("alias") or c.get("value") or "" for c in control.iter("Choice"))
+    """What an answer holds for each choice: its alias when it has one, else its value.
+
+    A hidden twin (alias `REPEAT_KEY`, bound to the same key just before its choice) is left out: it
+    only makes a repeated key select again (Label Studio toggles a choice on its key), and never
+    stays selected; an answer naming it is no choice of the page.
+    """
+    values = (c.get("alias") or c.get("value") or "" for c in control.iter("Choice"))
+    return tuple(v for v in values if v != REPEAT_KEY)
+
+
+def _stars_of(control: ET.Element, where: str) -> int | None:
+    """The star scale of the quality control: a Rating's maxRating, or N for a single Choices of "1".."N".
+
+    The page asks for stars with a key per star (twin Choices, so a repeated key keeps the value);
+    a Rating (one key that adds a star and wraps to none) is still read, as older pages made them.
+    """
+    if control.tag == "Rating":
+        return int(control.get("maxRating") or 5)
+    if control.tag != "Choices":
+        return None
+    values = sorted(set(_choice_values(control)), key=lambda v: (len(v), v))
+    if control.get("choice") == "multiple" or values != [str(n) for n in range(1, len(values) + 1)]:
+        raise CurateError(
+            f"labeling config {where}: <Choices name={QUALITY!r}> must offer the stars 1..N, one at a time"
+        )
+    return len(values) or None
 
 
 def parse_labeling_config(text: str, where: str) -> LabelingConfig:
@@ -82,10 +113,14 @@ def parse_labeling_config(text: str, where: str) -> LabelingConfig:
             f"choices {ACCEPT!r} and {REJECT!r}: review counts those two"
         )
     rating = controls.get(QUALITY)
-    rating_max = None
+    rating_max = _stars_of(rating[0], where) if rating else None
     rating_for: frozenset[str] = frozenset()
-    if rating and rating[0].tag == "Rating":
-        rating_max = int(rating[0].get("maxRating") or 5)
+    per_item = decision[0].get("perItem") == "true"
+    if per_item and rating_max is not None:
+        # Label Studio 1.23.2 keeps a visibleWhen view hidden under per-item choices: the page shows
+        # the stars always and they count on accepts only, as the single page's hidden rating did
+        rating_for = frozenset((ACCEPT,))
+    elif rating_max is not None:
         rating_for = frozenset(decisions) if rating[1] is None else rating[1] & frozenset(decisions)
     reasons = controls.get(REASONS)
     caption = controls.get(CAPTION_BOX)
@@ -93,7 +128,8 @@ def parse_labeling_config(text: str, where: str) -> LabelingConfig:
         decisions=decisions,
         rating_max=rating_max,
         rating_for=rating_for,
-        rating_required=rating_max is not None and rating[0].get("required") == "true",
+        rating_required=rating_max is not None and rating[0].get("required") == "true" and not per_item,
+        per_item=per_item,
         reasons=_choice_values(reasons[0]) if reasons and reasons[0].tag == "Choices" else (),
         caption_box=bool(caption) and caption[0].tag == "TextArea",
     )

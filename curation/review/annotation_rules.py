@@ -71,6 +71,9 @@ def _decision(value: Mapping[str, Any], config: LabelingConfig, problems: list[s
 
 def _stars(value: Mapping[str, Any], config: LabelingConfig, problems: list[str]) -> int | None:
     stars = value.get("rating")
+    if "choices" in value:  # a key per star: one of "1".."N"
+        picked = _strings(value.get("choices"))
+        stars = int(picked[0]) if picked and len(picked) == 1 and picked[0].isdecimal() else picked
     if type(stars) is not int or not 1 <= stars <= (config.rating_max or 0):  # bool and 2.5 are not stars
         problems.append(f"rating {shown(stars)} is not a whole number of stars from 1 to {config.rating_max}")
         return None
@@ -111,7 +114,12 @@ def check_annotation(annotation: Mapping[str, Any], config: LabelingConfig) -> V
     result = annotation.get("result")
     if not isinstance(result, list):
         return [f"result {shown(result)} is not a list of answers"]
-    controls = {DECISION: "choices", QUALITY: "rating", REASONS: "choices", CAPTION_BOX: "textarea"}
+    controls = {
+        DECISION: ("choices",),
+        QUALITY: ("rating", "choices"),
+        REASONS: ("choices",),
+        CAPTION_BOX: ("textarea",),
+    }
     offered = {DECISION, *([QUALITY] if config.rating_max else []), *([REASONS] if config.reasons else [])}
     offered |= {CAPTION_BOX} if config.caption_box else set()
     problems: list[str] = []
@@ -121,8 +129,10 @@ def check_annotation(annotation: Mapping[str, Any], config: LabelingConfig) -> V
         value = item.get("value") if isinstance(item, Mapping) else None
         if not isinstance(name, str) or name not in offered or not isinstance(value, Mapping):
             problems.append(f"answer {shown(name)} is not a control of the page")
-        elif item.get("type") != controls[name]:
-            problems.append(f"{name} answered as {shown(item.get('type'))}, not {controls[name]}")
+        elif item.get("type") not in controls[name]:
+            problems.append(
+                f"{name} answered as {shown(item.get('type'))}, not {' or '.join(controls[name])}"
+            )
         elif name in answers:
             problems.append(f"{name} answered twice")
         else:
@@ -140,3 +150,26 @@ def check_annotation(annotation: Mapping[str, Any], config: LabelingConfig) -> V
     if problems or decision is None:
         return problems
     return Vote(decision, stars, reasons, caption)
+
+
+def split_page(annotation: Mapping[str, Any], slots: int) -> tuple[dict[int, dict[str, Any]], list[str]]:
+    """A page's annotation as one annotation per candidate slot, and what belongs to no slot.
+
+    A page's answers carry the `item_index` of the candidate they were given for (a page of one
+    may leave it out: slot 0). Each slot's annotation keeps the page annotation's other keys (who,
+    when, skipped), so it is checked and counted exactly like a single candidate's: a slot left
+    without answers has "no decision", as a single task would. An answer naming a slot the page does
+    not have is reported, never given to a neighbour.
+    """
+    result = annotation.get("result")
+    if not isinstance(result, list):
+        return {slot: dict(annotation) for slot in range(slots)}, []  # each slot reports the broken result
+    by_slot: dict[int, list[Any]] = {slot: [] for slot in range(slots)}
+    strays: list[str] = []
+    for item in result:
+        index = item.get("item_index", 0) if isinstance(item, Mapping) else 0
+        if type(index) is not int or not 0 <= index < slots:
+            strays.append(f"answer for candidate {shown(index)} of a page of {slots}")
+            continue
+        by_slot[index].append(item)
+    return {slot: {**annotation, "result": items} for slot, items in by_slot.items()}, strays

@@ -33,11 +33,12 @@ from curation.core.labeling_config import (
 from curation.core.lock import writes
 from curation.core.progress import ProgressFn, no_progress
 from curation.core.workspace import Workspace, atomic_write_json
-from curation.review.annotation_rules import Vote, annotator, check_annotation
+from curation.review.annotation_rules import Vote, annotator, check_annotation, split_page
 from curation.review.client import connect
 from curation.review.deltas import new_delta_name, pulls_dir, slim_task
 from curation.review.project import project_id_of
 from curation.review.pull_chunks import task_chunks
+from curation.review.task_page import CANDIDATE_IDS
 
 REVIEW_FIELDS = (
     ds.REVIEW_DECISION,
@@ -218,11 +219,53 @@ class _Tally:
             self.strays.append(f"task {task_id}: {why}")
 
 
-def _candidate_of(task: dict[str, Any]) -> str | None:
-    """The candidate id a task names; None for a task imported by hand (none, or not a string)."""
+def _candidates_of(task: dict[str, Any]) -> list[str] | None:
+    """The candidate ids a task's page shows, in slot order; None for a task imported by hand.
+
+    A page of several candidates lists them in `candidate_ids`; a single candidate's task names it in
+    `candidate_id` alone (tasks pushed before pages existed too).
+    """
     data = task.get("data")
-    found = data.get(ds.CANDIDATE_ID) if isinstance(data, dict) else None
-    return found if isinstance(found, str) else None
+    if not isinstance(data, dict):
+        return None
+    many = data.get(CANDIDATE_IDS)
+    if (
+        isinstance(many, list)
+        and many
+        and all(isinstance(c, str) for c in many)
+        and len(set(many)) == len(many)
+    ):
+        return many
+    found = data.get(ds.CANDIDATE_ID)
+    return [found] if isinstance(found, str) and many is None else None
+
+
+def _per_candidate(task: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """A task as one task per candidate of its page, each holding that candidate's share of every
+    annotation (curation/review/annotation_rules.py `split_page`), and the answers that fit no slot.
+
+    Everything after this (checks, votes, the kept delta, status, agreement) sees candidates, never
+    pages: a task from before pages (no `candidate_ids`) comes back as it is.
+    """
+    candidates = _candidates_of(task) or []
+    if CANDIDATE_IDS not in task["data"]:
+        return [task], []
+    shares: list[list[dict[str, Any]]] = [[] for _ in candidates]
+    strays: list[str] = []
+    for annotation in task.get("annotations") or []:
+        slots, lost = split_page(annotation, len(candidates))
+        strays += [f"{annotator(annotation)}: {entry}" for entry in lost]
+        for slot, share in slots.items():
+            shares[slot].append(share)
+    return [
+        {
+            **task,
+            # a page of one keeps its data: the Data Manager columns written there are compared with it
+            **({"slot": slot, "data": {ds.CANDIDATE_ID: cid}} if len(candidates) > 1 else {}),
+            "annotations": shares[slot],
+        }
+        for slot, cid in enumerate(candidates)
+    ], strays
 
 
 @writes("review")
@@ -284,12 +327,17 @@ def pull(
                 conn, project_id, settings.pull_page_size, after, settings.pull_in_flight
             ):
                 reviews: dict[str, dict[str, Any]] = {}
-                named = [task for task in tasks if _candidate_of(task) is not None]
-                for task in tasks:
-                    candidate = _candidate_of(task)
-                    if candidate is None:
-                        tally.add_stray(task.get("id"), "names no candidate (imported by hand?)")
+                named = []
+                for page in tasks:
+                    if _candidates_of(page) is None:
+                        tally.add_stray(page.get("id"), "names no candidate (imported by hand?)")
                         continue
+                    slots, strays = _per_candidate(page)
+                    named += slots
+                    for entry in strays:
+                        tally.add_invalid(page, "page", [entry])
+                for task in named:
+                    candidate = task["data"][ds.CANDIDATE_ID]
                     reviews[candidate] = aggregate(task.get("annotations") or [], config)
                     tally.add_invalid(task, candidate, reviews[candidate][ds.REVIEW_INVALID] or [])
                     task_id, stamp = str(task["id"]), task.get("updated_at") or ""
@@ -302,11 +350,13 @@ def pull(
                 changed += written
                 seen |= found
                 for task in named:
-                    if _candidate_of(task) not in found:
+                    if task["data"][ds.CANDIDATE_ID] not in found:
                         tally.add_stray(
-                            task["id"], f"names candidate {_candidate_of(task)!a}, not in the dataset"
+                            task["id"],
+                            f"names candidate {task['data'][ds.CANDIDATE_ID]!a}, not in the dataset",
                         )
-                conn.show_reviews(project_id, named, reviews)
+                # a page of several candidates has no one value for a column
+                conn.show_reviews(project_id, [t for t in named if "slot" not in t], reviews)
                 read += len(tasks)
                 progress("pull reviews", read, read - len(tasks) + remaining)
         cleared = _clear_gone(dataset, seen) if full else 0

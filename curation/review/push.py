@@ -25,7 +25,7 @@ from curation.core.workspace import Workspace, atomic_write_text
 from curation.review.calibration import hold_back, load_groups, load_rules, random_weights
 from curation.review.client import Connection, connect
 from curation.review.project import ensure_project
-from curation.review.task_page import candidate_task
+from curation.review.task_page import PAGE, candidate_task, page_task
 
 Order = Literal["uncertain", "score", "random", "view"]
 ORDERS: tuple[str, ...] = get_args(Order)
@@ -40,12 +40,14 @@ class PushReport:
     pushed: int
     held: int = 0
     triage: tuple[str, ...] = ()  # with --triage: what it did for each concept count, and why
+    pages: int | None = None  # tasks the new candidates went into, when pages hold several
 
     def summary(self) -> str:
         held = f", {self.held} held back by triage (view `{ds.VIEW_TRIAGED_OUT}`)" if self.held else ""
         triage = "".join(f"\n  triage, {line}" for line in self.triage)
         return (
-            f"review push: {self.pushed} new tasks ({self.already} already in project {self.project_id}, "
+            f"review push: {self.pushed} new {'tasks' if self.pages is None else f'candidates on {self.pages} pages'}"
+            f" ({self.already} already in project {self.project_id}, "
             f"{self.in_view} in view{held}) at {self.url}/projects/{self.project_id}{triage}"
         )
 
@@ -80,6 +82,7 @@ def push(
     order: Order = "uncertain",
     overlap: int | None = None,
     triage: bool = False,
+    per_page: int | None = None,
     progress: ProgressFn = no_progress,
 ) -> PushReport:
     """Push the candidates of a saved FiftyOne view as tasks; only those not yet in the project.
@@ -90,13 +93,17 @@ def push(
         order: task order: `uncertain` (machine score nearest the median first), `score` (best
             first), `random` (seeded), `view` (as stored).
         overlap: annotators per task (the project's maximum_annotations).
+        per_page: candidates per review page (`--batch`; default `review.candidates_per_page`): a
+            page holds candidates of one composition (same concepts, hence the same references),
+            each with its own answers; 1 is a page per candidate.
         triage: hold back the candidates `curate calibrate`'s rule says people would reject, only
             for concept counts whose rule passed the held-out check (lower bound on the recall of
             accepts >= 95%); every other count is sent whole and the summary says why. Held ones
             get a `triage` field and the `triaged_out` view, nothing is deleted, and a push
             without triage sends them (clearing the field).
     """
-    groups = load_groups(ws) if triage else {}  # refuse before touching the server
+    rules = load_rules(ws)
+    groups = load_groups(ws) if triage or rules else {}  # refuse before touching the server
     conn = connect(ws, url, token)
     dataset = ds.open_dataset(ws)
     if not dataset.has_saved_view(view):
@@ -114,36 +121,68 @@ def push(
     concepts = ws.concepts()
     key = scores[0] if scores else None
     random = {name for name in scores if random_weights(dataset, name)}
-    rules = load_rules(ws)
     held: dict[str, str] = {}
     notes: list[str] = []
     if triage:
         held, notes = hold_back(new, rules, groups, random)
         new = [r for r in new if r[ds.CANDIDATE_ID] not in held]
-    ordered = _order(new, order, key)
-    batch = ws.config.review.batch_size
+    # what a page's "likely reject" hint quotes: each concept count's own rule and its held-out check
+    earned = {g: (rule, groups[g].heldout) for g, rule in rules.items() if g in groups and groups[g].heldout}
+    pages = compositions(_order(new, order, key), per_page or ws.config.review.candidates_per_page)
+    batch = max(1, ws.config.review.batch_size // max(len(p) for p in pages)) if pages else 1
     with ThreadPoolExecutor(max_workers=1) as pool:  # Label Studio imports a batch while the next is built
         sending = None
-        for start in range(0, len(ordered), batch):
+        for start in range(0, len(pages), batch):
             tasks = [
-                candidate_task(ws, conn, r, concepts, scores, random, rules)
-                for r in ordered[start : start + batch]
+                page_task([candidate_task(ws, conn, r, concepts, scores, random, earned) for r in page])
+                for page in pages[start : start + batch]
             ]
             if sending is not None:
                 _record_pushed(ws, sending.result())
-                progress("push tasks", start, len(ordered))
-            sending = pool.submit(conn.import_tasks, project_id, tasks, ds.CANDIDATE_ID)
+                progress("push tasks", start, len(pages))
+            sending = pool.submit(_import_pages, conn, project_id, tasks)
         if sending is not None:
             _record_pushed(ws, sending.result())
-            progress("push tasks", len(ordered), len(ordered))
+            progress("push tasks", len(pages), len(pages))
     _record_triage(dataset, held, [r[ds.CANDIDATE_ID] for r in new])
     return PushReport(
-        project_id, conn.url, len(rows), len(rows) - len(new) - len(held), len(new), len(held), tuple(notes)
+        project_id,
+        conn.url,
+        len(rows),
+        len(rows) - len(new) - len(held),
+        len(new),
+        len(held),
+        tuple(notes),
+        pages=len(pages) if len(pages) != len(new) else None,
     )
 
 
+def compositions(rows: list[dict[str, Any]], per_page: int) -> list[list[dict[str, Any]]]:
+    """Rows as pages of at most `per_page` candidates of one composition (the same set of concepts),
+    each page placed where its first candidate stood: the order that tells most first still holds."""
+    if per_page < 1:
+        raise CurateError(f"a review page holds at least one candidate, not {per_page}")
+    open_pages: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    pages: list[list[dict[str, Any]]] = []
+    for row in rows:
+        composition = tuple(sorted(row[ds.CONCEPTS] or []))
+        page = open_pages.get(composition)
+        if page is None or len(page) == per_page:
+            page = open_pages[composition] = []
+            pages.append(page)
+        page.append(row)
+    return pages
+
+
+def _import_pages(conn: Connection, project_id: int, tasks: list[dict[str, Any]]) -> list[str]:
+    """Import pages; the record's line of each: its candidate ids, space-separated, in slot order."""
+    conn.import_tasks(project_id, tasks, ds.CANDIDATE_ID)  # a page's first candidate names it
+    return [t["data"][PAGE] for t in tasks]
+
+
 def pushed_file(ws: Workspace) -> Path:
-    """The candidate ids this workspace imported into its project, after a header naming the project."""
+    """What this workspace imported into its project, after a header naming the project: a line per
+    task, its page's candidate ids in slot order (a single candidate's task: its id alone)."""
     return ws.review_dir / "pushed.txt"
 
 
@@ -167,10 +206,19 @@ def _project_tasks(ws: Workspace, conn: Connection, project_id: int) -> set[str]
     recorded = set(lines[1:]) if lines[:1] == [header] else None
     project = conn.project(project_id)
     if recorded is not None and project is not None and project["task_number"] == len(recorded):
-        return recorded
-    found = conn.task_keys(project_id, ds.CANDIDATE_ID)
+        return {cid for line in recorded for cid in line.split(" ")}
+    found = _listed_pages(conn, project_id)
     atomic_write_text(path, "\n".join([header, *sorted(found)]) + "\n")
-    return found
+    return {cid for line in found for cid in line.split(" ")}
+
+
+def _listed_pages(conn: Connection, project_id: int) -> set[str]:
+    """The project's tasks as record lines, read from the server (tasks from before pages name one candidate)."""
+    pages = conn.task_keys(project_id, PAGE)
+    project = conn.project(project_id) or {"task_number": 0}
+    singles = conn.task_keys(project_id, ds.CANDIDATE_ID) if project["task_number"] > len(pages) else set()
+    first = {line.split(" ")[0] for line in pages}
+    return pages | {cid for cid in singles if cid not in first}
 
 
 def _record_pushed(ws: Workspace, imported: list[str]) -> None:

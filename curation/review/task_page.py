@@ -1,7 +1,8 @@
-"""What an annotator sees of a candidate: one Label Studio task's data, its reference strip and score table.
+"""What an annotator sees: a page of candidates of one composition as one Label Studio task's data.
 
-The task points at the candidate, its preview and its concepts' cut-outs, published into the media
-tree, through local-files URLs;
+A page shows each candidate in turn, a strip of them all, their captions and scores, and the
+composition's reference cut-outs once; it points at the candidates, their previews and the cut-outs,
+published into the media tree, through local-files URLs;
 the machine scores are labelled with their direction and whether their weights were random, and a
 calibrated triage rule shows as a hint, never as a pre-selected decision.
 """
@@ -18,10 +19,51 @@ from curation.core.labeling_config import IMAGE
 from curation.core.records import content_id
 from curation.core.thumbnails import candidate_thumb, thumbnail, thumbs_dir
 from curation.core.workspace import Workspace
-from curation.review.calibration import ScoreCalibration, rule_for
+from curation.review.calibration import ScoreCalibration
 from curation.review.client import Connection, media_url
+from curation.review.crossval import CONFIDENCE, HeldOut
 
 THUMB = "thumb"  # the Data Manager's image column
+CANDIDATE_IDS = "candidate_ids"  # a page's candidates in slot order (the `item_index` of their answers)
+PAGE = "page"  # a page's candidate ids joined by spaces: what the pushed record keeps per task
+STRIP_PX = 44
+
+
+def page_task(tasks: list[dict[str, Any]]) -> dict[str, Any]:
+    """One review page of the candidates' tasks (same concepts, same references), in slot order.
+
+    The page shows the candidate in focus large (`images`, perItem controls answer for it), all of
+    them as a numbered strip, their captions and scores as numbered rows; the references once. Its
+    `candidate_id` is the first candidate's (one key per task, for the import's retry and the Data
+    Manager), `candidate_ids` says which candidate each slot is.
+    """
+    data = [t["data"] for t in tasks]
+    ids = [d[ds.CANDIDATE_ID] for d in data]
+    strip = "".join(
+        f'<figure style="margin:0;text-align:center;font-size:11px"><img src="{html.escape(d[THUMB])}" '
+        f'style="width:{STRIP_PX}px;height:{STRIP_PX}px;object-fit:cover"/><figcaption>{n}</figcaption></figure>'
+        for n, d in enumerate(data, 1)
+    )
+    captions = "".join(f"<li>{html.escape(d[ds.CAPTION])}</li>" for d in data)
+    scores = _page_scores_html(data)
+    return {
+        "data": {
+            ds.CANDIDATE_ID: ids[0],
+            CANDIDATE_IDS: ids,
+            PAGE: " ".join(ids),
+            "images": [d[IMAGE] for d in data],
+            THUMB: data[0][THUMB],
+            ds.CONCEPTS: data[0][ds.CONCEPTS],
+            "refs": data[0]["refs"],
+            "refs_html": data[0]["refs_html"],
+            # a page of one has no other candidate to show
+            "strip": f'<div style="display:flex;flex-wrap:wrap;gap:4px">{strip}</div>'
+            if len(data) > 1
+            else "",
+            "captions": f'<ol style="margin:2px 0;padding-left:18px;font-size:12px">{captions}</ol>',
+            "scores": scores if len(data) > 1 else data[0]["scores"],
+        }
+    }
 
 
 def candidate_task(
@@ -31,12 +73,13 @@ def candidate_task(
     concepts: dict[str, Any],
     scores: list[str],
     random: set[str],
-    rules: dict[str, ScoreCalibration],
+    earned: dict[str, tuple[ScoreCalibration, HeldOut]],
 ) -> dict[str, Any]:
     """One task: image, preview and reference cut-outs as local-files URLs, caption, labelled scores.
 
     No decision is ever pre-selected: a pre-filled choice turns the annotator's own hotkey into
-    "clear", so a calibrated rule shows up as a hint line in the scores panel instead.
+    "clear", so a triage rule a concept count earned (`earned`: its rule and held-out check, by
+    concept count) shows up as a hint line in the scores panel instead.
     """
     refs = []
     for cid in row[ds.CONCEPTS] or []:
@@ -52,24 +95,74 @@ def candidate_task(
                 }
             )
     shown = {name: round(row[name], 4) for name in scores if row[name] is not None}
-    rule = rule_for(rules, len(row[ds.CONCEPTS] or []))
-    suggestion = (
-        f"likely reject ({rule.rule_text()}, calibrated: {rule.accepted_lost} of {rule.accepted} accepted fell there)"
-        if rule and rule.score not in random and rule.holds(row.get(rule.score))
-        else None
-    )
+    suggestion = triage_hint(row, earned, random)
     return {
         "data": {
             ds.CANDIDATE_ID: row[ds.CANDIDATE_ID],
             IMAGE: media_url(conn, Path(row["filepath"])),
-            THUMB: media_url(conn, thumbnail(Path(row["filepath"]), candidate_thumb(thumbs_dir(ws), row[ds.CANDIDATE_ID]))),
+            THUMB: media_url(
+                conn, thumbnail(Path(row["filepath"]), candidate_thumb(thumbs_dir(ws), row[ds.CANDIDATE_ID]))
+            ),
             ds.CAPTION: row[ds.CAPTION] or "",
             ds.CONCEPTS: list(row[ds.CONCEPTS] or []),
             "refs": refs,
             "refs_html": _refs_html(refs),
             "scores": _scores_html(shown, random, suggestion),
+            "score_values": shown,
+            "random_scores": sorted(name for name in shown if name in random),
+            "hint": suggestion,
         }
     }
+
+
+def triage_hint(
+    row: dict[str, Any], earned: dict[str, tuple[ScoreCalibration, HeldOut]], random: set[str]
+) -> str | None:
+    """ "likely reject" with what the held-out check found, when the rule this candidate's concept count
+    earned would hold it back; None otherwise.
+
+    The figures are held-out ones (curate calibrate's cross-validation), never the in-sample fit the
+    cut was chosen on: how many of the reviews the rules held back people rejected, and the recall of
+    accepts with its lower bound.
+    """
+    rule, heldout = earned.get(str(len(row[ds.CONCEPTS] or [])), (None, None))
+    if rule is None or heldout is None or rule.score in random or not rule.holds(row.get(rule.score)):
+        return None
+    held = heldout.rejected_held + heldout.accepted - heldout.accepted_kept
+    return (
+        f"likely reject ({rule.rule_text()}; held out: {heldout.rejected_held} of {held} reviews such a rule held"
+        f" back were rejected, it kept {heldout.recall:.1%} of accepts, {CONFIDENCE:.0%} lower bound"
+        f" {heldout.recall_bound:.1%})"
+    )
+
+
+def _page_scores_html(data: list[dict[str, Any]]) -> str:
+    """A page's scores as one compact table, a numbered row per candidate; directions and random weights
+    in the header (they are the same for every candidate of a push)."""
+    from curation.review.calibration import higher_is_worse
+
+    names = list(dict.fromkeys(name for d in data for name in d["score_values"]))
+    if not names:
+        return "(no machine scores)"
+    random = set(data[0]["random_scores"])
+    head = "".join(
+        f"<th>{html.escape(name)} {'&#8595;' if higher_is_worse(name) else '&#8593;'}"
+        f"{' (random weights: meaningless)' if name in random else ''}</th>"
+        for name in names
+    )
+    rows = "".join(
+        f"<tr><td>{n}</td>"
+        + "".join(
+            f"<td>{d['score_values'][name]:.3g}</td>" if name in d["score_values"] else "<td></td>"
+            for name in names
+        )
+        + f"<td>{'hint: ' + html.escape(d['hint']) if d['hint'] else ''}</td></tr>"
+        for n, d in enumerate(data, 1)
+    )
+    return (
+        f'<table class="scores" style="font-size:11px;line-height:1.2"><tr><th>#</th>{head}<th></th></tr>{rows}</table>'
+        '<div style="font-size:11px">&#8593; higher is better, &#8595; lower is better</div>'
+    )
 
 
 def _refs_html(refs: list[dict[str, str]]) -> str:
@@ -93,7 +186,11 @@ def _scores_html(shown: dict[str, float], random: set[str], suggestion: str | No
         f"<td>{'random weights: meaningless' if name in random else ''}</td></tr>"
         for name, value in shown.items()
     )
-    table = f'<table class="scores" style="font-size:11px;line-height:1.2">{rows}</table>' if rows else "(no machine scores)"
+    table = (
+        f'<table class="scores" style="font-size:11px;line-height:1.2">{rows}</table>'
+        if rows
+        else "(no machine scores)"
+    )
     hint = f'<div style="font-size:11px">machine hint: {html.escape(suggestion)}</div>' if suggestion else ""
     return f"{hint}{table}"
 
