@@ -21,8 +21,9 @@ import cv2
 from curation.core.config import GenerateConfig
 from curation.core.devices import visible_cuda_devices, worker_devices
 from curation.core.errors import CurateError
-from generators.candidates import CandidateMaker, WorkItem
+from generators.candidates import CandidateMaker
 from generators.generate_settings import loads_model
+from generators.work import WorkItem
 
 EXECUTORS = ("local", "ray")
 

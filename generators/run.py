@@ -19,7 +19,6 @@ and `generators.executors` runs them in this process, in worker processes or on 
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 from collections import Counter
@@ -29,7 +28,7 @@ from pathlib import Path
 from curation.core.errors import CurateError
 from curation.core.lock import writes
 from curation.core.progress import ProgressFn, no_progress
-from curation.core.records import Candidate, content_id
+from curation.core.records import Candidate
 from curation.core.workspace import (
     STALE_DIR,
     SUCCESS_MARKER,
@@ -37,9 +36,10 @@ from curation.core.workspace import (
     atomic_write_json,
     read_record,
 )
-from generators.candidates import CandidateMaker, WorkItem
+from generators.candidates import CandidateMaker
 from generators.executors import EXECUTORS, run_chunk, run_in_processes, run_on_ray
-from generators.generate_settings import batch_size, check_settings, generate_config, generator_config
+from generators.generate_settings import batch_size, check_settings, generate_config
+from generators.work import WorkItem, plan_work
 
 _CHUNK = 8
 """Candidates per task sent to a worker: small enough to balance two workers inside one shard."""
@@ -69,24 +69,6 @@ class GenerateReport:
                 f"; moved {self.set_aside} stale files (plans or config changed) to candidates/{STALE_DIR}/"
             )
         return text
-
-
-def plan_work(ws: Workspace, generator: str | None = None) -> list[WorkItem]:
-    """Every candidate the current plans and config call for, in shard order."""
-    config = generate_config(ws, generator)
-    if config.shard_size < 1 or config.seeds_per_plan < 1:
-        raise CurateError("generate.shard_size and generate.seeds_per_plan must be at least 1")
-    gen_config = generator_config(config)
-    items = []
-    pairs = itertools.product(ws.plans(), range(config.seeds_per_plan))
-    for index, (plan, seed) in enumerate(pairs):
-        cid = content_id(
-            {"plan_id": plan.plan_id, "seed": seed, "generator": config.generator, "config": gen_config}
-        )
-        items.append(
-            WorkItem(shard=f"{index // config.shard_size:05d}", candidate_id=cid, plan=plan, seed=seed)
-        )
-    return items
 
 
 def _read_marker(path: Path) -> dict[str, object] | None:

@@ -131,13 +131,8 @@ def app_command(
     if note := moved_note(port, server.url):
         typer.echo(note, err=True)
     typer.echo(f"FiftyOne App: {server.url}  (Ctrl-C to stop)")
-    try:
-        code = server.process.wait()
+    if (code := server.wait()) is not None:
         raise CurateError(f"the FiftyOne App server stopped (exit code {code}); its log: {server.log}")
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
 
 
 @concepts_app.command("add")

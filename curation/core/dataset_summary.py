@@ -3,7 +3,7 @@
 Counting a few thousand reviews through FiftyOne took 21-23 s on 2 cores (10 s to import it, 10 s to
 start its database) for figures that need a handful of fields per reviewed sample. The writers of
 those fields record them as the dataset holds them when they finish (`curate index`: samples,
-concepts, file paths, near-duplicates; `curate review pull`: the review fields), in
+concepts, near-duplicates; `curate review pull`: the review fields), in
 `index/summary/dataset.json`, and the read-only commands read that file instead.
 
 The file never stands in for the dataset when it may say something else:
@@ -51,11 +51,9 @@ if TYPE_CHECKING:
     from curation.core.workspace import Workspace
 
 VERSION = 1
-FILEPATH = "filepath"
 FIELDS = (
     ds.CANDIDATE_ID,
     ds.CONCEPTS,
-    FILEPATH,
     ds.NEAR_DUP_OF,
     ds.REVIEW_DECISION,
     ds.REVIEW_QUALITY,
@@ -148,18 +146,23 @@ class ExportTake(NamedTuple):
     """Left out: set aside by `curate generate` (their plans or settings changed)."""
 
 
-def export_take(ws: Workspace, summary: DatasetSummary) -> ExportTake:
+def export_take(ws: Workspace, summary: DatasetSummary, stale: set[str] | None = None) -> ExportTake:
     """The export's own rule (exports/select.py) over the summary: accepted for export, not stale, and
     not a near-duplicate copy of another candidate taken (`near_duplicate_copies`). `curate status`,
-    `topup` and `review status` count what the export takes by this, so none of them can promise more."""
+    `topup` and `review status` count what the export takes by this, so none of them can promise more.
+
+    Args:
+        stale: `ws.stale_candidates()`, when the caller has it already.
+    """
     min_quality = ws.config.export.min_quality
+    aside = ws.stale_candidates() if stale is None else stale
     chosen: dict[str, str | None] = {}
-    stale = set()
+    stale: set[str] = set()
     for row in summary.rows():
         cid = row[ds.CANDIDATE_ID]
         if cid is None or not written_review(row).accepted_for_export(min_quality):
             continue
-        if ws.is_stale(cid, row[FILEPATH]):
+        if cid in aside:
             stale.add(cid)
         else:
             chosen[cid] = row[ds.NEAR_DUP_OF]

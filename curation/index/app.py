@@ -8,15 +8,18 @@ command rather than through `fo.launch_app`: a URL ending in `/datasets/<name>` 
 without a session, while a remote session printed a port-forwarding banner, logged "Could not
 connect session, trying again" every few seconds until its server came up, and gave that server a
 fixed 60 s to bind, which a loaded 2-core machine missed twice at load ~9. Here the wait follows
-the server: it ends when the server answers, says so every 15 s meanwhile, stops at once with the
-server's own last log lines if the child dies, and gives up only after `START_CAP_S`. What the
-server prints goes to `index/app.log`, not to the terminal.
+the server's progress: it ends when the server answers, says every 15 s how long it has been and
+the server's last log line, stops at once with the server's own last log lines if the child dies,
+and gives up only when the server (with its children, e.g. the database it starts) has neither used
+CPU nor written to its log for `STALL_S`: a slow start on a busy machine keeps going, a hung one
+ends. What the server prints goes to `index/app.log`, not to the terminal.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -33,8 +36,8 @@ from curation.core.ports import choose_port
 if TYPE_CHECKING:
     from curation.core.workspace import Workspace
 
-START_CAP_S = 600.0
-"""The longest a start is waited for while the server process lives (a cold start at load ~9 took > 60 s)."""
+STALL_S = 120.0
+"""Give up on a start after this long without progress (no CPU used by the server, no log written)."""
 NOTICE_EVERY_S = 15.0
 LOG_LINES = 5
 """Lines of the server's log an error quotes."""
@@ -47,6 +50,18 @@ class AppServer:
     url: str
     process: subprocess.Popen[bytes]
     log: Path
+
+    def wait(self) -> int | None:
+        """Serve until the server exits (its exit code) or this process is told to stop (Ctrl-C or
+        SIGTERM: None); the server never outlives the wait."""
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            return self.process.wait()
+        except KeyboardInterrupt:
+            return None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            self.stop()
 
     def stop(self) -> None:
         """End the server (politely, then for good)."""
@@ -64,7 +79,7 @@ def launch_app(
     address: str = "127.0.0.1",
     port: int = 5151,
     echo: Callable[[str], None] = lambda line: None,
-    cap_s: float = START_CAP_S,
+    stall_s: float = STALL_S,
 ) -> AppServer:
     """Start the FiftyOne App's server on the workspace's dataset and return once it answers.
 
@@ -74,10 +89,10 @@ def launch_app(
 
     Args:
         echo: Told what is happening while the server starts (the CLI prints it on stderr).
-        cap_s: Give up after this many seconds even if the server still runs.
+        stall_s: Give up when the server made no progress (CPU, log) for this many seconds.
 
     Raises:
-        CurateError: when `curate index` has not run yet, the server exits, or it never answers.
+        CurateError: when `curate index` has not run yet, the server exits, or it stalls before answering.
     """
     dataset = ds.open_dataset(ws, require_samples=True)
     port = choose_port(port, address)
@@ -94,20 +109,22 @@ def launch_app(
         )
     server = AppServer(f"http://{address}:{port}/datasets/{dataset.name}", process, log)
     try:
-        _wait_until_serving(server, "127.0.0.1" if address in ("0.0.0.0", "") else address, port, echo, cap_s)
+        host = "127.0.0.1" if address in ("0.0.0.0", "") else address
+        wait_until_serving(server, host, port, echo, stall_s)
     except BaseException:
         server.stop()
         raise
     return server
 
 
-def _wait_until_serving(
-    server: AppServer, host: str, port: int, echo: Callable[[str], None], cap_s: float
+def wait_until_serving(
+    server: AppServer, host: str, port: int, echo: Callable[[str], None], stall_s: float = STALL_S
 ) -> None:
-    """Poll the server's version endpoint while its process lives, saying how long it has been."""
+    """Poll the server's version endpoint while its process lives and makes progress, saying how it goes."""
     echo(f"starting the FiftyOne App on port {port} (a cold start can take a minute; its log: {server.log})")
-    started = time.monotonic()
+    started = last_progress = time.monotonic()
     next_notice = started + NOTICE_EVERY_S
+    progress = _progress(server)
     while True:
         if _answers(host, port):
             return
@@ -117,15 +134,40 @@ def _wait_until_serving(
                 f"(whole log: {server.log})"
             )
         now = time.monotonic()
-        if now - started > cap_s:
+        if (seen := _progress(server)) != progress:
+            progress, last_progress = seen, now
+        elif now - last_progress > stall_s:
             raise CurateError(
-                f"the FiftyOne App server did not answer on port {port} within {cap_s:.0f} s: {_tail(server.log)} "
-                f"(whole log: {server.log})"
+                f"the FiftyOne App server made no progress for {stall_s:.0f} s (no CPU used, nothing logged) "
+                f"and does not answer on port {port}: {_tail(server.log)} (whole log: {server.log})"
             )
         if now >= next_notice:
-            echo(f"  still starting ({now - started:.0f} s)...")
+            echo(f"  still starting ({now - started:.0f} s): {_tail(server.log, 1)}")
             next_notice = now + NOTICE_EVERY_S
         time.sleep(0.5)
+
+
+def _progress(server: AppServer) -> tuple[float, int]:
+    """CPU seconds the server and its children have used, and its log's size: what moves while it starts."""
+    import psutil
+
+    cpu = 0.0
+    try:
+        process = psutil.Process(server.process.pid)
+        for each in [process, *process.children(recursive=True)]:
+            times = each.cpu_times()
+            cpu += times.user + times.system + times.children_user + times.children_system
+    except psutil.Error:
+        pass  # it just exited: the caller sees that from its exit code
+    try:
+        size = server.log.stat().st_size
+    except OSError:
+        size = 0
+    return round(cpu, 2), size
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _answers(host: str, port: int) -> bool:
@@ -137,6 +179,6 @@ def _answers(host: str, port: int) -> bool:
         return False
 
 
-def _tail(log: Path) -> str:
+def _tail(log: Path, count: int = LOG_LINES) -> str:
     lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    return " | ".join(lines[-LOG_LINES:]) or "(its log is empty)"
+    return " | ".join(lines[-count:]) or "(its log is empty)"

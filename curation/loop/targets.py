@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from curation.core import dataset as ds
 from curation.core import dataset_summary
 from curation.core.config import CurationConfig
-from curation.core.dataset_summary import FILEPATH, DatasetSummary, export_take, written_review
+from curation.core.dataset_summary import DatasetSummary, export_take, written_review
 from curation.core.labeling_config import labeling_config
+from curation.core.records import LayoutPlan
 from curation.core.workspace import Workspace
 
 Composition = tuple[str, ...]
@@ -75,11 +76,13 @@ def compute_targets(compositions: list[Composition], config: CurationConfig) -> 
     return Targets(per_composition, per_bucket, per_concept)
 
 
-def planned_compositions(ws: Workspace) -> list[Composition]:
-    """The concept sets the plans hold, then those of `layout.compositions_file` not planned yet."""
+def planned_compositions(ws: Workspace, plans: list[LayoutPlan] | None = None) -> list[Composition]:
+    """The concept sets the plans hold (`ws.plans()` unless given), then those of `layout.compositions_file`
+    not planned yet."""
     from generators.compositions import load_allowed_sets
 
-    found: dict[Composition, None] = {tuple(sorted(p.concepts)): None for p in ws.plans()}
+    planned = ws.plans() if plans is None else plans
+    found: dict[Composition, None] = {tuple(sorted(p.concepts)): None for p in planned}
     allowed = load_allowed_sets(ws, ws.config.layout, set(ws.concepts())) or []
     found.update((tuple(sorted(s)), None) for s in allowed)
     return list(found)
@@ -206,13 +209,14 @@ def read_reviews(ws: Workspace, summary: DatasetSummary | None) -> dict[str, Rev
     """
     if summary is None:
         return {}
-    taken = export_take(ws, summary).taken
+    stale = ws.stale_candidates()
+    taken = export_take(ws, summary, stale).taken
     known = set(labeling_config(ws).reasons)
     reviews = {}
     for row in summary.rows():
         cid = row[ds.CANDIDATE_ID]
         written = written_review(row)
-        if not written.reviewed or cid is None or ws.is_stale(cid, row[FILEPATH]):
+        if not written.reviewed or cid is None or cid in stale:
             continue  # a stale candidate's review outlives it, but export skips it: it fills no target
         outcome = ACCEPTED if cid in taken else LEFT_OUT if written.accepted else REJECTED
         reasons = tuple(r for r in row[ds.REVIEW_REASONS] or [] if r in known)
@@ -226,10 +230,11 @@ def read_shape(ws: Workspace, recount: bool = False) -> Shape:
     Args:
         recount: Count the dataset's reviews in FiftyOne itself, not the summary its writers recorded.
     """
-    from generators.run import plan_work
+    from generators.work import plan_work
 
     config = ws.config.curation
-    compositions = planned_compositions(ws)
+    plans = ws.plans()
+    compositions = planned_compositions(ws, plans)
     targets = compute_targets(compositions, config)
     reading = dataset_summary.read(ws, recount)
     reviews = read_reviews(ws, reading.summary)
@@ -244,9 +249,9 @@ def read_shape(ws: Workspace, recount: bool = False) -> Shape:
         else:
             state.rejected += 1
             state.reasons.update(review.reasons)
-    plan_compositions = {p.plan_id: tuple(sorted(p.concepts)) for p in ws.plans()}
+    plan_compositions = {p.plan_id: tuple(sorted(p.concepts)) for p in plans}
     outcomes = {plan_id: PlanOutcome() for plan_id in plan_compositions}
-    for item in plan_work(ws):
+    for item in plan_work(ws, plans=plans):
         outcome = outcomes[item.plan.plan_id]
         outcome.items += 1
         if (review := reviews.get(item.candidate_id)) is None:
