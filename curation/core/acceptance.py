@@ -139,7 +139,10 @@ def review_views(collection: fo.Dataset | fo.DatasetView, min_quality: float) ->
         ),
         VIEW_ACCEPTED_FOR_EXPORT: (
             collection.match(is_accepted_for_export(min_quality)),
-            f"accepted with mean quality >= {min_quality:g} (export.min_quality): what `curate export` takes",
+            (
+                f"accepted with mean quality >= {min_quality:g} (export.min_quality): what `curate export` "
+                "takes, less near-duplicate copies of another one (near_dup_of) and stale candidates"
+            ),
         ),
         VIEW_REJECTED: (collection.match(is_rejected()), "rejected: most valid votes reject, or a tie"),
         VIEW_DISPUTED: (
