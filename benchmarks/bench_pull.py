@@ -100,7 +100,8 @@ def bench(db: str, args: argparse.Namespace, scratch: Path) -> None:
     from curation.core.ports import free_port
     from curation.core.workspace import Workspace
     from curation.review.client import connect
-    from curation.review.pull import project_id_of, pull
+    from curation.review.project import project_id_of
+    from curation.review.pull import pull
     from curation.review.server import serve, stop
     from tests.fixtures.labelstudio import seeded_home
     from tests.test_labelstudio_postgres import migrate, start_postgres

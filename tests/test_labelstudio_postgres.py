@@ -1,9 +1,12 @@
 """Label Studio on PostgreSQL as a team runs it, real processes throughout.
 
 `deploy/postgres.sh` starts a cluster in a folder, `curate review serve` starts Label Studio on it
-with the variables the script prints, two annotators sign up through the invite link `serve`
-prints and review the same tasks with tokens of their own, `curate review pull` brings back both
-votes, and the rows are in PostgreSQL: the data dir holds no SQLite file.
+with the variables the script prints, under uWSGI with two workers (`[review] workers = 2`): the
+labeling page's assets come from uWSGI, a pull with several export snapshots in flight (both
+workers answering) equals one taken a snapshot at a time, two annotators sign up through the invite
+link `serve` prints and review the same tasks with tokens of their own, `curate review pull` brings
+back both votes, the rows are in PostgreSQL (the data dir holds no SQLite file), and `curate review
+stop` leaves no process of the server behind.
 
 Label Studio's ~400 migrations take 1-3 minutes on PostgreSQL on 2 cores, so the migrated empty
 database is dumped once per machine and Label Studio version and restored into each fresh cluster
@@ -12,11 +15,16 @@ database is dumped once per machine and Label Studio version and restored into e
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -29,12 +37,15 @@ from typer.testing import CliRunner
 
 from curation.cli import app
 from curation.core import dataset as ds
-from curation.core.config import CurateConfig
+from curation.core.config import CurateConfig, ReviewConfig
 from curation.core.errors import CurateError
 from curation.core.ports import free_port
 from curation.core.workspace import Workspace
-from curation.review.pull import annotation_result
-from curation.review.server import ServerInfo, database_in, read_server, stop
+from curation.review import pull_chunks
+from curation.review.project import project_id_of
+from curation.review.pull import REVIEW_FIELDS, annotation_result, pull
+from curation.review.server import ServerInfo, check_identity, database_in, read_server, stop, use_server
+from curation.review.server_process import group_members, is_healthy
 from tests.test_review import build_candidates
 
 POSTGRES_SH = Path(__file__).resolve().parents[1] / "deploy" / "postgres.sh"
@@ -144,7 +155,7 @@ def team_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamServer
     pg_parent = Path(tempfile.mkdtemp(prefix="curate-pg-"))
     pg_parent.chmod(0o711)
     pg_dir = pg_parent / "cluster"
-    home = Workspace.create(tmp_path_factory.mktemp("team"))
+    home = Workspace.create(tmp_path_factory.mktemp("team"), CurateConfig(review=ReviewConfig(workers=2)))
     try:
         db = start_postgres(pg_dir, free_port())
         migrate(db, tmp_path_factory.mktemp("migrate-scratch"))
@@ -160,6 +171,113 @@ def team_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamServer
         if (pg_dir / "data" / "PG_VERSION").exists():
             subprocess.run(["bash", str(POSTGRES_SH), "stop", str(pg_dir)], check=False, timeout=120)
         shutil.rmtree(pg_parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def researcher(team_server: TeamServer) -> Workspace:
+    """A workspace of 7 candidates pushed to the team server, each annotated once by the admin
+    (one with a rating the page cannot produce), pulled in snapshots of 2 tasks."""
+    info = team_server.info
+    config = CurateConfig(review=ReviewConfig(pull_page_size=2))
+    config.index.dataset_name = f"review-workers-{team_server.home.root.name}"
+    ws = Workspace.create(team_server.home.root / "in-flight", config)
+    use_server(ws, info.url, info.token, document_root=Path(info.document_root))
+    ids = build_candidates(ws, 7)
+    pushed = CliRunner().invoke(app, ["review", "push", "-w", str(ws.root)])
+    assert pushed.exit_code == 0, pushed.output
+    client = LabelStudio(base_url=info.url, api_key=info.token)
+    listed = {
+        t.data[ds.CANDIDATE_ID]: t.id
+        for t in client.tasks.list(project=project_id_of(ws), fields="task_only")
+    }
+    for i, cid in enumerate(ids):
+        result = annotation_result(("accept", "reject")[i % 2], 7 if i == 3 else 1 + i % 5)
+        client.annotations.create(id=listed[cid], result=result)
+    return ws
+
+
+def test_serve_runs_uwsgi_workers_that_serve_the_pages_assets(
+    team_server: TeamServer, researcher: Workspace
+) -> None:
+    home, info = team_server.home, team_server.info
+    assert info.workers == 2
+    master = Path(f"/proc/{info.pid}/cmdline").read_bytes().split(b"\0")
+    assert master[1].endswith(b"/uwsgi") and b"--processes=2" in master
+    assert len(group_members(info.pid or 0)) == 3  # the master and its two workers
+    assert is_healthy(info.url)
+    check_identity(home, info)  # the organization is named after the workspace, as with `label-studio start`
+    environment = Path(f"/proc/{info.pid}/environ").read_bytes().split(b"\0")
+    assert f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={home.root / 'media'}".encode() in environment
+    assert info.password not in team_server.serve_output
+
+    session = requests.Session()
+    session.get(f"{info.url}/user/login/", timeout=60).raise_for_status()
+    logged_in = session.post(
+        f"{info.url}/user/login/",
+        data={
+            "email": info.email,
+            "password": info.password,
+            "csrfmiddlewaretoken": session.cookies["csrftoken"],
+        },
+        headers={"Referer": f"{info.url}/user/login/"},
+        timeout=60,
+    )
+    assert logged_in.status_code == 200 and "/user/login" not in logged_in.url
+    page = session.get(f"{info.url}/projects/{project_id_of(researcher)}/data?labeling=1", timeout=60)
+    assert page.status_code == 200
+    assets = set(re.findall(r'(?:src|href)="(/(?:static|react-app)/[^"?]+\.(?:js|css))', page.text))
+    assert {a.rsplit(".", 1)[1] for a in assets} == {"js", "css"}, assets
+    for asset in assets:
+        served = session.get(info.url + asset, timeout=60)
+        assert served.status_code == 200 and served.content, asset
+        assert "X-Frame-Options" not in served.headers  # from disk by uWSGI, not through Django's middleware
+
+
+def _cpu_ticks(pid: int) -> int:
+    """User + system CPU time a process has used, in clock ticks (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def test_a_pull_with_snapshots_in_flight_equals_one_at_a_time(
+    team_server: TeamServer, researcher: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def pulled(in_flight: int) -> tuple[dict[str, tuple], list[dict], int]:
+        researcher.config.review.pull_in_flight = in_flight
+        report = pull(researcher, full=True)
+        assert report.raw_path is not None
+        with gzip.open(report.raw_path, "rt") as raw:
+            delta = sorted((json.loads(line) for line in raw), key=lambda t: t["id"])
+        samples = ds.open_dataset(researcher)
+        reviews = dict(
+            zip(samples.values(ds.CANDIDATE_ID), zip(*samples.values(list(REVIEW_FIELDS))), strict=True)
+        )
+        return reviews, delta, report.invalid_count
+
+    one_at_a_time = pulled(1)
+    assert len(one_at_a_time[1]) == 7 and one_at_a_time[2] == 1
+    assert Counter(r[0] for r in one_at_a_time[0].values()) == {"accept": 4, "reject": 2, None: 1}
+
+    running, overlap, lock = [0], [0], threading.Lock()
+    real_snapshot = pull_chunks.snapshot
+
+    def watched(*args: object) -> list[dict]:
+        with lock:
+            running[0] += 1
+            overlap[0] = max(overlap[0], running[0])
+        try:
+            return real_snapshot(*args)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(pull_chunks, "snapshot", watched)  # observes the real snapshots, changes nothing
+    master = team_server.info.pid or 0
+    workers = [pid for pid in group_members(master) if pid != master]
+    before = {pid: _cpu_ticks(pid) for pid in workers}
+    assert pulled(3) == one_at_a_time
+    assert overlap[0] >= 2  # 4 snapshots of 2 tasks, up to 3 at once
+    assert all(_cpu_ticks(pid) > ticks for pid, ticks in before.items())  # both workers answered
 
 
 def test_two_annotators_review_on_postgres(team_server: TeamServer) -> None:
@@ -192,16 +310,18 @@ def test_two_annotators_review_on_postgres(team_server: TeamServer) -> None:
     for email, decisions in votes.items():
         client = LabelStudio(base_url=info.url, api_key=tokens[email])
         user_ids[email] = client.users.whoami().id
-        (project,) = client.projects.list()
         listed = {
-            t.data[ds.CANDIDATE_ID]: t for t in client.tasks.list(project=project.id, fields="task_only")
+            t.data[ds.CANDIDATE_ID]: t
+            for t in client.tasks.list(project=project_id_of(ws), fields="task_only")
         }
         for cid, decision in zip(ids, decisions, strict=True):
             client.annotations.create(id=listed[cid].id, result=annotation_result(decision, 4))
 
     # the workspace published its images below the team server's document root: the annotator's page gets them
+    url = re.search(rf'/data/local-files/\?d=[^"]*/s000/{ids[0]}\.png', json.dumps(listed[ids[0]].data))
+    assert url is not None, listed[ids[0]].data  # however the page lays the task out
     image = requests.get(
-        info.url + listed[ids[0]].data["image"],
+        info.url + url.group(),
         headers={"Authorization": f"Token {tokens[email]}"},
         timeout=60,
     )
@@ -221,16 +341,21 @@ def test_two_annotators_review_on_postgres(team_server: TeamServer) -> None:
     assert f"user {user_ids[ANNOTATORS[0]]}:" not in shown.output
 
     # the rows are PostgreSQL's: tasks, both annotators' votes, their accounts; no SQLite beside them
-    project_id = psql(db, "SELECT id FROM project")
+    project_id = project_id_of(ws)  # the server also holds the in-flight researcher's project
     assert psql(db, f"SELECT count(*) FROM task WHERE project_id = {project_id}") == "3"
-    assert psql(db, "SELECT count(*), count(DISTINCT completed_by_id) FROM task_completion") == "6|2"
+    votes_sql = "SELECT count(*), count(DISTINCT c.completed_by_id) FROM task_completion c JOIN task t"
+    assert psql(db, f"{votes_sql} ON c.task_id = t.id WHERE t.project_id = {project_id}") == "6|2"
     emails = set(psql(db, "SELECT email FROM htx_user").split())
     assert emails == {info.email, *ANNOTATORS}
     data_dir = home.review_dir / "labelstudio-data"
     assert not [p for p in data_dir.rglob("*") if p.suffix.startswith(".sqlite")]
 
+    # `curate review stop` ends the master and every worker
+    stopped = runner.invoke(app, ["review", "stop", "-w", str(home.root)])
+    assert stopped.exit_code == 0 and "stopped" in stopped.output, stopped.output
+    assert group_members(info.pid or 0) == [] and not is_healthy(info.url)
+
     # restarted without the database variables, Label Studio would start over on an empty SQLite file
-    stop(home)
     refused = runner.invoke(app, ["review", "serve", "-w", str(home.root)])
     assert isinstance(refused.exception, CurateError)  # the CLI prints it as one `error:` line
     assert f"keeps its data in {info.database}" in str(refused.exception)
