@@ -222,32 +222,27 @@ class _Tally:
 def _candidates_of(task: dict[str, Any]) -> list[str] | None:
     """The candidate ids a task's page shows, in slot order; None for a task imported by hand.
 
-    A page of several candidates lists them in `candidate_ids`; a single candidate's task names it in
-    `candidate_id` alone (tasks pushed before pages existed too).
+    Every task curate pushes names its (first) candidate in `candidate_id`; a page of several lists
+    them all in `candidate_ids`, starting with that one. A task without a `candidate_id` string was
+    not pushed by curate; a list that does not start with it (or repeats an id) is not believed: the
+    task counts as the single candidate it names, and answers for other slots are reported.
     """
     data = task.get("data")
-    if not isinstance(data, dict):
+    found = data.get(ds.CANDIDATE_ID) if isinstance(data, dict) else None
+    if not isinstance(found, str):
         return None
     many = data.get(CANDIDATE_IDS)
-    if (
-        isinstance(many, list)
-        and many
-        and all(isinstance(c, str) for c in many)
-        and len(set(many)) == len(many)
-    ):
-        return many
-    found = data.get(ds.CANDIDATE_ID)
-    return [found] if isinstance(found, str) and many is None else None
+    believed = isinstance(many, list) and all(isinstance(c, str) for c in many) and many[:1] == [found]
+    return many if believed and len(set(many)) == len(many) else [found]
 
 
-def _per_candidate(task: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+def _per_candidate(task: dict[str, Any], candidates: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
     """A task as one task per candidate of its page, each holding that candidate's share of every
     annotation (curation/review/annotation_rules.py `split_page`), and the answers that fit no slot.
 
     Everything after this (checks, votes, the kept delta, status, agreement) sees candidates, never
     pages: a task from before pages (no `candidate_ids`) comes back as it is.
     """
-    candidates = _candidates_of(task) or []
     if CANDIDATE_IDS not in task["data"]:
         return [task], []
     shares: list[list[dict[str, Any]]] = [[] for _ in candidates]
@@ -329,10 +324,11 @@ def pull(
                 reviews: dict[str, dict[str, Any]] = {}
                 named = []
                 for page in tasks:
-                    if _candidates_of(page) is None:
+                    candidates = _candidates_of(page)
+                    if candidates is None:
                         tally.add_stray(page.get("id"), "names no candidate (imported by hand?)")
                         continue
-                    slots, strays = _per_candidate(page)
+                    slots, strays = _per_candidate(page, candidates)
                     named += slots
                     for entry in strays:
                         tally.add_invalid(page, "page", [entry])
