@@ -7,7 +7,8 @@ next task's caption is shown and all its images loaded (Label Studio saves, pick
 rebuilds its editor); on a page of K, Ctrl+Right and the wait until the pager shows the next candidate
 and its image loaded, the page's last candidate paying Ctrl+Enter and the next page. "wait" is the
 part after the last key was sent: what the annotator sees the page take. That is the floor the page
-puts under a human's pace, not human time. Mouse events reaching the page are counted by a listener
+puts under a human's pace, not human time. For K > 1 the waits are also split into those within a
+page and the page turns (one decision in K pays Label Studio's save / next task / editor chain). Mouse events reaching the page are counted by a listener
 (goal: 0), and a pull afterwards checks every decision arrived.
 
     .venv/bin/python benchmarks/bench_review_ui.py            # 16 decisions each, K = 8, 2 concepts, 1280x800
@@ -89,7 +90,10 @@ def main() -> None:
         dataset.save_view("batched", dataset.match(F(ds.CANDIDATE_ID).is_in(ids[singles:])))
         project_id = push(ws, view="single", order="view", per_page=1).project_id
         push(ws, view="batched", order="view", per_page=args.k)  # the same project: pages of both sizes
-        runs: dict[int, list[tuple[bool, float, float]]] = {1: [], args.k: []}  # (accept, total, wait)
+        runs: dict[int, list[tuple[bool, float, float, bool]]] = {
+            1: [],
+            args.k: [],
+        }  # (accept, total, wait, turn)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
             page = open_labeling(browser, server, project_id, args.width, args.height)
@@ -102,7 +106,7 @@ def main() -> None:
                 sent = time.perf_counter()
                 page.wait_for_function(READY, arg=[f"scene {i + 1}", None], timeout=60_000, polling=10)
                 end = time.perf_counter()
-                runs[1].append((i % 2 == 0, end - start, end - sent))
+                runs[1].append((i % 2 == 0, end - start, end - sent, True))
             page.keyboard.press("Control+Space")  # skip the task where the clock stopped
             for first in range(singles, singles + args.n, args.k):  # pages of K
                 for slot in range(args.k):
@@ -120,11 +124,11 @@ def main() -> None:
                     )
                     page.wait_for_function(READY, arg=ready, timeout=60_000, polling=10)
                     end = time.perf_counter()
-                    runs[args.k].append((slot % 2 == 0, end - start, end - sent))
+                    runs[args.k].append((slot % 2 == 0, end - start, end - sent, last))
             mouse = page.evaluate("window.__mouse")
             browser.close()
         report = pull(ws)
-        accepted = sum(a for r in runs.values() for a, _, _ in r)
+        accepted = sum(r[0] for chosen in runs.values() for r in chosen)
         assert (report.accepted, report.rejected) == (accepted, 2 * args.n - accepted), report.summary()
         print(
             f"{args.n} decisions per page size, {args.concepts} concepts, {args.width}x{args.height}, keyboard only;"
@@ -143,6 +147,14 @@ def main() -> None:
             f" mean wait {statistics.mean(r[2] for r in many) / statistics.mean(r[2] for r in one):.2f},"
             f" p90 {p90([r[1] for r in many]) / p90([r[1] for r in one]):.2f}"
         )
+        within = [r[2] for r in many if not r[3]]
+        turns = [r[2] for r in many if r[3]]
+        if within:  # --k 1 has no page turn to tell apart
+            print(
+                f"  K={args.k} wait, within a page ({len(within)}): median {statistics.median(within):.3f}"
+                f" p90 {p90(within):.3f} s; page turn, the page's last decision ({len(turns)}: save, next task,"
+                f" editor): median {statistics.median(turns):.3f} s, the same chain K=1 pays every decision"
+            )
         print(f"  mouse actions: {mouse}   (pulled: {report.summary()})")
     finally:
         stop(ws)  # first: the server outlives this process otherwise

@@ -16,7 +16,6 @@ from curation.core.workspace import Workspace
 from curation.review.pull import pull
 from curation.review.push import push
 from curation.review.server import ServerInfo
-from tests.test_review import build_candidates
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
@@ -105,47 +104,6 @@ def save_annotation(page: Any, submit: Callable[[], None]) -> None:
     ) as saved:
         submit()
     assert saved.value.ok, f"saving the annotation answered {saved.value.status}"
-
-
-@pytest.mark.timeout(300)
-def test_keyboard_review_in_the_browser_reaches_fiftyone(
-    labelstudio_workspace: Callable[..., Workspace], labelstudio: ServerInfo
-) -> None:
-    from playwright.sync_api import sync_playwright
-
-    ws = labelstudio_workspace()
-    build_candidates(ws, 2)
-    project_id = push(ws, order="view").project_id
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        page = logged_in_page(browser, labelstudio, 1280, 900)
-        page.goto(f"{labelstudio.url}/projects/{project_id}/data?labeling=1")
-        submit = page.get_by_test_id("bottombar-submit-button")
-        # the candidate (64 px) and the reference strip (48 px) load through local-files storage
-        wait_for_images(
-            page,
-            submit,
-            "() => [64, 48].every(w => Array.from(document.images).some("
-            "i => i.complete && i.naturalWidth === w))",
-        )
-        page.screenshot(path=str(ws.review_dir / "labeling-page.png"))
-        # the decision controls fit in the 900 px window without scrolling
-        reject = page.locator("label", has_text="reject").filter(visible=True).first
-        box = reject.bounding_box()
-        assert box is not None and box["y"] + box["height"] <= 900
-        page.locator("body").click(position={"x": 5, "y": 5})  # focus the page, not a text box
-        for key in ("a", "4"):
-            page.keyboard.press(key)
-        try:
-            save_annotation(page, submit.click)
-        finally:
-            page.screenshot(path=str(ws.review_dir / "labeling-page-after.png"))
-            browser.close()
-    report = pull(ws)
-    assert (report.annotated, report.accepted) == (1, 1)
-    sample = ds.open_dataset(ws).match({ds.CANDIDATE_ID: "cand000"}).first()
-    assert sample[ds.REVIEW_DECISION] == "accept"
-    assert sample[ds.REVIEW_QUALITY] == 4.0
 
 
 COUNT_MOUSE = """() => {

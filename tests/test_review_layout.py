@@ -87,9 +87,8 @@ def open_labeling(browser: Any, server: ServerInfo, project_id: int, width: int,
 
 def visible(page: Any, label: str) -> Any:
     """The shown control of that label: each decision and star has a hidden twin bound to the same key."""
-    return page.get_by_label(re.compile(rf"^{re.escape(label)}(\[.*\])?$")).filter(
-        visible=True
-    )  # "accept[a]"
+    named = re.compile(rf"^{re.escape(label)}(\[.*\])?$")  # "accept[a]": the hotkey is in the label
+    return page.get_by_label(named).filter(visible=True)
 
 
 def assert_in_view(page: Any, named: dict[str, Any], width: int, height: int) -> None:
