@@ -10,12 +10,21 @@ Diffusion's `--modifier_token` and `--initializer_token`, the advanced LoRA scri
 `<c-x>` added, one new token each; the others read one-token identifiers, see `exports.identifiers`),
 and turn on prior preservation when the export holds class images for every class it would
 regularise. What stays the user's, as shell variables: `$DIFFUSERS`, the absolute path of a clone of
-github.com/huggingface/diffusers (its `examples/` are not in the pip package), and `$PRETRAINED`, the
-base pipeline (Stable Diffusion 1.5 unless set). The card and the JSON carry the same strings.
+github.com/huggingface/diffusers (its `examples/` are not in the pip package), and the base pipelines:
+`$PRETRAINED` (Stable Diffusion 1.5 unless set), `$PRETRAINED_SDXL` (SDXL base 1.0) and
+`$PRETRAINED_FLUX` (FLUX.1-dev, whose licence must be accepted on the hub first). The card and the
+JSON carry the same strings.
+
+Today's bases get the same recipe as SD 1.5's advanced LoRA command, with per-image captions and each
+concept's token as one new pivotal-tuning token: diffusers' train_dreambooth_lora_sdxl_advanced.py and
+train_dreambooth_lora_flux_advanced.py (bf16; FLUX.1 with gradient checkpointing at 512 px, as
+`curate train --base flux` trains: diffusers' FLUX.1 README trains at 1024 and names 512 as the way to
+save memory), and `curate train --base sdxl|flux`. `curate evaluate` reads every one of their
+output folders back (SDXL's script writes no model card, so its row takes `--base`).
 
 Checked against diffusers' scripts (2026-08, commit 58eb52c): train_custom_diffusion.py,
-multi_subject_dreambooth, train_dreambooth_lora_sd15_advanced.py (tests/consumers/ holds them and runs
-every command).
+multi_subject_dreambooth, train_dreambooth_lora_sd15_advanced.py, train_dreambooth_lora_sdxl_advanced.py,
+train_dreambooth_lora_flux_advanced.py (tests/consumers/ holds them and runs every command).
 """
 
 from __future__ import annotations
@@ -32,6 +41,10 @@ RUNS_DIR = "runs"
 """Where every command writes (`runs/<command name>/`), inside the export; re-exports keep it."""
 DEFAULT_PRETRAINED = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 PRETRAINED = f'"${{PRETRAINED:-{DEFAULT_PRETRAINED}}}"'
+DEFAULT_PRETRAINED_SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
+PRETRAINED_SDXL = f'"${{PRETRAINED_SDXL:-{DEFAULT_PRETRAINED_SDXL}}}"'
+DEFAULT_PRETRAINED_FLUX = "black-forest-labs/FLUX.1-dev"
+PRETRAINED_FLUX = f'"${{PRETRAINED_FLUX:-{DEFAULT_PRETRAINED_FLUX}}}"'
 CD_EXPORT = 'cd "${EXPORT:-.}"'
 _SCRIPTS = {
     "custom_diffusion": "examples/custom_diffusion/train_custom_diffusion.py",
@@ -39,6 +52,12 @@ _SCRIPTS = {
         "examples/research_projects/multi_subject_dreambooth/train_multi_subject_dreambooth.py"
     ),
     "dreambooth_lora_advanced": "examples/advanced_diffusion_training/train_dreambooth_lora_sd15_advanced.py",
+    "dreambooth_lora_sdxl_advanced": (
+        "examples/advanced_diffusion_training/train_dreambooth_lora_sdxl_advanced.py"
+    ),
+    "dreambooth_lora_flux_advanced": (
+        "examples/advanced_diffusion_training/train_dreambooth_lora_flux_advanced.py"
+    ),
 }
 PRIOR_LOSS_WEIGHT = 1.0
 """Custom Diffusion's and DreamBooth's default weight of the prior-preservation loss."""
@@ -123,6 +142,44 @@ def _custom_diffusion(
     return commands
 
 
+def _lora_advanced(
+    name: str, concepts: list[Concept], pretrained: str, base_args: list[str], note: str
+) -> TrainCommand:
+    """diffusers' advanced DreamBooth-LoRA command for one base: per-image captions, one new token each.
+
+    It cds into runs/ because the SD 1.5 and SDXL scripts save their embeddings under
+    `<output_dir>/<output_dir>_emb.safetensors`, which only works for a relative --output_dir; the
+    concepts are listed in the given order (by id), the order `curate evaluate` reads the rows of an
+    embeddings file without a model card in.
+    """
+    args = [
+        "--pretrained_model_name_or_path", Raw(pretrained),
+        "--dataset_name", "..",
+        "--caption_column", "caption",
+        "--instance_prompt", "photo of " + " and ".join(c.phrase for c in concepts),
+        "--token_abstraction", ",".join(c.token for c in concepts),
+        "--num_new_tokens_per_abstraction", "1",
+        "--train_text_encoder_ti",
+        "--output_dir", name,
+        *base_args,
+        "--train_batch_size", "1",
+        "--learning_rate", "1e-4", "--max_train_steps", "500",
+    ]  # fmt: skip
+    return TrainCommand(
+        name=name,
+        consumer="diffusers " + _SCRIPTS[name],
+        trains_on="the compositions with their per-image captions (train/metadata.jsonl)",
+        note=(
+            "each concept's token becomes one new textual-inversion token" + note + "; the command cds into"
+            " runs/ and names a relative --output_dir (the SD 1.5 and SDXL scripts save their embeddings under"
+            " `<output_dir>/<output_dir>_emb.safetensors`)"
+        ),
+        command=command_line(
+            ["mkdir", "-p", RUNS_DIR, Raw("&&"), "cd", RUNS_DIR, Raw("&&"), *_script(name)], args
+        ),
+    )
+
+
 def train_commands(
     concepts: list[Concept],
     identifiers: dict[str, str],
@@ -163,65 +220,60 @@ def train_commands(
             command=command_line(_script("multi_subject_dreambooth"), args),
         )
     )
-    args = [
-        "--pretrained_model_name_or_path", Raw(PRETRAINED),
-        "--dataset_name", "..",
-        "--caption_column", "caption",
-        "--instance_prompt", "photo of " + " and ".join(c.phrase for c in concepts),
-        "--token_abstraction", ",".join(c.token for c in concepts),
-        "--num_new_tokens_per_abstraction", "1",
-        "--train_text_encoder_ti",
-        "--output_dir", "dreambooth_lora_advanced",
-        "--resolution", "512", "--train_batch_size", "1",
-        "--learning_rate", "1e-4", "--max_train_steps", "500",
-    ]  # fmt: skip
     commands.append(
-        TrainCommand(
-            name="dreambooth_lora_advanced",
-            consumer="diffusers " + _SCRIPTS["dreambooth_lora_advanced"],
-            trains_on="the compositions with their per-image captions (train/metadata.jsonl)",
-            note=(
-                "each concept's token becomes one new textual-inversion token; the command cds into runs/"
-                " because the script saves its embeddings under `<output_dir>/<output_dir>_emb.safetensors`,"
-                " which only works for a relative --output_dir; the SDXL script"
-                " (train_dreambooth_lora_sdxl_advanced.py) takes the same flags with an SDXL base"
-            ),
-            command=command_line(
-                [
-                    "mkdir",
-                    "-p",
-                    RUNS_DIR,
-                    Raw("&&"),
-                    "cd",
-                    RUNS_DIR,
-                    Raw("&&"),
-                    *_script("dreambooth_lora_advanced"),
-                ],
-                args,
-            ),
+        _lora_advanced(
+            "dreambooth_lora_advanced",
+            concepts,
+            PRETRAINED,
+            ["--resolution", "512"],
+            "; the SDXL and FLUX.1 commands below take the same flags",
         )
     )
-    args = [
-        "train",
-        ".",
-        "--output",
-        f"{RUNS_DIR}/curate_train",
-        "--pretrained",
-        Raw(PRETRAINED),
-        "--gen4gen",
-    ]
+    commands.append(
+        _lora_advanced(
+            "dreambooth_lora_sdxl_advanced",
+            concepts,
+            PRETRAINED_SDXL,
+            ["--resolution", "1024", "--mixed_precision", "bf16"],
+            "; the script writes no model card, so `curate evaluate` takes this row's base with --base",
+        )
+    )
+    commands.append(
+        _lora_advanced(
+            "dreambooth_lora_flux_advanced",
+            concepts,
+            PRETRAINED_FLUX,
+            ["--resolution", "512", "--mixed_precision", "bf16", "--gradient_checkpointing"],
+            " (the CLIP encoder's; FLUX.1-dev's licence must be accepted on the hub first)",
+        )
+    )
     concept_dirs = [e["class_data_dir"] for e in lists[CONCEPTS_LIST_FILE]]
-    if prior_flags(concept_dirs, class_counts, "--prior-preservation"):
-        args += ["--prior-preservation", "--prior-loss-weight", f"{PRIOR_LOSS_WEIGHT:g}"]
-    commands.append(
-        TrainCommand(
-            name="curate_train",
-            consumer="curate train",
-            trains_on="the compositions with per-image captions (Gen4Gen prompting), tokens added",
-            note="Custom Diffusion by default, each concept's token one new token; --method lora for PEFT LoRA",
-            command=command_line(["curate"], args),
+    prior = ["--prior-preservation", "--prior-loss-weight", f"{PRIOR_LOSS_WEIGHT:g}"]
+    with_prior = prior if prior_flags(concept_dirs, class_counts, "--prior-preservation") else []
+    for name, base, pretrained, note in (
+        ("curate_train", [], PRETRAINED, "Custom Diffusion by default, each concept's token one new token; --method lora for PEFT LoRA"),
+        ("curate_train_sdxl", ["--base", "sdxl"], PRETRAINED_SDXL, "LoRA on SDXL, each concept's token one new pivotal-tuning token in both text encoders"),
+        ("curate_train_flux", ["--base", "flux"], PRETRAINED_FLUX, "LoRA on FLUX.1, each concept's token one new pivotal-tuning token in its CLIP encoder"),
+    ):  # fmt: skip
+        args = [
+            "train",
+            ".",
+            "--output",
+            f"{RUNS_DIR}/{name}",
+            *base,
+            "--pretrained",
+            Raw(pretrained),
+            "--gen4gen",
+        ]
+        commands.append(
+            TrainCommand(
+                name=name,
+                consumer="curate train" + (f" --base {base[1]}" if base else ""),
+                trains_on="the compositions with per-image captions (Gen4Gen prompting), tokens added",
+                note=note,
+                command=command_line(["curate"], args + with_prior),
+            )
         )
-    )
     return commands
 
 
@@ -229,6 +281,8 @@ VARIABLES = {
     "EXPORT": "the export folder (where this file is); unset, the commands run from inside it",
     "DIFFUSERS": "absolute path of a github.com/huggingface/diffusers clone (examples/ are not pip-installed)",
     "PRETRAINED": f"base pipeline id or folder; {DEFAULT_PRETRAINED} when unset",
+    "PRETRAINED_SDXL": f"SDXL base pipeline id or folder; {DEFAULT_PRETRAINED_SDXL} when unset",
+    "PRETRAINED_FLUX": f"FLUX.1 base pipeline id or folder; {DEFAULT_PRETRAINED_FLUX} when unset",
 }
 
 

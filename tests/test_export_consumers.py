@@ -61,7 +61,11 @@ def test_card_and_json_carry_the_same_commands_with_tokens_filled_in(built, expo
         "custom_diffusion_compositions",
         "dreambooth_multi_subject",
         "dreambooth_lora_advanced",
+        "dreambooth_lora_sdxl_advanced",
+        "dreambooth_lora_flux_advanced",
         "curate_train",
+        "curate_train_sdxl",
+        "curate_train_flux",
     }
     ids = sorted(NOUNS)
     for name in ("custom_diffusion_concepts", "custom_diffusion_compositions"):
@@ -71,21 +75,37 @@ def test_card_and_json_carry_the_same_commands_with_tokens_filled_in(built, expo
         assert _flag(argv, "--modifier_token").split("+") == [f"<c-{c}>" for c in ids]
         assert _flag(argv, "--initializer_token").split("+") == [NOUNS[c] for c in ids]
         assert "--with_prior_preservation" not in argv  # no class images were exported
-    lora = commands["dreambooth_lora_advanced"]
-    assert _flag(lora, "--dataset_name") == ".."  # the export, from its runs/
-    assert _flag(lora, "--caption_column") == "caption"
-    abstractions = _flag(lora, "--token_abstraction").split(",")
-    assert all(
-        set(re.findall(r"<c-[a-z]+>", row["caption"])) <= set(abstractions)
-        for row in read_rows(exported).values()
-    )
-    assert _flag(lora, "--num_new_tokens_per_abstraction") == "1"
-    assert commands["curate_train"][:3] == ["curate", "train", "."]
-    # the advanced script saves to f"{output_dir}/{output_dir}_emb.safetensors": relative, after a cd
-    assert lora[:6] == ["mkdir", "-p", "runs", "&&", "cd", "runs"]
-    assert _flag(lora, "--output_dir") == "dreambooth_lora_advanced"
+    bases = {
+        "dreambooth_lora_advanced": ("sd15", "$PRETRAINED", "512"),
+        "dreambooth_lora_sdxl_advanced": ("sdxl", "$PRETRAINED_SDXL", "1024"),
+        "dreambooth_lora_flux_advanced": ("flux", "$PRETRAINED_FLUX", "512"),
+    }
+    for name, (script, variable, resolution) in bases.items():
+        lora = commands[name]
+        assert (
+            lora[8]
+            == f"$DIFFUSERS/examples/advanced_diffusion_training/train_dreambooth_lora_{script}_advanced.py"
+        )
+        assert _flag(lora, "--pretrained_model_name_or_path").startswith("${" + variable[1:] + ":-")
+        assert _flag(lora, "--dataset_name") == ".."  # the export, from its runs/
+        assert _flag(lora, "--caption_column") == "caption"  # per-image captions
+        abstractions = _flag(lora, "--token_abstraction").split(",")
+        assert abstractions == [f"<c-{c}>" for c in ids]  # by concept id: the evaluator's row order
+        assert all(
+            set(re.findall(r"<c-[a-z]+>", row["caption"])) <= set(abstractions)
+            for row in read_rows(exported).values()
+        )
+        assert _flag(lora, "--num_new_tokens_per_abstraction") == "1" and "--train_text_encoder_ti" in lora
+        assert _flag(lora, "--resolution") == resolution
+        # the SD 1.5 / SDXL scripts save to f"{output_dir}/{output_dir}_emb.safetensors": relative, after a cd
+        assert lora[:6] == ["mkdir", "-p", "runs", "&&", "cd", "runs"]
+        assert _flag(lora, "--output_dir") == name
+    for name, base in (("curate_train", None), ("curate_train_sdxl", "sdxl"), ("curate_train_flux", "flux")):
+        argv = commands[name]
+        assert argv[:3] == ["curate", "train", "."] and "--gen4gen" in argv
+        assert ("--base" in argv) == bool(base) and (not base or _flag(argv, "--base") == base)
     for name, argv in commands.items():
-        if name != "dreambooth_lora_advanced":
+        if name not in bases:
             output = _flag(argv, "--output_dir" if "--output_dir" in argv else "--output")
             assert output == f"runs/{name}"
 
@@ -185,7 +205,12 @@ def test_token_format_rewrites_captions_lists_cards_and_commands(tmp_path):
     ]
     commands = _commands(export)
     assert _flag(commands["custom_diffusion_concepts"], "--modifier_token") == "sks1+sks2+sks3+sks4+sks5"
-    assert _flag(commands["dreambooth_lora_advanced"], "--token_abstraction") == "sks1,sks2,sks3,sks4,sks5"
+    for name in (
+        "dreambooth_lora_advanced",
+        "dreambooth_lora_sdxl_advanced",
+        "dreambooth_lora_flux_advanced",
+    ):
+        assert _flag(commands[name], "--token_abstraction") == "sks1,sks2,sks3,sks4,sks5"
     assert json.loads((export / "manifest.json").read_text())["tokens"] == tokens
     leftovers = [
         p.relative_to(export).as_posix()
@@ -247,7 +272,10 @@ def test_class_images_fill_the_lists_commands_and_survive_re_exports(tmp_path):
         argv = commands[name]
         assert "--with_prior_preservation" in argv and _flag(argv, "--num_class_images") == "2"
         assert _flag(argv, "--prior_loss_weight") == "1"
-    assert "--prior-preservation" in commands["curate_train"]
+    assert all(
+        "--prior-preservation" in commands[n]
+        for n in ("curate_train", "curate_train_sdxl", "curate_train_flux")
+    )
     # multi-subject DreamBooth indexes class images modulo the subject's position: 2 < 5 subjects
     assert "--with_prior_preservation" not in commands["dreambooth_multi_subject"]
 

@@ -4,12 +4,14 @@ What a user does with a cluster: rsync the export there and paste the card's com
 an export of every format to a new folder, deletes the workspace (so a path into it fails instead of
 quietly reading the original), and runs each command the card prints with `bash` from an unrelated
 directory, `EXPORT` naming the copy, against diffusers' own scripts (tests/consumers/diffusers, as
-`$DIFFUSERS`) and a tiny random Stable Diffusion (`$PRETRAINED`), 2 steps at 64 px, with prior
-preservation on (class images exported for concepts and compositions). Caches and HOME point into a
-sandbox; afterwards nothing outside the copy and the sandbox may have changed, the workspace must not
-have come back, and each run's output must be under the copy's `runs/`. kohya's command needs
-sd-scripts, which cannot be installed here: its paths are checked to resolve inside the copy, and its
-dataset config is checked against kohya's reader in test_export_trainer_formats.py.
+`$DIFFUSERS`) and tiny random Stable Diffusion 1.x, SDXL and FLUX.1 pipelines (`$PRETRAINED`,
+`$PRETRAINED_SDXL`, `$PRETRAINED_FLUX`), 1-2 steps at 64 px, with prior preservation on (class images
+exported for concepts and compositions). The SDXL and FLUX.1 LoRA folders the scripts write are then
+read back by `curate evaluate`'s loader (base, LoRA, token rows), as a user evaluates them. Caches and
+HOME point into a sandbox; afterwards nothing outside the copy and the sandbox may have changed, the
+workspace must not have come back, and each run's output must be under the copy's `runs/`. kohya's
+command needs sd-scripts, which cannot be installed here: its paths are checked to resolve inside the
+copy, and its dataset config is checked against kohya's reader in test_export_trainer_formats.py.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import pytest
 from PIL import Image
 
 from exports.mycanvas import export_mycanvas
-from tests.fixtures.tiny_pipelines import build_tiny_sd
+from tests.fixtures.tiny_flux import build_tiny_flux
+from tests.fixtures.tiny_pipelines import build_tiny_sd, build_tiny_sdxl
 from tests.test_export import EXPORTED, NOUNS, _png, build_workspace, read_rows
 
 DIFFUSERS = Path(__file__).parent / "consumers" / "diffusers"
@@ -38,7 +41,25 @@ TINY_RUN = {
     "custom_diffusion_compositions": ["--resolution", "64", "--max_train_steps", "2"],
     "dreambooth_multi_subject": ["--resolution", "64", "--max_train_steps", "2"],
     "dreambooth_lora_advanced": ["--resolution", "64", "--max_train_steps", "2"],
+    "dreambooth_lora_sdxl_advanced": [
+        "--resolution",
+        "64",
+        "--max_train_steps",
+        "1",
+        "--mixed_precision",
+        "no",
+    ],
+    "dreambooth_lora_flux_advanced": [
+        "--resolution",
+        "64",
+        "--max_train_steps",
+        "1",
+        "--mixed_precision",
+        "no",
+    ],
     "curate_train": ["--steps", "2", "--resolution", "64", "--cpu"],
+    "curate_train_sdxl": ["--steps", "1", "--resolution", "64", "--cpu", "--mixed-precision", "no"],
+    "curate_train_flux": ["--steps", "1", "--resolution", "64", "--cpu", "--mixed-precision", "no"],
 }
 """What each command gets appended for a tiny run (argparse and typer take the last value given)."""
 OUTPUTS = {
@@ -46,8 +67,19 @@ OUTPUTS = {
     "custom_diffusion_compositions": "pytorch_custom_diffusion_weights.safetensors",
     "dreambooth_multi_subject": "model_index.json",
     "dreambooth_lora_advanced": "dreambooth_lora_advanced_emb.safetensors",  # <output_dir>/<output_dir>_emb
+    "dreambooth_lora_sdxl_advanced": "dreambooth_lora_sdxl_advanced_emb.safetensors",
+    "dreambooth_lora_flux_advanced": "dreambooth_lora_flux_advanced_emb.safetensors",
     "curate_train": "run.json",
+    "curate_train_sdxl": "lora/lora.json",
+    "curate_train_flux": "lora/lora.json",
 }
+EVALUATED = {
+    "dreambooth_lora_sdxl_advanced": "sdxl",
+    "dreambooth_lora_flux_advanced": "flux",
+    "curate_train_sdxl": "sdxl",
+    "curate_train_flux": "flux",
+}
+"""The LoRA runs `curate evaluate` reads back, and the family it must find."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +90,7 @@ class Travelled:
     workspace: Path
     sandbox: Path
     pipeline: Path
+    bases: dict[str, Path]
     commands: dict[str, str]
 
 
@@ -86,11 +119,12 @@ def travelled(tmp_path_factory) -> Travelled:
     shutil.rmtree(workspace)
     shutil.rmtree(priors)
     pipeline = build_tiny_sd(base / "models", vae_downsample=8)
+    bases = {"sdxl": build_tiny_sdxl(base / "models"), "flux": build_tiny_flux(base / "models")}
     sandbox = base / "sandbox"
     (sandbox / "cwd").mkdir(parents=True)
     data = json.loads((copy / "train_commands.json").read_text())
     commands = {c["name"]: c["command"] for c in data["commands"]}
-    return Travelled(base, copy, original, workspace, sandbox, pipeline, commands)
+    return Travelled(base, copy, original, workspace, sandbox, pipeline, bases, commands)
 
 
 def test_no_file_of_the_export_names_a_path_outside_it(travelled):
@@ -113,6 +147,8 @@ def test_every_printed_command_runs_from_the_copy(travelled, name):
         "EXPORT": str(travelled.copy),
         "DIFFUSERS": str(DIFFUSERS.resolve()),
         "PRETRAINED": str(travelled.pipeline),
+        "PRETRAINED_SDXL": str(travelled.bases["sdxl"]),
+        "PRETRAINED_FLUX": str(travelled.bases["flux"]),
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
         "HOME": str(travelled.sandbox / "home"),
         "HF_HOME": str(travelled.sandbox / "hf"),
@@ -137,6 +173,33 @@ def test_every_printed_command_runs_from_the_copy(travelled, name):
     assert list((travelled.sandbox / "cwd").iterdir()) == []
     after = {k: v for k, v in _files(travelled.base).items() if not _inside(k, travelled, ())}
     assert after == before  # nothing written outside the copy (and the sandbox's caches)
+    if name in EVALUATED:
+        _evaluator_reads_back(travelled, name, EVALUATED[name])
+
+
+def _evaluator_reads_back(travelled: Travelled, name: str, family: str) -> None:
+    """`curate evaluate --run X=runs/<name>` loads what the command wrote: base, LoRA, token rows."""
+    import torch
+    from safetensors.torch import load_file
+
+    from personalization.data import read_export
+    from personalization.eval_pipelines import load_model, resolve_source
+    from personalization.eval_settings import EvalSettings
+
+    folder = travelled.copy / "runs" / name
+    export = read_export(travelled.copy)
+    # SDXL's script writes no model card: its row takes --base; FLUX's card and curate's lora.json name it
+    base = str(travelled.bases[family]) if name == "dreambooth_lora_sdxl_advanced" else ""
+    model = resolve_source(folder, export, base)
+    assert (model.family, model.pipeline) == (family, str(travelled.bases[family]))
+    pipe = load_model(model, EvalSettings(), "cpu")
+    rows = load_file(str(model.lora.embeddings))["clip_l"]
+    ids = pipe.tokenizer.convert_tokens_to_ids(list(model.lora.inserted))
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[ids], rows.to(pipe.text_encoder.dtype))
+    pieces = pipe.tokenizer.tokenize(model.prompt(f"{export.concepts['cat'].token} cat"))
+    assert pieces[0] in model.lora.inserted and pieces[1] == "cat</w>"  # one trained token, then the noun
+    denoiser = pipe.transformer if family == "flux" else pipe.unet
+    assert any("lora" in n for n, _ in denoiser.named_parameters())
 
 
 def _inside(path: str, travelled: Travelled, extra: tuple[Path, ...]) -> bool:
