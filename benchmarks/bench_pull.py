@@ -152,6 +152,11 @@ def bench(db: str, args: argparse.Namespace, scratch: Path) -> None:
             f"({size / 2**20:.0f} MB exported; goal <= 1.2x)",
             flush=True,
         )
+    except Exception:
+        log = ws.review_dir / "labelstudio.log"  # the server's side of a failure, before its folder goes
+        if log.exists():
+            print("".join(log.read_text(errors="replace").splitlines(keepends=True)[-60:]), flush=True)
+        raise
     finally:
         import fiftyone as fo
 
