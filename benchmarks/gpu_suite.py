@@ -1,30 +1,41 @@
 """One GPU benchmark run: full-size architectures with random weights, every result a ratio and an absolute.
 
 Weights are random (none can be downloaded; speed does not depend on them). Each section runs our own
-code on models built in memory, under a time cap; an error or a timeout is reported and the next runs:
+code on models built in memory, under a time cap; an error or a timeout is reported and the next runs.
+Sections run in this order, most valuable first, so a run cut short by `--budget` loses the least:
 
+- flux-fill: FLUX.1 Fill (`black-forest-labs/FLUX.1-Fill-dev`'s configs: 11.9B transformer, T5-XXL and
+  CLIP-L encoders, 16-channel VAE) at 1024x1024 in bf16: a batch per call vs one image per call,
+  images/s and peak memory of each.
+- lora-sdxl: SDXL LoRA training (`stabilityai/stable-diffusion-xl-base-1.0`'s UNet, rank 16, bf16
+  frozen base) through `personalization.train_lora`'s step at 1024 px: gradient checkpointing vs
+  plain, steps/s and peak memory of each.
 - repaint: the SDXL inpainting architecture (`diffusers/stable-diffusion-xl-1.0-inpainting-0.1`'s config)
   through `DiffusionRepainter` at 1024x1024 in fp16: a batch per call vs one image per call; PyTorch SDPA
   vs the classic attention; the refiner hand-off (`stabilityai/stable-diffusion-xl-refiner-1.0`'s UNet,
   sharing the base's second text encoder and VAE) vs the base alone; a torch.compile'd UNet vs eager.
+- index: the embedding path of `curate index` without its database: PNG decode, open_clip ViT-L-14
+  (pretrained=None) image and caption embeddings, presence (CP-CLIP on the planned boxes) through
+  `curation.scores` vs the bare CLIP forward, with each stage's share; the OWLv2 base detector
+  through `OwlDetector.detect` vs its bare forward.
 - msp: SD 1.5 through `MSPGenerator` (kappa 0.1, 50 steps, 3 subjects + background, 512 px) vs plain
   text-to-image of the same pipeline, time per image.
-- index: open_clip ViT-L-14 (pretrained=None) through `index_workspace` vs its bare forward, candidates/s
-  (needs FiftyOne's database, as `curate index` does); the OWLv2 base detector through
-  `OwlDetector.detect` vs its bare forward.
 - caption: a LLaVA-1.5-7B-size VLM through `TransformersCaptioner` vs bare `generate`, each caption held
   to the full token budget; skipped when the GPU has too little free memory.
 
-Every section prints its peak GPU memory; the whole run stays under `--budget` seconds (default 570).
+Every section prints its peak GPU memory; the whole run stays under `--budget` seconds (default 540, so
+that installing the wheels and starting Python fit one 10-minute command beside it).
 Published figures to compare against: SDXL 1024x1024, 30 steps, H100: 2.5 s/image plain diffusers;
 SD 1.5 512x512, 50 steps, A100: 1.59 s plain, 1.07 s compiled; CLIP ViT-L/14 ~800 images/s (RTX 4090).
 
-`--dry-run` runs the same code with tiny random-init models on the CPU in seconds (tests/test_gpu_suite.py).
+Nothing here needs FiftyOne. `--dry-run` runs the same code with tiny random-init models on the CPU, then
+builds every full-size model on the meta device and checks the parameter counts of today's checkpoints
+against their published sizes (`benchmarks.gpu_models.PUBLISHED_PARAMS`; tests/test_gpu_suite.py).
 
-Usage:
+Usage (benchmarks/gpu_suite.sh installs what a bare GPU image lacks from a wheel folder first):
     bash benchmarks/gpu_suite.sh                 # on a CUDA machine
     bash benchmarks/gpu_suite.sh --dry-run       # anywhere
-    bash benchmarks/gpu_suite.sh --sections repaint,msp
+    bash benchmarks/gpu_suite.sh --sections flux-fill,lora-sdxl
 """
 
 from __future__ import annotations
@@ -46,9 +57,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SECTIONS = ("repaint", "msp", "index", "caption")
-CAPS = {"repaint": 240, "msp": 90, "index": 120, "caption": 100}
-"""Seconds each section may take at most (estimated on an H200: about 150, 15, 50 and 30)."""
+SECTIONS = ("flux-fill", "lora-sdxl", "repaint", "index", "msp", "caption")
+CAPS = {"flux-fill": 150, "lora-sdxl": 100, "repaint": 240, "index": 90, "msp": 90, "caption": 100}
+"""Seconds each section may take at most (repaint, index, msp and caption took about 150, 50, 15 and 30
+on an H200; flux-fill and lora-sdxl are estimates: 60-90 and 40)."""
+BUDGET = 540
+"""Seconds of the whole GPU run by default: gpu_suite.sh's wheel install and imports need the rest of 600."""
 DRY_CAP_FACTOR = 4
 """The dry run's caps are looser: a busy small CPU, not the code, sets its pace."""
 CAPTION_FREE_GIB = 45
@@ -60,6 +74,12 @@ class Scale:
     """Model sizes and work per section: the GPU run's, or the dry run's tiny ones."""
 
     tiny: bool
+    flux_size: int
+    flux_steps: int
+    flux_images: int
+    flux_batch: int
+    lora_resolution: int
+    lora_steps: int
     repaint_size: int
     repaint_steps: int
     repaint_images: int
@@ -76,8 +96,8 @@ class Scale:
     compile_backend: str
 
 
-GPU = Scale(False, 1024, 10, 8, 4, 512, 50, 3, 96, 1024, 32, 6, 4, 60, "inductor")
-DRY = Scale(True, 64, 2, 2, 2, 64, 10, 1, 6, 64, 4, 2, 2, 4, "eager")
+GPU = Scale(False, 1024, 8, 4, 2, 1024, 6, 1024, 10, 8, 4, 512, 50, 3, 96, 1024, 32, 6, 4, 60, "inductor")
+DRY = Scale(True, 64, 2, 2, 2, 64, 2, 64, 2, 2, 2, 64, 10, 1, 6, 64, 4, 2, 2, 4, "eager")
 """The dry run compiles with Dynamo's eager backend: the same wrapping, no C++ build on a small CPU."""
 
 
@@ -93,6 +113,8 @@ class Context:
     device: str
     dtype: Any
     tmp: Path
+    peak_seen: int = 0
+    """Bytes: the highest GPU peak of this section before its last `reset_peak`."""
 
     @property
     def cuda(self) -> bool:
@@ -106,11 +128,36 @@ class Context:
             torch.cuda.synchronize()
         return time.perf_counter()
 
-    def build(self) -> Any:
-        """Where full-size models are built: directly on the GPU (seconds, not minutes of CPU init)."""
+    @contextmanager
+    def build(self, dtype: Any = None) -> Iterator[None]:
+        """Where full-size models are built: directly on the GPU (seconds, not minutes of CPU init), in
+        `dtype` when given (FLUX.1's 11.9B transformer would need 48 GB in float32 before a cast)."""
         import torch
 
-        return torch.device(self.device)
+        previous = torch.get_default_dtype()
+        if dtype is not None:
+            torch.set_default_dtype(dtype)
+        try:
+            with torch.device(self.device):
+                yield
+        finally:
+            torch.set_default_dtype(previous)
+
+    def peak(self) -> str:
+        """Peak GPU memory since the last `reset_peak` ("n/a" on the CPU)."""
+        if not self.cuda:
+            return "n/a"
+        import torch
+
+        return f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
+
+    def reset_peak(self) -> None:
+        """Start measuring a new peak inside a section; the section's own peak keeps the highest."""
+        if self.cuda:
+            import torch
+
+            self.peak_seen = max(self.peak_seen, torch.cuda.max_memory_allocated())
+            torch.cuda.reset_peak_memory_stats()
 
 
 def ratio(section: str, what: str, value: float, detail: str) -> None:
@@ -150,6 +197,136 @@ def per_second(ctx: Context, run: Callable[[], None], count: int) -> float:
 
 
 # -- sections ----------------------------------------------------------------------------------
+
+
+def flux_repainter(ctx: Context, settings: Any) -> Any:
+    """`FluxFillRepainter` on FLUX.1 Fill built on the GPU in bf16 (fp16 overflows T5), or on a tiny
+    FLUX.1 Fill loaded through `load_flux_fill_repainter`, as a hub id would load."""
+    import torch
+
+    from benchmarks.gpu_models import full_flux_fill
+    from generators.flux_fill import FluxFillRepainter, load_flux_fill_repainter
+
+    if ctx.scale.tiny:
+        from tests.fixtures.tiny_flux import build_tiny_flux_fill
+
+        return load_flux_fill_repainter(str(build_tiny_flux_fill(ctx.tmp)), settings)
+    with ctx.build(torch.bfloat16):
+        pipe = full_flux_fill(ctx.tmp)
+    pipe.set_progress_bar_config(disable=True)
+    return FluxFillRepainter("flux-fill (random weights)", settings, pipe)
+
+
+def flux_fill_section(ctx: Context) -> None:
+    from benchmarks.bench_repaint import repaint_jobs
+    from curation.core.config import FluxFillSettings, GenerateConfig
+
+    s = ctx.scale
+    flux = FluxFillSettings(steps=s.flux_steps, offload="none")
+    settings = GenerateConfig(batch_size=s.flux_batch, device=ctx.device, flux_fill=flux)
+    repainter = flux_repainter(ctx, settings)
+    jobs = repaint_jobs(s.flux_images, s.flux_size)
+    batch = s.flux_batch
+
+    def throughput(size: int) -> tuple[float, str]:
+        ctx.reset_peak()
+        rate = per_second(
+            ctx, lambda: [repainter(jobs[i : i + size]) for i in range(0, len(jobs), size)], len(jobs)
+        )
+        return rate, ctx.peak()
+
+    repainter(jobs[:batch])  # warm-up: kernels, allocator, lazy inits
+    single, single_peak = throughput(1)
+    batched, batched_peak = throughput(batch)
+    ratio(
+        "flux-fill",
+        f"batch of {batch} vs one image per call",
+        batched / single,
+        f"{single:.3f} -> {batched:.3f} images/s, peak GPU memory {single_peak} -> {batched_peak}; "
+        f"{s.flux_size}px, {s.flux_steps} steps, guidance {flux.guidance_scale:g}, "
+        f"{str(repainter.pipe.transformer.dtype).removeprefix('torch.')}",
+    )
+
+
+def sdxl_denoising(ctx: Context) -> Any:
+    """`SDXLDenoising` on SDXL base: full size built on the GPU, or a tiny one loaded from its folder."""
+    from personalization.lora_sdxl import SDXLDenoising
+
+    if ctx.scale.tiny:
+        from tests.fixtures.tiny_pipelines import build_tiny_sdxl
+
+        return SDXLDenoising.load(str(build_tiny_sdxl(ctx.tmp)))
+    from benchmarks.bench_repaint import full_sdxl_inpaint
+    from benchmarks.gpu_models import sdxl_base
+
+    with ctx.build():
+        pipe = sdxl_base(full_sdxl_inpaint())
+    return SDXLDenoising(pipe)
+
+
+def training_images(folder: Path, n: int, size: int) -> list[Path]:
+    """`n` noise PNGs with a flat square each: what a LoRA step decodes, crops and encodes."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        pixels[size // 4 : size // 2, size // 4 : size // 2] = rng.integers(0, 256, 3)
+        paths.append(folder / f"train-{i}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    return paths
+
+
+def lora_sdxl_section(ctx: Context) -> None:
+    import torch
+
+    from personalization.lora_sdxl import LORA_TARGETS
+    from personalization.train_lora import LoraExample, _add_lora, step_loss
+
+    s = ctx.scale
+    rank, batch = 16, 1
+    model = sdxl_denoising(ctx)
+    weight_dtype = torch.bfloat16 if ctx.cuda else torch.float32
+    for frozen in (*model.text_encoders(), model.pipe.vae):
+        frozen.requires_grad_(False)
+    model.place(ctx.device, weight_dtype)
+    params = _add_lora(model.denoiser, rank, LORA_TARGETS, gradient_checkpointing=False, seed=0)
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    examples = [
+        LoraExample(path, "a photo of <c-cat> cat on a wooden table")
+        for path in training_images(ctx.tmp / "lora", 4, s.lora_resolution)
+    ]
+    model.denoiser.train()
+
+    def steps(count: int) -> None:
+        for step in range(count):
+            generator = torch.Generator().manual_seed(step)
+            chosen = [examples[(step * batch + k) % len(examples)] for k in range(batch)]
+            loss = step_loss(model, chosen, s.lora_resolution, False, batch, None, generator)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+    def throughput() -> tuple[float, str]:
+        steps(1)  # warm-up
+        ctx.reset_peak()
+        return per_second(ctx, lambda: steps(s.lora_steps), s.lora_steps), ctx.peak()
+
+    plain, plain_peak = throughput()
+    model.denoiser.enable_gradient_checkpointing()
+    checkpointed, checkpointed_peak = throughput()
+    trainable = sum(p.numel() for p in params)
+    ratio(
+        "lora-sdxl",
+        "gradient checkpointing vs plain, steps/s",
+        checkpointed / plain,
+        f"{plain:.2f} -> {checkpointed:.2f} steps/s, peak GPU memory {plain_peak} -> {checkpointed_peak}; "
+        f"{s.lora_resolution}px, batch {batch}, rank {rank} ({trainable / 1e6:.1f} M trainable), "
+        f"{str(weight_dtype).removeprefix('torch.')} UNet",
+    )
 
 
 def sdxl(ctx: Context, settings: Any) -> tuple[Any, Any]:
@@ -312,33 +489,108 @@ def owlv2(ctx: Context) -> Any:
     return OwlDetector(model.eval(), processor, ctx.device, square_padded=True)
 
 
+def index_candidates(folder: Path, n: int, size: int) -> tuple[list[Path], list[Any]]:
+    """`n` candidate PNGs (noise with a flat box per concept) and their records, as generate leaves them."""
+    import numpy as np
+    from PIL import Image
+
+    from curation.core.records import Box, Candidate
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths, candidates = [], []
+    side = size // 4
+    for i in range(n):
+        concepts = ["cat", "mug", "teddy"][: 2 + i % 2]
+        boxes = [
+            Box(concept_id=c, x=k * side + side // 2, y=size // 3, w=side, h=side)
+            for k, c in enumerate(concepts)
+        ]
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        for box in boxes:
+            pixels[box.y : box.y + box.h, box.x : box.x + box.w] = rng.integers(0, 256, 3)
+        paths.append(folder / f"cand{i:05d}.png")
+        Image.fromarray(pixels).save(paths[-1])
+        candidates.append(
+            Candidate(
+                candidate_id=f"cand{i:05d}",
+                plan_id=f"plan{i:05d}",
+                shard="shard-00000",
+                image=f"candidates/shard-00000/cand{i:05d}.png",
+                concepts=concepts,
+                boxes=boxes,
+                width=size,
+                height=size,
+                background="a sunny garden",
+                caption=" and ".join(f"<c-{c}> {c}" for c in concepts) + " in a sunny garden",
+                seed=i,
+                generator="gpu-suite",
+            )
+        )
+    return paths, candidates
+
+
 def index(ctx: Context) -> None:
-    import fiftyone as fo
+    import numpy as np
     import torch
     from PIL import Image
 
-    from benchmarks.bench_index import measure_index
-    from curation.scores.clip import load_clip
-    from tests.fixtures.candidate_workspace import index_test_workspace, write_candidates
-    from tests.fixtures.tiny_clip import register_tiny_clip
+    from benchmarks.gpu_models import tiny_open_clip
+    from curation.index.samples import clip_text
+    from curation.scores.clip import clip_t, load_clip
+    from curation.scores.presence import PresenceScorer
 
     s = ctx.scale
-    model = register_tiny_clip() if s.tiny else "ViT-L-14"
-    ws = index_test_workspace(ctx.tmp / "index-ws", model, batch_size=s.index_batch)
-    candidates = write_candidates(ws, s.index_candidates, size=s.index_size, shard_size=200)
+    model = tiny_open_clip() if s.tiny else "ViT-L-14"
     scorer = load_clip(model, None, device=ctx.device, batch_size=s.index_batch)
-    times = measure_index(ws, scorer, candidates, s.index_batch)
-    fo.delete_dataset(times.report.dataset)
+    paths, candidates = index_candidates(ctx.tmp / "index", s.index_candidates, s.index_size)
+    rng = np.random.default_rng(1)
+    refs = {
+        c: scorer.embed_images([Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8))] * 3)
+        for c in ("cat", "mug", "teddy")
+    }
+    presence = PresenceScorer(refs, {c: c for c in refs}, scorer.embed_images)
+    texts = [clip_text(c) for c in candidates]
+    stages = dict.fromkeys(("PNG decode", "preprocess", "CLIP image + caption", "presence"), 0.0)
+
+    def embedding_path() -> None:
+        for i in range(0, len(paths), s.index_batch):
+            clock = ctx.now()
+            images = []
+            for path in paths[i : i + s.index_batch]:
+                with Image.open(path) as image:
+                    images.append(image.convert("RGB"))
+            stages["PNG decode"] += (now := ctx.now()) - clock
+            batch = torch.stack([scorer.image_tensor(image) for image in images])
+            stages["preprocess"] += (clock := ctx.now()) - now
+            clip_t(scorer.embed_tensors(batch), scorer.embed_texts(texts[i : i + s.index_batch]))
+            stages["CLIP image + caption"] += (now := ctx.now()) - clock
+            presence.score(list(zip(images, candidates[i : i + s.index_batch], strict=True)))
+            stages["presence"] += ctx.now() - now
+
+    tensors = [scorer.image_tensor(Image.open(path).convert("RGB")) for path in paths]
+
+    def bare_forward() -> None:
+        for i in range(0, len(tensors), s.index_batch):
+            scorer.embed_tensors(torch.stack(tensors[i : i + s.index_batch]))
+            scorer.embed_texts(texts[i : i + s.index_batch])
+
     n = s.index_candidates
+    embedding_path()  # warm-up
+    stages.update(dict.fromkeys(stages, 0.0))
+    path_rate = per_second(ctx, embedding_path, n)
+    bare = per_second(ctx, bare_forward, n)
+    total = sum(stages.values())
     ratio(
         "index",
-        "index_workspace vs bare CLIP forward (image + caption)",
-        times.bare / times.indexed,
-        f"{n / times.indexed:.1f} vs {n / times.bare:.1f} candidates/s; {model} fp32, {n} PNGs of {s.index_size}px",
+        "embedding path (decode, CLIP, presence) vs bare CLIP forward (image + caption)",
+        path_rate / bare,
+        f"{path_rate:.1f} vs {bare:.1f} candidates/s; {model} fp32, {n} PNGs of {s.index_size}px",
     )
+    note("index", "time shares: " + ", ".join(f"{k} {v / total:.0%}" for k, v in stages.items()))
 
     detector = owlv2(ctx)
-    images = [Image.open(ws.resolve(c.image)).convert("RGB") for c in candidates[: s.detect_images]]
+    images = [Image.open(path).convert("RGB") for path in paths[: s.detect_images]]
     queries = ["cat", "mug", "teddy bear"]
     detector.detect(images[0], queries, 0.1)  # warm-up
     detect = per_second(ctx, lambda: [detector.detect(im, queries, 0.1) for im in images], len(images))
@@ -346,17 +598,17 @@ def index(ctx: Context) -> None:
         detector.processor(text=[queries], images=im, return_tensors="pt").to(ctx.device) for im in images
     ]
 
-    def bare_forward() -> None:
+    def bare_detect() -> None:
         with torch.no_grad():
             for one in inputs:
                 detector.model(**one)
 
-    bare = per_second(ctx, bare_forward, len(images))
+    bare_rate = per_second(ctx, bare_detect, len(images))
     ratio(
         "index",
         "OWLv2 detect() vs bare forward",
-        detect / bare,
-        f"{detect:.2f} vs {bare:.2f} images/s; {detector.processor.image_processor.size['height']}px input, fp32",
+        detect / bare_rate,
+        f"{detect:.2f} vs {bare_rate:.2f} images/s; {detector.processor.image_processor.size['height']}px input, fp32",
     )
 
 
@@ -481,6 +733,8 @@ def caption(ctx: Context) -> None:
 
 
 RUNNERS: dict[str, Callable[[Context], None]] = {
+    "flux-fill": flux_fill_section,
+    "lora-sdxl": lora_sdxl_section,
     "repaint": repaint,
     "msp": msp,
     "index": index,
@@ -491,17 +745,22 @@ RUNNERS: dict[str, Callable[[Context], None]] = {
 # -- the run -----------------------------------------------------------------------------------
 
 
-def check_full_size(tmp: Path) -> None:
-    """Build the GPU run's full-size models on the meta device (no memory, no compute) and print their
-    sizes: a wrong config value shows up here, on any machine, not on the first GPU."""
+def check_full_size(tmp: Path) -> bool:
+    """Build the GPU run's full-size models on the meta device (no memory, no compute), print their
+    sizes and check today's checkpoints against their published parameter counts: a wrong config value
+    shows up here, on any machine, not on the first GPU. False when a count differs."""
     import torch
 
+    from benchmarks.gpu_models import PUBLISHED_PARAMS, full_flux_fill, sdxl_base
     from curation.core.config import GenerateConfig
 
     ctx = Context(GPU, "meta", torch.float16, tmp)
 
+    def count(module: Any) -> int:
+        return sum(p.numel() for p in module.parameters())
+
     def millions(module: Any) -> str:
-        return f"{sum(p.numel() for p in module.parameters()) / 1e6:.1f} M"
+        return f"{count(module) / 1e6:.1f} M"
 
     base, refiner = sdxl(ctx, GenerateConfig())
     note(
@@ -511,18 +770,36 @@ def check_full_size(tmp: Path) -> None:
     )
     note("full-size", f"SD 1.5 UNet {millions(sd15(ctx).pipe.unet)}")
     note("full-size", f"OWLv2 {millions(owlv2(ctx).model)}; LLaVA {millions(llava(ctx)[1])}")
+    with ctx.build():
+        flux = full_flux_fill(tmp)
+        sdxl_unet = sdxl_base(base).unet
+    built = {
+        "FLUX.1 Fill transformer": flux.transformer,
+        "FLUX.1 T5-XXL encoder": flux.text_encoder_2,
+        "FLUX.1 CLIP-L text encoder": flux.text_encoder,
+        "SDXL base UNet": sdxl_unet,
+    }
+    ok = True
+    for name, module in built.items():
+        found, published = count(module), PUBLISHED_PARAMS[name]
+        ok &= found == published
+        verdict = "ok" if found == published else f"MISMATCH: published {published:,}"
+        note("full-size", f"{name} {found:,} parameters: {verdict}")
+    return ok
 
 
 def peak_memory(ctx: Context) -> str:
     if ctx.cuda:
         import torch
 
-        return f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB GPU"
+        peak = max(ctx.peak_seen, torch.cuda.max_memory_allocated())
+        return f"{peak / 2**30:.1f} GiB GPU"
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB process RSS (CPU run)"
 
 
 def free_memory(ctx: Context) -> None:
     gc.collect()
+    ctx.peak_seen = 0
     if ctx.cuda:
         import torch
 
@@ -539,19 +816,16 @@ def main() -> int:
         "--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}"
     )
     parser.add_argument(
-        "--budget", type=float, default=0, help="seconds for the whole run (default 570; dry run 2400)"
+        "--budget", type=float, default=0, help=f"seconds for the whole run (default {BUDGET}; dry run 2400)"
     )
     args = parser.parse_args()
     sections = [name.strip() for name in args.sections.split(",") if name.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown sections: {', '.join(unknown)}")
-    budget = args.budget or (2400 if args.dry_run else 570)
+    budget = args.budget or (2400 if args.dry_run else BUDGET)
     deadline = time.monotonic() + budget
     tmp = Path(tempfile.mkdtemp(prefix="gpu-suite-"))
-    os.environ.setdefault("FIFTYONE_DATABASE_DIR", str(tmp / "fiftyone-db"))
-    os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
-    os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
     for offline in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ[offline] = "1"  # random weights only: nothing is fetched
 
@@ -591,12 +865,12 @@ def main() -> int:
             status = f"failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         results.append((name, status, time.monotonic() - start, peak_memory(ctx)))
         note(name, f"{status}, {results[-1][2]:.0f} s, peak memory {results[-1][3]}")
-    if args.dry_run:
-        check_full_size(tmp)
-    print("\nsection  seconds  peak memory                      status")
+    sizes_ok = check_full_size(tmp) if args.dry_run else True
+    print("\nsection    seconds  peak memory                      status")
     for name, status, seconds, peak in results:
-        print(f"{name:8s} {seconds:7.0f}  {peak:32s} {status}")
-    return 0 if all(status == "ok" or status.startswith("skipped") for _, status, _, _ in results) else 1
+        print(f"{name:10s} {seconds:7.0f}  {peak:32s} {status}")
+    passed = all(status == "ok" or status.startswith("skipped") for _, status, _, _ in results)
+    return 0 if passed and sizes_ok else 1
 
 
 if __name__ == "__main__":
