@@ -1,8 +1,10 @@
 """`curate status`, `curate review status` and `curate --help` on a 10K-candidate workspace: the
 summary the writers record against counting through FiftyOne, side by side in one run.
 
-The workspace is built with the project's own writers, in a child process so that FiftyOne's
-database service stops before the timings: concepts (`save_concept`, no photos), plans by the
+The dataset lives in a MongoDB of the run's own (deploy/mongodb.sh, FIFTYONE_DATABASE_URI): on a
+shared machine FiftyOne's embedded service is often another session's, from another folder, which
+`curate` rightly refuses to write through. The workspace is built with the project's own writers, in
+a child process: concepts (`save_concept`, no photos), plans by the
 rule-based planner (`plan_layouts`), every candidate record `curate generate` would write for them
 (`plan_work` ids, finished shards; the PNGs are not drawn: neither status command opens one), one
 FiftyOne sample per candidate with the fields `curate index` owns (bulk insert: indexing 10K images
@@ -13,9 +15,9 @@ and records the summary.
 
 Each command then runs as a user runs it, `curate ...` in a fresh process, `--repeat` times:
   new: as shipped (reads index/summary/dataset.json, the plans and the candidate records);
-  old: the same command with `--recount`: imports FiftyOne and reads the dataset; its first run
-       also starts the database service unless one of this account's runs already (the script
-       says which: FiftyOne attaches to any, so on a shared machine it usually runs).
+  old: the same command with `--recount`: imports FiftyOne and reads the dataset, from the running
+       MongoDB: a user's first command also waits for FiftyOne's embedded service to start (~10 s
+       on 2 cores), which these figures leave out, so they favour the old path.
 Both must print the same figures; the script checks that (the old path may print FiftyOne's own
 database messages around them). Wall seconds (min, median) and the
 command's own CPU seconds (median; the database service's are not in it) are printed with the
@@ -69,7 +71,7 @@ def build(root: Path, n: int) -> None:
     from tests.fixtures.labelstudio import seeded_home
 
     config = CurateConfig(review=ReviewConfig(batch_size=1000))
-    config.index.dataset_name = f"bench-status-{root.name}"
+    config.index.dataset_name = f"bench-status-{root.parent.name}"
     config.generate.seeds_per_plan = 2
     config.curation.per_composition = 40
     ws = seeded_home(root, config)
@@ -166,19 +168,27 @@ def main() -> None:
         build(Path(args.build), args.n)
         return
 
-    from curation.core.database import attached_database_dir
+    from curation.core.ports import free_port
     from curation.core.workspace import Workspace
     from curation.review.server import serve, stop
 
     scratch = args.reuse.resolve() if args.reuse else Path(tempfile.mkdtemp(prefix="bench-status-"))
-    shared = attached_database_dir()  # FiftyOne attaches to a service of this account whatever its folder
-    if args.reuse:
-        shared = shared or json.loads((scratch / "database.json").read_text())["dir"]
-    if shared:
-        os.environ["FIFTYONE_DATABASE_DIR"] = shared
-    name = f"bench-status-{scratch.name}"
+    mongo = scratch / "mongodb"
+    port = json.loads((scratch / "mongo.json").read_text())["port"] if args.reuse else free_port()
+    (scratch / "mongo.json").write_text(json.dumps({"port": port}))
+    mongodb = [str(ROOT / "deploy" / "mongodb.sh")]
+    started = subprocess.run(  # its output is the URI, password included: not printed
+        [*mongodb, "start", str(mongo)],
+        env={**os.environ, "MONGO_PORT": str(port)},
+        capture_output=True,
+        check=False,
+    )
+    if started.returncode:
+        raise SystemExit(f"deploy/mongodb.sh start failed: {started.stderr.strip()}")
+    uri = subprocess.run([*mongodb, "uri", str(mongo)], capture_output=True, text=True, check=True).stdout
+    dataset_name = f"bench-status-{scratch.name}"
     os.environ.update(
-        FIFTYONE_DATABASE_NAME=name, FIFTYONE_DO_NOT_TRACK="true", FIFTYONE_DATABASE_VALIDATION="false"
+        FIFTYONE_DATABASE_URI=uri.strip(), FIFTYONE_DO_NOT_TRACK="true", FIFTYONE_DATABASE_VALIDATION="false"
     )
     ws = scratch / "ws"
     keep = args.keep or args.reuse
@@ -188,18 +198,7 @@ def main() -> None:
         else:
             print(f"building {args.n} candidates in {ws} (load {load():.1f})", flush=True)
             subprocess.run([sys.executable, __file__, "--n", str(args.n), "--build", str(ws)], check=True)
-            dataset_summary = json.loads((ws / "index" / "summary" / "dataset.json").read_text())
-            (scratch / "database.json").write_text(json.dumps(dataset_summary["database"]))
-        deadline = time.monotonic() + 60  # the build's own service (if it started one) stops after it
-        while not shared and attached_database_dir() and time.monotonic() < deadline:
-            time.sleep(1)
-        running = attached_database_dir()
-        state = (
-            f"running from {running} (the old path attaches to it)"
-            if running
-            else "not running (the old path starts it on its first run)"
-        )
-        print(f"database service: {state}\n", flush=True)
+        print(f"MongoDB on port {port} (both paths read it as it runs)\n", flush=True)
         commands = {
             "curate --help": (["--help"], None),
             "curate status --help": (["status", "--help"], None),
@@ -235,11 +234,13 @@ def main() -> None:
     finally:
         if (ws / "curate.toml").exists():
             stop(Workspace.open(ws))
+        if not keep:
+            drop = f"import fiftyone as fo; fo.dataset_exists({dataset_name!r}) and fo.delete_dataset({dataset_name!r})"
+            subprocess.run([sys.executable, "-c", drop], check=False, timeout=600)
+        subprocess.run([*mongodb, "stop", str(mongo)], check=False, timeout=120)
         if keep:
             print(f"kept {scratch} (time it again: --reuse {scratch})")
         else:
-            drop = f"import fiftyone as fo; fo.dataset_exists({name!r}) and fo.delete_dataset({name!r})"
-            subprocess.run([sys.executable, "-c", drop], check=False, timeout=600)
             shutil.rmtree(scratch, ignore_errors=True)
 
 
