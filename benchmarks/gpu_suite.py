@@ -8,8 +8,9 @@ Sections run in this order, most valuable first, so a run cut short by `--budget
   CLIP-L encoders, 16-channel VAE) at 1024x1024 in bf16: a batch per call vs one image per call,
   images/s and peak memory of each.
 - lora-sdxl: SDXL LoRA training (`stabilityai/stable-diffusion-xl-base-1.0`'s UNet, rank 16, bf16
-  frozen base) through `personalization.train_lora`'s step at 1024 px: gradient checkpointing vs
-  plain, steps/s and peak memory of each.
+  frozen base, a concept token trained in both text encoders as `curate train --base sdxl` does)
+  through `personalization.train_lora`'s step at 1024 px: gradient checkpointing vs plain, steps/s
+  and peak memory of each.
 - repaint: the SDXL inpainting architecture (`diffusers/stable-diffusion-xl-1.0-inpainting-0.1`'s config)
   through `DiffusionRepainter` at 1024x1024 in fp16: a batch per call vs one image per call; PyTorch SDPA
   vs the classic attention; the refiner hand-off (`stabilityai/stable-diffusion-xl-refiner-1.0`'s UNet,
@@ -283,18 +284,25 @@ def training_images(folder: Path, n: int, size: int) -> list[Path]:
 def lora_sdxl_section(ctx: Context) -> None:
     import torch
 
+    from personalization.data import Export, ExportConcept
     from personalization.lora_sdxl import LORA_TARGETS
     from personalization.train_lora import LoraExample, _add_lora, step_loss
 
     s = ctx.scale
     rank, batch = 16, 1
     model = sdxl_denoising(ctx)
+    # as `curate train --base sdxl`: the concept's token is a new row in both text encoders, trained
+    # with the LoRA, so each step also runs the encoders' backward pass
+    concept = ExportConcept("cat", "<c-cat>", "cat", refs=(), masks=(), mask_flags=())
+    tables = model.add_tokens(Export(ctx.tmp, {"cat": concept}))
     weight_dtype = torch.bfloat16 if ctx.cuda else torch.float32
     for frozen in (*model.text_encoders(), model.pipe.vae):
         frozen.requires_grad_(False)
     model.place(ctx.device, weight_dtype)
     params = _add_lora(model.denoiser, rank, LORA_TARGETS, gradient_checkpointing=False, seed=0)
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    for table in tables.values():
+        table.weight.requires_grad_(True)
+    optimizer = torch.optim.AdamW([*params, *(table.weight for table in tables.values())], lr=1e-4)
     examples = [
         LoraExample(path, "a photo of <c-cat> cat on a wooden table")
         for path in training_images(ctx.tmp / "lora", 4, s.lora_resolution)
@@ -307,6 +315,8 @@ def lora_sdxl_section(ctx: Context) -> None:
             chosen = [examples[(step * batch + k) % len(examples)] for k in range(batch)]
             loss = step_loss(model, chosen, s.lora_resolution, False, batch, None, generator)
             loss.backward()
+            for table in tables.values():
+                table.zero_frozen_grads()
             optimizer.step()
             optimizer.zero_grad()
 
@@ -324,8 +334,8 @@ def lora_sdxl_section(ctx: Context) -> None:
         "gradient checkpointing vs plain, steps/s",
         checkpointed / plain,
         f"{plain:.2f} -> {checkpointed:.2f} steps/s, peak GPU memory {plain_peak} -> {checkpointed_peak}; "
-        f"{s.lora_resolution}px, batch {batch}, rank {rank} ({trainable / 1e6:.1f} M trainable), "
-        f"{str(weight_dtype).removeprefix('torch.')} UNet",
+        f"{s.lora_resolution}px, batch {batch}, rank {rank} ({trainable / 1e6:.1f} M trainable) + a token "
+        f"in both text encoders, {str(weight_dtype).removeprefix('torch.')} UNet",
     )
 
 
