@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from curation.core.errors import CurateError
+from generators.generate_settings import flux_fill_settings
 from generators.repaint_contract import (
     RepaintJob,
     by_canvas_size,
@@ -47,19 +48,6 @@ if TYPE_CHECKING:
 OFFLOADS = ("none", "model", "sequential")
 HEADROOM = 1.25
 """Memory a placement needs over its weights: activations of a 1024 px batch, the VAE decode, CUDA's own."""
-
-
-def flux_fill_settings(config: GenerateConfig) -> dict[str, object]:
-    """The `[generate]` settings that change a FLUX.1 Fill image's pixels (part of every candidate id);
-    the offload, like device and batch size, only moves pixels by rounding and is left out."""
-    flux = config.flux_fill
-    return {
-        "guidance_scale": flux.guidance_scale,
-        "steps": flux.steps,
-        "strength": flux.strength,
-        "max_sequence_length": flux.max_sequence_length,
-        "mask_blur": config.mask_blur,
-    }
 
 
 def flux_dtype(device: str, dtype: str) -> Any:

@@ -11,12 +11,16 @@ from __future__ import annotations
 from curation.core.config import GenerateConfig
 from curation.core.errors import CurateError
 from curation.core.workspace import Workspace
-from generators.recaption import OPENAI_PREFIX, TEMPLATE, caption_settings
-from generators.repaint import CLASSICAL, repaint_settings
+from curation.models.registry import flux_fill_model
 
 GENERATOR_VERSION = 1
 """Bump when the offline pipeline's pixels change, so new images get new ids."""
 GENERATORS = ("gen4gen", "msp")
+CLASSICAL = "classical"
+"""The repaint that loads no model (colour transfer and feathering)."""
+TEMPLATE = "template"
+"""The caption that loads no model (the plan's own phrases)."""
+OPENAI_PREFIX = "openai:"
 
 
 def generate_config(ws: Workspace, generator: str | None = None) -> GenerateConfig:
@@ -53,6 +57,48 @@ def generator_config(config: GenerateConfig) -> dict[str, object]:
         **repaint_settings(config),
         **caption_settings(config),
     }
+
+
+def repaint_settings(config: GenerateConfig) -> dict[str, object]:
+    """The settings that change a repainted image's pixels: part of every candidate id.
+
+    Device, dtype and batch size are left out on purpose (they only move pixels by rounding), so
+    the same candidate keeps its id on a laptop and on a GPU node; they are recorded in provenance.
+    """
+    if config.repaint == CLASSICAL:
+        return {}
+    if flux_fill_model(config.repaint):
+        return flux_fill_settings(config)
+    settings: dict[str, object] = {
+        "guidance_scale": config.guidance_scale,
+        "steps": config.steps,
+        "strength": config.strength,
+        "mask_blur": config.mask_blur,
+        "negative_prompt": config.negative_prompt,
+    }
+    if config.refiner:
+        settings |= {"refiner": config.refiner, "refiner_start": config.refiner_start}
+    return settings
+
+
+def flux_fill_settings(config: GenerateConfig) -> dict[str, object]:
+    """The `[generate]` settings that change a FLUX.1 Fill image's pixels (part of every candidate id);
+    the offload, like device and batch size, only moves pixels by rounding and is left out."""
+    flux = config.flux_fill
+    return {
+        "guidance_scale": flux.guidance_scale,
+        "steps": flux.steps,
+        "strength": flux.strength,
+        "max_sequence_length": flux.max_sequence_length,
+        "mask_blur": config.mask_blur,
+    }
+
+
+def caption_settings(config: GenerateConfig) -> dict[str, object]:
+    """The settings that change a VLM caption: part of every candidate id (none for the template)."""
+    if config.recaption == TEMPLATE:
+        return {}
+    return {"recaption_prompt": config.recaption_prompt, "recaption_max_tokens": config.recaption_max_tokens}
 
 
 def loads_model(config: GenerateConfig) -> bool:

@@ -30,10 +30,9 @@ from curation.core.config import GenerateConfig
 from curation.core.devices import resolve_device
 from curation.core.errors import CurateError
 from curation.core.records import Concept, LayoutPlan
+from generators.generate_settings import OPENAI_PREFIX, TEMPLATE, caption_settings
 from generators.phrases import join_phrases, left_to_right
 
-TEMPLATE = "template"
-OPENAI_PREFIX = "openai:"
 SYNONYMS: dict[str, tuple[str, ...]] = {
     "person": ("man", "woman", "boy", "girl", "child", "kid", "astronaut", "people", "lady", "guy"),
     "dog": ("puppy",),
@@ -73,13 +72,6 @@ def template_caption(plan: LayoutPlan, concepts: dict[str, Concept]) -> str:
     """'a photo of <c-cat> cat and <c-mug> mug on a wooden table ...', concepts left to right."""
     phrases = join_phrases([concepts[c].phrase for c in left_to_right(plan)])
     return f"a photo of {phrases} {plan.background}".strip()
-
-
-def caption_settings(config: GenerateConfig) -> dict[str, object]:
-    """The settings that change a VLM caption: part of every candidate id (none for the template)."""
-    if config.recaption == TEMPLATE:
-        return {}
-    return {"recaption_prompt": config.recaption_prompt, "recaption_max_tokens": config.recaption_max_tokens}
 
 
 def _mention(noun: str) -> re.Pattern[str]:

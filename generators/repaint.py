@@ -34,7 +34,8 @@ from curation.core.errors import CurateError
 from curation.core.records import Concept, LayoutPlan
 from curation.models.registry import flux_fill_model, gated_error, require_local
 from generators.compose import Layer, paste
-from generators.flux_fill import flux_fill_settings, load_flux_fill_repainter
+from generators.flux_fill import load_flux_fill_repainter
+from generators.generate_settings import CLASSICAL, repaint_settings
 from generators.phrases import join_phrases, left_to_right
 from generators.repaint_contract import (
     Repainter,
@@ -46,8 +47,6 @@ from generators.repaint_contract import (
     work_size,
 )
 
-CLASSICAL = "classical"
-
 
 def repaint_prompt(plan: LayoutPlan, concepts: dict[str, Concept]) -> str:
     """Gen4Gen's 'a realistic photo of ...' with class nouns, never personal tokens.
@@ -57,28 +56,6 @@ def repaint_prompt(plan: LayoutPlan, concepts: dict[str, Concept]) -> str:
     """
     nouns = join_phrases([f"a {concepts[c].class_noun}" for c in left_to_right(plan)])
     return f"a realistic photo of {nouns} {plan.background}".strip()
-
-
-def repaint_settings(config: GenerateConfig) -> dict[str, object]:
-    """The settings that change a repainted image's pixels: part of every candidate id.
-
-    Device, dtype and batch size are left out on purpose (they only move pixels by rounding), so
-    the same candidate keeps its id on a laptop and on a GPU node; they are recorded in provenance.
-    """
-    if config.repaint == CLASSICAL:
-        return {}
-    if flux_fill_model(config.repaint):
-        return flux_fill_settings(config)
-    settings: dict[str, object] = {
-        "guidance_scale": config.guidance_scale,
-        "steps": config.steps,
-        "strength": config.strength,
-        "mask_blur": config.mask_blur,
-        "negative_prompt": config.negative_prompt,
-    }
-    if config.refiner:
-        settings |= {"refiner": config.refiner, "refiner_start": config.refiner_start}
-    return settings
 
 
 def _lab_stats(lab: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
