@@ -58,6 +58,31 @@ def timed(peak: Peak, name: str, fn: Callable[[], Any]) -> tuple[Any, float, lis
     return result, seconds, mb
 
 
+def watch_pull_steps() -> dict[str, float]:
+    """Seconds the pull spends in its two kinds of server work, added up as they happen: the export
+    snapshots (several at once, so their sum can exceed the pull's time) and the Data Manager columns."""
+    from curation.review import pull_chunks
+    from curation.review.client import Connection
+
+    spent = {"snapshot": 0.0, "show_reviews": 0.0}
+
+    def timing(owner: Any, name: str) -> None:
+        real = getattr(owner, name)
+
+        def timed_call(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - t0
+
+        setattr(owner, name, timed_call)
+
+    timing(pull_chunks, "snapshot")
+    timing(Connection, "show_reviews")
+    return spent
+
+
 def annotated_project(ws: Any, conn: Any, n: int) -> None:
     """A project of n tasks, one annotation each (accept 4 / reject 2 alternating), recorded as the workspace's.
 
@@ -143,7 +168,13 @@ def bench(db: str, args: argparse.Namespace, scratch: Path) -> None:
             return len(conn.export_tasks(project_id, "gone"))
 
         size, first_export, _ = timed(peak, "Label Studio export (one request)", export)
+        spent = watch_pull_steps()
         report, pulled, _ = timed(peak, f"our pull ({args.in_flight} in flight)", lambda: pull(ws, full=True))
+        print(
+            f"    of which, summed over threads: snapshots {spent['snapshot']:.1f} s,"
+            f" Data Manager columns {spent['show_reviews']:.1f} s",
+            flush=True,
+        )
         assert report.read == args.n, report.summary()[:2000]
         _, second_export, _ = timed(peak, "Label Studio export, again", export)
         baseline = min(first_export, second_export)
