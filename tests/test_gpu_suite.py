@@ -24,6 +24,7 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from collections import defaultdict
 from pathlib import Path, PurePosixPath
@@ -49,7 +50,11 @@ _DIST_INFO_SKIP = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}
 
 
 def _installed() -> dict[str, md.Distribution]:
-    return {canonical(d.metadata["Name"]): d for d in md.distributions()}
+    """The venv's own distributions: sys.path may also hold setuptools/_vendor once something imported
+    setuptools, whose vendored importlib_metadata 8.7.1 would shadow the venv's 10.2.0."""
+    return {
+        canonical(d.metadata["Name"]): d for d in md.distributions(path=[sysconfig.get_paths()["purelib"]])
+    }
 
 
 def closure(names: tuple[str, ...], stop: tuple[str, ...] = ()) -> set[str]:

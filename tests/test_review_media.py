@@ -375,8 +375,8 @@ def test_a_workspace_served_before_the_media_tree_is_moved_by_serve_and_push(
         )
         for folder in (ws.candidates_dir, ws.concepts_dir):
             admin.import_storage.local.create(project=project.id, path=str(folder), use_blob_urls=True)
-        data = {"image": f"/data/local-files/?d=candidates/s000/{ids[0]}.png", "thumb": "", "caption": "c",
-                "refs_html": "", "scores": "", ds.CANDIDATE_ID: ids[0]}  # fmt: skip
+        data = {"images": [f"/data/local-files/?d=candidates/s000/{ids[0]}.png"], "thumb": "", "strip": "",
+                "captions": "c", "refs_html": "", "scores": "", ds.CANDIDATE_ID: ids[0]}  # fmt: skip
         admin.projects.import_tasks(id=project.id, request=[{"data": data}])
         project_file(ws).write_text(json.dumps({"url": old.url, "project_id": project.id}))
         headers = {"Authorization": f"Token {old.token}"}
