@@ -174,6 +174,10 @@ def test_batch_pages_keyboard_only_and_an_invalid_slot(
             )
             shown = page.locator('img[src^="blob:"]').first.bounding_box() or {}
             assert shown.get("height", 0) >= 550, shown
+            # the strip is one image of the 8 previews (one request per page turn, not 8), drawn whole
+            strip = page.locator('img[alt="candidates 1 to 8"]')
+            assert strip.count() == 1 and strip.evaluate("i => i.complete && i.naturalWidth") == 8 * 96 - 8
+            assert page.locator('img[src*="review/thumbs/cand"]').count() == 0
             for slot in range(8):
                 if slot:
                     page.keyboard.press("Control+ArrowRight")

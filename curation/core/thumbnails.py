@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from curation.core.workspace import Workspace, atomic_write_bytes
 
@@ -44,4 +44,22 @@ def thumbnail(source: Path, target: Path) -> Path:
     if not target.exists():
         with Image.open(source) as image:
             write_thumbnail(image, target)
+    return target
+
+
+def page_strip(previews: list[Path], target: Path, side: int, gap: int) -> Path:
+    """A batch page's previews as one JPEG row of `side` px squares `gap` px apart, made only when missing.
+
+    One image, not one per candidate: the labeling page requests each image from Label Studio as the
+    next page is built, and eight previews made a page turn 0.15-0.3 s slower than one row
+    (benchmarks/bench_review_ui.py at load 1-3).
+    """
+    if not target.exists():
+        row = Image.new("RGB", (len(previews) * (side + gap) - gap, side), "white")
+        for n, preview in enumerate(previews):
+            with Image.open(preview) as image:
+                row.paste(ImageOps.fit(image.convert("RGB"), (side, side)), (n * (side + gap), 0))
+        buffer = io.BytesIO()
+        row.save(buffer, format="JPEG", quality=85)
+        atomic_write_bytes(target, buffer.getvalue())
     return target

@@ -134,7 +134,9 @@ def push(
         sending = None
         for start in range(0, len(pages), batch):
             tasks = [
-                page_task([candidate_task(ws, conn, r, concepts, scores, random, earned) for r in page])
+                page_task(
+                    ws, conn, [candidate_task(ws, conn, r, concepts, scores, random, earned) for r in page]
+                )
                 for page in pages[start : start + batch]
             ]
             if sending is not None:

@@ -17,7 +17,7 @@ from curation.concepts.references import cover_cutout
 from curation.core import dataset as ds
 from curation.core.labeling_config import IMAGE
 from curation.core.records import content_id
-from curation.core.thumbnails import candidate_thumb, thumbnail, thumbs_dir
+from curation.core.thumbnails import candidate_thumb, page_strip, thumbnail, thumbs_dir
 from curation.core.workspace import Workspace
 from curation.review.calibration import ScoreCalibration
 from curation.review.client import Connection, media_url
@@ -26,10 +26,11 @@ from curation.review.crossval import CONFIDENCE, HeldOut
 THUMB = "thumb"  # the Data Manager's image column
 CANDIDATE_IDS = "candidate_ids"  # a page's candidates in slot order (the `item_index` of their answers)
 PAGE = "page"  # a page's candidate ids joined by spaces: what the pushed record keeps per task
-STRIP_PX = 44
+STRIP_PX = 44  # a candidate's square in a page's strip, and the gap between two (CSS px)
+STRIP_GAP = 4
 
 
-def page_task(tasks: list[dict[str, Any]]) -> dict[str, Any]:
+def page_task(ws: Workspace, conn: Connection, tasks: list[dict[str, Any]]) -> dict[str, Any]:
     """One review page of the candidates' tasks (same concepts, same references), in slot order.
 
     The page shows the candidate in focus large (`images`, perItem controls answer for it), all of
@@ -39,11 +40,6 @@ def page_task(tasks: list[dict[str, Any]]) -> dict[str, Any]:
     """
     data = [t["data"] for t in tasks]
     ids = [d[ds.CANDIDATE_ID] for d in data]
-    strip = "".join(
-        f'<figure style="margin:0;text-align:center;font-size:11px"><img src="{html.escape(d[THUMB])}" '
-        f'style="width:{STRIP_PX}px;height:{STRIP_PX}px;object-fit:cover"/><figcaption>{n}</figcaption></figure>'
-        for n, d in enumerate(data, 1)
-    )
     captions = "".join(f"<li>{html.escape(d[ds.CAPTION])}</li>" for d in data)
     scores = _page_scores_html(data)
     return {
@@ -56,14 +52,30 @@ def page_task(tasks: list[dict[str, Any]]) -> dict[str, Any]:
             ds.CONCEPTS: data[0][ds.CONCEPTS],
             "refs": data[0]["refs"],
             "refs_html": data[0]["refs_html"],
-            # a page of one has no other candidate to show
-            "strip": f'<div style="display:flex;flex-wrap:wrap;gap:4px">{strip}</div>'
-            if len(data) > 1
-            else "",
+            "strip": _strip_html(ws, conn, ids) if len(ids) > 1 else "",  # a page of one has no other
             "captions": f'<ol style="margin:2px 0;padding-left:18px;font-size:12px">{captions}</ol>',
             "scores": scores if len(data) > 1 else data[0]["scores"],
         }
     }
+
+
+def _strip_html(ws: Workspace, conn: Connection, ids: list[str]) -> str:
+    """The page's candidates as one numbered row: one image (`page_strip`), drawn at twice its CSS size."""
+    thumbs = thumbs_dir(ws)
+    row = page_strip(
+        [candidate_thumb(thumbs, cid) for cid in ids],
+        thumbs / "pages" / f"{content_id(ids)}.jpg",
+        2 * STRIP_PX,
+        2 * STRIP_GAP,
+    )
+    width = len(ids) * (STRIP_PX + STRIP_GAP) - STRIP_GAP
+    numbers = "".join(f'<span style="flex:1;text-align:center">{n}</span>' for n in range(1, len(ids) + 1))
+    return (
+        f'<div style="width:{width}px;max-width:100%;font-size:11px">'
+        f'<img src="{html.escape(media_url(conn, row))}" alt="candidates 1 to {len(ids)}" '
+        f'style="display:block;width:100%;aspect-ratio:{width}/{STRIP_PX}"/>'
+        f'<div style="display:flex">{numbers}</div></div>'
+    )
 
 
 def candidate_task(
