@@ -107,8 +107,13 @@ def place(pipe: Any, device: str, offload: str) -> str:
 
 def check_fill_transformer(pipe: Any, name: str) -> None:
     """Refuse a FLUX checkpoint that is not a Fill one: its transformer must take the latents, the
-    masked image's latents and the mask, packed in 2x2 patches (FLUX.1-Fill-dev: 64 + 64 + 256 = 384)."""
-    latents = pipe.transformer.config.out_channels
+    masked image's latents and the mask, packed in 2x2 patches (FLUX.1-Fill-dev: 64 + 64 + 256 = 384).
+
+    A transformer whose output is as wide as its input has no `out_channels` in its config (FLUX.1-dev's
+    is null), so the input width stands in for it there.
+    """
+    config = pipe.transformer.config
+    latents = config.out_channels or config.in_channels
     mask = pipe.vae_scale_factor**2 * 4
     wanted = 2 * latents + mask
     if pipe.transformer.config.in_channels != wanted:

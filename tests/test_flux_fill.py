@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 from typing import Self
 
@@ -167,7 +168,10 @@ def test_offload_fits_the_gpu_and_is_refused_without_one(flux) -> None:
 
 
 def test_a_flux_checkpoint_that_is_not_fill_is_refused(tmp_path: Path) -> None:
+    """FLUX.1-dev's transformer config has no out_channels (null: as wide as its input): still refused."""
     folder = build_tiny_flux(tmp_path)
+    config = json.loads((folder / "transformer" / "config.json").read_text())
+    assert config["in_channels"] == 64 and config["out_channels"] is None, "as FLUX.1-dev's"
     with pytest.raises(
         CurateError, match="is not a FLUX.1 Fill checkpoint: its transformer takes 64 input channels"
     ):
