@@ -198,3 +198,22 @@ def test_cli_answers_help_and_status_without_heavy_libraries(indexed: Workspace)
         assert "HEAVY []" in done.stdout, (args, done.stdout[-300:])
         assert "note:" not in done.stderr
     assert "accepted = accepted in review with quality >= 3" in done.stdout
+
+
+def test_a_team_database_password_never_reaches_the_summary(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A team's FIFTYONE_DATABASE_URI carries its MongoDB password (deploy/mongodb.sh), and the summary is
+    as readable as the workspace: it names the database by a digest, which still tells databases apart."""
+    from tests.fixtures.sample_concepts import small_config
+
+    ws = Workspace.create(tmp_path / "ws", small_config())
+    monkeypatch.setattr(dataset_summary, "_from_dataset", lambda ws: None)  # no database at that URI here
+    monkeypatch.setattr(dataset_summary, "_connected", lambda: False)
+    uri = "mongodb://curate:s3cret-pass@db.example:27017/?authSource=admin"
+    monkeypatch.setenv("FIFTYONE_DATABASE_URI", uri)
+    dataset_summary.record(ws)
+    assert "s3cret-pass" not in dataset_summary.summary_path(ws).read_text()
+    assert dataset_summary.read(ws).notes == []
+    monkeypatch.setenv("FIFTYONE_DATABASE_URI", "mongodb://curate:other@db.example:27017/?authSource=admin")
+    assert "another FiftyOne database" in dataset_summary.read(ws).notes[0]

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 
     from curation.core.workspace import Workspace
 
-VERSION = 1
+VERSION = 2  # 2: the database URI recorded as a digest, never in clear
 FIELDS = (
     ds.CANDIDATE_ID,
     ds.CONCEPTS,
@@ -172,7 +173,11 @@ def export_take(ws: Workspace, summary: DatasetSummary, stale: set[str] | None =
 
 def database() -> dict[str, str | None]:
     """Which FiftyOne database a command of this environment uses, read as FiftyOne reads its settings
-    (environment first, then its config file, then its defaults) without importing it."""
+    (environment first, then its config file, then its defaults) without importing it.
+
+    A URI is named by its SHA-256 only: a team's URI carries its MongoDB password (deploy/mongodb.sh),
+    and the summary that records this is readable by every account that can read the workspace.
+    """
     config_path = Path(os.environ.get("FIFTYONE_CONFIG_PATH") or Path.home() / ".fiftyone" / "config.json")
     try:
         settings = json.loads(config_path.read_text())
@@ -185,7 +190,7 @@ def database() -> dict[str, str | None]:
     uri = setting("database_uri", None)
     folder = setting("database_dir", str(Path.home() / ".fiftyone" / "var" / "lib" / "mongo"))
     return {
-        "uri": uri,
+        "uri": hashlib.sha256(uri.encode()).hexdigest() if uri else None,
         "dir": None if uri else os.path.realpath(os.path.expanduser(folder or "")),
         "name": setting("database_name", "fiftyone"),
     }
