@@ -90,6 +90,22 @@ def test_a_page_splits_into_one_annotation_per_candidate() -> None:
     ]
 
 
+def test_an_answer_without_its_slot_on_a_page_of_several_is_no_ones() -> None:
+    """Every answer of a page of several carries the `item_index` of its candidate: one without it (sent
+    through the API, or from a page whose config lost `perItem`) is reported, never given to the first
+    candidate; a page of one may leave it out."""
+    first = annotation_result("accept", 4)  # no item_index
+    second = [{**a, "item_index": 1} for a in annotation_result("reject")]
+    slots, strays = split_page(annotation(first + second), 2)
+    assert strays == [
+        "answer 'decision' names no candidate of a page of 2",
+        "answer 'quality' names no candidate of a page of 2",
+    ]
+    assert check_annotation(slots[0], CONFIG) == ["no decision"]
+    assert check_annotation(slots[1], CONFIG) == Vote("reject", None, (), None)
+    assert check_annotation(split_page(annotation(first), 1)[0][0], CONFIG) == Vote("accept", 4, (), None)
+
+
 @pytest.mark.parametrize(
     ("result", "problem"),
     [
@@ -113,6 +129,19 @@ def test_a_page_splits_into_one_annotation_per_candidate() -> None:
         ),
         (annotation_result("reject", reasons=("artifacts", "artifacts")), "a reason is ticked twice"),
         ([item("decision", "rating", {"rating": 3})], "decision answered as 'rating', not choices"),
+        # the page's star keys write "1".."5": int() would also read these as stars
+        (
+            annotation_result("accept") + [item("quality", "choices", {"choices": ["05"]})],
+            "rating ['05'] is not",
+        ),
+        (
+            annotation_result("accept") + [item("quality", "choices", {"choices": ["\uff15"]})],
+            "rating ['\\uff15'] is not",
+        ),
+        (
+            annotation_result("accept") + [item("quality", "choices", {"choices": ["\u0665"]})],
+            "rating ['\\u0665'] is not",
+        ),
         (
             [item("notes", "textarea", {"text": ["hi"]}), *annotation_result("reject")],
             "answer 'notes' is not",

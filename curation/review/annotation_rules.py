@@ -71,9 +71,11 @@ def _decision(value: Mapping[str, Any], config: LabelingConfig, problems: list[s
 
 def _stars(value: Mapping[str, Any], config: LabelingConfig, problems: list[str]) -> int | None:
     stars = value.get("rating")
-    if "choices" in value:  # a key per star: one of "1".."N"
+    if "choices" in value:  # a key per star: one of "1".."N", exactly as the page writes it
         picked = _strings(value.get("choices"))
         stars = int(picked[0]) if picked and len(picked) == 1 and picked[0].isdecimal() else picked
+        if picked and str(stars) != picked[0]:  # int() also reads "05" and other scripts' digits
+            stars = picked
     if type(stars) is not int or not 1 <= stars <= (config.rating_max or 0):  # bool and 2.5 are not stars
         problems.append(f"rating {shown(stars)} is not a whole number of stars from 1 to {config.rating_max}")
         return None
@@ -159,7 +161,7 @@ def split_page(annotation: Mapping[str, Any], slots: int) -> tuple[dict[int, dic
     may leave it out: slot 0). Each slot's annotation keeps the page annotation's other keys (who,
     when, skipped), so it is checked and counted exactly like a single candidate's: a slot left
     without answers has "no decision", as a single task would. An answer naming a slot the page does
-    not have is reported, never given to a neighbour.
+    not have, or on a page of several none, is reported, never given to a neighbour.
     """
     result = annotation.get("result")
     if not isinstance(result, list):
@@ -167,7 +169,11 @@ def split_page(annotation: Mapping[str, Any], slots: int) -> tuple[dict[int, dic
     by_slot: dict[int, list[Any]] = {slot: [] for slot in range(slots)}
     strays: list[str] = []
     for item in result:
-        index = item.get("item_index", 0) if isinstance(item, Mapping) else 0
+        # the page gives every answer its slot; only a page of one (or one from before pages) omits it
+        index = item.get("item_index", 0 if slots == 1 else None) if isinstance(item, Mapping) else 0
+        if index is None:
+            strays.append(f"answer {shown(item.get('from_name'))} names no candidate of a page of {slots}")
+            continue
         if type(index) is not int or not 0 <= index < slots:
             strays.append(f"answer for candidate {shown(index)} of a page of {slots}")
             continue
