@@ -323,3 +323,18 @@ def test_push_triage_holds_back_only_what_the_bound_allows(
     again = push(ws, order="view")
     assert again.pushed == 2 and not again.triage
     assert len(ds.open_dataset(ws).load_saved_view(ds.VIEW_TRIAGED_OUT)) == 0
+
+
+def test_the_summary_counts_every_review_and_names_every_concept_count() -> None:
+    """A score that lacks values (uniqueness on samples added since, cp_clip without references) must not
+    shrink a group's counts, and a concept count none of whose scores has a value still gets its verdict."""
+    from curation.review.calibration import CalibrationReport
+
+    keys = [f"c{i:03d}" for i in range(100)]
+    accepted = [i % 3 != 0 for i in range(100)]  # 66 accepted, 34 rejected; 33 and 17 per concept count
+    blur = [None] * 50 + [0.01 * i for i in range(50)]  # only 3 concepts' reviews have a blur
+    rows, groups, rules = calibrate_reviews(keys, accepted, ["2"] * 50 + ["3"] * 50, {"blur": blur}, set())
+    summary = CalibrationReport(rows, groups, rules, Path("calibration.json"), None).summary()
+    assert "all concept counts (pooled, never a rule): 66 accepted, 34 rejected" in summary
+    assert "2 concepts: 33 accepted, 17 rejected" in summary and "-> no triage: 33 accepted < 59" in summary
+    assert "3 concepts: 33 accepted, 17 rejected" in summary

@@ -254,11 +254,12 @@ class CalibrationReport:
             f"accepted and >= {MIN_REJECTED} rejected reviews, else it gets no triage"
         )
         lines = [f"calibration on pulled reviews ({self.path})", rule]
-        for group in sorted({r.group for r in self.rows}, key=lambda g: -1 if g == ALL else int(g)):
+        shown = {r.group for r in self.rows} | set(self.groups)  # also a count no score has a value for
+        for group in sorted(shown, key=lambda g: -1 if g == ALL else int(g)):
             rows = [r for r in self.rows if r.group == group]
-            head = rows[0]
+            accepted, rejected = self._reviews(group)
             name = "all concept counts (pooled, never a rule)" if group == ALL else f"{group} concepts"
-            lines.append(f"{name}: {head.accepted} accepted, {head.rejected} rejected")
+            lines.append(f"{name}: {accepted} accepted, {rejected} rejected")
             for r in sorted(rows, key=lambda r: -(r.auc or 0)):
                 auc = "n/a" if r.auc is None else f"{r.auc:.3f}"
                 cut = (
@@ -279,6 +280,15 @@ class CalibrationReport:
         if self.plot:
             lines.append(f"ROC curves: {self.plot}")
         return "\n".join(lines)
+
+    def _reviews(self, group: str) -> tuple[int, int]:
+        """Accepted and rejected reviews of a group: from the verdicts, which count every review; a
+        score's row counts only the reviews that score has a value for (uniqueness, cp_clip may lack one)."""
+        verdicts = [v for g, v in self.groups.items() if group in (ALL, g)]
+        if verdicts:
+            return sum(v.accepted for v in verdicts), sum(v.rejected for v in verdicts)
+        head = next(r for r in self.rows if r.group == group)
+        return head.accepted, head.rejected
 
 
 def calibration_file(ws: Workspace) -> Path:
