@@ -432,6 +432,24 @@ def test_the_likely_reject_hint_quotes_the_held_out_check() -> None:
     assert triage_hint(row, earned, {"clip_t"}) is None
 
 
+def test_a_nan_or_infinite_score_is_left_off_the_page(tmp_path: Path) -> None:
+    """Any numeric field is a machine score on the page, one added by hand too, and Label Studio's SDK
+    sends task data as strict JSON: a NaN or infinite value is not shown, and the push goes on."""
+    from curation.review.task_page import candidate_task, page_task
+
+    ws = Workspace.create(tmp_path / "ws")
+    path = ws.candidates_dir / "s000" / "cand000.png"
+    path.parent.mkdir(parents=True)
+    Image.new("RGB", (64, 64), (120, 60, 30)).save(path)
+    media = ws.root / "media"
+    conn = Connection("http://127.0.0.1:9", "token", media, media, ws.root)
+    row = {ds.CANDIDATE_ID: "cand000", "filepath": str(path), ds.CAPTION: "a cat", ds.CONCEPTS: [],
+           "clip_t": float("nan"), "blur": float("inf"), "seam": 0.25}  # fmt: skip
+    task = candidate_task(ws, conn, row, {}, ["clip_t", "blur", "seam"], set(), {})
+    assert task["data"]["score_values"] == {"seam": 0.25}
+    json.dumps(page_task(ws, conn, [task, task]), allow_nan=False)  # as the SDK encodes it
+
+
 def test_krippendorff_alpha_by_hand() -> None:
     # 3 units, 2 coders: o_aa = 2, o_ar = o_ra = 1, o_rr = 2; n_a = n_r = 3 -> 1 - 5 * 2 / 18
     assert krippendorff_alpha([["a", "a"], ["a", "r"], ["r", "r"]]) == pytest.approx(1 - 10 / 18)

@@ -10,6 +10,7 @@ calibrated triage rule shows as a hint, never as a pre-selected decision.
 from __future__ import annotations
 
 import html
+import math
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,9 @@ def candidate_task(
                     "thumb": media_url(conn, thumb),
                 }
             )
-    shown = {name: round(row[name], 4) for name in scores if row[name] is not None}
+    # a NaN or infinite score (a field added by hand, a degenerate embedding) is no figure to show,
+    # and the task data must be JSON the SDK sends: it refuses NaN and infinity
+    shown = {name: round(row[name], 4) for name in scores if _finite(row[name])}
     suggestion = triage_hint(row, earned, random)
     return {
         "data": {
@@ -205,6 +208,11 @@ def _scores_html(shown: dict[str, float], random: set[str], suggestion: str | No
     )
     hint = f'<div style="font-size:11px">machine hint: {html.escape(suggestion)}</div>' if suggestion else ""
     return f"{hint}{table}"
+
+
+def _finite(value: float | None) -> bool:
+    """Whether a score value is a figure: not missing, NaN or infinite."""
+    return value is not None and math.isfinite(value)
 
 
 def _version(path: Path) -> str:
