@@ -41,7 +41,11 @@ def train_command(
     learning_rate: Annotated[float, typer.Option(help="0 = method default (1e-5 CD, 1e-4 LoRA).")] = 0.0,
     batch_size: Annotated[int, typer.Option()] = 1,
     resolution: Annotated[
-        int, typer.Option(help="Training image size in pixels; 0 = per base: sd 512, sdxl 1024, flux 512.")
+        int,
+        typer.Option(
+            help="Training image size in pixels (sdxl: a multiple of 8, flux: of 16); 0 = per base: sd 512, "
+            "sdxl 1024, flux 512."
+        ),
     ] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every K steps.")] = 100,
     mixed_precision: Annotated[

@@ -28,6 +28,8 @@ from personalization.train_images import SquareCrop
 
 DEFAULT_PRETRAINED = "black-forest-labs/FLUX.1-dev"
 DEFAULT_RESOLUTION = 512
+RESOLUTION_MULTIPLE = 16
+RESOLUTION_REASON = "FLUX.1's 8x VAE, then latents packed in 2x2 patches"
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 """The transformer's attention projections, diffusers' FLUX LoRA default."""
 TRAIN_GUIDANCE = 1.0

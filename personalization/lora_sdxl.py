@@ -21,6 +21,8 @@ from personalization.train_images import SquareCrop
 
 DEFAULT_PRETRAINED = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_RESOLUTION = 1024
+RESOLUTION_MULTIPLE = 8
+RESOLUTION_REASON = "SDXL's 8x VAE, which drops the pixels past the last multiple"
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 """The UNet's attention projections, diffusers' SDXL LoRA default."""
 

@@ -55,7 +55,8 @@ from personalization.train_images import (
 
 LoraBase = Literal["sdxl", "flux"]
 BASES = {"sdxl": lora_sdxl, "flux": lora_flux}
-"""Each base's module: DEFAULT_PRETRAINED, DEFAULT_RESOLUTION, LORA_TARGETS and its denoising class."""
+"""Each base's module: DEFAULT_PRETRAINED, DEFAULT_RESOLUTION, RESOLUTION_MULTIPLE (and why), LORA_TARGETS
+and its denoising class."""
 _DENOISING = {"sdxl": lora_sdxl.SDXLDenoising, "flux": lora_flux.FluxDenoising}
 
 
@@ -143,6 +144,18 @@ def step_loss(
     return loss
 
 
+def check_resolution(base: LoraBase, resolution: int) -> None:
+    """Refuse a training size the base cannot take before the base loads and run.json records it: found
+    at the first step instead, it costs the model's load (minutes for FLUX.1) and leaves a run.json that
+    the corrected command then refuses as "a run with other settings"."""
+    multiple = BASES[base].RESOLUTION_MULTIPLE
+    if resolution < 1 or resolution % multiple:
+        raise CurateError(
+            f"--resolution {resolution} does not suit --base {base}: use a positive multiple of {multiple} "
+            f"({BASES[base].RESOLUTION_REASON})"
+        )
+
+
 def _add_lora(denoiser, rank: int, targets: list[str], gradient_checkpointing: bool, seed: int) -> list:
     """Freeze the denoiser, add the LoRA adapter, keep its tensors float32; returns them.
 
@@ -228,6 +241,7 @@ def train_lora(
     module = BASES[base]
     pretrained = pretrained or module.DEFAULT_PRETRAINED
     resolution = resolution or module.DEFAULT_RESOLUTION
+    check_resolution(base, resolution)
     strategy = strategy or PromptStrategy()
     output_dir = Path(output_dir)
     export = read_export(Path(export_dir))

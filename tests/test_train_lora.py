@@ -264,3 +264,18 @@ def test_resume_continues_exactly_and_masked_prior_runs_record_their_settings(
     identity = json.loads((tmp_path / "masked" / "run.json").read_text())
     assert identity["masked_loss"] is True and identity["prior_loss_weight"] == 1.0
     assert identity["base"] == base[0]
+
+
+@pytest.mark.parametrize(("name", "resolution"), [("flux", 520), ("flux", -512), ("sdxl", 1020)])
+def test_a_resolution_the_base_cannot_take_is_refused_before_the_base_loads(
+    export_dir, tmp_path, name, resolution
+):
+    """FLUX.1 packs its 8x VAE's latents in 2x2 patches: 520 px failed only at the first step, after the
+    base had loaded and run.json had recorded 520, so the corrected command met "other settings"."""
+    run = tmp_path / "run"
+    never_loaded = str(tmp_path / "no-such-base")
+    cli = ["train", str(export_dir), "-o", str(run), "--base", name, "--pretrained", never_loaded]
+    result = CliRunner().invoke(app, [*cli, "--resolution", str(resolution), "--cpu"])
+    assert isinstance(result.exception, CurateError), result.output
+    assert f"--resolution {resolution} does not suit --base {name}" in str(result.exception)
+    assert not run.exists()
