@@ -113,9 +113,14 @@ def _family(pipeline: str) -> Family:
     else:
         from diffusers import DiffusionPipeline
 
+        from curation.models.registry import gated_error
+
         try:
             class_name = DiffusionPipeline.load_config(pipeline).get("_class_name", "")
         except (OSError, ValueError) as exc:
+            # diffusers words a gated repo as "not a valid model identifier": say what it is instead
+            if gated := gated_error(exc, "pipeline", pipeline):
+                raise gated from exc
             raise CurateError(f"cannot load pipeline {pipeline}: {str(exc).splitlines()[0]}") from exc
     if class_name not in PIPELINE_FAMILIES:
         raise CurateError(

@@ -45,9 +45,13 @@ class SDXLDenoising:
     def load(cls, pretrained: str) -> SDXLDenoising:
         from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
 
+        from curation.models.registry import gated_error
+
         try:
             pipe = DiffusionPipeline.from_pretrained(pretrained)
         except (OSError, ValueError) as exc:
+            if gated := gated_error(exc, "--pretrained", pretrained):
+                raise gated from exc
             raise CurateError(f"cannot load pipeline {pretrained!r}: {str(exc).splitlines()[0]}") from exc
         if not isinstance(pipe, StableDiffusionXLPipeline):
             raise CurateError(

@@ -270,3 +270,19 @@ def test_generation_defaults_per_family():
     pinned = EvalSettings(steps=4, guidance=0.0, resolution=256)
     assert {pinned.generation(f) for f in ("sd", "sdxl", "flux")} == {pinned.generation("sd")}
     assert pinned.generation("flux").guidance == 0.0
+
+
+
+def test_a_gated_base_is_named_as_gated_not_as_an_unknown_model(fake_hub, tmp_path, monkeypatch) -> None:
+    """diffusers turns the hub's gated answer into "not a valid model identifier"; the row's one line says
+    the licence is not accepted yet, before any model loads."""
+    from personalization.data import read_export
+    from personalization.eval_pipelines import resolve_source
+    from tests.fixtures.fake_hub import online_at
+
+    export = read_export(build_tiny_export(tmp_path / "export"))
+    gated = "black-forest-labs/FLUX.1-dev"
+    fake_hub.gated.add(gated)
+    online_at(fake_hub, monkeypatch, tmp_path / "hub")
+    with pytest.raises(CurateError, match=f"pipeline = '{gated}' is gated on the Hugging Face Hub: accept"):
+        resolve_source(gated, export)

@@ -279,3 +279,23 @@ def test_a_resolution_the_base_cannot_take_is_refused_before_the_base_loads(
     assert isinstance(result.exception, CurateError), result.output
     assert f"--resolution {resolution} does not suit --base {name}" in str(result.exception)
     assert not run.exists()
+
+
+def test_a_gated_base_is_one_error_line_saying_where_to_accept_its_licence(
+    fake_hub, export_dir, tmp_path, monkeypatch
+):
+    """FLUX.1-dev, the default FLUX.1 base, is gated: an account that has not accepted its licence got
+    the hub's HTTP error text; it gets the line `generate.repaint = "flux-fill"` gives for FLUX.1 Fill."""
+    from personalization.lora_flux import DEFAULT_PRETRAINED
+    from personalization.train_lora import train_lora
+    from tests.fixtures.fake_hub import online_at
+
+    fake_hub.gated.add(DEFAULT_PRETRAINED)
+    online_at(fake_hub, monkeypatch, tmp_path / "hub")
+    with pytest.raises(CurateError) as caught:
+        train_lora(export_dir, tmp_path / "run", "flux", steps=1, resolution=RESOLUTION, cpu=True)
+    assert str(caught.value).startswith(
+        f"--pretrained = '{DEFAULT_PRETRAINED}' is gated on the Hugging Face Hub: accept its licence at "
+        f"https://huggingface.co/{DEFAULT_PRETRAINED} with your account, then log in here"
+    )
+    assert any(DEFAULT_PRETRAINED in request for request in fake_hub.requests), "diffusers asked the hub"
