@@ -137,6 +137,7 @@ def annotate_for_demo(ws: Workspace) -> int:
     from curation.review.client import connect
     from curation.review.project import ensure_project
     from curation.review.pull import annotation_result
+    from curation.review.task_page import CANDIDATE_IDS
     from curation.scores.artifacts import ARTIFACT_SCORES
 
     dataset = ds.open_dataset(ws)
@@ -153,12 +154,13 @@ def annotate_for_demo(ws: Workspace) -> int:
     project_id = ensure_project(ws, conn)
     answered = 0
     for task in conn.client.tasks.list(project=project_id, fields="task_only"):
-        candidate_id = task.data.get(ds.CANDIDATE_ID)
-        if task.total_annotations or candidate_id not in answers:
+        # a page (`review.candidates_per_page` > 1) answers each of its candidates in its slot
+        page = task.data.get(CANDIDATE_IDS) or [task.data.get(ds.CANDIDATE_ID)]
+        if task.total_annotations or not all(cid in answers for cid in page):
             continue
-        decision, quality = answers[candidate_id]
-        conn.call("demo annotation", lambda t=task.id, d=decision, q=quality: conn.client.annotations.create(
-            id=t, result=annotation_result(d, q)))  # fmt: skip
+        result = [{**answer, "item_index": slot} for slot, cid in enumerate(page)
+                  for answer in annotation_result(*answers[cid])]  # fmt: skip
+        conn.call("demo annotation", lambda t=task.id, r=result: conn.client.annotations.create(id=t, result=r))
         answered += 1
     return answered
 

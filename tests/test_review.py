@@ -412,6 +412,22 @@ def test_a_workspace_mixes_single_and_batch_pages_and_counts_each_candidate(
     assert summary.agreement is not None and summary.agreement.overlapped == 4  # candidates with two votes
 
 
+def test_the_demo_annotator_answers_every_candidate_of_a_page(
+    labelstudio_workspace: Callable[..., Workspace],
+) -> None:
+    """With `review.candidates_per_page` > 1 the demo's pages hold several candidates: its scripted
+    annotator answers each in its slot, so the pull counts them all and reports nothing."""
+    from curation.demo import annotate_for_demo
+
+    ws = labelstudio_workspace()
+    ids = build_candidates(ws, 5)
+    assert push(ws, order="view", per_page=2).pages == 3
+    assert annotate_for_demo(ws) == 3
+    pulled = pull(ws)
+    assert (pulled.invalid_count, pulled.stray_count) == (0, 0), pulled.summary()
+    assert all(review[ds.REVIEW_DECISION] for review in reviews(ws).values()) and len(reviews(ws)) == len(ids)
+
+
 def test_the_likely_reject_hint_quotes_the_held_out_check() -> None:
     """The hint says what `curate calibrate`'s cross-validation found for the rule's concept count, never
     the in-sample fit its cut was chosen on; no rule of that count, or one from random weights, no hint."""
