@@ -146,7 +146,20 @@ def _curate_lora(path: Path, base: str) -> ModelSource:
         inserted=tuple(meta.get("tokens", ())),
         components=dict(meta.get("embeddings", {})),
     )
-    return ModelSource(str(path), _base_family(pipeline, path), pipeline, trained_strategy(run), lora)
+    family = _base_family(pipeline, path)
+    _check_trained_family(path, meta.get("base", ""), pipeline, family)
+    return ModelSource(str(path), family, pipeline, trained_strategy(run), lora)
+
+
+def _check_trained_family(path: Path, trained: str, pipeline: str, family: Family) -> None:
+    """A LoRA loads only into the family it was trained on; another base (a wrong --base) would not fail:
+    `load_lora_weights` skips the keys it has no module for with a warning, and CLIP-L token rows fit
+    SD 1.x, SDXL and FLUX.1 alike, so the row would be the plain base under the LoRA's label."""
+    if trained and trained != family:
+        raise CurateError(
+            f"LoRA {path} was trained on {trained}, but its base {pipeline} is {family}: "
+            f"give --base LABEL=<the {trained} base it was trained on>"
+        )
 
 
 def _diffusers_lora(path: Path, export: Export, base: str) -> ModelSource:

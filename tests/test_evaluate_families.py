@@ -272,6 +272,31 @@ def test_generation_defaults_per_family():
     assert pinned.generation("flux").guidance == 0.0
 
 
+def test_a_base_of_another_family_than_the_lora_was_trained_on_is_refused(tmp_path: Path) -> None:
+    """A FLUX.1 LoRA given an SDXL base (a wrong --base) loaded with a warning only: diffusers skips the
+    transformer keys an SDXL pipeline has no module for, and the CLIP-L rows fit its first encoder."""
+    from personalization.data import read_export
+    from personalization.eval_pipelines import resolve_source
+
+    export = read_export(build_tiny_export(tmp_path / "export"))
+    run = tmp_path / "flux-run"
+    save_lora_folder(
+        run,
+        lambda folder: (folder / "pytorch_lora_weights.safetensors").write_bytes(b""),
+        {"clip_l": token_rows()},
+        {"clip_l": "text_encoder"},
+        {"base": "flux", "pretrained": "black-forest-labs/FLUX.1-dev", "tokens": TOKENS},
+    )
+    sdxl = tmp_path / "sdxl-base"
+    sdxl.mkdir()
+    (sdxl / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    with pytest.raises(CurateError, match=r"trained on flux, but its base .*sdxl-base is sdxl: give --base"):
+        resolve_source(run, export, str(sdxl))
+    flux = tmp_path / "flux-base"
+    flux.mkdir()
+    (flux / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    assert resolve_source(run, export, str(flux)).family == "flux"
+
 
 def test_a_gated_base_is_named_as_gated_not_as_an_unknown_model(fake_hub, tmp_path, monkeypatch) -> None:
     """diffusers turns the hub's gated answer into "not a valid model identifier"; the row's one line says
