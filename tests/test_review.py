@@ -428,6 +428,51 @@ def test_the_demo_annotator_answers_every_candidate_of_a_page(
     assert all(review[ds.REVIEW_DECISION] for review in reviews(ws).values()) and len(reviews(ws)) == len(ids)
 
 
+BEFORE_PAGES = """<View>
+  <Image name="image" value="$image"/><Text name="caption" value="$caption"/>
+  <HyperText name="refs" value="$refs_html"/><HyperText name="scores" value="$scores"/>
+  <View style="display: none;"><Image name="thumb" value="$thumb"/></View>
+  <Choices name="decision" toName="image" choice="single-radio" required="true">
+    <Choice value="accept" hotkey="a"/><Choice value="reject" hotkey="r"/>
+  </Choices>
+  <View visibleWhen="choice-selected" whenTagName="decision" whenChoiceValue="accept">
+    <Rating name="quality" toName="image" maxRating="5" hotkey="q" required="true"/>
+  </View>
+  <TextArea name="caption_fixed" toName="image" rows="1" maxSubmissions="1" editable="true"/>
+</View>"""
+"""The data keys and controls of review.xml before batch pages: one candidate a task, stars as a Rating."""
+
+
+def test_a_project_made_before_pages_takes_pages_of_one_and_refuses_more(
+    labelstudio_workspace: Callable[..., Workspace],
+) -> None:
+    """A project keeps the page it was made with (Label Studio refuses a config its annotations do not
+    fit, and the old page's stars are a Rating): pushes of pages of one still go there and are pulled as
+    before; pages of several are refused with one error line, nothing imported."""
+    from curation.review.project import project_file, project_marker
+
+    ws = labelstudio_workspace()
+    ids = build_candidates(ws, 3)
+    conn = connect(ws)
+    old = conn.client.projects.create(
+        title="before pages", description=project_marker(ws), label_config=BEFORE_PAGES
+    )
+    data = {"image": "/data/local-files/?d=x.png", "caption": "c", "refs_html": "", "scores": "", "thumb": ""}
+    conn.client.projects.import_tasks(id=old.id, request=[{"data": {**data, ds.CANDIDATE_ID: ids[0]}}])
+    project_file(ws).parent.mkdir(parents=True, exist_ok=True)
+    project_file(ws).write_text(json.dumps({"url": conn.url, "project_id": old.id}))
+    with pytest.raises(CurateError, match="push with --batch 1"):
+        push(ws, per_page=2)
+    assert conn.project(old.id)["task_number"] == 1
+    report = push(ws, order="view", per_page=1)
+    assert (report.project_id, report.pushed, report.already) == (old.id, 2, 1)
+    tasks = tasks_by_candidate(ws)
+    for cid, decision in ((ids[0], "reject"), (ids[1], "accept")):  # as the old page submits: no item_index
+        conn.client.annotations.create(id=tasks[cid].id, result=annotation_result(decision, 4))
+    pulled = pull(ws)
+    assert (pulled.accepted, pulled.rejected, pulled.invalid_count, pulled.stray_count) == (1, 1, 0, 0)
+
+
 def test_the_likely_reject_hint_quotes_the_held_out_check() -> None:
     """The hint says what `curate calibrate`'s cross-validation found for the rule's concept count, never
     the in-sample fit its cut was chosen on; no rule of that count, or one from random weights, no hint."""

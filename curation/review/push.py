@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args
 
 from curation.core import dataset as ds
 from curation.core.errors import CurateError
+from curation.core.labeling_config import parse_labeling_config
 from curation.core.lock import writes
 from curation.core.progress import ProgressFn, no_progress
 from curation.core.workspace import Workspace, atomic_write_text
@@ -128,7 +129,10 @@ def push(
         new = [r for r in new if r[ds.CANDIDATE_ID] not in held]
     # what a page's "likely reject" hint quotes: each concept count's own rule and its held-out check
     earned = {g: (rule, groups[g].heldout) for g, rule in rules.items() if g in groups and groups[g].heldout}
-    pages = compositions(_order(new, order, key), per_page or ws.config.review.candidates_per_page)
+    per_page = per_page or ws.config.review.candidates_per_page
+    if per_page > 1 and new:
+        _check_shows_pages(conn, project_id)
+    pages = compositions(_order(new, order, key), per_page)
     batch = max(1, ws.config.review.batch_size // max(len(p) for p in pages)) if pages else 1
     with ThreadPoolExecutor(max_workers=1) as pool:  # Label Studio imports a batch while the next is built
         sending = None
@@ -174,6 +178,26 @@ def compositions(rows: list[dict[str, Any]], per_page: int) -> list[list[dict[st
             pages.append(page)
         page.append(row)
     return pages
+
+
+def _check_shows_pages(conn: Connection, project_id: int) -> None:
+    """Refuse pages of several candidates for a project whose labeling page shows one a task.
+
+    A project made before pages keeps the page it was made with: Label Studio refuses a new config
+    that the annotations made on the old page do not fit (its star `Rating`), so it cannot be
+    changed. That page shows a task's first candidate alone; the others of a page would be submitted
+    unseen. Pages of one still go there (a page's data carries that page's `image` and `caption`).
+    """
+    xml = (conn.project(project_id) or {}).get("label_config") or ""
+    try:
+        shows_pages = parse_labeling_config(xml, f"of project {project_id}").per_item
+    except CurateError:
+        shows_pages = False
+    if not shows_pages:
+        raise CurateError(
+            f"project {project_id} at {conn.url} was made with a review page that shows one candidate a "
+            "task (before pages): push with --batch 1 (or review.candidates_per_page = 1) there"
+        )
 
 
 def _import_pages(conn: Connection, project_id: int, tasks: list[dict[str, Any]]) -> list[str]:

@@ -49,6 +49,8 @@ def page_task(ws: Workspace, conn: Connection, tasks: list[dict[str, Any]]) -> d
             CANDIDATE_IDS: ids,
             PAGE: " ".join(ids),
             "images": [d[IMAGE] for d in data],
+            # a page of one also as a project made before pages reads it: push sends it nothing else
+            **({IMAGE: data[0][IMAGE], ds.CAPTION: data[0][ds.CAPTION]} if len(data) == 1 else {}),
             THUMB: data[0][THUMB],
             ds.CONCEPTS: data[0][ds.CONCEPTS],
             "refs": data[0]["refs"],
