@@ -232,6 +232,37 @@ def test_an_invalid_annotation_is_never_half_counted() -> None:
     assert alone[ds.REVIEW_DECISION] is None and alone[ds.REVIEW_INVALID]  # unreviewed, listed
 
 
+def test_an_annotator_votes_once_however_many_annotations_they_add() -> None:
+    """Label Studio's API lets an account add a second annotation to a task: it must not outvote another
+    annotator. Only that account's latest annotation counts (its reasons and caption too); the others are named."""
+    review = aggregate(
+        [
+            annotation(annotation_result("accept", 5, ("artifacts",)), who=1, when="2026-01-01T00:00:00Z"),
+            annotation(annotation_result("reject", None, ("bad layout",), "a mug"), who=2),
+            annotation(annotation_result("accept", 3), who=1, when="2026-01-03T00:00:00Z"),
+            annotation(annotation_result("accept", 4), who=1, when="2026-01-02T00:00:00Z"),
+        ],
+        CONFIG,
+    )
+    assert review[ds.REVIEW_ANNOTATORS] == 2 and review[ds.REVIEW_AGREEMENT] == 0.5  # 1 accept, 1 reject
+    assert review[ds.REVIEW_REASONS] == ["bad layout"] and review[ds.CAPTION_FIXED] == "a mug"
+    assert (
+        review[ds.REVIEW_INVALID]
+        == ["user 1: annotated this candidate again; only their latest annotation counts"] * 2
+    )
+    alone = aggregate(
+        [
+            annotation(annotation_result("reject"), when="2026-01-02T00:00:00Z"),
+            annotation(annotation_result("accept", 4)),
+        ],
+        CONFIG,
+    )
+    assert (alone[ds.REVIEW_DECISION], alone[ds.REVIEW_ANNOTATORS]) == (
+        "reject",
+        1,
+    )  # the later one, not the order
+
+
 # -- property: whatever the API is sent, a pull writes only what the page can produce ----------
 WEIRD_TEXT = st.text(max_size=60) | st.sampled_from(
     ["", " ", "a\x00b", "x" * 1001, "ok\n", "\u202eevil", "\x1b[2J"]
@@ -293,9 +324,9 @@ def test_a_pull_writes_only_what_the_page_can_produce(sent: list[dict[str, Any]]
     review = aggregate(sent, CONFIG)
     votes = [check_annotation(a, CONFIG) for a in sent]
     assert all(isinstance(v, Vote) or (isinstance(v, list) and v) for v in votes)
-    valid = sum(isinstance(v, Vote) for v in votes)
+    valid = len({a["completed_by"] for a, v in zip(sent, votes, strict=True) if isinstance(v, Vote)})
     assert review[ds.REVIEW_DECISION] in ((ds.ACCEPT, ds.REJECT) if valid else (None,))
-    assert review[ds.REVIEW_ANNOTATORS] == (valid or None)
+    assert review[ds.REVIEW_ANNOTATORS] == (valid or None)  # one vote per annotator, however many they sent
     quality = review[ds.REVIEW_QUALITY]
     if review[ds.REVIEW_DECISION] == ds.ACCEPT:
         assert quality is not None and 1 <= quality <= 5  # the page requires stars on an accept

@@ -521,17 +521,22 @@ def test_krippendorff_alpha_by_hand() -> None:
 
 def test_aggregate_ignores_skips_and_keeps_latest_caption() -> None:
     def ann(
-        decision: str, quality: int, when: str, caption: str | None = None, cancelled: bool = False
+        who: int, decision: str, quality: int, when: str, caption: str | None = None, cancelled: bool = False
     ) -> dict:
         return {
             "result": annotation_result(decision, quality, caption=caption),
+            "completed_by": who,
             "updated_at": when,
             "was_cancelled": cancelled,
         }
 
     config = parse_labeling_config((CONFIG_DIR / "review.xml").read_text(), "review.xml")
     review = aggregate(
-        [ann("reject", 1, "3", cancelled=True), ann("accept", 4, "2", "new"), ann("accept", 2, "1", "old")],
+        [
+            ann(1, "reject", 1, "3", cancelled=True),
+            ann(2, "accept", 4, "2", "new"),
+            ann(3, "accept", 2, "1", "old"),
+        ],
         config,
     )
     assert review[ds.REVIEW_DECISION] == "accept" and review[ds.REVIEW_ANNOTATORS] == 2

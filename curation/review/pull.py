@@ -79,24 +79,32 @@ def annotation_result(
 def aggregate(annotations: list[dict[str, Any]], config: LabelingConfig) -> dict[str, Any]:
     """Several annotators -> one review: the valid votes by the acceptance rule, reasons, caption, what was invalid.
 
-    Skipped (cancelled) annotations do not vote. An annotation the labeling page could not have
+    Skipped (cancelled) annotations do not vote, and an annotator votes once: Label Studio's API lets an
+    account add a second annotation to a task, so only its most recently updated one counts and the
+    others are listed as invalid. An annotation the labeling page could not have
     produced does not vote either, and adds nothing else (no reason, no caption): it is listed in
     `review_invalid` as "<annotator>: <what is wrong>". The most recently updated corrected caption
     wins. No valid vote gives no review (decision, quality, ... None), so deleting annotations in
     Label Studio un-reviews the candidate on the next pull.
     """
-    votes: list[tuple[str, Vote]] = []
+    checked_votes: list[tuple[str, str, Vote]] = []
     invalid: list[str] = []
     for annotation in annotations:
         if annotation.get("was_cancelled"):
             continue
         checked = check_annotation(annotation, config)
         if isinstance(checked, Vote):
-            votes.append((str(annotation.get("updated_at") or ""), checked))
+            checked_votes.append((str(annotation.get("updated_at") or ""), annotator(annotation), checked))
         else:
             invalid.append(f"{annotator(annotation)}: {'; '.join(checked)}")
+    latest: dict[str, tuple[str, Vote]] = {}
+    for when, who, vote in sorted(checked_votes, key=lambda x: x[0]):  # stable: ties keep the export's order
+        if who in latest:
+            invalid.append(f"{who}: annotated this candidate again; only their latest annotation counts")
+        latest[who] = (when, vote)
+    votes = sorted(latest.values(), key=lambda x: x[0])
     found = verdict([(v.decision, v.stars) for _, v in votes])
-    captions = [v.caption for _, v in sorted(votes, key=lambda x: x[0]) if v.caption]
+    captions = [v.caption for _, v in votes if v.caption]
     return {
         ds.REVIEW_DECISION: found.decision,
         ds.REVIEW_QUALITY: found.quality,
