@@ -95,3 +95,15 @@ def test_library_info_logs_are_not_echoed_twice(tmp_path: Path) -> None:
     assert "INFO: hello-info" not in result.stderr and "WARNING: hello-warning" in result.stderr
     assert (result.stdout + result.stderr).count("hello-info") <= 1
 
+
+
+def test_a_page_larger_than_the_config_allows_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    """`--batch` and `review.candidates_per_page` share one bound: a flag cannot push pages the config refuses."""
+    from curation.core.config import MAX_CANDIDATES_PER_PAGE, ReviewConfig
+
+    too_many = MAX_CANDIDATES_PER_PAGE + 1
+    result = run("review", "push", "--batch", str(too_many), "-w", str(tmp_path / "nowhere"))
+    assert result.returncode == 2 and "--batch" in result.stderr
+    assert str(MAX_CANDIDATES_PER_PAGE) in result.stderr
+    with pytest.raises(ValueError, match=str(MAX_CANDIDATES_PER_PAGE)):
+        ReviewConfig(candidates_per_page=too_many)

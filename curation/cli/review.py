@@ -16,6 +16,7 @@ from curation.cli.options import (
     command_group,
     open_workspace,
 )
+from curation.core.config import MAX_CANDIDATES_PER_PAGE
 from curation.core.errors import CurateError
 
 review_app = command_group("Human review in Label Studio: serve, push tasks, pull decisions.")
@@ -102,6 +103,7 @@ def review_push(
         int,
         typer.Option(
             min=0,
+            max=MAX_CANDIDATES_PER_PAGE,
             help="Candidates of one composition per review page (keys move between them); 0 uses"
             " review.candidates_per_page (default 1).",
         ),

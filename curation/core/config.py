@@ -202,6 +202,9 @@ class IndexConfig(_Section):
     )
 
 
+MAX_CANDIDATES_PER_PAGE = 50  # a review page stays one screen of thumbnails and captions
+
+
 class ReviewConfig(_Section):
     url: str = Field("", description="Label Studio URL; empty means the server `curate review serve` started")
     port: int = 8080
@@ -211,7 +214,7 @@ class ReviewConfig(_Section):
     candidates_per_page: int = Field(
         1,
         ge=1,
-        le=50,
+        le=MAX_CANDIDATES_PER_PAGE,
         description=(
             "candidates of one composition on one review page (`review push --batch`): Label Studio's"
             " save / next task / rebuild chain is then paid once a page, not once a candidate"
