@@ -17,9 +17,9 @@ JSON carry the same strings.
 
 Today's bases get the same recipe as SD 1.5's advanced LoRA command, with per-image captions and each
 concept's token as one new pivotal-tuning token: diffusers' train_dreambooth_lora_sdxl_advanced.py and
-train_dreambooth_lora_flux_advanced.py (bf16; FLUX.1 with gradient checkpointing at 512 px, as
-`curate train --base flux` trains: diffusers' FLUX.1 README trains at 1024 and names 512 as the way to
-save memory), and `curate train --base sdxl|flux`. `curate evaluate` reads every one of their
+train_dreambooth_lora_flux_advanced.py (bf16; FLUX.1 with gradient checkpointing and guidance 1 at
+512 px, as `curate train --base flux` trains: diffusers' FLUX.1 README trains at 1024 and names 512
+as the way to save memory), and `curate train --base sdxl|flux`. `curate evaluate` reads every one of their
 output folders back (SDXL's script writes no model card, so its row takes `--base`).
 
 Checked against diffusers' scripts (2026-08, commit 58eb52c): train_custom_diffusion.py,
@@ -243,7 +243,9 @@ def train_commands(
             "dreambooth_lora_flux_advanced",
             concepts,
             PRETRAINED_FLUX,
-            ["--resolution", "512", "--mixed_precision", "bf16", "--gradient_checkpointing"],
+            # guidance 1, as `curate train --base flux` and diffusers' FLUX.1 README (the script's default: 3.5)
+            ["--resolution", "512", "--mixed_precision", "bf16", "--gradient_checkpointing"]
+            + ["--guidance_scale", "1"],
             " (the CLIP encoder's; FLUX.1-dev's licence must be accepted on the hub first)",
         )
     )

@@ -20,6 +20,7 @@ import yaml
 from curation.core.config import ExportConfig, dump_config, load_config
 from curation.core.errors import CurateError
 from exports.mycanvas import export_mycanvas
+from personalization.lora_flux import TRAIN_GUIDANCE
 from tests.fixtures.personalization_export import build_tiny_export
 from tests.test_export import EXPORTED, NOUNS, Built, _png, build_workspace, read_rows, tree_digest
 
@@ -97,6 +98,8 @@ def test_card_and_json_carry_the_same_commands_with_tokens_filled_in(built, expo
         )
         assert _flag(lora, "--num_new_tokens_per_abstraction") == "1" and "--train_text_encoder_ti" in lora
         assert _flag(lora, "--resolution") == resolution
+        if script == "flux":  # trains as `curate train --base flux` does (the script's default is 3.5)
+            assert float(_flag(lora, "--guidance_scale")) == TRAIN_GUIDANCE
         # the SD 1.5 / SDXL scripts save to f"{output_dir}/{output_dir}_emb.safetensors": relative, after a cd
         assert lora[:6] == ["mkdir", "-p", "runs", "&&", "cd", "runs"]
         assert _flag(lora, "--output_dir") == name
