@@ -8,6 +8,7 @@
 # beforehand on a machine with network by `python3 benchmarks/gpu_suite_wheels.py`. The install goes into
 # a throw-away venv layered over the interpreter's own packages, which it leaves untouched.
 set -euo pipefail
+caller="$PWD"  # a relative --wheels DIR is read from where the suite was called
 cd "$(dirname "$0")/.."
 python="${PYTHON:-}"
 if [[ -z "$python" ]]; then
@@ -22,6 +23,7 @@ while (($#)); do
         *) args+=("$1"); shift ;;
     esac
 done
+[[ -n "$wheels" && "$wheels" != /* ]] && wheels="$caller/$wheels"
 [[ -z "$wheels" && -d .gpu-suite-wheels ]] && wheels=.gpu-suite-wheels
 needs="import diffusers, open_clip, peft, pydantic, tomli_w"
 if ! "$python" -c "$needs" 2>/dev/null; then
