@@ -22,6 +22,7 @@ from curation.core.labeling_config import CONFIG_DIR, parse_labeling_config
 from curation.core.records import printable_line
 from curation.review.annotation_rules import MAX_CAPTION_CHARS, Vote, check_annotation, split_page
 from curation.review.pull import aggregate, annotation_result
+from curation.review.status import agreement, task_votes
 
 CONFIG = parse_labeling_config((CONFIG_DIR / "review.xml").read_text(), "review.xml")
 REASONS = ("missing concept", "identity changed", "artifacts", "bad layout", "wrong caption")
@@ -261,6 +262,15 @@ def test_an_annotator_votes_once_however_many_annotations_they_add() -> None:
         "reject",
         1,
     )  # the later one, not the order
+    # `review status` counts agreement from the same ballots: the earlier annotations are no votes there either
+    task = {"annotations": [annotation(annotation_result("accept", 4), who=1, when="1"),
+                            annotation(annotation_result("reject"), who=2, when="2"),
+                            annotation(annotation_result("reject"), who=1, when="3")]}  # fmt: skip
+    votes = task_votes(task, CONFIG)
+    assert [(who, vote and vote.decision) for who, vote in votes] == [
+        ("user 1", None), ("user 2", "reject"), ("user 1", "reject")
+    ]  # fmt: skip
+    assert agreement([votes]).per_annotator == {"user 1": (1, 0, 1), "user 2": (1, 0, 0)}
 
 
 # -- property: whatever the API is sent, a pull writes only what the page can produce ----------

@@ -154,6 +154,43 @@ def check_annotation(annotation: Mapping[str, Any], config: LabelingConfig) -> V
     return Vote(decision, stars, reasons, caption)
 
 
+@dataclass(frozen=True)
+class Ballot:
+    """One non-cancelled annotation as review counts it: whose, when last updated, its vote or why none."""
+
+    who: str
+    when: str
+    vote: Vote | None
+    problems: tuple[str, ...]  # empty exactly when `vote` is set
+
+
+AGAIN = "annotated this candidate again; only their latest annotation counts"
+
+
+def ballots(annotations: list[Mapping[str, Any]], config: LabelingConfig) -> list[Ballot]:
+    """A candidate's annotations in update order, each checked, one vote per annotator.
+
+    Label Studio's API lets an account add a second annotation to a task; counting both would let one
+    person outvote another, so only an annotator's most recently updated valid annotation votes and
+    their earlier ones come back as problems (`AGAIN`). Skipped (cancelled) annotations are left out.
+    The pull's verdict and `review status`'s agreement both count from this.
+    """
+    found = []
+    for annotation in annotations:
+        if annotation.get("was_cancelled"):
+            continue
+        checked = check_annotation(annotation, config)
+        valid = isinstance(checked, Vote)
+        found.append(Ballot(annotator(annotation), str(annotation.get("updated_at") or ""),
+                            checked if valid else None, () if valid else tuple(checked)))  # fmt: skip
+    found.sort(key=lambda b: b.when)  # stable: ties keep the export's order
+    latest = {b.who: n for n, b in enumerate(found) if b.vote is not None}
+    return [
+        b if b.vote is None or latest[b.who] == n else Ballot(b.who, b.when, None, (AGAIN,))
+        for n, b in enumerate(found)
+    ]
+
+
 def split_page(annotation: Mapping[str, Any], slots: int) -> tuple[dict[int, dict[str, Any]], list[str]]:
     """A page's annotation as one annotation per candidate slot, and what belongs to no slot.
 

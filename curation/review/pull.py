@@ -33,7 +33,7 @@ from curation.core.labeling_config import (
 from curation.core.lock import writes
 from curation.core.progress import ProgressFn, no_progress
 from curation.core.workspace import Workspace, atomic_write_json
-from curation.review.annotation_rules import Vote, annotator, check_annotation, split_page
+from curation.review.annotation_rules import annotator, ballots, split_page
 from curation.review.client import connect
 from curation.review.deltas import new_delta_name, pulls_dir, slim_task
 from curation.review.project import project_id_of
@@ -79,38 +79,24 @@ def annotation_result(
 def aggregate(annotations: list[dict[str, Any]], config: LabelingConfig) -> dict[str, Any]:
     """Several annotators -> one review: the valid votes by the acceptance rule, reasons, caption, what was invalid.
 
-    Skipped (cancelled) annotations do not vote, and an annotator votes once: Label Studio's API lets an
-    account add a second annotation to a task, so only its most recently updated one counts and the
-    others are listed as invalid. An annotation the labeling page could not have
+    Skipped (cancelled) annotations do not vote, and an annotator votes once (`ballots`: their latest
+    valid annotation; earlier ones are listed as invalid). An annotation the labeling page could not have
     produced does not vote either, and adds nothing else (no reason, no caption): it is listed in
     `review_invalid` as "<annotator>: <what is wrong>". The most recently updated corrected caption
     wins. No valid vote gives no review (decision, quality, ... None), so deleting annotations in
     Label Studio un-reviews the candidate on the next pull.
     """
-    checked_votes: list[tuple[str, str, Vote]] = []
-    invalid: list[str] = []
-    for annotation in annotations:
-        if annotation.get("was_cancelled"):
-            continue
-        checked = check_annotation(annotation, config)
-        if isinstance(checked, Vote):
-            checked_votes.append((str(annotation.get("updated_at") or ""), annotator(annotation), checked))
-        else:
-            invalid.append(f"{annotator(annotation)}: {'; '.join(checked)}")
-    latest: dict[str, tuple[str, Vote]] = {}
-    for when, who, vote in sorted(checked_votes, key=lambda x: x[0]):  # stable: ties keep the export's order
-        if who in latest:
-            invalid.append(f"{who}: annotated this candidate again; only their latest annotation counts")
-        latest[who] = (when, vote)
-    votes = sorted(latest.values(), key=lambda x: x[0])
-    found = verdict([(v.decision, v.stars) for _, v in votes])
-    captions = [v.caption for _, v in votes if v.caption]
+    counted = ballots(annotations, config)
+    votes = [b.vote for b in counted if b.vote is not None]
+    invalid = [f"{b.who}: {'; '.join(b.problems)}" for b in counted if b.vote is None]
+    found = verdict([(v.decision, v.stars) for v in votes])
+    captions = [v.caption for v in votes if v.caption]  # in update order: the latest wins
     return {
         ds.REVIEW_DECISION: found.decision,
         ds.REVIEW_QUALITY: found.quality,
         ds.REVIEW_ANNOTATORS: found.annotators,
         ds.REVIEW_AGREEMENT: found.agreement,
-        ds.REVIEW_REASONS: sorted({r for _, v in votes for r in v.reasons}) if votes else None,
+        ds.REVIEW_REASONS: sorted({r for v in votes for r in v.reasons}) if votes else None,
         ds.CAPTION_FIXED: captions[-1] if captions else None,
         ds.REVIEW_INVALID: invalid or None,
     }

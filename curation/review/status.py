@@ -22,7 +22,7 @@ from curation.core.errors import CurateError
 from curation.core.labeling_config import LabelingConfig, labeling_config
 from curation.core.workspace import Workspace
 from curation.review.agreement import krippendorff_alpha
-from curation.review.annotation_rules import Vote, annotator, check_annotation
+from curation.review.annotation_rules import Vote, ballots
 from curation.review.client import Connection, connect
 from curation.review.deltas import replay
 from curation.review.project import project_id_of
@@ -32,13 +32,9 @@ AnnotatorVote = tuple[str, Vote | None]
 
 
 def task_votes(task: dict[str, Any], config: LabelingConfig) -> list[AnnotatorVote]:
-    """A task's non-cancelled annotations, each a vote or None when the page could not have made it."""
-    votes: list[AnnotatorVote] = []
-    for annotation in task.get("annotations") or []:
-        if not annotation.get("was_cancelled"):
-            checked = check_annotation(annotation, config)
-            votes.append((annotator(annotation), checked if isinstance(checked, Vote) else None))
-    return votes
+    """A task's non-cancelled annotations as the pull counts them (`ballots`), each a vote or None when
+    it is not one: the page could not have made it, or its annotator annotated the task again later."""
+    return [(b.who, b.vote) for b in ballots(task.get("annotations") or [], config)]
 
 
 @dataclass
