@@ -25,8 +25,10 @@ from curation.loop.targets import Counts, read_shape
 from curation.review.client import connect
 from curation.review.pull import annotation_result, pull
 from curation.review.push import push
+from curation.review.server import ServerInfo
 from curation.review.status import status
 from exports.mycanvas import export_mycanvas
+from tests.fixtures.labelstudio import annotator_client
 from tests.test_topup import configure, planned
 
 # per candidate (in id order), each annotator's (decision, stars)
@@ -49,7 +51,10 @@ EXPECTED = ReviewCounts(
 
 @pytest.mark.timeout(900)
 def test_status_review_status_views_and_export_count_alike(
-    labelstudio_workspace: Callable[..., Workspace], ingested_root: Path, tiny_clip_name: str
+    labelstudio_workspace: Callable[..., Workspace],
+    labelstudio: ServerInfo,
+    ingested_root: Path,
+    tiny_clip_name: str,
 ) -> None:
     ws = configure(labelstudio_workspace(), tiny_clip_name)
     config = ws.config
@@ -65,19 +70,12 @@ def test_status_review_status_views_and_export_count_alike(
     push(ws, overlap=3)
     conn = connect(ws)
     client = conn.client
-    users = [
-        client.users.create(
-            username=f"rater{i}-{ws.name}", email=f"rater{i}-{ws.name}@example.com", password="pass-9-word"
-        )
-        for i in range(3)
-    ]
+    users = [annotator_client(labelstudio, f"rater{i}-{ws.name}@example.com")[1] for i in range(3)]
     project_id = json.loads((ws.review_dir / "project.json").read_text())["project_id"]
     tasks = {t.data[ds.CANDIDATE_ID]: t.id for t in client.tasks.list(project=project_id, fields="task_only")}
     for cid, votes in zip(ids, VOTES, strict=False):
         for user, (decision, stars) in zip(users, votes, strict=False):
-            client.annotations.create(
-                id=tasks[cid], completed_by=user.id, result=annotation_result(decision, stars)
-            )
+            user.annotations.create(id=tasks[cid], result=annotation_result(decision, stars))
 
     pulled = pull(ws)
     assert pulled.counts == EXPECTED and pulled.invalid_count == 2

@@ -20,7 +20,7 @@ from curation.core.acceptance import verdict
 from curation.core.errors import CurateError
 from curation.core.labeling_config import CONFIG_DIR, parse_labeling_config
 from curation.core.records import printable_line
-from curation.review.annotation_rules import MAX_CAPTION_CHARS, Vote, check_annotation, split_page
+from curation.review.annotation_rules import AGAIN, MAX_CAPTION_CHARS, Vote, check_annotation, split_page
 from curation.review.pull import aggregate, annotation_result
 from curation.review.status import agreement, task_votes
 
@@ -271,6 +271,26 @@ def test_an_annotator_votes_once_however_many_annotations_they_add() -> None:
         ("user 1", None), ("user 2", "reject"), ("user 1", "reject")
     ]  # fmt: skip
     assert agreement([votes]).per_annotator == {"user 1": (1, 0, 1), "user 2": (1, 0, 0)}
+
+
+def test_an_annotation_filed_in_another_annotators_name_is_its_writers_vote() -> None:
+    """Label Studio takes `completed_by` from the request: account 2 files accepts "by" 3 and 4 beside its
+    own. `updated_by` (set by the server) says who wrote each: one vote, account 2's latest."""
+    forged = [
+        {
+            **annotation(annotation_result("accept", 5), who=who, when=f"2026-01-0{n}T00:00:00Z"),
+            "updated_by": 2,
+        }
+        for n, who in enumerate((2, 3, 4), 1)
+    ]
+    honest = {**annotation(annotation_result("reject"), who=5), "updated_by": 5}
+    review = aggregate([*forged, honest], CONFIG)
+    assert (review[ds.REVIEW_DECISION], review[ds.REVIEW_ANNOTATORS]) == ("reject", 2)  # a tie is a reject
+    assert review[ds.REVIEW_INVALID] == ["user 2: " + AGAIN] * 2
+    imported = annotation(
+        annotation_result("accept", 4), who=3
+    )  # imported: no updated_by, its completed_by's
+    assert aggregate([imported, honest], CONFIG)[ds.REVIEW_ANNOTATORS] == 2
 
 
 # -- property: whatever the API is sent, a pull writes only what the page can produce ----------

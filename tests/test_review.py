@@ -42,7 +42,7 @@ from curation.review.server import (
     write_server,
 )
 from curation.review.status import status
-from tests.fixtures.labelstudio import seeded_home
+from tests.fixtures.labelstudio import annotator_client, seeded_home
 from tests.fixtures.sample_concepts import flat_concept
 
 
@@ -302,26 +302,18 @@ def _annotation_ids(client, task_id: int) -> list[int]:
     return [a.id for a in client.annotations.list(id=task_id)]
 
 
-def test_several_annotators_with_disagreement(labelstudio_workspace: Callable[..., Workspace]) -> None:
+def test_several_annotators_with_disagreement(
+    labelstudio_workspace: Callable[..., Workspace], labelstudio: ServerInfo
+) -> None:
     ws = labelstudio_workspace()
     build_candidates(ws, 2)
     push(ws, overlap=3)
-    client = connect(ws).client
-    users = [
-        client.users.create(
-            username=f"ann{i}-{ws.name}", email=f"ann{i}-{ws.name}@example.com", password="annotator-pass-1"
-        )
-        for i in range(3)
-    ]
+    users = [annotator_client(labelstudio, f"ann{i}-{ws.name}@example.com")[1] for i in range(3)]
     tasks = tasks_by_candidate(ws)
     for user, (decision, quality) in zip(users, [("accept", 5), ("accept", 3), ("reject", 1)], strict=True):
-        client.annotations.create(
-            id=tasks["cand000"].id, completed_by=user.id, result=annotation_result(decision, quality)
-        )
+        user.annotations.create(id=tasks["cand000"].id, result=annotation_result(decision, quality))
     for user, decision in zip(users[:2], ["accept", "reject"], strict=True):
-        client.annotations.create(
-            id=tasks["cand001"].id, completed_by=user.id, result=annotation_result(decision, 3)
-        )
+        user.annotations.create(id=tasks["cand001"].id, result=annotation_result(decision, 3))
     pull(ws)
     got = reviews(ws)
     assert got["cand000"][ds.REVIEW_DECISION] == "accept"
@@ -353,7 +345,7 @@ def test_several_annotators_with_disagreement(labelstudio_workspace: Callable[..
 
 
 def test_a_workspace_mixes_single_and_batch_pages_and_counts_each_candidate(
-    labelstudio_workspace: Callable[..., Workspace],
+    labelstudio_workspace: Callable[..., Workspace], labelstudio: ServerInfo
 ) -> None:
     """Tasks of one candidate and a page of four in one project: re-pushes with other page sizes (and
     without the push record) never put a candidate on a second page; two annotators' page answers
@@ -375,12 +367,7 @@ def test_a_workspace_mixes_single_and_batch_pages_and_counts_each_candidate(
     client = connect(ws).client
     tasks = sorted(client.tasks.list(project=report.project_id, fields="task_only"), key=lambda t: t.id)
     assert [t.data["candidate_ids"] for t in tasks] == [[ids[0]], [ids[1]], ids[2:]]
-    users = [
-        client.users.create(
-            username=f"page{i}-{ws.name}", email=f"page{i}-{ws.name}@example.com", password="annotator-pass-1"
-        )
-        for i in range(2)
-    ]
+    users = [annotator_client(labelstudio, f"page{i}-{ws.name}@example.com")[1] for i in range(2)]
     answers = [  # per annotator, per slot: (decision, stars)
         [("accept", 5), ("reject", None), ("accept", 4), ("accept", 2)],
         [("accept", 3), ("reject", None), ("reject", None), ("accept", None)],  # an accept without stars
@@ -391,8 +378,8 @@ def test_a_workspace_mixes_single_and_batch_pages_and_counts_each_candidate(
             for slot, (decision, stars) in enumerate(slots)
             for answer in annotation_result(decision, stars)
         ]
-        client.annotations.create(id=tasks[2].id, completed_by=user.id, result=result)
-    client.annotations.create(id=tasks[0].id, completed_by=users[0].id, result=annotation_result("reject"))
+        user.annotations.create(id=tasks[2].id, result=result)
+    users[0].annotations.create(id=tasks[0].id, result=annotation_result("reject"))
     pulled = pull(ws)
     assert (pulled.accepted, pulled.rejected, pulled.invalid_count) == (2, 3, 0), pulled.summary()
     got = reviews(ws)

@@ -12,11 +12,14 @@ from pathlib import Path
 from curation.core import dataset as ds
 from curation.core.config import dump_config
 from curation.core.workspace import Workspace
+from curation.review.annotation_rules import AGAIN
 from curation.review.client import connect
 from curation.review.deltas import FULL, delta_paths, new_delta_name, pulls_dir, replay
 from curation.review.pull import REVIEW_FIELDS, annotation_result, pull
 from curation.review.push import push
+from curation.review.server import ServerInfo
 from curation.review.status import status
+from tests.fixtures.labelstudio import annotator_client
 from tests.test_review import build_candidates, reviews, tasks_by_candidate
 
 NUL_CAPTION = "a cat\x00 and a mug"
@@ -107,6 +110,35 @@ def test_annotations_the_page_cannot_produce_are_named_and_never_counted(
     assert f"{len(matrix)} invalid annotations on {len(matrix)} candidates, not counted" in shown.summary()
     [counts] = shown.agreement.per_annotator.values()
     assert counts == (3, 2, len(matrix))  # valid (the ghost task's too: it is in the project), accepts, invalid
+
+
+def test_an_annotator_casts_one_vote_whatever_names_or_how_often_they_file(
+    labelstudio_workspace: Callable[..., Workspace], labelstudio: ServerInfo
+) -> None:
+    """Mallory, on her own token, accepts a candidate, accepts it again, and files a third accept in
+    Bob's name (Label Studio takes `completed_by` from the request); Bob rejects it himself. Two people,
+    one vote each: a tie, so rejected; Mallory's extra annotations are named, not counted. `review
+    status` counts the same votes."""
+    ws = labelstudio_workspace()
+    build_candidates(ws, 2)
+    push(ws, overlap=3)
+    task = tasks_by_candidate(ws)["cand000"].id
+    mallory_id, mallory = annotator_client(labelstudio, f"mallory-{ws.name}@example.com")
+    bob_id, bob = annotator_client(labelstudio, f"bob-{ws.name}@example.com")
+    bob.annotations.create(id=task, result=annotation_result("reject", reasons=("artifacts",)))
+    for _ in range(2):
+        mallory.annotations.create(id=task, result=annotation_result("accept", 5))
+    mallory.annotations.create(id=task, completed_by=bob_id, result=annotation_result("accept", 5))
+
+    report = pull(ws)
+    review = reviews(ws)["cand000"]
+    assert (review[ds.REVIEW_DECISION], review[ds.REVIEW_ANNOTATORS]) == ("reject", 2), report.summary()
+    assert review[ds.REVIEW_AGREEMENT] == 0.5 and review[ds.REVIEW_QUALITY] is None
+    assert review[ds.REVIEW_INVALID] == [f"user {mallory_id}: {AGAIN}"] * 2
+    assert report.invalid_count == 2
+    agreement = status(ws).agreement
+    assert agreement is not None
+    assert agreement.per_annotator == {f"user {mallory_id}": (1, 1, 2), f"user {bob_id}": (1, 0, 0)}
 
 
 def test_a_full_pull_clears_the_reviews_of_deleted_tasks(

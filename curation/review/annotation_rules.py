@@ -49,6 +49,21 @@ def annotator(annotation: Mapping[str, Any]) -> str:
     return shown(who.get("email") or who.get("id")) if isinstance(who, Mapping) else f"user {shown(who)}"
 
 
+def writer(annotation: Mapping[str, Any]) -> str:
+    """Whose vote an annotation is: the account that last wrote it.
+
+    Label Studio 1.23 takes `completed_by` from the request when one is sent (tasks/api.py), so any
+    account can file an annotation under another annotator's name, and an account can edit another's;
+    the server itself sets `updated_by` to the account that wrote the result. Where the two differ the
+    vote is the writer's, so one account never casts more than its own vote. An imported annotation
+    has no `updated_by`: it is its `completed_by`'s.
+    """
+    wrote = annotation.get("updated_by")
+    author = annotation.get("completed_by")
+    author_id = author.get("id") if isinstance(author, Mapping) else author
+    return annotator(annotation) if wrote is None or wrote == author_id else f"user {shown(wrote)}"
+
+
 def _strings(value: Any) -> list[str] | None:
     """A list of strings as sent, or None when it is anything else."""
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
@@ -168,11 +183,11 @@ AGAIN = "annotated this candidate again; only their latest annotation counts"
 
 
 def ballots(annotations: list[Mapping[str, Any]], config: LabelingConfig) -> list[Ballot]:
-    """A candidate's annotations in update order, each checked, one vote per annotator.
+    """A candidate's annotations in update order, each checked, one vote per annotator (`writer`).
 
-    Label Studio's API lets an account add a second annotation to a task; counting both would let one
-    person outvote another, so only an annotator's most recently updated valid annotation votes and
-    their earlier ones come back as problems (`AGAIN`). Skipped (cancelled) annotations are left out.
+    Label Studio's API lets an account add a second annotation to a task, or file one in another's
+    name; counting them would let one person outvote another, so only a writer's most recently
+    updated valid annotation votes and their earlier ones come back as problems (`AGAIN`). Skipped (cancelled) annotations are left out.
     The pull's verdict and `review status`'s agreement both count from this.
     """
     found = []
@@ -181,7 +196,7 @@ def ballots(annotations: list[Mapping[str, Any]], config: LabelingConfig) -> lis
             continue
         checked = check_annotation(annotation, config)
         valid = isinstance(checked, Vote)
-        found.append(Ballot(annotator(annotation), str(annotation.get("updated_at") or ""),
+        found.append(Ballot(writer(annotation), str(annotation.get("updated_at") or ""),
                             checked if valid else None, () if valid else tuple(checked)))  # fmt: skip
     found.sort(key=lambda b: b.when)  # stable: ties keep the export's order
     latest = {b.who: n for n, b in enumerate(found) if b.vote is not None}
