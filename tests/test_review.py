@@ -308,7 +308,8 @@ def test_several_annotators_with_disagreement(
     ws = labelstudio_workspace()
     build_candidates(ws, 2)
     push(ws, overlap=3)
-    users = [annotator_client(labelstudio, f"ann{i}-{ws.name}@example.com")[1] for i in range(3)]
+    emails = [f"ann{i}-{ws.name}@example.com" for i in range(3)]
+    users = [annotator_client(labelstudio, email)[1] for email in emails]
     tasks = tasks_by_candidate(ws)
     for user, (decision, quality) in zip(users, [("accept", 5), ("accept", 3), ("reject", 1)], strict=True):
         user.annotations.create(id=tasks["cand000"].id, result=annotation_result(decision, quality))
@@ -336,7 +337,7 @@ def test_several_annotators_with_disagreement(
     assert agreement is not None and agreement.overlapped == 2
     assert agreement.decision_alpha == pytest.approx(-1 / 3) and agreement.quality_alpha == pytest.approx(0.0)
     assert sorted(agreement.per_annotator.values()) == [(1, 0, 0), (2, 1, 0), (2, 2, 0)]
-    assert sorted(agreement.per_annotator) == sorted(u.email for u in users)  # emails, not "user <id>"
+    assert sorted(agreement.per_annotator) == sorted(emails)  # emails, not "user <id>"
     assert "Krippendorff's alpha on 2 tasks" in summary.summary()
     disputed = ds.open_dataset(ws).load_saved_view(ds.VIEW_DISPUTED)
     assert sorted(disputed.values(ds.CANDIDATE_ID)) == ["cand000", "cand001"]

@@ -50,18 +50,22 @@ def annotator(annotation: Mapping[str, Any]) -> str:
 
 
 def writer(annotation: Mapping[str, Any]) -> str:
-    """Whose vote an annotation is: the account that last wrote it.
+    """Whose vote an annotation is: the id of the account that last wrote it, as problems quote it.
 
     Label Studio 1.23 takes `completed_by` from the request when one is sent (tasks/api.py), so any
     account can file an annotation under another annotator's name, and an account can edit another's;
-    the server itself sets `updated_by` to the account that wrote the result. Where the two differ the
-    vote is the writer's, so one account never casts more than its own vote. An imported annotation
-    has no `updated_by`: it is its `completed_by`'s.
+    the server itself sets `updated_by` to the account that wrote the result. The vote is the
+    writer's, so one account never casts more than its own vote. An imported annotation has no
+    `updated_by`: it is its `completed_by`'s.
     """
     wrote = annotation.get("updated_by")
+    return _author(annotation) if wrote is None else shown(wrote)
+
+
+def _author(annotation: Mapping[str, Any]) -> str:
+    """The id in `completed_by` (a snapshot may expand it to the user's record), as problems quote it."""
     author = annotation.get("completed_by")
-    author_id = author.get("id") if isinstance(author, Mapping) else author
-    return annotator(annotation) if wrote is None or wrote == author_id else f"user {shown(wrote)}"
+    return shown(author.get("id") if isinstance(author, Mapping) else author)
 
 
 def _strings(value: Any) -> list[str] | None:
@@ -187,16 +191,19 @@ def ballots(annotations: list[Mapping[str, Any]], config: LabelingConfig) -> lis
 
     Label Studio's API lets an account add a second annotation to a task, or file one in another's
     name; counting them would let one person outvote another, so only a writer's most recently
-    updated valid annotation votes and their earlier ones come back as problems (`AGAIN`). Skipped (cancelled) annotations are left out.
-    The pull's verdict and `review status`'s agreement both count from this.
+    updated valid annotation votes and their earlier ones come back as problems (`AGAIN`). Skipped
+    (cancelled) annotations are left out. The pull's verdict and `review status`'s agreement both
+    count from this.
     """
+    kept = [a for a in annotations if not a.get("was_cancelled")]
+    # a writer is shown as their own annotations name them (an email where the snapshot expands it)
+    names = {writer(a): annotator(a) for a in kept if writer(a) == _author(a)}
     found = []
-    for annotation in annotations:
-        if annotation.get("was_cancelled"):
-            continue
+    for annotation in kept:
         checked = check_annotation(annotation, config)
         valid = isinstance(checked, Vote)
-        found.append(Ballot(writer(annotation), str(annotation.get("updated_at") or ""),
+        who = names.get(writer(annotation)) or f"user {writer(annotation)}"
+        found.append(Ballot(who, str(annotation.get("updated_at") or ""),
                             checked if valid else None, () if valid else tuple(checked)))  # fmt: skip
     found.sort(key=lambda b: b.when)  # stable: ties keep the export's order
     latest = {b.who: n for n, b in enumerate(found) if b.vote is not None}
