@@ -8,6 +8,7 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -28,6 +29,7 @@ from curation.study.pull import pull, read_annotation
 from curation.study.rating_page import TASK_KEY, label_config, score_result
 from curation.study.report import _banner, bootstrap_ci, write_report
 from curation.study.studies import study_dir
+from tests.fixtures.labelstudio import annotator_client
 
 CONFIGS = ("CD + Source Images", "CD + MyCanvas", "Ours + MyCanvas")
 A, B, C = CONFIGS
@@ -209,11 +211,11 @@ def test_a_malformed_results_file_is_one_error_naming_it(tmp_path: Path, case: s
     assert not (ws.root / "study").exists()
 
 
-def _annotate(client, task, mapping_entry: dict, user_id: int, scores: dict[str, dict[str, int | None]]):
-    """Scores given per configuration, written per slot as the blind page would."""
+def _annotate(rater, task, mapping_entry: dict, scores: dict[str, dict[str, int | None]], **extra: Any):
+    """Scores given per configuration, written per slot as the blind page would, on the rater's own token."""
     slots = mapping_entry["slots"]
     per_slot = {criterion: [by_config[c] for c in slots] for criterion, by_config in scores.items()}
-    return client.annotations.create(id=task.id, completed_by=user_id, result=score_result(per_slot))
+    return rater.annotations.create(id=task.id, result=score_result(per_slot), **extra)
 
 
 def test_study_create_pull_report_against_hand_computation(
@@ -264,33 +266,33 @@ def test_study_create_pull_report_against_hand_computation(
         connect(ws).get_json(f"/api/projects/{report.project_id}", "test")["maximum_annotations"] == 3
     )  # kept
 
-    client = connect(ws).client
-    users = [
-        client.users.create(
-            username=f"rater{i}-{ws.name}", email=f"rater{i}-{ws.name}@example.com", password="rater-pass-1"
-        )
-        for i in range(2)
-    ]
+    emails = [f"rater{i}-{ws.name}@example.com" for i in range(2)]
+    (id0, rater0), (id1, rater1) = (annotator_client(labelstudio, email) for email in emails)
     t1 = next(k for k in tasks if mapping[k]["bucket"] == "<=3")
     t2 = next(k for k in tasks if mapping[k]["bucket"] == "4")
     t3 = next(k for k in tasks if mapping[k]["bucket"] == "5")
-    u1_t1 = _annotate(client, tasks[t1], mapping[t1], users[0].id,
+    u1_t1 = _annotate(rater0, tasks[t1], mapping[t1],
                       {"alignment": {A: 2, B: 5, C: 8}, "fidelity": {A: 3, B: 6, C: 7}})  # fmt: skip
-    _annotate(client, tasks[t1], mapping[t1], users[1].id,
+    _annotate(rater1, tasks[t1], mapping[t1],
               {"alignment": {A: 4, B: 5, C: 9}, "fidelity": {A: 3, B: 6, C: 7}})  # fmt: skip
-    _annotate(client, tasks[t2], mapping[t2], users[0].id,
-              {"alignment": {A: 6, B: 4, C: 10}, "fidelity": {A: 1, B: 2, C: 3}})  # fmt: skip
-    u2_t2 = _annotate(client, tasks[t2], mapping[t2], users[1].id,
+    r0_t2 = {"alignment": {A: 6, B: 4, C: 10}, "fidelity": {A: 1, B: 2, C: 3}}
+    _annotate(rater0, tasks[t2], mapping[t2], r0_t2)
+    u2_t2 = _annotate(rater1, tasks[t2], mapping[t2],
                       {"alignment": {A: 6, B: 6, C: 8}, "fidelity": {A: 2, B: 3, C: 4}})  # fmt: skip
     empty_slot = mapping[t3]["slots"].index(B) + 1
-    _annotate(client, tasks[t3], mapping[t3], users[0].id,
+    _annotate(rater0, tasks[t3], mapping[t3],
               {"alignment": {A: 5, B: 5, C: 5}, "fidelity": {A: 5, B: None, C: 5}})  # fmt: skip
+    # rater 0 rates t2 again in rater 1's name (Label Studio takes completed_by from the request):
+    # it is rater 0's second rating of t2, so it replaces their first and adds no rater
+    _annotate(rater0, tasks[t2], mapping[t2], r0_t2, completed_by=id1)
 
     first = pull(ws)
     assert first.changed and first.annotations == 4 and first.tasks == 7
-    assert first.incomplete == [
-        f"task {tasks[t3].id} ({mapping[t3]['prompt']!r}) by rater {users[0].id}: fidelity of image {empty_slot} is empty"
-    ]
+    again = "rated it again; only their latest rating counts"
+    assert first.incomplete == sorted([
+        f"task {tasks[t3].id} ({mapping[t3]['prompt']!r}) by rater {id0}: fidelity of image {empty_slot} is empty",
+        f"task {tasks[t2].id} ({mapping[t2]['prompt']!r}) by rater {id0}: {again}",
+    ])  # fmt: skip
     assert "not counted:" in first.summary()
     raw_pulls = sorted((folder / "pulls").glob("*.json"))
     second = CliRunner().invoke(app, ["study", "pull", "-w", str(ws.root)])
@@ -328,11 +330,11 @@ def test_study_create_pull_report_against_hand_computation(
     table = (folder / "report" / "table.md").read_text()
     assert "> **weights: random**" in table
     assert f"| {A} | 3.00 (± 1.41) |" in table
-    assert "1 incomplete ones not counted" in table
+    assert "2 incomplete ones not counted" in table
     assert (folder / "report" / "plot.png").read_bytes()[:4] == b"\x89PNG"
 
-    client.annotations.delete(id=u1_t1.id)
-    client.annotations.update(id=u2_t2.id, result=score_result(
+    rater0.annotations.delete(id=u1_t1.id)
+    rater1.annotations.update(id=u2_t2.id, result=score_result(
         {"alignment": [1, 1, 1], "fidelity": [2, 2, 2]}))  # fmt: skip
     third = pull(ws)
     assert third.changed and third.annotations == 3

@@ -14,6 +14,7 @@ from typing import Any
 
 from curation.core.lock import writes
 from curation.core.workspace import Workspace, atomic_write_bytes, atomic_write_json
+from curation.review.annotation_rules import writer
 from curation.review.client import connect
 from curation.study.rating_page import SCORE_MAX, SCORE_MIN, TASK_KEY, control_name
 from curation.study.studies import resolve_name, study_dir
@@ -35,11 +36,6 @@ class PullReport:
         ]
         lines += [f"not counted: {line}" for line in self.incomplete]
         return "\n".join(lines)
-
-
-def _rater(annotation: dict[str, Any]) -> int | str:
-    who = annotation.get("completed_by")
-    return who.get("id", who.get("email")) if isinstance(who, dict) else who
 
 
 def read_annotation(
@@ -97,18 +93,23 @@ def pull(
             continue
         tasks += 1
         entry = mapping[key]
-        for annotation in task.get("annotations") or []:
+        latest: dict[str, dict[str, Any]] = {}  # one rating per rater, as one vote per annotator in review
+        annotations = sorted(task.get("annotations") or [], key=lambda a: str(a.get("updated_at") or ""))
+        for annotation in annotations:
             if annotation.get("was_cancelled"):
                 continue
+            rater = writer(annotation)  # who wrote it: Label Studio takes completed_by from the request
             scores, problems = read_annotation(annotation, entry["slots"], state["criteria"])
             if scores is None:
                 incomplete.append(
-                    f"task {task['id']} ({entry['prompt']!r}) by rater {_rater(annotation)}: {'; '.join(problems)}"
+                    f"task {task['id']} ({entry['prompt']!r}) by rater {rater}: {'; '.join(problems)}"
                 )
                 continue
-            ratings.append(
-                {"task": key, "rater": _rater(annotation), "annotation": annotation["id"], "scores": scores}
-            )
+            if rater in latest:
+                incomplete.append(f"task {task['id']} ({entry['prompt']!r}) by rater {rater}: rated it again;"
+                                  " only their latest rating counts")  # fmt: skip
+            latest[rater] = {"task": key, "rater": rater, "annotation": annotation["id"], "scores": scores}
+        ratings += latest.values()
     ratings.sort(key=lambda r: (r["task"], str(r["rater"]), r["annotation"]))
     payload = {"ratings": ratings, "incomplete": sorted(incomplete)}
     path = folder / "ratings.json"
